@@ -1,0 +1,2 @@
+//! mmsb's optional GPU merge backend. Empty until the GPU issue lands.
+#![deny(missing_docs)]

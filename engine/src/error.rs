@@ -1,0 +1,76 @@
+//! The engine's umbrella error. Narrow errors of lower layers convert into it.
+
+use std::io;
+use std::path::PathBuf;
+
+use mmsb_wal::{PageId, WalError};
+
+/// Everything that can go wrong in the engine. Match on the variant, not the text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O call failed (the disk, not the data, is at fault).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Bytes read from disk failed validation. Never returned as data.
+    #[error("corrupted database: {0}")]
+    Corrupted(String),
+    /// The TLog failed (I/O, corruption of a frame, refusal after an fsync failure).
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// Another process (or another `Database` in this one) holds the database.
+    #[error("database {} is already open in another process", .0.display())]
+    DatabaseLocked(PathBuf),
+    /// A page id past the end of the database, or page 0 (the header).
+    #[error("{0} is not a data page of this database")]
+    PageOutOfRange(PageId),
+    /// The file is not an mmsb database, or of an unsupported format version.
+    #[error("not an mmsb database or unsupported format: {0}")]
+    BadFormat(String),
+    /// An argument is out of its documented range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A value, key or transaction exceeds a fixed limit.
+    #[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The database refuses writes after a failed fsync or write-back; reopen it.
+    #[error("the database refuses writes after an earlier I/O failure; reopen it")]
+    Poisoned,
+    /// The transaction was already committed or rolled back.
+    #[error("the transaction has already ended")]
+    TransactionEnded,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True when the error means bytes on disk are damaged.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupted(_) | Error::Wal(WalError::Corrupted { .. })
+        )
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,2 @@
+//! mmsb's storage engine: page store, transactions, background workers, metrics.
+#![deny(missing_docs)]

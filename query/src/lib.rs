@@ -1,0 +1,2 @@
+//! mmsb's SQL layer. Empty until the SQL issue lands.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! mmsb: an embedded transactional storage engine.
+#![deny(missing_docs)]

@@ -1,0 +1,16 @@
+//! mmsb's write-ahead TLog and everything it logs.
+//!
+//! - [`delta`]: the page delta, the unit that is logged, compressed, merged and replayed.
+//! - [`storage`]: the storage seam every file access goes through (and its fault injection).
+//!
+//! This crate knows nothing of MVCC, tables, SQL or GPUs.
+#![deny(missing_docs)]
+
+pub mod delta;
+mod error;
+mod ids;
+pub mod storage;
+
+pub use delta::{Delta, DeltaError, DeltaRun};
+pub use error::{Result, WalError};
+pub use ids::{CommitEpoch, PageId};
