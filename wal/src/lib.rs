@@ -14,3 +14,6 @@ pub mod storage;
 pub use delta::{Delta, DeltaError, DeltaRun};
 pub use error::{Result, WalError};
 pub use ids::{CommitEpoch, PageId};
+pub mod codec;
+pub mod record;
+pub mod tlog;

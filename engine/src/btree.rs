@@ -1,0 +1,1 @@
+//! B+tree tables over pages. Filled in by the B+tree work.

@@ -1,0 +1,1 @@
+//! Delta codecs (raw, RLE, zstd, adaptive). Filled in by the codec work.

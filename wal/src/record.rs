@@ -1,0 +1,1 @@
+//! Commit records: the payload of one TLog commit frame. Filled in by the codec work.
