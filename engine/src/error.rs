@@ -72,5 +72,11 @@ impl Error {
     }
 }
 
+impl From<mmsb_wal::DeltaError> for Error {
+    fn from(err: mmsb_wal::DeltaError) -> Self {
+        Error::Wal(WalError::Delta(err))
+    }
+}
+
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,9 +1,34 @@
 //! mmsb's storage engine: page store, transactions, background workers, metrics.
+//!
+//! Code map:
+//! - [`page_file`]: the data file, page trailers with CRC32, header slots, double-write file.
+//! - `meta`: the meta page (allocation high-water mark, free list, catalog root).
+//! - `page_table`: in-memory page versions (base + delta chain + head) per page.
+//! - `snapshots`: live snapshots, the visible epoch, the fold limit.
+//! - `db`: open and recovery, the commit path, checkpoints, background workers.
+//! - `txn`: read and write transactions over pages.
+//! - [`btree`]: B+tree tables over pages.
+//! - [`merge`]: CPU delta merge kernels.
+//!
+//! This crate knows nothing of SQL or CUDA.
 #![deny(missing_docs)]
 
 pub mod btree;
+mod db;
 mod error;
 pub mod merge;
+mod meta;
+mod metrics;
 pub mod page_access;
+pub mod page_file;
+mod page_table;
+mod snapshots;
+mod txn;
 
+pub use db::{CheckpointStats, Database, Options};
 pub use error::{Error, Result};
+pub use metrics::MetricsSnapshot;
+pub use mmsb_wal::tlog::Durability;
+pub use mmsb_wal::{CommitEpoch, PageId};
+pub use page_access::{PageRead, PageRef, PageWrite};
+pub use txn::{ReadTransaction, WriteTransaction};

@@ -1,0 +1,686 @@
+//! The database: opening and recovery, the commit path, checkpoints, and the
+//! background workers (merge and checkpoint).
+//!
+//! Files of a database at `PATH`:
+//! - `PATH`: the data file (header page, meta page, data pages);
+//! - `PATH-tlog/`: the TLog segments;
+//! - `PATH-dwb`: the double-write file of the last checkpoint.
+//!
+//! Recovery: pick the newest valid header slot, copy a complete double-write
+//! image back into place (repairing a torn write-back), open the TLog (which
+//! cuts a torn tail), and replay every commit after the checkpoint epoch.
+//! Deltas set bytes to absolute values, so replaying a commit onto a page
+//! that already holds it is harmless.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mmsb_wal::codec::CodecConfig;
+use mmsb_wal::record::CommitRecord;
+use mmsb_wal::storage::{FileStorage, Storage, StorageFile};
+use mmsb_wal::tlog::{Durability, TLog, TLogConfig};
+use mmsb_wal::{CommitEpoch, Delta, PageId, WalError};
+use parking_lot::{ArcMutexGuard, Condvar, Mutex, RawMutex};
+
+use crate::error::{Error, Result};
+use crate::meta::{Meta, META_PAGE};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::page_file::{
+    seal_page, FileHeader, PageFile, DEFAULT_PAGE_SIZE, HEADER_MAGIC, MAX_PAGE_SIZE, PAGE_TRAILER_LEN,
+};
+use crate::page_table::PageTable;
+use crate::snapshots::SnapshotRegistry;
+use crate::txn::{ReadTransaction, WriteTransaction};
+
+/// Pages a checkpoint writes per double-write round (bounds its memory).
+const CHECKPOINT_CHUNK_PAGES: usize = 4096;
+
+/// How a database is opened. `Options::default()` is what `Database::open` uses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Page size for a new database (ignored when opening an existing one).
+    pub page_size: u32,
+    /// When a commit is durable: `Immediate` (fsync before commit returns,
+    /// the default) or `Eventual` (background fsync every interval).
+    pub durability: Durability,
+    /// A background checkpoint starts once the TLog grew by this many bytes.
+    pub checkpoint_tlog_bytes: u64,
+    /// Target size of one TLog segment.
+    pub tlog_segment_bytes: u64,
+    /// Largest encoded commit accepted (one TLog frame).
+    pub max_commit_bytes: u64,
+    /// How deltas are encoded in the TLog.
+    pub codec: CodecConfig,
+    /// Where the files live; the real file system by default.
+    pub storage: Arc<dyn Storage>,
+    /// Run the merge and checkpoint workers in background threads.
+    pub background_workers: bool,
+    /// How often the workers look for work.
+    pub worker_interval_ms: u64,
+    /// Checkpoint when the database is closed cleanly.
+    pub checkpoint_on_close: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            page_size: DEFAULT_PAGE_SIZE,
+            durability: Durability::Immediate,
+            checkpoint_tlog_bytes: 64 * 1024 * 1024,
+            tlog_segment_bytes: mmsb_wal::tlog::DEFAULT_SEGMENT_TARGET_BYTES,
+            max_commit_bytes: mmsb_wal::tlog::DEFAULT_MAX_FRAME_BYTES,
+            codec: CodecConfig::default(),
+            storage: Arc::new(FileStorage),
+            background_workers: true,
+            worker_interval_ms: 20,
+            checkpoint_on_close: true,
+        }
+    }
+}
+
+impl Options {
+    /// Opens (or creates) the database at `path` with these options.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Database> {
+        Database::open_with(path.as_ref(), self.clone())
+    }
+}
+
+/// What the writer lock protects.
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    /// Epoch of the newest installed commit (published or not yet).
+    last_epoch: CommitEpoch,
+}
+
+/// What a checkpoint did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Every commit up to this epoch is now in the data file.
+    pub epoch: CommitEpoch,
+    /// Pages written back.
+    pub pages_written: usize,
+}
+
+/// State shared by the database handle, its transactions and its workers.
+pub(crate) struct Shared {
+    options: Options,
+    path: PathBuf,
+    page_file: PageFile,
+    tlog: TLog,
+    pub(crate) pages: PageTable,
+    pub(crate) snapshots: SnapshotRegistry,
+    pub(crate) writer: Arc<Mutex<WriterState>>,
+    header: Mutex<FileHeader>,
+    /// Serialises checkpoints.
+    checkpoint_lock: Mutex<()>,
+    durable_page_count: AtomicU64,
+    /// Pages changed since the last checkpoint → epoch of their newest change.
+    dirty: Mutex<BTreeMap<PageId, CommitEpoch>>,
+    /// Pages whose delta chains could not be folded yet (a reader pins them).
+    pending_fold: Mutex<HashSet<PageId>>,
+    tlog_bytes_at_checkpoint: AtomicU64,
+    poisoned: AtomicBool,
+    pub(crate) metrics: Metrics,
+    zero_page: Arc<[u8]>,
+    worker_signal: WorkerSignal,
+}
+
+#[derive(Debug, Default)]
+struct WorkerSignal {
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("path", &self.path).finish()
+    }
+}
+
+/// An open mmsb database. Cheap to clone; the last clone dropped stops the
+/// background workers and, by default, checkpoints.
+#[derive(Debug, Clone)]
+pub struct Database {
+    inner: Arc<DatabaseInner>,
+}
+
+#[derive(Debug)]
+struct DatabaseInner {
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Database {
+    /// Opens the database at `path`, creating it if missing, with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Database> {
+        Options::default().open(path)
+    }
+
+    /// Default options, to adjust before `open`.
+    pub fn options() -> Options {
+        Options::default()
+    }
+
+    fn open_with(path: &Path, options: Options) -> Result<Database> {
+        let shared = Arc::new(Shared::open(path, options)?);
+        let workers = if shared.options.background_workers {
+            spawn_workers(&shared)?
+        } else {
+            Vec::new()
+        };
+        Ok(Database {
+            inner: Arc::new(DatabaseInner {
+                shared,
+                workers: Mutex::new(workers),
+            }),
+        })
+    }
+
+    /// Starts the write transaction; waits while another one is running.
+    pub fn begin_write(&self) -> Result<WriteTransaction> {
+        WriteTransaction::begin(Arc::clone(&self.inner.shared))
+    }
+
+    /// Starts a read transaction at the newest visible commit. Never waits for writers.
+    pub fn begin_read(&self) -> Result<ReadTransaction> {
+        ReadTransaction::begin(Arc::clone(&self.inner.shared))
+    }
+
+    /// Writes every committed change back into the data file and truncates
+    /// the TLog it covers.
+    pub fn checkpoint(&self) -> Result<CheckpointStats> {
+        self.inner.shared.checkpoint()
+    }
+
+    /// Forces every commit so far to disk (useful in `Eventual` durability).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.shared.tlog.flush().map_err(Error::from)
+    }
+
+    /// Newest commit visible to new readers.
+    pub fn last_commit(&self) -> CommitEpoch {
+        self.inner.shared.snapshots.visible()
+    }
+
+    /// Usable bytes per page.
+    pub fn page_len(&self) -> usize {
+        self.inner.shared.page_len()
+    }
+
+    /// Bytes per page on disk.
+    pub fn page_size(&self) -> u32 {
+        self.inner.shared.page_file.page_size()
+    }
+
+    /// Where the data file lives.
+    pub fn path(&self) -> &Path {
+        &self.inner.shared.path
+    }
+
+    /// A copy of every counter.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.shared.metrics_snapshot()
+    }
+}
+
+impl Drop for DatabaseInner {
+    fn drop(&mut self) {
+        {
+            let mut stop = self.shared.worker_signal.stop.lock();
+            *stop = true;
+            self.shared.worker_signal.wake.notify_all();
+        }
+        for handle in self.workers.lock().drain(..) {
+            if handle.join().is_err() {
+                tracing::error!("an mmsb background worker panicked");
+            }
+        }
+        if self.shared.options.checkpoint_on_close && !self.shared.poisoned.load(Ordering::Acquire)
+        {
+            if let Err(err) = self.shared.checkpoint() {
+                tracing::warn!(error = %err, "checkpoint on close failed; the TLog still holds every commit");
+            }
+        }
+    }
+}
+
+/// Opens the data file, repairing torn write-back from the double-write file,
+/// or creates it when it is empty or its creation never completed.
+fn open_or_create_data_file(
+    storage: &Arc<dyn Storage>,
+    file: Arc<dyn StorageFile>,
+    path: &Path,
+    options: &Options,
+    tlog: &TLog,
+) -> Result<(PageFile, FileHeader, usize)> {
+    let file_len = file.len().map_err(|err| Error::io("stat data file", err))?;
+    if file_len > 0 {
+        let opened = PageFile::open(Arc::clone(storage), Arc::clone(&file), path).and_then(
+            |(page_file, header)| {
+                let restored = page_file.restore_double_write()?;
+                Meta::decode(&page_file.read_page(META_PAGE)?)?;
+                Ok((page_file, header, restored))
+            },
+        );
+        match opened {
+            Ok(opened) => return Ok(opened),
+            Err(err) if creation_was_interrupted(file.as_ref(), file_len, tlog)? => {
+                tracing::warn!(error = %err, "creation of {} never completed; creating it again", path.display());
+                file.set_len(0).map_err(|err| Error::io("reset data file", err))?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let mut meta_page = vec![0u8; options.page_size as usize - PAGE_TRAILER_LEN];
+    Meta::new_database().encode_into(&mut meta_page);
+    let (page_file, header) =
+        PageFile::create(Arc::clone(storage), file, path, options.page_size, &meta_page)?;
+    Ok((page_file, header, 0))
+}
+
+/// A database whose creation crashed holds no commit (the TLog is empty),
+/// is at most two pages long, and starts with the header magic or zeros
+/// (what a torn creation write leaves). Anything else is not ours to reset.
+fn creation_was_interrupted(file: &dyn StorageFile, file_len: u64, tlog: &TLog) -> Result<bool> {
+    if tlog.last_epoch() != CommitEpoch::ZERO || file_len > 2 * u64::from(MAX_PAGE_SIZE) {
+        return Ok(false);
+    }
+    let mut start = [0u8; HEADER_MAGIC.len()];
+    let prefix_len = (file_len as usize).min(start.len());
+    file.read_exact_at(&mut start[..prefix_len], 0)
+        .map_err(|err| Error::io("read data file", err))?;
+    let zeros = start[..prefix_len].iter().all(|&b| b == 0);
+    Ok(zeros || start[..prefix_len] == HEADER_MAGIC[..prefix_len])
+}
+
+fn tlog_dir(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push("-tlog");
+    path.with_file_name(name)
+}
+
+impl Shared {
+    fn open(path: &Path, options: Options) -> Result<Shared> {
+        let started = Instant::now();
+        let storage = Arc::clone(&options.storage);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            storage
+                .create_dir_all(parent)
+                .map_err(|err| Error::io("create database directory", err))?;
+        }
+        let file = storage
+            .open_file(path, true)
+            .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
+        if !file
+            .try_lock_exclusive()
+            .map_err(|err| Error::io("lock data file", err))?
+        {
+            return Err(Error::DatabaseLocked(path.to_path_buf()));
+        }
+        let tlog = TLog::open(
+            Arc::clone(&storage),
+            TLogConfig {
+                segment_target_bytes: options.tlog_segment_bytes,
+                max_frame_bytes: options.max_commit_bytes,
+                durability: options.durability,
+                ..TLogConfig::new(tlog_dir(path))
+            },
+        )?;
+        let (page_file, header, restored) = open_or_create_data_file(&storage, file, path, &options, &tlog)?;
+        let page_len = page_file.page_len();
+        let shared = Shared {
+            path: path.to_path_buf(),
+            tlog,
+            pages: PageTable::default(),
+            snapshots: SnapshotRegistry::new(header.checkpoint_epoch),
+            writer: Arc::new(Mutex::new(WriterState {
+                last_epoch: header.checkpoint_epoch,
+            })),
+            durable_page_count: AtomicU64::new(header.page_count),
+            header: Mutex::new(header),
+            checkpoint_lock: Mutex::new(()),
+            dirty: Mutex::default(),
+            pending_fold: Mutex::default(),
+            tlog_bytes_at_checkpoint: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            zero_page: Arc::from(vec![0u8; page_len]),
+            worker_signal: WorkerSignal::default(),
+            page_file,
+            options,
+        };
+        let last_epoch = shared.replay(header.checkpoint_epoch)?;
+        shared.writer.lock().last_epoch = last_epoch;
+        shared.snapshots.publish(last_epoch);
+        // The meta page must decode, or nothing else can be trusted.
+        Meta::decode(&shared.read_page_latest(META_PAGE)?)?;
+        Metrics::add(&shared.metrics.double_write_pages_restored, restored as u64);
+        Metrics::add(
+            &shared.metrics.recovery_micros,
+            started.elapsed().as_micros() as u64,
+        );
+        Ok(shared)
+    }
+
+    /// Applies every logged commit after `checkpoint_epoch`; returns the last epoch.
+    fn replay(&self, checkpoint_epoch: CommitEpoch) -> Result<CommitEpoch> {
+        let mut last = checkpoint_epoch;
+        let page_len = self.page_len();
+        let mut dirty = self.dirty.lock();
+        let mut frames = self.tlog.replay(checkpoint_epoch)?;
+        while let Some(frame) = frames.next_frame() {
+            let (epoch, payload) = frame?;
+            if epoch != last.next() {
+                return Err(Error::Corrupted(format!(
+                    "the TLog jumps from {last} to {epoch}: commits are missing"
+                )));
+            }
+            let record = CommitRecord::decode(payload, page_len)?;
+            for delta in &record.deltas {
+                self.pages
+                    .apply_replayed(delta, || self.load_page_for_replay(delta.page_id()))?;
+                dirty.insert(delta.page_id(), epoch);
+            }
+            Metrics::bump(&self.metrics.recovered_commits);
+            last = epoch;
+        }
+        Ok(last)
+    }
+
+    /// During replay, pages past the checkpoint's page count start as zeros.
+    fn load_page_for_replay(&self, page_id: PageId) -> Result<Arc<[u8]>> {
+        if page_id.get() == 0 {
+            return Err(Error::Corrupted("a logged delta targets the header page".into()));
+        }
+        if page_id.get() >= self.durable_page_count() {
+            return Ok(self.zero_page());
+        }
+        self.load_from_disk(page_id)
+    }
+
+    fn load_from_disk(&self, page_id: PageId) -> Result<Arc<[u8]>> {
+        let image: Arc<[u8]> = Arc::from(self.page_file.read_page(page_id)?);
+        Metrics::bump(&self.metrics.pages_read_from_disk);
+        Ok(image)
+    }
+
+    pub(crate) fn page_len(&self) -> usize {
+        self.page_file.page_len()
+    }
+
+    pub(crate) fn zero_page(&self) -> Arc<[u8]> {
+        Arc::clone(&self.zero_page)
+    }
+
+    pub(crate) fn durable_page_count(&self) -> u64 {
+        self.durable_page_count.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_page_in_memory(&self, page_id: PageId) -> bool {
+        matches!(self.pages.read(page_id, CommitEpoch(u64::MAX)), Ok(Some(_)))
+    }
+
+    /// The page as of `snapshot`, loading it from disk when not in memory.
+    pub(crate) fn read_page_at(&self, page_id: PageId, snapshot: CommitEpoch) -> Result<Arc<[u8]>> {
+        if let Some(image) = self.pages.read(page_id, snapshot)? {
+            return Ok(image);
+        }
+        if page_id.get() >= self.durable_page_count() {
+            // Allocated since the last checkpoint and never written: zeros.
+            return Ok(self.zero_page());
+        }
+        let image = self.load_from_disk(page_id)?;
+        // Another thread may have loaded (or a writer installed) it meanwhile.
+        self.pages.insert_clean(page_id, image);
+        self.pages
+            .read(page_id, snapshot)?
+            .ok_or_else(|| Error::Corrupted(format!("internal: {page_id} vanished after load")))
+    }
+
+    /// The newest installed version (what the writer builds on).
+    pub(crate) fn read_page_latest(&self, page_id: PageId) -> Result<Arc<[u8]>> {
+        self.read_page_at(page_id, CommitEpoch(u64::MAX))
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn poison(&self, err: Error) -> Error {
+        if !matches!(err, Error::Wal(WalError::TooLarge { .. })) {
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(error = %err, "mmsb refuses further writes until reopened");
+        }
+        err
+    }
+
+    /// The commit path: encode, log, install, release the writer, wait for
+    /// durability, publish, fold.
+    pub(crate) fn commit_pages(
+        &self,
+        mut writer: ArcMutexGuard<RawMutex, WriterState>,
+        pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>,
+    ) -> Result<CommitEpoch> {
+        self.check_writable()?;
+        if pages.is_empty() {
+            return Ok(writer.last_epoch);
+        }
+        let epoch = writer.last_epoch.next();
+        let record = CommitRecord {
+            deltas: pages.iter().map(|(delta, _, _)| Delta::clone(delta)).collect(),
+        };
+        let mut payload = Vec::new();
+        record.encode(&self.options.codec, &mut payload)?;
+        let ticket = self
+            .tlog
+            .append(epoch, &payload)
+            .map_err(|err| self.poison(err.into()))?;
+        let mut touched = Vec::with_capacity(pages.len());
+        {
+            let mut dirty = self.dirty.lock();
+            for (delta, image, original) in pages {
+                let page_id = delta.page_id();
+                self.pages.install(epoch, delta, image, || original);
+                dirty.insert(page_id, epoch);
+                touched.push(page_id);
+            }
+        }
+        writer.last_epoch = epoch;
+        drop(writer);
+        self.tlog
+            .wait_durable(ticket)
+            .map_err(|err| self.poison(err.into()))?;
+        self.snapshots.publish(epoch);
+        self.fold(touched)?;
+        Metrics::bump(&self.metrics.commits);
+        Metrics::add(&self.metrics.commit_record_bytes, payload.len() as u64);
+        Metrics::add(&self.metrics.deltas_committed, record.deltas.len() as u64);
+        Ok(epoch)
+    }
+
+    /// Folds what no snapshot needs; remembers pages a reader still pins.
+    fn fold(&self, pages: Vec<PageId>) -> Result<()> {
+        let limit = self.snapshots.fold_limit();
+        let pinned = self.pages.fold_pages(pages, limit)?;
+        Metrics::bump(&self.metrics.folds);
+        if !pinned.is_empty() {
+            self.pending_fold.lock().extend(pinned);
+        }
+        Ok(())
+    }
+
+    /// One pass of the merge worker over pages that readers had pinned.
+    fn fold_pending(&self) -> Result<()> {
+        let pending: Vec<PageId> = self.pending_fold.lock().drain().collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.fold(pending)
+    }
+
+    pub(crate) fn wake_merge_worker(&self) {
+        if !self.pending_fold.lock().is_empty() {
+            self.worker_signal.wake.notify_all();
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let written = self.tlog.stats().bytes_written;
+        written.saturating_sub(self.tlog_bytes_at_checkpoint.load(Ordering::Relaxed))
+            >= self.options.checkpoint_tlog_bytes
+    }
+
+    /// Writes every page changed up to the visible epoch back to the data
+    /// file (through the double-write file), moves the header to that epoch
+    /// and truncates the TLog it covers. Readers and writers keep running.
+    fn checkpoint(&self) -> Result<CheckpointStats> {
+        let _one_at_a_time = self.checkpoint_lock.lock();
+        self.check_writable()?;
+        let epoch = self.snapshots.acquire();
+        let result = self.checkpoint_at(epoch);
+        self.snapshots.release(epoch);
+        result.map_err(|err| self.poison(err))
+    }
+
+    fn checkpoint_at(&self, epoch: CommitEpoch) -> Result<CheckpointStats> {
+        let previous = *self.header.lock();
+        let dirty: Vec<PageId> = self.dirty.lock().keys().copied().collect();
+        if dirty.is_empty() && previous.checkpoint_epoch == epoch {
+            return Ok(CheckpointStats {
+                epoch,
+                pages_written: 0,
+            });
+        }
+        let tlog_bytes = self.tlog.stats().bytes_written;
+        let meta = Meta::decode(&self.read_page_at(META_PAGE, epoch)?)?;
+        let seq = previous.checkpoint_seq + 1;
+        let mut written = 0usize;
+        // Pages allocated since the last checkpoint are written even when
+        // they were never changed (zeros), so every page below the new page
+        // count is sealed on disk.
+        let mut page_ids: Vec<PageId> = dirty
+            .into_iter()
+            .chain((previous.page_count..meta.page_count).map(PageId))
+            .filter(|id| id.get() < meta.page_count)
+            .collect();
+        page_ids.sort_unstable();
+        page_ids.dedup();
+        for chunk in page_ids.chunks(CHECKPOINT_CHUNK_PAGES) {
+            written += self.write_back_chunk(seq, chunk, epoch)?;
+        }
+        let header = FileHeader {
+            checkpoint_seq: seq,
+            checkpoint_epoch: epoch,
+            page_count: meta.page_count,
+            ..previous
+        };
+        self.page_file.write_header(&header)?;
+        Metrics::bump(&self.metrics.data_fsyncs);
+        *self.header.lock() = header;
+        self.durable_page_count
+            .store(meta.page_count, Ordering::Release);
+        self.tlog.truncate_through(epoch)?;
+        self.dirty.lock().retain(|_, changed| *changed > epoch);
+        self.tlog_bytes_at_checkpoint
+            .store(tlog_bytes, Ordering::Relaxed);
+        Metrics::bump(&self.metrics.checkpoints);
+        Metrics::add(&self.metrics.pages_written_back, written as u64);
+        Ok(CheckpointStats {
+            epoch,
+            pages_written: written,
+        })
+    }
+
+    /// Seals the pages as of `epoch`, writes them to the double-write file,
+    /// then in place, then syncs.
+    fn write_back_chunk(&self, seq: u64, chunk: &[PageId], epoch: CommitEpoch) -> Result<usize> {
+        let page_size = self.page_file.page_size() as usize;
+        let mut sealed = Vec::with_capacity(chunk.len());
+        for &page_id in chunk {
+            let image = self.read_page_at(page_id, epoch)?;
+            let mut page = vec![0u8; page_size];
+            seal_page(page_id, &image, epoch, &mut page);
+            sealed.push((page_id, page));
+        }
+        self.page_file.write_double_write(seq, &sealed)?;
+        for (page_id, page) in &sealed {
+            self.page_file.write_sealed(*page_id, page)?;
+        }
+        self.page_file.sync("sync written-back pages")?;
+        Metrics::add(&self.metrics.data_fsyncs, 2);
+        Ok(sealed.len())
+    }
+
+    fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let m = &self.metrics;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let tlog = self.tlog.stats();
+        let (live_snapshots, _) = self.snapshots.live_summary();
+        MetricsSnapshot {
+            commits: load(&m.commits),
+            rollbacks: load(&m.rollbacks),
+            commit_record_bytes: load(&m.commit_record_bytes),
+            deltas_committed: load(&m.deltas_committed),
+            tlog_frames: tlog.frames_appended,
+            tlog_bytes_written: tlog.bytes_written,
+            tlog_fsyncs: tlog.fsyncs,
+            data_fsyncs: load(&m.data_fsyncs),
+            pages_read_from_disk: load(&m.pages_read_from_disk),
+            pages_written_back: load(&m.pages_written_back),
+            checkpoints: load(&m.checkpoints),
+            recovery_micros: load(&m.recovery_micros),
+            recovered_commits: load(&m.recovered_commits),
+            double_write_pages_restored: load(&m.double_write_pages_restored),
+            tlog_torn_bytes_cut: tlog.torn_tail_bytes_cut,
+            pages_in_memory: load(&self.pages.stats().pages),
+            pinned_version_bytes: load(&self.pages.stats().pinned_bytes),
+            live_snapshots: live_snapshots as u64,
+            folds: load(&m.folds),
+        }
+    }
+}
+
+/// Starts the background worker: folds pinned versions as readers go away
+/// and checkpoints when the TLog has grown enough.
+fn spawn_workers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
+    let weak = Arc::downgrade(shared);
+    let interval = Duration::from_millis(shared.options.worker_interval_ms.max(1));
+    let handle = std::thread::Builder::new()
+        .name("mmsb-worker".into())
+        .spawn(move || worker_loop(weak, interval))
+        .map_err(|err| Error::io("spawn background worker", err))?;
+    Ok(vec![handle])
+}
+
+fn worker_loop(shared: Weak<Shared>, interval: Duration) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        {
+            let mut stop = shared.worker_signal.stop.lock();
+            if *stop {
+                return;
+            }
+            shared.worker_signal.wake.wait_for(&mut stop, interval);
+            if *stop {
+                return;
+            }
+        }
+        if let Err(err) = shared.fold_pending() {
+            tracing::error!(error = %err, "merge worker failed");
+        }
+        if shared.checkpoint_due() && !shared.poisoned.load(Ordering::Acquire) {
+            if let Err(err) = shared.checkpoint() {
+                tracing::error!(error = %err, "background checkpoint failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The data file: a header page and fixed-size data pages, each page sealed
+//! by a trailer with a CRC32, plus the double-write file that makes in-place
+//! write-back safe against torn pages.
+//!
+//! Layout (see docs/format.md for every byte):
+//! - page 0 holds two header slots (at byte 0 and byte 512); a checkpoint
+//!   writes the slot its sequence number selects, so a torn header write
+//!   leaves the other slot, the previous checkpoint, intact;
+//! - pages 1.. are data pages: `page_len` payload bytes then a 16-byte trailer
+//!   `[crc32 u32][trailer magic u32][write epoch u64]`. The CRC covers the page
+//!   id, the payload, the magic and the epoch, so a page written to the wrong
+//!   place, a zeroed page and a flipped bit are all detected.
+//!
+//! This module knows nothing of transactions, versions or the TLog.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mmsb_wal::storage::{Storage, StorageFile};
+use mmsb_wal::{CommitEpoch, PageId};
+
+use crate::error::{Error, Result};
+
+/// Magic at the start of each header slot.
+pub const HEADER_MAGIC: [u8; 8] = *b"MMSBDB\x00\x01";
+/// Version of the data file format described in docs/format.md.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the trailer that ends every data page.
+pub const PAGE_TRAILER_LEN: usize = 16;
+/// Smallest supported page size.
+pub const MIN_PAGE_SIZE: u32 = 4096;
+/// Largest supported page size.
+pub const MAX_PAGE_SIZE: u32 = 64 * 1024;
+/// Default page size.
+pub const DEFAULT_PAGE_SIZE: u32 = 4096;
+/// Offset of each header slot inside page 0.
+const HEADER_SLOT_OFFSETS: [u64; 2] = [0, 512];
+/// Bytes of one encoded header slot.
+const HEADER_SLOT_LEN: usize = 64;
+/// Marks a sealed page trailer.
+const TRAILER_MAGIC: u32 = 0x5041_4745; // "PAGE"
+/// Mixed into every page CRC so that an all-zero page never checks out.
+const PAGE_CRC_SEED: u32 = 0x6d6d_7362; // "mmsb"
+/// Magic at the start of the double-write file.
+const DWB_MAGIC: [u8; 8] = *b"MMSBDWB1";
+/// Bytes of the double-write file header.
+const DWB_HEADER_LEN: usize = 32;
+
+/// One header slot: what the last completed checkpoint covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Bytes per page, a power of two in [`MIN_PAGE_SIZE`], [`MAX_PAGE_SIZE`].
+    pub page_size: u32,
+    /// Counts checkpoints; selects the slot (`seq % 2`).
+    pub checkpoint_seq: u64,
+    /// Every commit up to this epoch is in the data pages.
+    pub checkpoint_epoch: CommitEpoch,
+    /// Pages `0..page_count` hold sealed pages; pages past it are not yet
+    /// part of the database on disk and read as zeros during recovery.
+    pub page_count: u64,
+}
+
+impl FileHeader {
+    fn encode(&self) -> [u8; HEADER_SLOT_LEN] {
+        let mut slot = [0u8; HEADER_SLOT_LEN];
+        slot[0..8].copy_from_slice(&HEADER_MAGIC);
+        slot[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        slot[12..16].copy_from_slice(&self.page_size.to_le_bytes());
+        slot[16..24].copy_from_slice(&self.checkpoint_seq.to_le_bytes());
+        slot[24..32].copy_from_slice(&self.checkpoint_epoch.get().to_le_bytes());
+        slot[32..40].copy_from_slice(&self.page_count.to_le_bytes());
+        let crc = crc32fast::hash(&slot[..60]);
+        slot[60..64].copy_from_slice(&crc.to_le_bytes());
+        slot
+    }
+
+    /// Decodes a slot; `Err` carries why it is not valid.
+    fn decode(slot: &[u8; HEADER_SLOT_LEN]) -> Result<FileHeader, String> {
+        if slot[0..8] != HEADER_MAGIC {
+            return Err("bad magic".into());
+        }
+        let stored_crc = read_u32(slot, 60);
+        if crc32fast::hash(&slot[..60]) != stored_crc {
+            return Err("header checksum mismatch".into());
+        }
+        let version = read_u32(slot, 8);
+        if version != FORMAT_VERSION {
+            return Err(format!("format version {version} (this build reads {FORMAT_VERSION})"));
+        }
+        let header = FileHeader {
+            page_size: read_u32(slot, 12),
+            checkpoint_seq: read_u64(slot, 16),
+            checkpoint_epoch: CommitEpoch(read_u64(slot, 24)),
+            page_count: read_u64(slot, 32),
+        };
+        validate_page_size(header.page_size).map_err(|err| err.to_string())?;
+        if header.page_count < 2 {
+            return Err(format!("page count {} below the minimum of 2", header.page_count));
+        }
+        Ok(header)
+    }
+}
+
+/// Checks that `page_size` is a supported power of two.
+pub fn validate_page_size(page_size: u32) -> Result<()> {
+    if !page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(Error::InvalidArgument(format!(
+            "page size {page_size} is not a power of two between {MIN_PAGE_SIZE} and {MAX_PAGE_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// CRC of a page as stored in its trailer.
+fn page_crc(page_id: PageId, payload: &[u8], epoch: CommitEpoch) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(PAGE_CRC_SEED);
+    hasher.update(&page_id.get().to_le_bytes());
+    hasher.update(payload);
+    hasher.update(&TRAILER_MAGIC.to_le_bytes());
+    hasher.update(&epoch.get().to_le_bytes());
+    hasher.finalize()
+}
+
+/// Writes `payload` and a sealed trailer into `out` (one whole page).
+pub fn seal_page(page_id: PageId, payload: &[u8], epoch: CommitEpoch, out: &mut [u8]) {
+    let page_len = out.len() - PAGE_TRAILER_LEN;
+    assert_eq!(payload.len(), page_len, "payload must fill the page");
+    out[..page_len].copy_from_slice(payload);
+    let crc = page_crc(page_id, payload, epoch);
+    out[page_len..page_len + 4].copy_from_slice(&crc.to_le_bytes());
+    out[page_len + 4..page_len + 8].copy_from_slice(&TRAILER_MAGIC.to_le_bytes());
+    out[page_len + 8..page_len + 16].copy_from_slice(&epoch.get().to_le_bytes());
+}
+
+/// Checks a whole sealed page; returns the epoch it was written at.
+pub fn verify_page(page_id: PageId, page: &[u8]) -> Result<CommitEpoch, String> {
+    let page_len = page.len() - PAGE_TRAILER_LEN;
+    let stored_crc = read_u32(page, page_len);
+    let magic = read_u32(page, page_len + 4);
+    let epoch = CommitEpoch(read_u64(page, page_len + 8));
+    if magic != TRAILER_MAGIC {
+        return Err(format!("{page_id}: trailer magic {magic:#010x} is wrong"));
+    }
+    if page_crc(page_id, &page[..page_len], epoch) != stored_crc {
+        return Err(format!("{page_id}: checksum mismatch"));
+    }
+    Ok(epoch)
+}
+
+/// The data file and its double-write companion.
+#[derive(Debug)]
+pub struct PageFile {
+    file: Arc<dyn StorageFile>,
+    storage: Arc<dyn Storage>,
+    dwb_path: PathBuf,
+    dir: PathBuf,
+    page_size: u32,
+}
+
+impl PageFile {
+    /// Creates a new data file with an empty header at epoch 0 and `meta`
+    /// (page 1) sealed. The file must be empty.
+    pub fn create(
+        storage: Arc<dyn Storage>,
+        file: Arc<dyn StorageFile>,
+        path: &Path,
+        page_size: u32,
+        meta: &[u8],
+    ) -> Result<(PageFile, FileHeader)> {
+        validate_page_size(page_size)?;
+        let page_file = PageFile::new(storage, file, path, page_size);
+        let header = FileHeader {
+            page_size,
+            checkpoint_seq: 0,
+            checkpoint_epoch: CommitEpoch::ZERO,
+            page_count: 2,
+        };
+        let mut page0 = vec![0u8; page_size as usize];
+        for offset in HEADER_SLOT_OFFSETS {
+            let start = offset as usize;
+            page0[start..start + HEADER_SLOT_LEN].copy_from_slice(&header.encode());
+        }
+        page_file.write(&page0, 0, "write header page")?;
+        page_file.write_page(PageId(1), meta, CommitEpoch::ZERO)?;
+        page_file.sync("sync new data file")?;
+        page_file
+            .storage
+            .sync_dir(&page_file.dir)
+            .map_err(|err| Error::io("sync database directory", err))?;
+        Ok((page_file, header))
+    }
+
+    /// Opens an existing data file and reads its newest valid header slot.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        file: Arc<dyn StorageFile>,
+        path: &Path,
+    ) -> Result<(PageFile, FileHeader)> {
+        let len = file.len().map_err(|err| Error::io("stat data file", err))?;
+        if len < u64::from(MIN_PAGE_SIZE) {
+            return Err(Error::BadFormat(format!(
+                "{} is {len} bytes, shorter than one header page",
+                path.display()
+            )));
+        }
+        let header = read_best_header(file.as_ref())?;
+        Ok((PageFile::new(storage, file, path, header.page_size), header))
+    }
+
+    fn new(storage: Arc<dyn Storage>, file: Arc<dyn StorageFile>, path: &Path, page_size: u32) -> Self {
+        let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let mut dwb_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        dwb_name.push("-dwb");
+        PageFile {
+            file,
+            storage,
+            dwb_path: dir.join(dwb_name),
+            dir,
+            page_size,
+        }
+    }
+
+    /// Bytes per page.
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    /// Usable bytes per page.
+    pub fn page_len(&self) -> usize {
+        self.page_size as usize - PAGE_TRAILER_LEN
+    }
+
+    fn offset_of(&self, page_id: PageId) -> u64 {
+        page_id.get() * u64::from(self.page_size)
+    }
+
+    /// Reads and verifies a data page; returns its payload.
+    pub fn read_page(&self, page_id: PageId) -> Result<Vec<u8>> {
+        let mut page = vec![0u8; self.page_size as usize];
+        self.file
+            .read_exact_at(&mut page, self.offset_of(page_id))
+            .map_err(|err| {
+                if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Error::Corrupted(format!("{page_id} lies past the end of the data file"))
+                } else {
+                    Error::io(format!("read {page_id}"), err)
+                }
+            })?;
+        verify_page(page_id, &page).map_err(Error::Corrupted)?;
+        page.truncate(self.page_len());
+        Ok(page)
+    }
+
+    /// Seals and writes one data page (not synced).
+    pub fn write_page(&self, page_id: PageId, payload: &[u8], epoch: CommitEpoch) -> Result<()> {
+        debug_assert!(page_id.get() >= 1, "page 0 is the header");
+        let mut page = vec![0u8; self.page_size as usize];
+        seal_page(page_id, payload, epoch, &mut page);
+        self.write(&page, self.offset_of(page_id), "write back page")
+    }
+
+    /// Writes one already sealed page in place (not synced).
+    pub fn write_sealed(&self, page_id: PageId, sealed: &[u8]) -> Result<()> {
+        debug_assert_eq!(sealed.len(), self.page_size as usize);
+        debug_assert!(verify_page(page_id, sealed).is_ok(), "writing an unsealed page");
+        self.write(sealed, self.offset_of(page_id), "write back page")
+    }
+
+    fn write(&self, bytes: &[u8], offset: u64, context: &str) -> Result<()> {
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|err| Error::io(context, err))
+    }
+
+    /// `fdatasync` of the data file.
+    pub fn sync(&self, context: &str) -> Result<()> {
+        self.file.sync_data().map_err(|err| Error::io(context, err))
+    }
+
+    /// Writes the header slot `header.checkpoint_seq` selects, and syncs it.
+    pub fn write_header(&self, header: &FileHeader) -> Result<()> {
+        let slot = HEADER_SLOT_OFFSETS[(header.checkpoint_seq % 2) as usize];
+        self.write(&header.encode(), slot, "write header slot")?;
+        self.sync("sync header slot")
+    }
+
+    /// Writes sealed page images to the double-write file and syncs it, so a
+    /// torn in-place write that follows can be repaired from it.
+    pub fn write_double_write(&self, checkpoint_seq: u64, pages: &[(PageId, Vec<u8>)]) -> Result<()> {
+        let page_size = self.page_size as usize;
+        let entry_len = 8 + page_size;
+        let mut buf = vec![0u8; DWB_HEADER_LEN + pages.len() * entry_len];
+        for (index, (page_id, sealed)) in pages.iter().enumerate() {
+            debug_assert_eq!(sealed.len(), page_size);
+            let at = DWB_HEADER_LEN + index * entry_len;
+            buf[at..at + 8].copy_from_slice(&page_id.get().to_le_bytes());
+            buf[at + 8..at + entry_len].copy_from_slice(sealed);
+        }
+        buf[0..8].copy_from_slice(&DWB_MAGIC);
+        buf[8..16].copy_from_slice(&checkpoint_seq.to_le_bytes());
+        buf[16..24].copy_from_slice(&(pages.len() as u64).to_le_bytes());
+        let crc = crc32fast::hash(&buf[DWB_HEADER_LEN..]);
+        buf[24..28].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = crc32fast::hash(&buf[..28]);
+        buf[28..32].copy_from_slice(&header_crc.to_le_bytes());
+        let dwb = self
+            .storage
+            .open_file(&self.dwb_path, true)
+            .map_err(|err| Error::io("open double-write file", err))?;
+        dwb.set_len(0).map_err(|err| Error::io("reset double-write file", err))?;
+        dwb.write_all_at(&buf, 0)
+            .map_err(|err| Error::io("write double-write file", err))?;
+        dwb.sync_data()
+            .map_err(|err| Error::io("sync double-write file", err))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|err| Error::io("sync database directory", err))
+    }
+
+    /// Copies the pages of a complete double-write file back into place
+    /// (idempotent) and syncs. Returns how many pages were restored. A torn
+    /// or missing double-write file means in-place writes never began.
+    pub fn restore_double_write(&self) -> Result<usize> {
+        let exists = self
+            .storage
+            .exists(&self.dwb_path)
+            .map_err(|err| Error::io("stat double-write file", err))?;
+        if !exists {
+            return Ok(0);
+        }
+        let dwb = self
+            .storage
+            .open_file(&self.dwb_path, false)
+            .map_err(|err| Error::io("open double-write file", err))?;
+        let len = dwb.len().map_err(|err| Error::io("stat double-write file", err))?;
+        let Ok(len) = usize::try_from(len) else {
+            return Ok(0);
+        };
+        if len < DWB_HEADER_LEN {
+            return Ok(0);
+        }
+        let mut buf = vec![0u8; len];
+        dwb.read_exact_at(&mut buf, 0)
+            .map_err(|err| Error::io("read double-write file", err))?;
+        let Some(pages) = self.parse_double_write(&buf) else {
+            return Ok(0);
+        };
+        for (page_id, sealed) in &pages {
+            self.write(sealed, self.offset_of(*page_id), "restore page from double-write file")?;
+        }
+        self.sync("sync restored pages")?;
+        Ok(pages.len())
+    }
+
+    /// The entries of a complete, checksummed double-write image.
+    fn parse_double_write<'a>(&self, buf: &'a [u8]) -> Option<Vec<(PageId, &'a [u8])>> {
+        let page_size = self.page_size as usize;
+        let entry_len = 8 + page_size;
+        if buf[0..8] != DWB_MAGIC || crc32fast::hash(&buf[..28]) != read_u32(buf, 28) {
+            return None;
+        }
+        let count = usize::try_from(read_u64(buf, 16)).ok()?;
+        let body_len = count.checked_mul(entry_len)?;
+        let body = buf.get(DWB_HEADER_LEN..DWB_HEADER_LEN.checked_add(body_len)?)?;
+        if crc32fast::hash(body) != read_u32(buf, 24) {
+            return None;
+        }
+        let mut pages = Vec::with_capacity(count);
+        for entry in body.chunks_exact(entry_len) {
+            let page_id = PageId(read_u64(entry, 0));
+            let sealed = &entry[8..];
+            // A sealed page that does not verify was never a valid entry.
+            verify_page(page_id, sealed).ok()?;
+            if page_id.get() == 0 {
+                return None;
+            }
+            pages.push((page_id, sealed));
+        }
+        Some(pages)
+    }
+}
+
+/// Reads both header slots and returns the valid one with the highest sequence.
+fn read_best_header(file: &dyn StorageFile) -> Result<FileHeader> {
+    let mut best: Option<FileHeader> = None;
+    let mut reasons = Vec::new();
+    for offset in HEADER_SLOT_OFFSETS {
+        let mut slot = [0u8; HEADER_SLOT_LEN];
+        file.read_exact_at(&mut slot, offset)
+            .map_err(|err| Error::io("read header slot", err))?;
+        match FileHeader::decode(&slot) {
+            Ok(header) if best.is_none_or(|b| header.checkpoint_seq > b.checkpoint_seq) => {
+                best = Some(header);
+            }
+            Ok(_) => {}
+            Err(reason) => reasons.push(format!("slot at byte {offset}: {reason}")),
+        }
+    }
+    best.ok_or_else(|| {
+        let all_bad_magic = reasons.iter().all(|r| r.ends_with("bad magic"));
+        if all_bad_magic {
+            Error::BadFormat("no mmsb header found".into())
+        } else {
+            Error::Corrupted(format!("both header slots are invalid: {}", reasons.join("; ")))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmsb_wal::storage::MemStorage;
+
+    fn new_file(page_size: u32) -> (MemStorage, PageFile, FileHeader) {
+        let storage = MemStorage::new();
+        let path = PathBuf::from("/db/test.mmsb");
+        let file = storage.open_file(&path, true).unwrap();
+        let meta = vec![7u8; page_size as usize - PAGE_TRAILER_LEN];
+        let (page_file, header) =
+            PageFile::create(Arc::new(storage.clone()), file, &path, page_size, &meta).unwrap();
+        (storage, page_file, header)
+    }
+
+    #[test]
+    fn header_round_trips_and_the_newer_slot_wins() {
+        let (storage, page_file, header) = new_file(4096);
+        let newer = FileHeader {
+            checkpoint_seq: 1,
+            checkpoint_epoch: CommitEpoch(9),
+            page_count: 5,
+            ..header
+        };
+        page_file.write_header(&newer).unwrap();
+        let file = storage.open_file(Path::new("/db/test.mmsb"), false).unwrap();
+        assert_eq!(read_best_header(file.as_ref()).unwrap(), newer);
+    }
+
+    #[test]
+    fn a_torn_header_slot_falls_back_to_the_other() {
+        let (storage, page_file, header) = new_file(4096);
+        let newer = FileHeader {
+            checkpoint_seq: 1,
+            ..header
+        };
+        page_file.write_header(&newer).unwrap();
+        let path = Path::new("/db/test.mmsb");
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[512 + 20] ^= 0xff; // damage slot 1, which holds seq 1
+        storage.set_file_bytes(path, bytes);
+        let file = storage.open_file(path, false).unwrap();
+        assert_eq!(read_best_header(file.as_ref()).unwrap(), header);
+    }
+
+    #[test]
+    fn every_flipped_page_bit_is_detected() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        let pristine = storage.file_bytes(path).unwrap();
+        for bit in (0..4096 * 8).step_by(97) {
+            let mut bytes = pristine.clone();
+            bytes[4096 + bit / 8] ^= 1 << (bit % 8);
+            storage.set_file_bytes(path, bytes);
+            assert!(
+                matches!(page_file.read_page(PageId(1)), Err(Error::Corrupted(_))),
+                "bit {bit} flip went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn zeroed_and_misplaced_pages_are_detected() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        let mut bytes = storage.file_bytes(path).unwrap();
+        let sealed = bytes[4096..8192].to_vec();
+        bytes.extend_from_slice(&sealed); // page 1's image written at page 2
+        bytes.extend_from_slice(&[0u8; 4096]); // page 3 all zeros
+        storage.set_file_bytes(path, bytes);
+        assert!(page_file.read_page(PageId(1)).is_ok());
+        assert!(matches!(page_file.read_page(PageId(2)), Err(Error::Corrupted(_))));
+        assert!(matches!(page_file.read_page(PageId(3)), Err(Error::Corrupted(_))));
+        assert!(matches!(page_file.read_page(PageId(4)), Err(Error::Corrupted(_))));
+    }
+
+    #[test]
+    fn double_write_restores_a_torn_page() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        let mut sealed = vec![0u8; 4096];
+        seal_page(PageId(1), &vec![42u8; 4080], CommitEpoch(3), &mut sealed);
+        page_file.write_double_write(1, &[(PageId(1), sealed)]).unwrap();
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[4096..4096 + 100].fill(42); // a torn in-place write
+        storage.set_file_bytes(path, bytes);
+        assert!(page_file.read_page(PageId(1)).is_err());
+        assert_eq!(page_file.restore_double_write().unwrap(), 1);
+        assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![42u8; 4080]);
+    }
+
+    #[test]
+    fn a_torn_double_write_file_is_ignored() {
+        let (storage, page_file, _) = new_file(4096);
+        let mut sealed = vec![0u8; 4096];
+        seal_page(PageId(1), &vec![42u8; 4080], CommitEpoch(3), &mut sealed);
+        page_file.write_double_write(1, &[(PageId(1), sealed)]).unwrap();
+        let dwb = Path::new("/db/test.mmsb-dwb");
+        let mut bytes = storage.file_bytes(dwb).unwrap();
+        bytes.truncate(bytes.len() - 100);
+        storage.set_file_bytes(dwb, bytes);
+        assert_eq!(page_file.restore_double_write().unwrap(), 0);
+        assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![7u8; 4080]);
+    }
+
+    #[test]
+    fn unsupported_page_sizes_are_rejected() {
+        for size in [0, 1000, 2048, 4095, 128 * 1024] {
+            assert!(validate_page_size(size).is_err(), "{size}");
+        }
+        for size in [4096, 8192, 16384, 32768, 65536] {
+            assert!(validate_page_size(size).is_ok(), "{size}");
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Transactions over pages: [`ReadTransaction`] sees one snapshot;
+//! [`WriteTransaction`] changes private page copies that its commit turns
+//! into deltas, logs, installs and publishes.
+//!
+//! One write transaction runs at a time (the writer lock); readers never
+//! wait for it and it never waits for them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mmsb_wal::{CommitEpoch, Delta, PageId};
+use parking_lot::{ArcMutexGuard, RawMutex};
+
+use crate::db::{Shared, WriterState};
+use crate::error::{Error, Result};
+use crate::meta::{self, Meta, META_PAGE};
+use crate::metrics::Metrics;
+use crate::page_access::{PageRead, PageRef, PageWrite};
+
+/// Checks that a user-visible page id lies inside the database.
+fn check_data_page(page_id: PageId, meta: &Meta) -> Result<()> {
+    if page_id.get() < 2 || page_id.get() >= meta.page_count {
+        return Err(Error::PageOutOfRange(page_id));
+    }
+    Ok(())
+}
+
+/// A consistent, read-only view of the database as of one commit epoch.
+/// Dropping it releases the snapshot.
+pub struct ReadTransaction {
+    shared: Arc<Shared>,
+    snapshot: CommitEpoch,
+    meta: Meta,
+}
+
+impl std::fmt::Debug for ReadTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadTransaction")
+            .field("snapshot", &self.snapshot)
+            .finish()
+    }
+}
+
+impl ReadTransaction {
+    pub(crate) fn begin(shared: Arc<Shared>) -> Result<Self> {
+        let snapshot = shared.snapshots.acquire();
+        // From here on, Drop releases the snapshot even if reading meta fails.
+        let mut txn = ReadTransaction {
+            shared,
+            snapshot,
+            meta: Meta::new_database(),
+        };
+        let meta_image = txn.shared.read_page_at(META_PAGE, snapshot)?;
+        txn.meta = Meta::decode(&meta_image)?;
+        Ok(txn)
+    }
+
+    /// The commit epoch this transaction sees.
+    pub fn snapshot(&self) -> CommitEpoch {
+        self.snapshot
+    }
+
+    /// Pages allocated (including free ones) as of the snapshot.
+    pub fn page_count(&self) -> u64 {
+        self.meta.page_count
+    }
+}
+
+impl PageRead for ReadTransaction {
+    fn page_len(&self) -> usize {
+        self.shared.page_len()
+    }
+
+    fn read_page(&self, id: PageId) -> Result<PageRef> {
+        check_data_page(id, &self.meta)?;
+        Ok(PageRef::new(self.shared.read_page_at(id, self.snapshot)?))
+    }
+}
+
+impl Drop for ReadTransaction {
+    fn drop(&mut self) {
+        self.shared.snapshots.release(self.snapshot);
+        self.shared.wake_merge_worker();
+    }
+}
+
+/// A page a write transaction changed: the image it started from and its
+/// private copy.
+struct DirtyPage {
+    original: Arc<[u8]>,
+    image: Arc<[u8]>,
+}
+
+/// The single write transaction. Dropping it without commit rolls it back.
+pub struct WriteTransaction {
+    shared: Arc<Shared>,
+    writer: Option<ArcMutexGuard<RawMutex, WriterState>>,
+    meta: Meta,
+    meta_changed: bool,
+    dirty: HashMap<PageId, DirtyPage>,
+}
+
+impl std::fmt::Debug for WriteTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTransaction")
+            .field("dirty_pages", &self.dirty.len())
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl WriteTransaction {
+    pub(crate) fn begin(shared: Arc<Shared>) -> Result<Self> {
+        shared.check_writable()?;
+        let writer = shared.writer.lock_arc();
+        // Re-check under the lock: the previous writer may have poisoned the database.
+        shared.check_writable()?;
+        let meta = Meta::decode(&shared.read_page_latest(META_PAGE)?)?;
+        Ok(WriteTransaction {
+            shared,
+            writer: Some(writer),
+            meta,
+            meta_changed: false,
+            dirty: HashMap::new(),
+        })
+    }
+
+    /// Pages allocated (including free ones) as seen by this transaction.
+    pub fn page_count(&self) -> u64 {
+        self.meta.page_count
+    }
+
+    /// Writes `bytes` into page `id` at `offset`.
+    pub fn write(&mut self, id: PageId, offset: usize, bytes: &[u8]) -> Result<()> {
+        let page_len = self.page_len();
+        let end = offset.checked_add(bytes.len()).filter(|&end| end <= page_len);
+        let Some(end) = end else {
+            return Err(Error::InvalidArgument(format!(
+                "write of {} bytes at offset {offset} does not fit a {page_len}-byte page",
+                bytes.len()
+            )));
+        };
+        self.page_mut(id)?[offset..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn ensure_dirty(&mut self, id: PageId) -> Result<&mut DirtyPage> {
+        if !self.dirty.contains_key(&id) {
+            let original = if id.get() >= self.shared.durable_page_count()
+                && !self.shared.is_page_in_memory(id)
+            {
+                self.shared.zero_page()
+            } else {
+                self.shared.read_page_latest(id)?
+            };
+            self.dirty.insert(
+                id,
+                DirtyPage {
+                    image: Arc::clone(&original),
+                    original,
+                },
+            );
+        }
+        self.dirty
+            .get_mut(&id)
+            .ok_or_else(|| Error::Corrupted(format!("internal: dirty {id} vanished")))
+    }
+
+    fn page_image_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
+        let page = self.ensure_dirty(id)?;
+        if Arc::get_mut(&mut page.image).is_none() {
+            // Shared with the original or with a PageRef handed out: copy on write.
+            page.image = Arc::from(&page.image[..]);
+        }
+        Arc::get_mut(&mut page.image)
+            .ok_or_else(|| Error::Corrupted("internal: page copy is shared".into()))
+    }
+
+    /// Commits: logs the deltas, waits for durability (per the database's
+    /// durability mode), then makes them visible. Returns the commit epoch
+    /// (the current epoch when the transaction changed nothing).
+    pub fn commit(mut self) -> Result<CommitEpoch> {
+        let Some(writer) = self.writer.take() else {
+            return Err(Error::TransactionEnded);
+        };
+        if self.meta_changed {
+            let meta = self.meta;
+            meta.encode_into(self.page_image_mut(META_PAGE)?);
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        self.shared.commit_pages(writer, dirty_deltas(dirty)?)
+    }
+
+    /// Discards every change.
+    pub fn rollback(mut self) {
+        self.end_without_commit();
+    }
+
+    fn end_without_commit(&mut self) {
+        if self.writer.take().is_some() {
+            Metrics::bump(&self.shared.metrics.rollbacks);
+        }
+    }
+}
+
+/// Turns private page copies into deltas against the images they started from.
+fn dirty_deltas(dirty: HashMap<PageId, DirtyPage>) -> Result<Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>> {
+    let mut pages: Vec<_> = dirty.into_iter().collect();
+    pages.sort_unstable_by_key(|(id, _)| *id);
+    let mut out = Vec::with_capacity(pages.len());
+    for (id, page) in pages {
+        let delta = Delta::from_diff(id, &page.original, &page.image)?;
+        if !delta.is_empty() {
+            out.push((Arc::new(delta), page.image, page.original));
+        }
+    }
+    Ok(out)
+}
+
+impl Drop for WriteTransaction {
+    fn drop(&mut self) {
+        self.end_without_commit();
+    }
+}
+
+impl PageRead for WriteTransaction {
+    fn page_len(&self) -> usize {
+        self.shared.page_len()
+    }
+
+    fn read_page(&self, id: PageId) -> Result<PageRef> {
+        check_data_page(id, &self.meta)?;
+        if let Some(page) = self.dirty.get(&id) {
+            return Ok(PageRef::new(Arc::clone(&page.image)));
+        }
+        Ok(PageRef::new(self.shared.read_page_latest(id)?))
+    }
+}
+
+impl PageWrite for WriteTransaction {
+    fn page_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
+        check_data_page(id, &self.meta)?;
+        self.page_image_mut(id)
+    }
+
+    fn allocate_page(&mut self) -> Result<PageId> {
+        let id = if self.meta.free_head.get() != 0 {
+            let id = self.meta.free_head;
+            let next = meta::free_link(&self.read_page(id)?);
+            if next.get() != 0 && (next.get() < 2 || next.get() >= self.meta.page_count) {
+                return Err(Error::Corrupted(format!(
+                    "free list link of {id} points at {next}, outside the database"
+                )));
+            }
+            self.meta.free_head = next;
+            self.meta.free_count = self.meta.free_count.saturating_sub(1);
+            id
+        } else {
+            let id = PageId(self.meta.page_count);
+            self.meta.page_count += 1;
+            id
+        };
+        self.meta_changed = true;
+        self.page_image_mut(id)?.fill(0);
+        Ok(id)
+    }
+
+    fn free_page(&mut self, id: PageId) -> Result<()> {
+        check_data_page(id, &self.meta)?;
+        let head = self.meta.free_head;
+        meta::set_free_link(self.page_image_mut(id)?, head);
+        self.meta.free_head = id;
+        self.meta.free_count += 1;
+        self.meta_changed = true;
+        Ok(())
+    }
+}
