@@ -329,9 +329,10 @@ impl PageFile {
             .map_err(|err| Error::io("sync database directory", err))
     }
 
-    /// Copies the pages of a complete double-write file back into place
-    /// (idempotent) and syncs. Returns how many pages were restored. A torn
-    /// or missing double-write file means in-place writes never began.
+    /// Repairs every page that fails verification but has a copy in a
+    /// complete double-write file, and syncs. Returns how many pages were
+    /// repaired. A torn or missing double-write file means in-place writes
+    /// of its checkpoint never began.
     pub fn restore_double_write(&self) -> Result<usize> {
         let exists = self
             .storage
@@ -357,11 +358,22 @@ impl PageFile {
         let Some(pages) = self.parse_double_write(&buf) else {
             return Ok(0);
         };
+        let mut restored = 0;
         for (page_id, sealed) in &pages {
+            // An intact page holds either the old or the new image; replay
+            // from the header's checkpoint makes both right. Only a torn or
+            // damaged page needs its double-write copy.
+            if self.read_page(*page_id).is_ok() {
+                continue;
+            }
+            tracing::warn!(%page_id, "repairing a damaged page from the double-write file");
             self.write(sealed, self.offset_of(*page_id), "restore page from double-write file")?;
+            restored += 1;
         }
-        self.sync("sync restored pages")?;
-        Ok(pages.len())
+        if restored > 0 {
+            self.sync("sync restored pages")?;
+        }
+        Ok(restored)
     }
 
     /// The entries of a complete, checksummed double-write image.
@@ -506,6 +518,7 @@ mod tests {
         storage.set_file_bytes(path, bytes);
         assert!(page_file.read_page(PageId(1)).is_err());
         assert_eq!(page_file.restore_double_write().unwrap(), 1);
+        assert_eq!(page_file.restore_double_write().unwrap(), 0, "nothing left to repair");
         assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![42u8; 4080]);
     }
 
