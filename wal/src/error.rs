@@ -31,6 +31,9 @@ pub enum WalError {
     /// A delta or encoded delta was malformed.
     #[error("invalid delta: {0}")]
     Delta(#[from] DeltaError),
+    /// An encoded commit record or delta failed validation, or could not be encoded.
+    #[error("commit record codec: {0}")]
+    Codec(#[from] crate::codec::CodecError),
     /// A record or value exceeds a fixed limit.
     #[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -41,6 +44,10 @@ pub enum WalError {
         /// The limit.
         limit: u64,
     },
+    /// An argument is out of its documented range (a misuse by the caller,
+    /// such as a commit epoch that does not increase, or a bad configuration).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// An earlier fsync failed: the log's durable state is unknown, so it
     /// refuses writes until the database is reopened and recovered.
     #[error("the TLog refuses writes after an earlier fsync failure; reopen the database")]

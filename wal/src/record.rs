@@ -1,1 +1,802 @@
-//! Commit records: the payload of one TLog commit frame. Filled in by the codec work.
+//! The commit record: the payload of one TLog commit frame, holding the
+//! deltas of one committed transaction in the order the engine gave them
+//! (several deltas may target one page; replay applies them in that order).
+//!
+//! ```text
+//! version      u8      RECORD_FORMAT_VERSION (1)
+//! flags        u8      bit 0: FLAG_BODY_ZSTD; bits 1-7 reserved, must be 0
+//! delta count  varint
+//! body         flags bit 0 clear: the encoded deltas, back to back, to the end
+//!              flags bit 0 set:   varint body length, then one zstd frame
+//!                                 (to the end) that decompresses to exactly
+//!                                 that many bytes of encoded deltas
+//! ```
+//!
+//! Each encoded delta starts with its encoding tag (see `codec`). Page ids
+//! in RLE-encoded deltas are steps from the previous delta's page id, so a
+//! record of deltas to nearby pages (sorted or not) spends a byte or two
+//! per page id instead of eight. The TLog frames, checksums and orders
+//! records; this module knows nothing of frames. Byte layouts:
+//! `docs/format-record.md`.
+
+use crate::codec::{
+    self, put_varint, varint_len, zstd_compress, zstd_decompress, CodecConfig, CodecError,
+    CodecMode, DecodeScratch, DeltaEncoding, EncodeScratch, Reader, MIN_ENCODED_DELTA_BYTES,
+};
+use crate::delta::{Delta, MAX_PAGE_LEN};
+use crate::error::WalError;
+use crate::ids::PageId;
+
+/// Version of the record format this build writes and reads.
+pub const RECORD_FORMAT_VERSION: u8 = 1;
+/// Flag: the record body is one zstd frame.
+pub const FLAG_BODY_ZSTD: u8 = 0x01;
+/// Flags this build understands; a record with any other bit set is rejected.
+const KNOWN_FLAGS: u8 = FLAG_BODY_ZSTD;
+/// Largest record body compressed whole: the pass is meant for records of
+/// many small deltas, and the bound caps what decoding a hostile record may
+/// allocate. Larger records rely on per-delta encodings.
+pub const MAX_ZSTD_BODY_BYTES: usize = 4 << 20;
+/// Bytes of the version and flags fields.
+const RECORD_PREFIX_BYTES: usize = 2;
+/// Offset of the flags byte from the start of the record.
+const FLAGS_OFFSET: usize = 1;
+
+/// The deltas of one committed transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitRecord {
+    /// The deltas in the order the engine gave them; order matters when
+    /// several deltas target one page.
+    pub deltas: Vec<Delta>,
+}
+
+/// What [`CommitRecord::encode`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncodeStats {
+    /// Deltas encoded.
+    pub delta_count: usize,
+    /// Bytes the deltas change (sum of [`Delta::changed_len`]).
+    pub changed_bytes: usize,
+    /// Length the record would have with [`CodecMode::Raw`]: the uncompressed baseline.
+    pub raw_bytes: usize,
+    /// Bytes appended to the output.
+    pub encoded_bytes: usize,
+    /// Deltas encoded [`DeltaEncoding::Raw`].
+    pub raw_deltas: usize,
+    /// Deltas encoded [`DeltaEncoding::Rle`].
+    pub rle_deltas: usize,
+    /// Deltas encoded [`DeltaEncoding::Zstd`].
+    pub zstd_deltas: usize,
+    /// Whether the body was compressed whole ([`FLAG_BODY_ZSTD`]).
+    pub body_zstd: bool,
+}
+
+impl EncodeStats {
+    /// `raw_bytes / encoded_bytes`: how many times smaller than raw the record came out.
+    pub fn ratio(&self) -> f64 {
+        self.raw_bytes as f64 / self.encoded_bytes.max(1) as f64
+    }
+
+    fn count(&mut self, encoding: DeltaEncoding) {
+        match encoding {
+            DeltaEncoding::Raw => self.raw_deltas += 1,
+            DeltaEncoding::Rle => self.rle_deltas += 1,
+            DeltaEncoding::Zstd => self.zstd_deltas += 1,
+        }
+    }
+}
+
+impl CommitRecord {
+    /// A record of `deltas`, in order.
+    pub fn new(deltas: Vec<Delta>) -> Self {
+        CommitRecord { deltas }
+    }
+
+    /// Exact length of this record encoded with [`CodecMode::Raw`].
+    pub fn raw_encoded_len(&self) -> usize {
+        RECORD_PREFIX_BYTES
+            + varint_len(self.deltas.len() as u64)
+            + self
+                .deltas
+                .iter()
+                .map(codec::raw_encoded_len)
+                .sum::<usize>()
+    }
+
+    /// Appends the encoded record to `out` (whose earlier contents are kept).
+    /// On error `out` is left as it was.
+    pub fn encode(&self, config: &CodecConfig, out: &mut Vec<u8>) -> Result<EncodeStats, WalError> {
+        let start = out.len();
+        let result = self.encode_inner(config, out, start);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn encode_inner(
+        &self,
+        config: &CodecConfig,
+        out: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<EncodeStats, WalError> {
+        let mut stats = EncodeStats {
+            delta_count: self.deltas.len(),
+            raw_bytes: self.raw_encoded_len(),
+            ..EncodeStats::default()
+        };
+        out.push(RECORD_FORMAT_VERSION);
+        out.push(0);
+        put_varint(out, self.deltas.len() as u64);
+        let body_start = out.len();
+        let mut scratch = EncodeScratch::default();
+        let mut prev_page = PageId(0);
+        let mut zstd_entry_bytes = 0usize;
+        for delta in &self.deltas {
+            let entry_start = out.len();
+            let encoding = codec::encode_delta(delta, prev_page, config, out, &mut scratch)?;
+            if encoding == DeltaEncoding::Zstd {
+                zstd_entry_bytes += out.len() - entry_start;
+            }
+            stats.count(encoding);
+            stats.changed_bytes += delta.changed_len();
+            prev_page = delta.page_id();
+        }
+        if config.mode == CodecMode::Adaptive {
+            stats.body_zstd = compress_body(out, body_start, zstd_entry_bytes, config)?;
+            if stats.body_zstd {
+                out[start + FLAGS_OFFSET] |= FLAG_BODY_ZSTD;
+            }
+        }
+        stats.encoded_bytes = out.len() - start;
+        debug_assert!(config.mode != CodecMode::Raw || stats.encoded_bytes == stats.raw_bytes);
+        Ok(stats)
+    }
+
+    /// Decodes a record that [`CommitRecord::encode`] wrote. Every run must
+    /// end within `page_len_limit` (itself capped at [`MAX_PAGE_LEN`]).
+    /// Malformed bytes give [`WalError::Codec`] or [`WalError::Delta`].
+    pub fn decode(bytes: &[u8], page_len_limit: usize) -> Result<CommitRecord, WalError> {
+        let page_len_limit = page_len_limit.min(MAX_PAGE_LEN);
+        let mut reader = Reader::new(bytes);
+        let version = reader.u8("record version")?;
+        if version != RECORD_FORMAT_VERSION {
+            return Err(CodecError::UnknownVersion { version }.into());
+        }
+        let flags = reader.u8("record flags")?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(CodecError::UnknownFlags { flags }.into());
+        }
+        let count_at = reader.pos();
+        let count = reader.varint("delta count")?;
+        if flags & FLAG_BODY_ZSTD == 0 {
+            return decode_body(&mut reader, count, count_at, page_len_limit);
+        }
+        let body_len = reader.varint_at_most("record body length", MAX_ZSTD_BODY_BYTES)?;
+        let frame_at = reader.pos();
+        let mut body = Vec::new();
+        zstd_decompress(reader.rest(), body_len, &mut body, frame_at, "record body")?;
+        decode_body(&mut Reader::new(&body), count, count_at, page_len_limit)
+    }
+}
+
+/// Replaces the body that starts at `body_start` with its zstd frame when
+/// the pass applies and wins; returns whether it did. Skipped when the body
+/// is mostly zstd-encoded deltas already.
+fn compress_body(
+    out: &mut Vec<u8>,
+    body_start: usize,
+    zstd_entry_bytes: usize,
+    config: &CodecConfig,
+) -> Result<bool, CodecError> {
+    let body_len = out.len() - body_start;
+    let applies = body_len >= config.record_zstd_min_bytes
+        && body_len <= MAX_ZSTD_BODY_BYTES
+        && zstd_entry_bytes * 2 < body_len;
+    if !applies {
+        return Ok(false);
+    }
+    let mut frame = Vec::new();
+    zstd_compress(&out[body_start..], config.zstd_level, &mut frame)?;
+    if varint_len(body_len as u64) + frame.len() >= body_len {
+        return Ok(false);
+    }
+    out.truncate(body_start);
+    put_varint(out, body_len as u64);
+    out.extend_from_slice(&frame);
+    Ok(true)
+}
+
+/// Reads `count` deltas that must fill `reader` exactly.
+fn decode_body(
+    reader: &mut Reader<'_>,
+    count: u64,
+    count_at: usize,
+    page_len_limit: usize,
+) -> Result<CommitRecord, WalError> {
+    let count_limit = reader.remaining() / MIN_ENCODED_DELTA_BYTES;
+    let count = match usize::try_from(count) {
+        Ok(count) if count <= count_limit => count,
+        _ => {
+            return Err(CodecError::OutOfRange {
+                at: count_at,
+                what: "delta count",
+                value: count,
+                limit: count_limit as u64,
+            }
+            .into())
+        }
+    };
+    let mut deltas = Vec::with_capacity(count);
+    let mut scratch = DecodeScratch::default();
+    let mut prev_page = PageId(0);
+    for _ in 0..count {
+        let (delta, _) = codec::decode_delta(reader, prev_page, page_len_limit, &mut scratch)?;
+        prev_page = delta.page_id();
+        deltas.push(delta);
+    }
+    reader.expect_end("record body")?;
+    Ok(CommitRecord { deltas })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::DeltaRun;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const MODES: [CodecMode; 4] = [
+        CodecMode::Raw,
+        CodecMode::Rle,
+        CodecMode::Zstd,
+        CodecMode::Adaptive,
+    ];
+
+    fn encode(record: &CommitRecord, mode: CodecMode) -> Vec<u8> {
+        let mut out = Vec::new();
+        record
+            .encode(&CodecConfig::with_mode(mode), &mut out)
+            .unwrap();
+        out
+    }
+
+    fn codec_err(bytes: &[u8], page_len_limit: usize) -> CodecError {
+        match CommitRecord::decode(bytes, page_len_limit) {
+            Err(WalError::Codec(err)) => err,
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+    }
+
+    fn sparse_delta(page: u64, writes: &[(usize, &[u8])]) -> Delta {
+        let mut delta = Delta::new(PageId(page));
+        for &(offset, bytes) in writes {
+            delta.write(offset, bytes).unwrap();
+        }
+        delta
+    }
+
+    /// How a generated delta looks.
+    #[derive(Clone, Copy, Debug)]
+    enum Shape {
+        /// A few short writes at random offsets.
+        Sparse,
+        /// About half of the page's bytes changed, in random spans.
+        Dense,
+        /// A full image of random bytes with zero runs.
+        FullImage,
+        /// Short writes of repeated bytes.
+        Repeats,
+    }
+
+    fn shape() -> impl Strategy<Value = Shape> {
+        prop_oneof![
+            Just(Shape::Sparse),
+            Just(Shape::Dense),
+            Just(Shape::FullImage),
+            Just(Shape::Repeats),
+        ]
+    }
+
+    fn page_len() -> impl Strategy<Value = usize> {
+        prop_oneof![Just(4096usize), 1usize..=MAX_PAGE_LEN]
+    }
+
+    /// A delta of `shape` on a page of `page_len` bytes, from `rng`.
+    fn gen_delta(rng: &mut StdRng, page: u64, page_len: usize, shape: Shape) -> Delta {
+        let mut delta = Delta::new(PageId(page));
+        match shape {
+            Shape::Sparse | Shape::Repeats => {
+                for _ in 0..rng.gen_range(0..40) {
+                    let offset = rng.gen_range(0..page_len);
+                    let len = rng.gen_range(1..=16).min(page_len - offset);
+                    let bytes: Vec<u8> = match shape {
+                        Shape::Repeats => vec![rng.gen_range(0..3); len],
+                        _ => (0..len).map(|_| rng.gen()).collect(),
+                    };
+                    delta.write(offset, &bytes).unwrap();
+                }
+            }
+            Shape::Dense => {
+                let old: Vec<u8> = (0..page_len).map(|_| rng.gen()).collect();
+                let mut new = old.clone();
+                for byte in new.iter_mut() {
+                    if rng.gen_bool(0.5) {
+                        *byte = byte.wrapping_add(1);
+                    }
+                }
+                delta = Delta::from_diff(PageId(page), &old, &new).unwrap();
+            }
+            Shape::FullImage => {
+                let image: Vec<u8> = (0..page_len)
+                    .map(|i| if (i / 64) % 3 == 0 { 0 } else { rng.gen() })
+                    .collect();
+                delta = Delta::full_image(PageId(page), &image).unwrap();
+            }
+        }
+        delta
+    }
+
+    fn gen_record(seed: u64, page_len: usize, shapes: &[Shape]) -> CommitRecord {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let deltas = shapes
+            .iter()
+            .map(|&shape| {
+                // Few distinct pages, in no particular order: some repeat.
+                let page = rng.gen_range(0..6u64) * rng.gen_range(1..1_000_000u64);
+                gen_delta(&mut rng, page, page_len, shape)
+            })
+            .collect();
+        CommitRecord::new(deltas)
+    }
+
+    fn assert_well_formed(record: &CommitRecord, page_len_limit: usize) {
+        for delta in &record.deltas {
+            assert!(delta.check_invariants());
+            assert!(delta.extent() <= page_len_limit.min(MAX_PAGE_LEN));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn every_mode_round_trips(
+            seed in any::<u64>(),
+            page_len in page_len(),
+            shapes in prop::collection::vec(shape(), 0..6),
+        ) {
+            let record = gen_record(seed, page_len, &shapes);
+            let mut sizes = Vec::new();
+            for mode in MODES {
+                let mut bytes = Vec::new();
+                let stats = record.encode(&CodecConfig::with_mode(mode), &mut bytes).unwrap();
+                if mode == CodecMode::Adaptive {
+                    // Rle is never longer than Raw (docs/format-record.md).
+                    prop_assert_eq!(stats.raw_deltas, 0);
+                }
+                let decoded = CommitRecord::decode(&bytes, page_len).unwrap();
+                prop_assert_eq!(&decoded, &record, "mode {:?}", mode);
+                sizes.push(bytes.len());
+            }
+            prop_assert_eq!(sizes[0], record.raw_encoded_len());
+            prop_assert!(sizes[3] <= sizes[0] && sizes[3] <= sizes[1], "adaptive sizes {:?}", sizes);
+        }
+
+        #[test]
+        fn many_small_deltas_round_trip_through_the_body_pass(
+            seed in any::<u64>(),
+            count in 0usize..300,
+        ) {
+            let record = gen_record(seed, 4096, &vec![Shape::Sparse; count]);
+            let mut bytes = Vec::new();
+            let stats = record.encode(&CodecConfig::default(), &mut bytes).unwrap();
+            prop_assert_eq!(stats.encoded_bytes, bytes.len());
+            prop_assert_eq!(stats.delta_count, count);
+            prop_assert_eq!(stats.body_zstd, bytes[1] & FLAG_BODY_ZSTD != 0);
+            prop_assert_eq!(CommitRecord::decode(&bytes, 4096).unwrap(), record);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            head in prop::sample::select(vec![vec![], vec![1u8, 0], vec![1u8, 1]]),
+            tail in prop::collection::vec(any::<u8>(), 0..256),
+            page_len_limit in prop_oneof![Just(4096usize), Just(usize::MAX), 0usize..70_000],
+        ) {
+            let bytes = [head, tail].concat();
+            if let Ok(record) = CommitRecord::decode(&bytes, page_len_limit) {
+                assert_well_formed(&record, page_len_limit);
+            }
+        }
+
+        #[test]
+        fn damaged_encodings_never_panic(
+            seed in any::<u64>(),
+            shapes in prop::collection::vec(shape(), 1..4),
+            mode in prop::sample::select(MODES.to_vec()),
+            damage in prop::collection::vec((any::<prop::sample::Index>(), 0u8..8, 0u8..4), 1..4),
+        ) {
+            let record = gen_record(seed, 2048, &shapes);
+            let mut bytes = encode(&record, mode);
+            for (index, bit, how) in damage {
+                let at = index.index(bytes.len());
+                match how {
+                    0 | 1 => bytes[at] ^= 1 << bit,
+                    2 => bytes.truncate(at),
+                    _ => bytes.insert(at, bit.wrapping_mul(37)),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            if let Ok(decoded) = CommitRecord::decode(&bytes, 2048) {
+                assert_well_formed(&decoded, 2048);
+            }
+        }
+    }
+
+    #[test]
+    fn layout_of_a_small_record() {
+        let record = CommitRecord::new(vec![
+            sparse_delta(9, &[(4, &[0xaa])]),
+            sparse_delta(10, &[(0, &[1, 2])]),
+        ]);
+        let bytes = encode(&record, CodecMode::Adaptive);
+        let expected = [
+            RECORD_FORMAT_VERSION,
+            0, // flags: body not compressed (too short for the pass)
+            2, // two deltas
+            1,
+            18,
+            1,
+            4,
+            2,
+            0xaa, // rle, page step +9, one run at 4, one literal byte
+            1,
+            2,
+            1,
+            0,
+            4,
+            1,
+            2, // rle, page step +1, one run at 0, two literal bytes
+        ];
+        assert_eq!(bytes, expected);
+        assert_eq!(CommitRecord::decode(&bytes, 4096).unwrap(), record);
+    }
+
+    #[test]
+    fn empty_record_round_trips() {
+        for mode in MODES {
+            let bytes = encode(&CommitRecord::default(), mode);
+            assert_eq!(bytes, [RECORD_FORMAT_VERSION, 0, 0]);
+            assert_eq!(
+                CommitRecord::decode(&bytes, 4096).unwrap(),
+                CommitRecord::default()
+            );
+        }
+    }
+
+    #[test]
+    fn deltas_to_one_page_keep_their_order() {
+        let record = CommitRecord::new(vec![
+            sparse_delta(3, &[(0, &[1, 1, 1])]),
+            sparse_delta(3, &[(1, &[2])]),
+            sparse_delta(1, &[(0, &[5])]),
+            sparse_delta(3, &[(2, &[3])]),
+        ]);
+        for mode in MODES {
+            let decoded = CommitRecord::decode(&encode(&record, mode), 4096).unwrap();
+            assert_eq!(decoded, record);
+            let mut page = [0u8; 4];
+            for delta in decoded.deltas.iter().filter(|d| d.page_id() == PageId(3)) {
+                delta.apply(&mut page).unwrap();
+            }
+            assert_eq!(page, [1, 2, 3, 0]);
+        }
+    }
+
+    #[test]
+    fn encode_appends_after_existing_bytes() {
+        let record = CommitRecord::new(vec![sparse_delta(1, &[(0, &[7; 300])])]);
+        let mut out = vec![0xee; 5];
+        let stats = record.encode(&CodecConfig::default(), &mut out).unwrap();
+        assert_eq!(&out[..5], &[0xee; 5]);
+        assert_eq!(stats.encoded_bytes, out.len() - 5);
+        assert_eq!(CommitRecord::decode(&out[5..], 4096).unwrap(), record);
+    }
+
+    #[test]
+    fn adaptive_picks_zstd_for_compressible_full_pages_and_rle_for_sparse() {
+        let image: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let record = CommitRecord::new(vec![
+            Delta::full_image(PageId(1), &image).unwrap(),
+            sparse_delta(2, &[(100, &[1, 2, 3, 4])]),
+        ]);
+        let mut out = Vec::new();
+        let stats = record.encode(&CodecConfig::default(), &mut out).unwrap();
+        assert_eq!(
+            (stats.zstd_deltas, stats.rle_deltas, stats.raw_deltas),
+            (1, 1, 0)
+        );
+        assert!(
+            !stats.body_zstd,
+            "a body of mostly zstd deltas is not recompressed"
+        );
+        assert!(stats.ratio() > 10.0, "ratio {}", stats.ratio());
+    }
+
+    #[test]
+    fn zstd_is_not_tried_below_its_threshold() {
+        let record = CommitRecord::new(vec![Delta::full_image(PageId(1), &[0u8; 100]).unwrap()]);
+        let config = CodecConfig {
+            zstd_min_bytes: 200,
+            ..CodecConfig::default()
+        };
+        let mut out = Vec::new();
+        let stats = record.encode(&config, &mut out).unwrap();
+        assert_eq!(stats.zstd_deltas, 0);
+        assert_eq!(stats.rle_deltas, 1);
+    }
+
+    #[test]
+    fn many_small_deltas_take_the_body_pass() {
+        let deltas = (0..200u64)
+            .map(|page| {
+                sparse_delta(
+                    page * 3,
+                    &[((page as usize * 40) % 4000, &[page as u8, 0, 1])],
+                )
+            })
+            .collect();
+        let record = CommitRecord::new(deltas);
+        let mut out = Vec::new();
+        let stats = record.encode(&CodecConfig::default(), &mut out).unwrap();
+        assert!(stats.body_zstd);
+        assert_eq!(out[1], FLAG_BODY_ZSTD);
+        let mut off = Vec::new();
+        let no_pass = CodecConfig {
+            record_zstd_min_bytes: usize::MAX,
+            ..CodecConfig::default()
+        };
+        let stats_off = record.encode(&no_pass, &mut off).unwrap();
+        assert!(!stats_off.body_zstd);
+        assert!(out.len() < off.len());
+        assert_eq!(CommitRecord::decode(&out, 4096).unwrap(), record);
+    }
+
+    #[test]
+    fn truncated_header_is_rejected() {
+        assert!(matches!(
+            codec_err(&[], 4096),
+            CodecError::Truncated { at: 0, .. }
+        ));
+        assert!(matches!(
+            codec_err(&[1], 4096),
+            CodecError::Truncated { at: 1, .. }
+        ));
+        assert!(matches!(
+            codec_err(&[1, 0], 4096),
+            CodecError::Truncated { at: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_version_is_rejected() {
+        assert_eq!(
+            codec_err(&[2, 0, 0], 4096),
+            CodecError::UnknownVersion { version: 2 }
+        );
+    }
+
+    #[test]
+    fn reserved_flags_are_rejected() {
+        assert_eq!(
+            codec_err(&[1, 0x82, 0], 4096),
+            CodecError::UnknownFlags { flags: 0x82 }
+        );
+    }
+
+    #[test]
+    fn delta_count_beyond_the_body_is_rejected() {
+        let mut bytes = encode(
+            &CommitRecord::new(vec![sparse_delta(1, &[(0, &[1])])]),
+            CodecMode::Rle,
+        );
+        bytes[2] = 100;
+        assert!(matches!(
+            codec_err(&bytes, 4096),
+            CodecError::OutOfRange {
+                at: 2,
+                what: "delta count",
+                value: 100,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn delta_count_short_of_the_body_is_rejected() {
+        let record = CommitRecord::new(vec![
+            sparse_delta(1, &[(0, &[1])]),
+            sparse_delta(2, &[(0, &[1])]),
+        ]);
+        let mut bytes = encode(&record, CodecMode::Rle);
+        bytes[2] = 1;
+        assert!(matches!(
+            codec_err(&bytes, 4096),
+            CodecError::TrailingBytes {
+                what: "record body",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_encoding_tag_is_rejected() {
+        assert_eq!(
+            codec_err(&[1, 0, 1, 9, 0, 0], 4096),
+            CodecError::UnknownEncoding { at: 3, tag: 9 }
+        );
+    }
+
+    #[test]
+    fn run_past_the_callers_page_limit_is_rejected() {
+        let record = CommitRecord::new(vec![sparse_delta(1, &[(4000, &[1; 10])])]);
+        for mode in MODES {
+            let err = codec_err(&encode(&record, mode), 4000);
+            assert!(
+                matches!(
+                    err,
+                    CodecError::OutOfRange {
+                        what: "run end",
+                        value: 4010,
+                        limit: 4000,
+                        ..
+                    }
+                ),
+                "{mode:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_limit_is_capped_at_max_page_len() {
+        let mut bytes = vec![1, 0, 1, DeltaEncoding::Raw.tag()];
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&(MAX_PAGE_LEN as u32).to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.push(7);
+        let err = codec_err(&bytes, usize::MAX);
+        assert!(matches!(
+            err,
+            CodecError::OutOfRange {
+                what: "run end",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn body_length_over_the_limit_is_rejected() {
+        let mut bytes = vec![1, FLAG_BODY_ZSTD, 1];
+        put_varint(&mut bytes, MAX_ZSTD_BODY_BYTES as u64 + 1);
+        bytes.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            codec_err(&bytes, 4096),
+            CodecError::OutOfRange {
+                what: "record body length",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn body_shorter_than_declared_is_rejected() {
+        let body = [DeltaEncoding::Rle.tag(), 2, 0];
+        let mut frame = Vec::new();
+        zstd_compress(&body, 1, &mut frame).unwrap();
+        let mut bytes = vec![1, FLAG_BODY_ZSTD, 1, 4];
+        bytes.extend_from_slice(&frame);
+        assert!(matches!(
+            codec_err(&bytes, 4096),
+            CodecError::LengthMismatch {
+                at: 4,
+                what: "record body",
+                expected: 4,
+                actual: 3
+            }
+        ));
+        // The same frame with its true length decodes.
+        bytes[3] = 3;
+        let record = CommitRecord::decode(&bytes, 4096).unwrap();
+        assert_eq!(record.deltas, vec![Delta::new(PageId(1))]);
+    }
+
+    #[test]
+    fn corrupt_body_frame_is_rejected() {
+        let bytes = [1, FLAG_BODY_ZSTD, 1, 3, 0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff];
+        assert!(matches!(
+            codec_err(&bytes, 4096),
+            CodecError::Zstd { at: 4, .. }
+        ));
+    }
+
+    /// A record of one zstd delta whose raw encoding is `raw`, with the raw
+    /// length field set to `declared_raw_len`.
+    fn zstd_delta_record(raw: &[u8], declared_raw_len: u64) -> Vec<u8> {
+        let mut frame = Vec::new();
+        zstd_compress(raw, 1, &mut frame).unwrap();
+        let mut bytes = vec![1, 0, 1, DeltaEncoding::Zstd.tag()];
+        put_varint(&mut bytes, declared_raw_len);
+        put_varint(&mut bytes, frame.len() as u64);
+        bytes.extend_from_slice(&frame);
+        bytes
+    }
+
+    #[test]
+    fn zstd_delta_raw_length_over_the_page_bound_is_rejected() {
+        let bytes = zstd_delta_record(&[0; 12], 1 << 40);
+        assert!(matches!(
+            codec_err(&bytes, 4096),
+            CodecError::OutOfRange {
+                what: "zstd delta raw length",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zstd_delta_frame_length_past_the_input_is_rejected() {
+        let mut bytes = zstd_delta_record(&[0; 12], 12);
+        bytes.truncate(bytes.len() - 1);
+        assert!(matches!(
+            codec_err(&bytes, 4096),
+            CodecError::OutOfRange {
+                what: "zstd delta frame length",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zstd_delta_with_bytes_after_its_runs_is_rejected() {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&5u64.to_le_bytes());
+        raw.extend_from_slice(&0u32.to_le_bytes());
+        raw.push(0xee);
+        let bytes = zstd_delta_record(&raw, raw.len() as u64);
+        assert!(matches!(
+            codec_err(&bytes, 4096),
+            CodecError::TrailingBytes {
+                what: "zstd delta",
+                count: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn overlapping_raw_runs_are_a_delta_error() {
+        let runs = [DeltaRun {
+            offset: 0,
+            bytes: &[1, 2, 3],
+        }];
+        let delta = Delta::from_sorted_runs(PageId(1), runs).unwrap();
+        let mut bytes = encode(&CommitRecord::new(vec![delta]), CodecMode::Raw);
+        // Append a second run [1, 2) that overlaps the first, and count it.
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.push(9);
+        bytes[12..16].copy_from_slice(&2u32.to_le_bytes());
+        assert!(matches!(
+            CommitRecord::decode(&bytes, 4096),
+            Err(WalError::Delta(crate::delta::DeltaError::Unordered {
+                offset: 1
+            }))
+        ));
+    }
+}
