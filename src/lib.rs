@@ -1,15 +1,15 @@
 //! mmsb: an embedded transactional storage engine.
 //!
 //! ```no_run
-//! use mmsb::{Database, PageWrite, PageRead};
 //! # fn main() -> mmsb::Result<()> {
-//! let db = Database::open("app.mmsb")?;          // creates the file if missing
-//! let mut tx = db.begin_write()?;
-//! let page = tx.allocate_page()?;
-//! tx.write(page, 0, b"hello")?;
+//! let db = mmsb::Database::open("app.mmsb")?;     // creates the file if missing
+//! let mut tx = db.begin_write()?;                 // SERIALIZABLE by default
+//! tx.open_table("users")?.insert(b"alice", b"admin")?;
 //! tx.commit()?;                                   // durable when this returns
-//! let rx = db.begin_read()?;
-//! assert_eq!(&rx.read_page(page)?[..5], b"hello");
+//!
+//! let rx = db.begin_read()?;                      // a snapshot: never blocks, never blocked
+//! let users = rx.open_table("users")?;
+//! assert_eq!(users.get(b"alice")?.as_deref(), Some(&b"admin"[..]));
 //! # Ok(()) }
 //! ```
 //!
@@ -18,8 +18,10 @@
 #![deny(missing_docs)]
 
 pub use mmsb_engine::{
-    CheckpointStats, CommitEpoch, Database, Durability, Error, MetricsSnapshot, Options, PageId,
-    PageRead, PageRef, PageWrite, ReadTransaction, Result, WriteTransaction,
+    ByteView, CheckpointStats, CommitEpoch, Database, Durability, Error, IsolationLevel,
+    MetricsSnapshot, Options, PageId, PageRead, PageReadTransaction, PageRef, PageWrite,
+    PageWriteTransaction, Range, ReadOnlyTable, ReadTransaction, Result, Savepoint, Table,
+    Transaction, MAX_CONFLICT_RETRIES, MAX_TABLE_NAME_BYTES,
 };
 
 /// The storage seam, for tests and embedders that bring their own files.

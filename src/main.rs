@@ -52,7 +52,7 @@ fn demo(path: &std::path::Path) -> mmsb::Result<()> {
         println!("opened {} (last commit: {})", path.display(), db.last_commit());
         let mut pages = Vec::new();
         for text in GREETINGS {
-            let mut tx = db.begin_write()?;
+            let mut tx = db.begin_page_write()?;
             let page = tx.allocate_page()?;
             tx.write(page, 0, &(text.len() as u16).to_le_bytes())?;
             tx.write(page, 2, text.as_bytes())?;
@@ -70,14 +70,14 @@ fn demo(path: &std::path::Path) -> mmsb::Result<()> {
         metrics.recovery_micros,
         db.last_commit()
     );
-    let rx = db.begin_read()?;
+    let rx = db.begin_page_read()?;
     for page in pages {
         println!("read back from {page}: {:?}", read_text(&rx, page)?);
     }
     Ok(())
 }
 
-fn read_text(rx: &mmsb::ReadTransaction, page: PageId) -> mmsb::Result<String> {
+fn read_text(rx: &mmsb::PageReadTransaction, page: PageId) -> mmsb::Result<String> {
     let bytes = rx.read_page(page)?;
     let len = usize::from(u16::from_le_bytes([bytes[0], bytes[1]])).min(bytes.len() - 2);
     Ok(String::from_utf8_lossy(&bytes[2..2 + len]).into_owned())

@@ -189,7 +189,7 @@ fn after_fsync_failure_writes_are_refused_until_reopen() {
     });
     assert!(common::run_commit(&db, 1).is_err(), "the commit whose fsync failed must fail");
     faulty.heal();
-    let refused = db.begin_write().map(drop);
+    let refused = db.begin_page_write().map(drop);
     assert!(matches!(refused, Err(Error::Poisoned)), "got {refused:?}");
     // Readers still work and see only what was acknowledged.
     assert_eq!(common::committed_count(&db).unwrap(), 1);

@@ -29,12 +29,25 @@ use parking_lot::{ArcMutexGuard, Condvar, Mutex, RawMutex};
 use crate::error::{Error, Result};
 use crate::meta::{Meta, META_PAGE};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::mvcc::{CommitLog, IsolationLevel, ReadTransaction, Transaction};
 use crate::page_file::{
     seal_page, FileHeader, PageFile, DEFAULT_PAGE_SIZE, HEADER_MAGIC, MAX_PAGE_SIZE, PAGE_TRAILER_LEN,
 };
 use crate::page_table::PageTable;
 use crate::snapshots::SnapshotRegistry;
-use crate::txn::{ReadTransaction, WriteTransaction};
+use crate::txn::{PageReadTransaction, PageWriteTransaction};
+
+/// How often [`Database::run`] retries a transaction that conflicted.
+pub const MAX_CONFLICT_RETRIES: u32 = 64;
+
+/// Sleeps a little, longer on later attempts, jittered so that retrying
+/// transactions do not collide again in lockstep.
+fn backoff(attempt: u32) {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    let ceiling_us = 20u64 << attempt.min(8);
+    std::thread::sleep(Duration::from_micros(random % ceiling_us));
+}
 
 /// Pages a checkpoint writes per double-write round (bounds its memory).
 const CHECKPOINT_CHUNK_PAGES: usize = 4096;
@@ -125,6 +138,8 @@ pub(crate) struct Shared {
     tlog_bytes_at_checkpoint: AtomicU64,
     poisoned: AtomicBool,
     pub(crate) metrics: Metrics,
+    /// Footprints of recent table commits, for conflict checks.
+    pub(crate) commit_log: Mutex<CommitLog>,
     zero_page: Arc<[u8]>,
     worker_signal: WorkerSignal,
 }
@@ -180,14 +195,54 @@ impl Database {
         })
     }
 
-    /// Starts the write transaction; waits while another one is running.
-    pub fn begin_write(&self) -> Result<WriteTransaction> {
-        WriteTransaction::begin(Arc::clone(&self.inner.shared))
+    /// Starts a read-write table transaction at the default isolation
+    /// level, SERIALIZABLE. Any number may run at once.
+    pub fn begin_write(&self) -> Result<Transaction> {
+        self.begin(IsolationLevel::default())
+    }
+
+    /// Starts a read-write table transaction at `isolation`.
+    pub fn begin(&self, isolation: IsolationLevel) -> Result<Transaction> {
+        Transaction::begin(Arc::clone(&self.inner.shared), isolation)
+    }
+
+    /// Starts a read-only snapshot of every table. Never blocks, never conflicts.
+    pub fn begin_read(&self) -> Result<ReadTransaction> {
+        ReadTransaction::begin(Arc::clone(&self.inner.shared))
+    }
+
+    /// Runs `body` in a transaction at `isolation` and commits it, running it
+    /// again (up to `MAX_CONFLICT_RETRIES` times, with a short randomised
+    /// back-off) while the commit fails with [`Error::Conflict`].
+    pub fn run<T>(
+        &self,
+        isolation: IsolationLevel,
+        mut body: impl FnMut(&mut Transaction) -> Result<T>,
+    ) -> Result<T> {
+        let mut attempt = 0u32;
+        loop {
+            let mut tx = self.begin(isolation)?;
+            let outcome = body(&mut tx).and_then(|value| tx.commit().map(|_| value));
+            match outcome {
+                Err(err) if err.is_retryable() && attempt < MAX_CONFLICT_RETRIES => {
+                    attempt += 1;
+                    backoff(attempt);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Starts the low-level page write transaction (allocate pages, write
+    /// bytes into them); waits while another one is running. Pages belong to
+    /// whoever allocated them: do not write into pages that tables own.
+    pub fn begin_page_write(&self) -> Result<PageWriteTransaction> {
+        PageWriteTransaction::begin(Arc::clone(&self.inner.shared))
     }
 
     /// Starts a read transaction at the newest visible commit. Never waits for writers.
-    pub fn begin_read(&self) -> Result<ReadTransaction> {
-        ReadTransaction::begin(Arc::clone(&self.inner.shared))
+    pub fn begin_page_read(&self) -> Result<PageReadTransaction> {
+        PageReadTransaction::begin(Arc::clone(&self.inner.shared))
     }
 
     /// Writes every committed change back into the data file and truncates
@@ -348,6 +403,7 @@ impl Shared {
             tlog_bytes_at_checkpoint: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             metrics: Metrics::default(),
+            commit_log: Mutex::default(),
             zero_page: Arc::from(vec![0u8; page_len]),
             worker_signal: WorkerSignal::default(),
             page_file,
@@ -467,6 +523,7 @@ impl Shared {
         &self,
         mut writer: ArcMutexGuard<RawMutex, WriterState>,
         pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>,
+        on_installed: impl FnOnce(CommitEpoch),
     ) -> Result<CommitEpoch> {
         self.check_writable()?;
         if pages.is_empty() {
@@ -493,6 +550,7 @@ impl Shared {
             }
         }
         writer.last_epoch = epoch;
+        on_installed(epoch);
         drop(writer);
         self.tlog
             .wait_durable(ticket)
@@ -643,6 +701,7 @@ impl Shared {
             pinned_version_bytes: load(&self.pages.stats().pinned_bytes),
             live_snapshots: live_snapshots as u64,
             folds: load(&m.folds),
+            conflicts: load(&m.conflicts),
         }
     }
 }

@@ -52,6 +52,16 @@ pub enum Error {
     /// The transaction was already committed or rolled back.
     #[error("the transaction has already ended")]
     TransactionEnded,
+    /// A concurrent commit makes this transaction impossible at its isolation
+    /// level (SQLSTATE 40001). Retry the whole transaction.
+    #[error("could not serialize access due to concurrent update: {0}")]
+    Conflict(String),
+    /// No table of that name.
+    #[error("table {0:?} does not exist")]
+    TableNotFound(String),
+    /// A table of that name already exists.
+    #[error("table {0:?} already exists")]
+    TableExists(String),
 }
 
 impl Error {
@@ -61,6 +71,11 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+
+    /// True for [`Error::Conflict`]: running the transaction again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Conflict(_))
     }
 
     /// True when the error means bytes on disk are damaged.

@@ -7,6 +7,8 @@
 //! - `snapshots`: live snapshots, the visible epoch, the fold limit.
 //! - `db`: open and recovery, the commit path, checkpoints, background workers.
 //! - `txn`: read and write transactions over pages.
+//! - `catalog`: table name → table id and B+tree header.
+//! - `mvcc`: table transactions, isolation levels, conflict checks.
 //! - [`btree`]: B+tree tables over pages.
 //! - [`merge`]: CPU delta merge kernels.
 //!
@@ -17,18 +19,22 @@ pub mod btree;
 mod db;
 mod error;
 pub mod merge;
+mod catalog;
 mod meta;
 mod metrics;
+mod mvcc;
 pub mod page_access;
 pub mod page_file;
 mod page_table;
 mod snapshots;
 mod txn;
 
-pub use db::{CheckpointStats, Database, Options};
+pub use catalog::MAX_TABLE_NAME_BYTES;
+pub use db::{CheckpointStats, Database, Options, MAX_CONFLICT_RETRIES};
+pub use mvcc::{ByteView, IsolationLevel, Range, ReadOnlyTable, ReadTransaction, Savepoint, Table, Transaction};
 pub use error::{Error, Result};
 pub use metrics::MetricsSnapshot;
 pub use mmsb_wal::tlog::Durability;
 pub use mmsb_wal::{CommitEpoch, PageId};
 pub use page_access::{PageRead, PageRef, PageWrite};
-pub use txn::{ReadTransaction, WriteTransaction};
+pub use txn::{PageReadTransaction, PageWriteTransaction};

@@ -1,5 +1,5 @@
 //! The meta page (page 1): allocation high-water mark, the persistent free
-//! list, and the catalog root. It changes through deltas like every other
+//! list, the catalog tree, and the next table id. It changes through deltas like every other
 //! page, so allocation is as transactional and as durable as any write.
 //!
 //! Free pages form a singly linked list: the first 8 bytes of a free page
@@ -7,6 +7,7 @@
 
 use mmsb_wal::PageId;
 
+use crate::btree::TreeHeader;
 use crate::error::{Error, Result};
 
 /// The page that holds the meta record.
@@ -19,7 +20,8 @@ const META_VERSION: u32 = 1;
 const PAGE_COUNT_AT: usize = 8;
 const FREE_HEAD_AT: usize = 16;
 const FREE_COUNT_AT: usize = 24;
-const CATALOG_ROOT_AT: usize = 32;
+const CATALOG_AT: usize = 32;
+const NEXT_TABLE_ID_AT: usize = 56;
 /// Bytes of the meta record.
 pub const META_LEN: usize = 64;
 
@@ -32,8 +34,10 @@ pub struct Meta {
     pub free_head: PageId,
     /// Length of the free list.
     pub free_count: u64,
-    /// Root page of the table catalog; `PageId(0)` when there is none.
-    pub catalog_root: PageId,
+    /// The catalog B+tree (table name → table entry).
+    pub catalog: TreeHeader,
+    /// Id the next created table gets (ids are never reused).
+    pub next_table_id: u64,
 }
 
 impl Meta {
@@ -43,7 +47,8 @@ impl Meta {
             page_count: 2,
             free_head: PageId(0),
             free_count: 0,
-            catalog_root: PageId(0),
+            catalog: TreeHeader::EMPTY,
+            next_table_id: 1,
         }
     }
 
@@ -54,7 +59,8 @@ impl Meta {
         put_u64(page, PAGE_COUNT_AT, self.page_count);
         put_u64(page, FREE_HEAD_AT, self.free_head.get());
         put_u64(page, FREE_COUNT_AT, self.free_count);
-        put_u64(page, CATALOG_ROOT_AT, self.catalog_root.get());
+        page[CATALOG_AT..CATALOG_AT + TreeHeader::ENCODED_BYTES].copy_from_slice(&self.catalog.encode());
+        put_u64(page, NEXT_TABLE_ID_AT, self.next_table_id);
     }
 
     /// Reads and validates the record from a meta page.
@@ -70,10 +76,11 @@ impl Meta {
             page_count: get_u64(page, PAGE_COUNT_AT),
             free_head: PageId(get_u64(page, FREE_HEAD_AT)),
             free_count: get_u64(page, FREE_COUNT_AT),
-            catalog_root: PageId(get_u64(page, CATALOG_ROOT_AT)),
+            catalog: TreeHeader::decode(&page[CATALOG_AT..CATALOG_AT + TreeHeader::ENCODED_BYTES])?,
+            next_table_id: get_u64(page, NEXT_TABLE_ID_AT),
         };
         let in_range = |id: PageId| id.get() == 0 || (2..meta.page_count).contains(&id.get());
-        if meta.page_count < 2 || !in_range(meta.free_head) || !in_range(meta.catalog_root) {
+        if meta.page_count < 2 || !in_range(meta.free_head) || !in_range(meta.catalog.root) {
             return Err(Error::Corrupted(format!("meta page fields out of range: {meta:?}")));
         }
         if (meta.free_count == 0) != (meta.free_head.get() == 0) || meta.free_count >= meta.page_count
@@ -124,7 +131,12 @@ mod tests {
             page_count: 10,
             free_head: PageId(4),
             free_count: 2,
-            catalog_root: PageId(3),
+            catalog: TreeHeader {
+                root: PageId(3),
+                len: 4,
+                height: 1,
+            },
+            next_table_id: 9,
         };
         let mut page = vec![0u8; 4080];
         meta.encode_into(&mut page);
@@ -139,7 +151,8 @@ mod tests {
             page_count: 10,
             free_head: PageId(12),
             free_count: 1,
-            catalog_root: PageId(0),
+            catalog: TreeHeader::EMPTY,
+            next_table_id: 1,
         };
         bad.encode_into(&mut page);
         assert!(matches!(Meta::decode(&page), Err(Error::Corrupted(_))));

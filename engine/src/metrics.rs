@@ -19,6 +19,7 @@ pub struct Metrics {
     pub(crate) recovered_commits: AtomicU64,
     pub(crate) double_write_pages_restored: AtomicU64,
     pub(crate) folds: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
 }
 
 impl Metrics {
@@ -72,4 +73,6 @@ pub struct MetricsSnapshot {
     pub live_snapshots: u64,
     /// Page versions folded by the merge worker or at commit.
     pub folds: u64,
+    /// Transactions refused at commit with `Error::Conflict`.
+    pub conflicts: u64,
 }

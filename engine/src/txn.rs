@@ -1,5 +1,5 @@
-//! Transactions over pages: [`ReadTransaction`] sees one snapshot;
-//! [`WriteTransaction`] changes private page copies that its commit turns
+//! Transactions over pages: [`PageReadTransaction`] sees one snapshot;
+//! [`PageWriteTransaction`] changes private page copies that its commit turns
 //! into deltas, logs, installs and publishes.
 //!
 //! One write transaction runs at a time (the writer lock); readers never
@@ -27,25 +27,25 @@ fn check_data_page(page_id: PageId, meta: &Meta) -> Result<()> {
 
 /// A consistent, read-only view of the database as of one commit epoch.
 /// Dropping it releases the snapshot.
-pub struct ReadTransaction {
+pub struct PageReadTransaction {
     shared: Arc<Shared>,
     snapshot: CommitEpoch,
     meta: Meta,
 }
 
-impl std::fmt::Debug for ReadTransaction {
+impl std::fmt::Debug for PageReadTransaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadTransaction")
+        f.debug_struct("PageReadTransaction")
             .field("snapshot", &self.snapshot)
             .finish()
     }
 }
 
-impl ReadTransaction {
+impl PageReadTransaction {
     pub(crate) fn begin(shared: Arc<Shared>) -> Result<Self> {
         let snapshot = shared.snapshots.acquire();
         // From here on, Drop releases the snapshot even if reading meta fails.
-        let mut txn = ReadTransaction {
+        let mut txn = PageReadTransaction {
             shared,
             snapshot,
             meta: Meta::new_database(),
@@ -64,9 +64,13 @@ impl ReadTransaction {
     pub fn page_count(&self) -> u64 {
         self.meta.page_count
     }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
 }
 
-impl PageRead for ReadTransaction {
+impl PageRead for PageReadTransaction {
     fn page_len(&self) -> usize {
         self.shared.page_len()
     }
@@ -77,7 +81,7 @@ impl PageRead for ReadTransaction {
     }
 }
 
-impl Drop for ReadTransaction {
+impl Drop for PageReadTransaction {
     fn drop(&mut self) {
         self.shared.snapshots.release(self.snapshot);
         self.shared.wake_merge_worker();
@@ -92,7 +96,7 @@ struct DirtyPage {
 }
 
 /// The single write transaction. Dropping it without commit rolls it back.
-pub struct WriteTransaction {
+pub struct PageWriteTransaction {
     shared: Arc<Shared>,
     writer: Option<ArcMutexGuard<RawMutex, WriterState>>,
     meta: Meta,
@@ -100,23 +104,23 @@ pub struct WriteTransaction {
     dirty: HashMap<PageId, DirtyPage>,
 }
 
-impl std::fmt::Debug for WriteTransaction {
+impl std::fmt::Debug for PageWriteTransaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteTransaction")
+        f.debug_struct("PageWriteTransaction")
             .field("dirty_pages", &self.dirty.len())
             .field("meta", &self.meta)
             .finish()
     }
 }
 
-impl WriteTransaction {
+impl PageWriteTransaction {
     pub(crate) fn begin(shared: Arc<Shared>) -> Result<Self> {
         shared.check_writable()?;
         let writer = shared.writer.lock_arc();
         // Re-check under the lock: the previous writer may have poisoned the database.
         shared.check_writable()?;
         let meta = Meta::decode(&shared.read_page_latest(META_PAGE)?)?;
-        Ok(WriteTransaction {
+        Ok(PageWriteTransaction {
             shared,
             writer: Some(writer),
             meta,
@@ -128,6 +132,16 @@ impl WriteTransaction {
     /// Pages allocated (including free ones) as seen by this transaction.
     pub fn page_count(&self) -> u64 {
         self.meta.page_count
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The meta record, to change; written into the meta page at commit.
+    pub(crate) fn meta_mut(&mut self) -> &mut Meta {
+        self.meta_changed = true;
+        &mut self.meta
     }
 
     /// Writes `bytes` into page `id` at `offset`.
@@ -179,7 +193,14 @@ impl WriteTransaction {
     /// Commits: logs the deltas, waits for durability (per the database's
     /// durability mode), then makes them visible. Returns the commit epoch
     /// (the current epoch when the transaction changed nothing).
-    pub fn commit(mut self) -> Result<CommitEpoch> {
+    pub fn commit(self) -> Result<CommitEpoch> {
+        self.commit_with(|_| {})
+    }
+
+    /// Commits, calling `on_installed` with the new epoch while the writer
+    /// lock is still held (after the commit is logged and installed, before
+    /// the next writer can start).
+    pub(crate) fn commit_with(mut self, on_installed: impl FnOnce(CommitEpoch)) -> Result<CommitEpoch> {
         let Some(writer) = self.writer.take() else {
             return Err(Error::TransactionEnded);
         };
@@ -188,7 +209,7 @@ impl WriteTransaction {
             meta.encode_into(self.page_image_mut(META_PAGE)?);
         }
         let dirty = std::mem::take(&mut self.dirty);
-        self.shared.commit_pages(writer, dirty_deltas(dirty)?)
+        self.shared.commit_pages(writer, dirty_deltas(dirty)?, on_installed)
     }
 
     /// Discards every change.
@@ -217,13 +238,13 @@ fn dirty_deltas(dirty: HashMap<PageId, DirtyPage>) -> Result<Vec<(Arc<Delta>, Ar
     Ok(out)
 }
 
-impl Drop for WriteTransaction {
+impl Drop for PageWriteTransaction {
     fn drop(&mut self) {
         self.end_without_commit();
     }
 }
 
-impl PageRead for WriteTransaction {
+impl PageRead for PageWriteTransaction {
     fn page_len(&self) -> usize {
         self.shared.page_len()
     }
@@ -237,7 +258,7 @@ impl PageRead for WriteTransaction {
     }
 }
 
-impl PageWrite for WriteTransaction {
+impl PageWrite for PageWriteTransaction {
     fn page_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
         check_data_page(id, &self.meta)?;
         self.page_image_mut(id)

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use mmsb::{Database, PageId, PageRead, PageWrite, WriteTransaction};
+use mmsb::{Database, PageId, PageRead, PageWrite, PageWriteTransaction};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -81,7 +81,7 @@ impl Model {
 }
 
 /// Performs commit `index` of the workload inside `tx` (not committed).
-pub fn stage_commit(tx: &mut WriteTransaction, index: u64) -> mmsb::Result<()> {
+pub fn stage_commit(tx: &mut PageWriteTransaction, index: u64) -> mmsb::Result<()> {
     let page_len = tx.page_len();
     let existing = tx.page_count().saturating_sub(2);
     let (allocates, writes) = commit_plan(index, page_len, existing);
@@ -99,7 +99,7 @@ pub fn stage_commit(tx: &mut WriteTransaction, index: u64) -> mmsb::Result<()> {
 
 /// Runs commit `index` of the workload as one transaction.
 pub fn run_commit(db: &Database, index: u64) -> mmsb::Result<()> {
-    let mut tx = db.begin_write()?;
+    let mut tx = db.begin_page_write()?;
     stage_commit(&mut tx, index)?;
     tx.commit()?;
     Ok(())
@@ -107,7 +107,7 @@ pub fn run_commit(db: &Database, index: u64) -> mmsb::Result<()> {
 
 /// Commits recorded by the counter page (0 for an empty database).
 pub fn committed_count(db: &Database) -> mmsb::Result<u64> {
-    let rx = db.begin_read()?;
+    let rx = db.begin_page_read()?;
     if rx.page_count() <= COUNTER_PAGE.get() {
         return Ok(0);
     }
@@ -126,7 +126,7 @@ pub fn verify_against_model(db: &Database, n: u64) -> Result<(), String> {
 /// Reads every page of the database and compares it with `model`.
 pub fn verify_against(db: &Database, model: &Model) -> Result<(), String> {
     let n = model.commits;
-    let rx = db.begin_read().map_err(|err| format!("begin_read: {err}"))?;
+    let rx = db.begin_page_read().map_err(|err| format!("begin_read: {err}"))?;
     let expected_pages = 2 + model.pages.len() as u64;
     if rx.page_count() != expected_pages {
         return Err(format!(

@@ -219,7 +219,7 @@ impl Delta {
         if bytes.is_empty() {
             return Ok(());
         }
-        let end = offset.checked_add(bytes.len()).unwrap_or(usize::MAX);
+        let end = offset.saturating_add(bytes.len());
         check_run_bounds(offset, end, MAX_PAGE_LEN)?;
         if self.runs.last().is_none_or(|last| last.end() < offset) {
             self.push_back(offset, bytes);

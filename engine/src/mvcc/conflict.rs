@@ -1,0 +1,244 @@
+//! Conflict detection: what recent commits wrote, what a transaction read,
+//! and the checks that decide whether it may commit.
+//!
+//! Every commit of a table transaction leaves a [`CommitFootprint`] (the keys
+//! it wrote, per key space) in the [`CommitLog`]. At commit, a transaction
+//! is checked against the footprints of every commit after its snapshot:
+//! - REPEATABLE READ and SERIALIZABLE: its writes must not meet theirs
+//!   (first committer wins: no lost update);
+//! - SERIALIZABLE also: its reads (point keys, ranges, whole tables) must not
+//!   meet their writes. Every committed read-write transaction then read
+//!   exactly the state it would have read at its commit point, so the
+//!   history is equivalent to the serial order of commit epochs (no write
+//!   skew, no phantom). Read-only transactions read a committed prefix of
+//!   that order and need no check.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use mmsb_wal::CommitEpoch;
+
+/// Where keys live: the catalog (table names) or one table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum KeySpace {
+    /// Table names: creating or dropping a table writes its name here.
+    Catalog,
+    /// The keys of one table, by name.
+    Table(String),
+}
+
+/// The keys one commit wrote in one key space.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SpaceWrites {
+    /// Every key of the space changed (the table was dropped or recreated).
+    pub whole: bool,
+    pub keys: BTreeSet<Vec<u8>>,
+}
+
+impl SpaceWrites {
+    fn meets_key(&self, key: &[u8]) -> bool {
+        self.whole || self.keys.contains(key)
+    }
+
+    fn meets_range(&self, lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+        if self.whole {
+            return true;
+        }
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) =
+            (lower, upper)
+        {
+            // An inverted range holds nothing (BTreeSet::range would panic).
+            if l > u || (l == u && !matches!((lower, upper), (Bound::Included(_), Bound::Included(_)))) {
+                return false;
+            }
+        }
+        self.keys
+            .range::<[u8], _>((bound_ref(lower), bound_ref(upper)))
+            .next()
+            .is_some()
+    }
+}
+
+fn bound_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key.as_slice()),
+        Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Everything one commit wrote.
+pub(crate) type CommitFootprint = BTreeMap<KeySpace, SpaceWrites>;
+
+/// One read a SERIALIZABLE transaction depends on.
+#[derive(Debug, Clone)]
+pub(crate) enum ReadDependency {
+    /// The presence and value of one key.
+    Key(Vec<u8>),
+    /// Every key in a range (so a later insert into it is a phantom).
+    Range(Bound<Vec<u8>>, Bound<Vec<u8>>),
+}
+
+/// The reads of one transaction, per key space.
+#[derive(Debug, Default)]
+pub(crate) struct ReadSet {
+    reads: BTreeMap<KeySpace, Vec<ReadDependency>>,
+}
+
+/// Bound on reads remembered per key space before they are widened into one
+/// whole-space read (keeps validation cost and memory bounded).
+const MAX_READS_PER_SPACE: usize = 100_000;
+
+impl ReadSet {
+    pub fn record(&mut self, space: &KeySpace, read: ReadDependency) {
+        let reads = self.reads.entry(space.clone()).or_default();
+        if reads.len() >= MAX_READS_PER_SPACE {
+            reads.clear();
+            reads.push(ReadDependency::Range(Bound::Unbounded, Bound::Unbounded));
+            return;
+        }
+        reads.push(read);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty()
+    }
+}
+
+/// Footprints of recent commits, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct CommitLog {
+    entries: VecDeque<(CommitEpoch, Arc<CommitFootprint>)>,
+}
+
+/// Why a commit must not go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConflictReason {
+    pub epoch: CommitEpoch,
+    pub space: KeySpace,
+    pub what: &'static str,
+}
+
+impl CommitLog {
+    pub fn record(&mut self, epoch: CommitEpoch, footprint: CommitFootprint) {
+        debug_assert!(self.entries.back().is_none_or(|(last, _)| *last < epoch));
+        self.entries.push_back((epoch, Arc::new(footprint)));
+    }
+
+    /// Drops footprints no live transaction can be checked against: those at
+    /// or below the oldest live snapshot.
+    pub fn prune(&mut self, oldest_live: Option<CommitEpoch>) {
+        match oldest_live {
+            None => self.entries.clear(),
+            Some(oldest) => {
+                while self.entries.front().is_some_and(|(epoch, _)| *epoch <= oldest) {
+                    self.entries.pop_front();
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn after(&self, snapshot: CommitEpoch) -> impl Iterator<Item = &(CommitEpoch, Arc<CommitFootprint>)> {
+        let start = self.entries.partition_point(|(epoch, _)| *epoch <= snapshot);
+        self.entries.range(start..)
+    }
+
+    /// First commit after `snapshot` whose writes meet `writes`.
+    pub fn write_conflict(&self, snapshot: CommitEpoch, writes: &CommitFootprint) -> Option<ConflictReason> {
+        for (epoch, theirs) in self.after(snapshot) {
+            for (space, mine) in writes {
+                let Some(their_space) = theirs.get(space) else {
+                    continue;
+                };
+                let meets = mine.whole
+                    || their_space.whole
+                    || mine.keys.iter().any(|key| their_space.keys.contains(key));
+                if meets {
+                    return Some(ConflictReason {
+                        epoch: *epoch,
+                        space: space.clone(),
+                        what: "write-write",
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// First commit after `snapshot` that wrote something `reads` depends on.
+    pub fn read_conflict(&self, snapshot: CommitEpoch, reads: &ReadSet) -> Option<ConflictReason> {
+        for (epoch, theirs) in self.after(snapshot) {
+            for (space, dependencies) in &reads.reads {
+                let Some(their_space) = theirs.get(space) else {
+                    continue;
+                };
+                let meets = dependencies.iter().any(|read| match read {
+                    ReadDependency::Key(key) => their_space.meets_key(key),
+                    ReadDependency::Range(lower, upper) => their_space.meets_range(lower, upper),
+                });
+                if meets {
+                    return Some(ConflictReason {
+                        epoch: *epoch,
+                        space: space.clone(),
+                        what: "read-write (serialization)",
+                    });
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space() -> KeySpace {
+        KeySpace::Table("t".into())
+    }
+
+    fn footprint(keys: &[&[u8]]) -> CommitFootprint {
+        let mut writes = SpaceWrites::default();
+        writes.keys.extend(keys.iter().map(|k| k.to_vec()));
+        CommitFootprint::from([(space(), writes)])
+    }
+
+    #[test]
+    fn only_commits_after_the_snapshot_conflict() {
+        let mut log = CommitLog::default();
+        log.record(CommitEpoch(5), footprint(&[b"a"]));
+        log.record(CommitEpoch(7), footprint(&[b"b"]));
+        assert!(log.write_conflict(CommitEpoch(5), &footprint(&[b"a"])).is_none());
+        let reason = log.write_conflict(CommitEpoch(6), &footprint(&[b"b"])).unwrap();
+        assert_eq!(reason.epoch, CommitEpoch(7));
+        log.prune(Some(CommitEpoch(7)));
+        assert_eq!(log.len(), 0);
+    }
+
+    #[test]
+    fn ranges_catch_phantoms_and_respect_bounds() {
+        let mut log = CommitLog::default();
+        log.record(CommitEpoch(2), footprint(&[b"m"]));
+        let mut reads = ReadSet::default();
+        reads.record(&space(), ReadDependency::Range(Bound::Included(b"a".to_vec()), Bound::Excluded(b"m".to_vec())));
+        assert!(log.read_conflict(CommitEpoch(1), &reads).is_none());
+        reads.record(&space(), ReadDependency::Range(Bound::Excluded(b"l".to_vec()), Bound::Unbounded));
+        assert!(log.read_conflict(CommitEpoch(1), &reads).is_some());
+    }
+
+    #[test]
+    fn inverted_ranges_meet_nothing() {
+        let writes = SpaceWrites {
+            whole: false,
+            keys: BTreeSet::from([b"k".to_vec()]),
+        };
+        assert!(!writes.meets_range(&Bound::Included(b"z".to_vec()), &Bound::Included(b"a".to_vec())));
+        assert!(!writes.meets_range(&Bound::Excluded(b"k".to_vec()), &Bound::Excluded(b"k".to_vec())));
+        assert!(writes.meets_range(&Bound::Included(b"k".to_vec()), &Bound::Included(b"k".to_vec())));
+    }
+}

@@ -1,0 +1,692 @@
+//! Table transactions with MVCC and PostgreSQL's isolation levels.
+//!
+//! A [`Transaction`] reads a page snapshot (its first statement's for
+//! REPEATABLE READ and SERIALIZABLE, each statement's own for READ
+//! COMMITTED) and buffers its writes per table. Any number of transactions
+//! run at once on any threads; none blocks another. At commit it takes the
+//! page writer lock, is checked against the commits that happened since its
+//! snapshot (see `conflict`), applies its buffer to the B+trees as one page
+//! transaction, and records its footprint for the checks of others. A failed
+//! check is [`Error::Conflict`]: retry the whole transaction
+//! ([`crate::Database::run`] does).
+//!
+//! A [`ReadTransaction`] is a read-only snapshot: it never conflicts.
+
+mod conflict;
+mod range;
+mod view;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use mmsb_wal::CommitEpoch;
+
+use crate::btree::{self, TreeHeader, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::catalog::{self, TableEntry};
+use crate::db::Shared;
+use crate::error::{Error, Result};
+use crate::txn::{PageReadTransaction, PageWriteTransaction};
+
+pub(crate) use conflict::CommitLog;
+use conflict::{CommitFootprint, KeySpace, ReadDependency, ReadSet, SpaceWrites};
+pub use range::Range;
+pub use view::ByteView;
+
+/// Isolation level of a transaction, with PostgreSQL's semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    /// Each read sees what was committed when it started. Concurrent writes
+    /// to one key: the last commit wins.
+    ReadCommitted,
+    /// Snapshot isolation: every read sees the transaction's first snapshot;
+    /// a write to a key another transaction changed since is a conflict
+    /// (first committer wins). Write skew is possible.
+    RepeatableRead,
+    /// No anomaly at all: additionally, a commit fails when anything the
+    /// transaction read (keys, ranges, lengths) changed since its snapshot.
+    #[default]
+    Serializable,
+}
+
+/// A point inside a transaction to roll back to.
+#[derive(Debug)]
+pub struct Savepoint {
+    undo_len: usize,
+    transaction_id: u64,
+}
+
+/// Changes a transaction made to one table.
+#[derive(Debug, Clone, Default)]
+struct TableWrites {
+    /// The table was (re)created by this transaction: it starts empty.
+    created: bool,
+    /// The table as of the snapshot is dropped by this transaction.
+    dropped: bool,
+    /// Key → new value, or `None` for a removal.
+    entries: BTreeMap<Vec<u8>, Option<Arc<[u8]>>>,
+    /// Entries added minus entries removed, as this transaction sees it.
+    len_delta: i64,
+}
+
+impl TableWrites {
+    fn exists(&self) -> bool {
+        self.created || !self.dropped
+    }
+
+    fn footprint(&self) -> SpaceWrites {
+        SpaceWrites {
+            whole: self.created || self.dropped,
+            keys: self.entries.keys().cloned().collect(),
+        }
+    }
+}
+
+/// How to undo one change.
+#[derive(Debug)]
+enum Undo {
+    /// Restore one buffered entry (`None`: the key was not buffered).
+    Entry {
+        table: String,
+        key: Vec<u8>,
+        previous: Option<Option<Arc<[u8]>>>,
+        len_delta: i64,
+    },
+    /// Restore a table's whole buffer (`None`: the table was not touched).
+    Table {
+        table: String,
+        previous: Option<TableWrites>,
+    },
+}
+
+static NEXT_TRANSACTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A read-write transaction over tables. Dropping it uncommitted rolls it back.
+pub struct Transaction {
+    shared: Arc<Shared>,
+    id: u64,
+    isolation: IsolationLevel,
+    /// The page snapshot reads go to.
+    snapshot: PageReadTransaction,
+    /// The snapshot conflicts are checked from (the first one).
+    start_epoch: CommitEpoch,
+    /// Catalog entries as of `snapshot`, cached per name.
+    catalog_cache: HashMap<String, Option<TableEntry>>,
+    tables: BTreeMap<String, TableWrites>,
+    reads: ReadSet,
+    undo: Vec<Undo>,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("isolation", &self.isolation)
+            .field("start_epoch", &self.start_epoch)
+            .field("tables_written", &self.tables.len())
+            .finish()
+    }
+}
+
+impl Transaction {
+    pub(crate) fn begin(shared: Arc<Shared>, isolation: IsolationLevel) -> Result<Self> {
+        shared.check_writable()?;
+        let snapshot = PageReadTransaction::begin(Arc::clone(&shared))?;
+        Ok(Transaction {
+            start_epoch: snapshot.snapshot(),
+            id: NEXT_TRANSACTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            shared,
+            isolation,
+            snapshot,
+            catalog_cache: HashMap::new(),
+            tables: BTreeMap::new(),
+            reads: ReadSet::default(),
+            undo: Vec::new(),
+        })
+    }
+
+    /// The isolation level.
+    pub fn isolation(&self) -> IsolationLevel {
+        self.isolation
+    }
+
+    /// The epoch the current snapshot sees.
+    pub fn snapshot_epoch(&self) -> CommitEpoch {
+        self.snapshot.snapshot()
+    }
+
+    /// READ COMMITTED: every statement (each table call) sees the newest
+    /// commits. The other levels keep their first snapshot.
+    fn begin_statement(&mut self) -> Result<()> {
+        if self.isolation == IsolationLevel::ReadCommitted
+            && self.shared.snapshots.visible() != self.snapshot.snapshot()
+        {
+            self.snapshot = PageReadTransaction::begin(Arc::clone(&self.shared))?;
+            self.catalog_cache.clear();
+        }
+        Ok(())
+    }
+
+    fn record_read(&mut self, space: KeySpace, read: ReadDependency) {
+        if self.isolation == IsolationLevel::Serializable {
+            self.reads.record(&space, read);
+        }
+    }
+
+    /// The table's catalog entry as of the snapshot.
+    fn snapshot_entry(&mut self, name: &str) -> Result<Option<TableEntry>> {
+        if let Some(entry) = self.catalog_cache.get(name) {
+            return Ok(*entry);
+        }
+        let entry = catalog::lookup(&self.snapshot, &self.snapshot.meta().catalog, name)?;
+        self.catalog_cache.insert(name.to_owned(), entry);
+        Ok(entry)
+    }
+
+    /// Whether the table exists as this transaction sees it.
+    fn table_exists(&mut self, name: &str) -> Result<bool> {
+        self.record_read(KeySpace::Catalog, ReadDependency::Key(name.as_bytes().to_vec()));
+        if let Some(writes) = self.tables.get(name) {
+            return Ok(writes.exists());
+        }
+        Ok(self.snapshot_entry(name)?.is_some())
+    }
+
+    /// The snapshot tree under a table, or `None` when the transaction
+    /// replaced or dropped it.
+    fn base_tree(&mut self, name: &str) -> Result<Option<TreeHeader>> {
+        if self.tables.get(name).is_some_and(|w| w.created || w.dropped) {
+            return Ok(None);
+        }
+        Ok(self.snapshot_entry(name)?.map(|entry| entry.tree))
+    }
+
+    /// Opens a table, creating it (in this transaction) if it does not exist.
+    pub fn open_table(&mut self, name: &str) -> Result<Table<'_>> {
+        catalog::validate_name(name)?;
+        self.begin_statement()?;
+        if !self.table_exists(name)? {
+            self.change_table(name, |writes| {
+                writes.created = true;
+                writes.entries.clear();
+                writes.len_delta = 0;
+            });
+        }
+        Ok(Table {
+            name: name.to_owned(),
+            tx: self,
+        })
+    }
+
+    /// Creates a table; `TableExists` when it already exists.
+    pub fn create_table(&mut self, name: &str) -> Result<Table<'_>> {
+        catalog::validate_name(name)?;
+        self.begin_statement()?;
+        if self.table_exists(name)? {
+            return Err(Error::TableExists(name.to_owned()));
+        }
+        self.open_table(name)
+    }
+
+    /// Drops a table and every entry in it; returns whether it existed.
+    pub fn delete_table(&mut self, name: &str) -> Result<bool> {
+        catalog::validate_name(name)?;
+        self.begin_statement()?;
+        if !self.table_exists(name)? {
+            return Ok(false);
+        }
+        self.change_table(name, |writes| {
+            writes.dropped = true;
+            writes.created = false;
+            writes.entries.clear();
+            writes.len_delta = 0;
+        });
+        Ok(true)
+    }
+
+    /// Names of every table this transaction sees, sorted.
+    pub fn list_tables(&mut self) -> Result<Vec<String>> {
+        self.begin_statement()?;
+        self.record_read(KeySpace::Catalog, ReadDependency::Range(Bound::Unbounded, Bound::Unbounded));
+        let mut names: Vec<String> = catalog::list(&self.snapshot, &self.snapshot.meta().catalog)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| self.tables.get(name).is_none_or(TableWrites::exists))
+            .collect();
+        names.extend(
+            self.tables
+                .iter()
+                .filter(|(_, writes)| writes.created)
+                .map(|(name, _)| name.clone()),
+        );
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn change_table(&mut self, name: &str, change: impl FnOnce(&mut TableWrites)) {
+        let previous = self.tables.get(name).cloned();
+        self.undo.push(Undo::Table {
+            table: name.to_owned(),
+            previous,
+        });
+        change(self.tables.entry(name.to_owned()).or_default());
+    }
+
+    /// Marks a point to roll back to.
+    pub fn savepoint(&mut self) -> Savepoint {
+        Savepoint {
+            undo_len: self.undo.len(),
+            transaction_id: self.id,
+        }
+    }
+
+    /// Undoes every change made since `savepoint`; the savepoint stays valid.
+    pub fn rollback_to(&mut self, savepoint: &Savepoint) -> Result<()> {
+        if savepoint.transaction_id != self.id || savepoint.undo_len > self.undo.len() {
+            return Err(Error::InvalidArgument(
+                "the savepoint belongs to another transaction or was already rolled back past".into(),
+            ));
+        }
+        while self.undo.len() > savepoint.undo_len {
+            match self.undo.pop() {
+                Some(Undo::Entry {
+                    table,
+                    key,
+                    previous,
+                    len_delta,
+                }) => {
+                    if let Some(writes) = self.tables.get_mut(&table) {
+                        writes.len_delta -= len_delta;
+                        match previous {
+                            Some(value) => writes.entries.insert(key, value),
+                            None => writes.entries.remove(&key),
+                        };
+                    }
+                }
+                Some(Undo::Table { table, previous }) => match previous {
+                    Some(writes) => {
+                        self.tables.insert(table, writes);
+                    }
+                    None => {
+                        self.tables.remove(&table);
+                    }
+                },
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a savepoint, keeping its changes.
+    pub fn release(&mut self, savepoint: Savepoint) -> Result<()> {
+        if savepoint.transaction_id != self.id {
+            return Err(Error::InvalidArgument("the savepoint belongs to another transaction".into()));
+        }
+        Ok(())
+    }
+
+    /// Discards every change.
+    pub fn rollback(self) {
+        crate::metrics::Metrics::bump(&self.shared.metrics.rollbacks);
+    }
+
+    /// Commits. `Error::Conflict` when a concurrent commit makes this one
+    /// impossible at its isolation level; retry the whole transaction.
+    pub fn commit(self) -> Result<CommitEpoch> {
+        let footprint = self.footprint();
+        if footprint.is_empty() {
+            return Ok(self.snapshot.snapshot());
+        }
+        let mut pages = PageWriteTransaction::begin(Arc::clone(&self.shared))?;
+        self.validate(&footprint)?;
+        self.apply(&mut pages)?;
+        let shared = Arc::clone(&self.shared);
+        pages.commit_with(|epoch| shared.commit_log.lock().record(epoch, footprint))
+    }
+
+    fn footprint(&self) -> CommitFootprint {
+        let mut footprint = CommitFootprint::new();
+        for (name, writes) in &self.tables {
+            if writes.created || writes.dropped {
+                footprint
+                    .entry(KeySpace::Catalog)
+                    .or_default()
+                    .keys
+                    .insert(name.as_bytes().to_vec());
+            }
+            if writes.created || writes.dropped || !writes.entries.is_empty() {
+                footprint.insert(KeySpace::Table(name.clone()), writes.footprint());
+            }
+        }
+        footprint
+    }
+
+    fn validate(&self, footprint: &CommitFootprint) -> Result<()> {
+        if self.isolation == IsolationLevel::ReadCommitted {
+            return Ok(());
+        }
+        let (_, oldest_live) = self.shared.snapshots.live_summary();
+        let mut log = self.shared.commit_log.lock();
+        // Footprints at or below the oldest live snapshot can meet no one.
+        log.prune(oldest_live);
+        let conflict = log.write_conflict(self.start_epoch, footprint).or_else(|| {
+            (self.isolation == IsolationLevel::Serializable && !self.reads.is_empty())
+                .then(|| log.read_conflict(self.start_epoch, &self.reads))
+                .flatten()
+        });
+        match conflict {
+            Some(reason) => {
+                crate::metrics::Metrics::bump(&self.shared.metrics.conflicts);
+                Err(Error::Conflict(format!(
+                    "{} conflict with the commit at {} on {:?}",
+                    reason.what, reason.epoch, reason.space
+                )))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Applies the buffered writes to the newest trees.
+    fn apply(&self, pages: &mut PageWriteTransaction) -> Result<()> {
+        let mut catalog_tree = pages.meta().catalog;
+        for (name, writes) in &self.tables {
+            // READ COMMITTED may find a table a concurrent commit created:
+            // its writes then go into that table.
+            let mut current = catalog::lookup(pages, &catalog_tree, name)?;
+            if writes.dropped {
+                if let Some(mut entry) = current.take() {
+                    btree::free_tree(pages, &mut entry.tree)?;
+                    catalog::remove(pages, &mut catalog_tree, name)?;
+                }
+            }
+            if !writes.exists() {
+                continue;
+            }
+            let mut entry = match current {
+                Some(entry) => entry,
+                None if writes.created => {
+                    let meta = pages.meta_mut();
+                    let id = meta.next_table_id;
+                    meta.next_table_id += 1;
+                    TableEntry {
+                        id,
+                        tree: TreeHeader::EMPTY,
+                    }
+                }
+                None => {
+                    return Err(Error::Conflict(format!(
+                        "table {name:?} was dropped by a concurrent commit"
+                    )))
+                }
+            };
+            for (key, value) in &writes.entries {
+                match value {
+                    Some(value) => {
+                        btree::insert(pages, &mut entry.tree, key, value)?;
+                    }
+                    None => {
+                        btree::remove(pages, &mut entry.tree, key)?;
+                    }
+                }
+            }
+            catalog::store(pages, &mut catalog_tree, name, &entry)?;
+        }
+        pages.meta_mut().catalog = catalog_tree;
+        Ok(())
+    }
+
+}
+
+/// A table inside a [`Transaction`].
+pub struct Table<'t> {
+    tx: &'t mut Transaction,
+    name: String,
+}
+
+impl std::fmt::Debug for Table<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("name", &self.name).finish()
+    }
+}
+
+fn check_key_value(key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::TooLarge {
+            what: "key",
+            len: key.len() as u64,
+            limit: MAX_KEY_BYTES as u64,
+        });
+    }
+    if let Some(value) = value {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(Error::TooLarge {
+                what: "value",
+                len: value.len() as u64,
+                limit: MAX_VALUE_BYTES as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn owned_bound(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key.to_vec()),
+        Bound::Excluded(key) => Bound::Excluded(key.to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// True when the bounds select nothing (and would make `BTreeMap::range` panic).
+fn is_inverted(lower: &Bound<&[u8]>, upper: &Bound<&[u8]>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l > u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => l >= u,
+        _ => false,
+    }
+}
+
+impl Table<'_> {
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The value under `key` as this transaction sees it.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<ByteView>> {
+        self.tx.begin_statement()?;
+        self.tx.record_read(KeySpace::Table(self.name.clone()), ReadDependency::Key(key.to_vec()));
+        self.lookup(key)
+    }
+
+    fn lookup(&mut self, key: &[u8]) -> Result<Option<ByteView>> {
+        if let Some(slot) = self.tx.tables.get(&self.name).and_then(|w| w.entries.get(key)) {
+            return Ok(slot.as_ref().map(|value| ByteView::shared(Arc::clone(value))));
+        }
+        let Some(tree) = self.tx.base_tree(&self.name)? else {
+            return Ok(None);
+        };
+        Ok(btree::get(&self.tx.snapshot, &tree, key)?.map(ByteView::from_page))
+    }
+
+    /// Stores `value` under `key`; returns the value it replaces.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<Option<ByteView>> {
+        check_key_value(key, Some(value))?;
+        self.write(key, Some(Arc::from(value)))
+    }
+
+    /// Removes `key`; returns its value.
+    pub fn remove(&mut self, key: &[u8]) -> Result<Option<ByteView>> {
+        check_key_value(key, None)?;
+        self.write(key, None)
+    }
+
+    fn write(&mut self, key: &[u8], value: Option<Arc<[u8]>>) -> Result<Option<ByteView>> {
+        self.tx.begin_statement()?;
+        self.tx.record_read(KeySpace::Table(self.name.clone()), ReadDependency::Key(key.to_vec()));
+        let old = self.lookup(key)?;
+        let len_delta = i64::from(value.is_some()) - i64::from(old.is_some());
+        let writes = self.tx.tables.entry(self.name.clone()).or_default();
+        let previous = writes.entries.insert(key.to_vec(), value);
+        writes.len_delta += len_delta;
+        self.tx.undo.push(Undo::Entry {
+            table: self.name.clone(),
+            key: key.to_vec(),
+            previous,
+            len_delta,
+        });
+        Ok(old)
+    }
+
+    /// Entries with keys in `bounds`, in key order, from either end.
+    pub fn range<'k, R: RangeBounds<&'k [u8]>>(&mut self, bounds: R) -> Result<Range<'_>> {
+        let lower = bounds.start_bound().cloned();
+        let upper = bounds.end_bound().cloned();
+        self.tx.begin_statement()?;
+        self.tx.record_read(
+            KeySpace::Table(self.name.clone()),
+            ReadDependency::Range(owned_bound(lower), owned_bound(upper)),
+        );
+        if is_inverted(&lower, &upper) {
+            return Ok(Range::empty());
+        }
+        let tree = self.tx.base_tree(&self.name)?;
+        let tx: &Transaction = self.tx;
+        let tree_iter = match tree {
+            Some(tree) => Some(btree::range(&tx.snapshot, &tree, (lower, upper))?),
+            None => None,
+        };
+        let buffer = tx
+            .tables
+            .get(&self.name)
+            .map(|writes| writes.entries.range::<[u8], _>((lower, upper)));
+        Ok(Range::new(tree_iter, buffer))
+    }
+
+    /// Every entry, in key order.
+    pub fn iter(&mut self) -> Result<Range<'_>> {
+        self.range::<std::ops::RangeFull>(..)
+    }
+
+    /// The entry with the smallest key.
+    pub fn first(&mut self) -> Result<Option<(ByteView, ByteView)>> {
+        self.iter()?.next().transpose()
+    }
+
+    /// The entry with the largest key.
+    pub fn last(&mut self) -> Result<Option<(ByteView, ByteView)>> {
+        self.iter()?.next_back().transpose()
+    }
+
+    /// Number of entries, in O(1).
+    pub fn len(&mut self) -> Result<u64> {
+        self.tx.begin_statement()?;
+        self.tx.record_read(
+            KeySpace::Table(self.name.clone()),
+            ReadDependency::Range(Bound::Unbounded, Bound::Unbounded),
+        );
+        let base = self.tx.base_tree(&self.name)?.map_or(0, |tree| tree.len);
+        let delta = self.tx.tables.get(&self.name).map_or(0, |w| w.len_delta);
+        Ok(base.saturating_add_signed(delta))
+    }
+
+    /// Whether the table has no entries.
+    pub fn is_empty(&mut self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// A read-only snapshot of every table. Never blocks, never conflicts.
+pub struct ReadTransaction {
+    snapshot: PageReadTransaction,
+}
+
+impl std::fmt::Debug for ReadTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadTransaction")
+            .field("snapshot", &self.snapshot.snapshot())
+            .finish()
+    }
+}
+
+impl ReadTransaction {
+    pub(crate) fn begin(shared: Arc<Shared>) -> Result<Self> {
+        Ok(ReadTransaction {
+            snapshot: PageReadTransaction::begin(shared)?,
+        })
+    }
+
+    /// The commit epoch this snapshot sees.
+    pub fn snapshot_epoch(&self) -> CommitEpoch {
+        self.snapshot.snapshot()
+    }
+
+    /// Opens a table; `TableNotFound` when it does not exist.
+    pub fn open_table(&self, name: &str) -> Result<ReadOnlyTable<'_>> {
+        let entry = catalog::lookup(&self.snapshot, &self.snapshot.meta().catalog, name)?
+            .ok_or_else(|| Error::TableNotFound(name.to_owned()))?;
+        Ok(ReadOnlyTable {
+            snapshot: &self.snapshot,
+            tree: entry.tree,
+        })
+    }
+
+    /// Names of every table, sorted.
+    pub fn list_tables(&self) -> Result<Vec<String>> {
+        Ok(catalog::list(&self.snapshot, &self.snapshot.meta().catalog)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+}
+
+/// A table inside a [`ReadTransaction`].
+#[derive(Debug)]
+pub struct ReadOnlyTable<'r> {
+    snapshot: &'r PageReadTransaction,
+    tree: TreeHeader,
+}
+
+impl<'r> ReadOnlyTable<'r> {
+    /// The value under `key`: a view into the page when it is in memory.
+    pub fn get(&self, key: &[u8]) -> Result<Option<ByteView>> {
+        Ok(btree::get(self.snapshot, &self.tree, key)?.map(ByteView::from_page))
+    }
+
+    /// Entries with keys in `bounds`, in key order, from either end.
+    pub fn range<'k, R: RangeBounds<&'k [u8]>>(&self, bounds: R) -> Result<Range<'r>> {
+        let lower = bounds.start_bound().cloned();
+        let upper = bounds.end_bound().cloned();
+        if is_inverted(&lower, &upper) {
+            return Ok(Range::empty());
+        }
+        Ok(Range::new(Some(btree::range(self.snapshot, &self.tree, (lower, upper))?), None))
+    }
+
+    /// Every entry, in key order.
+    pub fn iter(&self) -> Result<Range<'r>> {
+        self.range::<std::ops::RangeFull>(..)
+    }
+
+    /// The entry with the smallest key.
+    pub fn first(&self) -> Result<Option<(ByteView, ByteView)>> {
+        Ok(btree::first(self.snapshot, &self.tree)?
+            .map(|(k, v)| (ByteView::from_page(k), ByteView::from_page(v))))
+    }
+
+    /// The entry with the largest key.
+    pub fn last(&self) -> Result<Option<(ByteView, ByteView)>> {
+        Ok(btree::last(self.snapshot, &self.tree)?
+            .map(|(k, v)| (ByteView::from_page(k), ByteView::from_page(v))))
+    }
+
+    /// Number of entries, in O(1).
+    pub fn len(&self) -> u64 {
+        self.tree.len
+    }
+
+    /// Whether the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.tree.len == 0
+    }
+}
