@@ -1,1 +1,0 @@
-//! B+tree tables over pages. Filled in by the B+tree work.

@@ -1,0 +1,443 @@
+//! Insertion: descend to the leaf, add or replace the cell, split pages that
+//! overflow and grow the root. Splits are balanced by bytes, except at a
+//! page's edge: a key landing after the last (or before the first) cell of a
+//! full page starts a new page of its own, so in-order loads leave full pages.
+//! The old page of a split only loses cells (a header and slot edit), so the
+//! split's delta is the new page plus a few bytes.
+
+use mmsb_wal::PageId;
+
+use super::cell::*;
+use super::format::*;
+use super::keys::{load_key, separator};
+use super::node::{parse_leaf_cell, Node, NodeMut, ValueLoc};
+use super::overflow::{free_chain, read_chain, rewrite_chain};
+use super::TreeHeader;
+use crate::error::{Error, Result};
+use crate::page_access::{PageRead, PageWrite};
+
+/// A page split, reported to the parent.
+#[derive(Debug)]
+pub(crate) struct Split {
+    /// Encoded branch cell holding the separator; the parent sets its child.
+    pub(crate) sep_cell: Vec<u8>,
+    /// The page the split created.
+    pub(crate) new_page: PageId,
+    /// Whether the new page holds the lower keys (it sits left of the old page).
+    pub(crate) new_is_left: bool,
+}
+
+/// Rejects keys and values over the limits.
+pub(crate) fn check_limits(key: &[u8], value: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::TooLarge {
+            what: "key",
+            len: key.len() as u64,
+            limit: MAX_KEY_BYTES as u64,
+        });
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::TooLarge {
+            what: "value",
+            len: value.len() as u64,
+            limit: MAX_VALUE_BYTES as u64,
+        });
+    }
+    Ok(())
+}
+
+/// See [`super::insert`].
+pub(crate) fn insert<P: PageWrite>(
+    pages: &mut P,
+    header: &mut TreeHeader,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    check_limits(key, value)?;
+    let geo = Geometry::new(pages.page_len())?;
+    header.validate()?;
+    if header.is_empty() {
+        let root = new_root_leaf(pages, &geo, key, value)?;
+        *header = TreeHeader {
+            root,
+            len: 1,
+            height: 1,
+        };
+        return Ok(None);
+    }
+    let (old, split) = insert_rec(pages, &geo, header.root, header.height - 1, key, value)?;
+    if let Some(split) = split {
+        grow_root(pages, &geo, header, split)?;
+    }
+    if old.is_none() {
+        header.len += 1;
+    }
+    Ok(old)
+}
+
+/// A one-cell leaf for the first entry of a tree.
+fn new_root_leaf<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    key: &[u8],
+    value: &[u8],
+) -> Result<PageId> {
+    let id = pages.allocate_page()?;
+    let k = store_key(pages, geo, key)?;
+    let v = store_value(pages, geo, k.stored_len(), value)?;
+    let mut node = NodeMut::init(pages.page_mut(id)?, id, 0, geo)?;
+    let fits = node.insert_cell_with(0, leaf_cell_size(&k, &v), |d| write_leaf_cell(d, &k, &v))?;
+    debug_assert!(fits, "a largest cell fits an empty page");
+    Ok(id)
+}
+
+fn insert_rec<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    id: PageId,
+    level: u8,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(Option<Vec<u8>>, Option<Split>)> {
+    if level == 0 {
+        return insert_leaf(pages, geo, id, key, value);
+    }
+    let (pos, child) = {
+        let page = read_page(pages, id)?;
+        let node = Node::parse(&page, id, level, geo)?;
+        let pos = node.child_pos_for(pages, key)?;
+        (pos, node.child(pos)?)
+    };
+    let (old, split) = insert_rec(pages, geo, child, level - 1, key, value)?;
+    let split = match split {
+        Some(split) => insert_separator(pages, geo, id, level, pos, split)?,
+        None => None,
+    };
+    Ok((old, split))
+}
+
+/// Copies an inline value out of its page, or reads its overflow chain.
+pub(crate) fn load_value<P: PageRead>(
+    pages: &P,
+    geo: &Geometry,
+    page: &[u8],
+    loc: ValueLoc,
+) -> Result<Vec<u8>> {
+    match loc {
+        ValueLoc::Inline { start, end } => Ok(page[start..end].to_vec()),
+        ValueLoc::Overflow { first, len } => {
+            let mut out = Vec::new();
+            read_chain(pages, geo, first, len, &mut out)?;
+            Ok(out)
+        }
+    }
+}
+
+fn insert_leaf<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    id: PageId,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(Option<Vec<u8>>, Option<Split>)> {
+    let page = read_page(pages, id)?;
+    let node = Node::parse(&page, id, 0, geo)?;
+    let (found, idx) = node.search(pages, key)?;
+    if found {
+        let cell = node.leaf_cell(idx)?;
+        let (key_chain, old_size, old_loc) = (cell.key.overflow, cell.size, cell.value);
+        let old_value = load_value(pages, geo, &page, old_loc)?;
+        drop(page);
+        let k = KeySpec::with_chain(geo, key, key_chain);
+        let v = replace_value(pages, geo, k.stored_len(), old_loc, value)?;
+        let new_size = leaf_cell_size(&k, &v);
+        let mut node = NodeMut::open(pages.page_mut(id)?, id, 0, geo)?;
+        if new_size <= old_size {
+            node.overwrite_leaf_value(idx, leaf_flags(&k, &v), value.len(), &v.part())?;
+            return Ok((Some(old_value), None));
+        }
+        node.remove_cells(idx..idx + 1)?;
+        let split = place_leaf_cell(pages, geo, id, idx, &k, &v)?;
+        return Ok((Some(old_value), split));
+    }
+    drop(page);
+    let k = store_key(pages, geo, key)?;
+    let v = store_value(pages, geo, k.stored_len(), value)?;
+    Ok((None, place_leaf_cell(pages, geo, id, idx, &k, &v)?))
+}
+
+/// Inserts a leaf cell at `idx`, splitting the leaf when it is full.
+fn place_leaf_cell<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    id: PageId,
+    idx: usize,
+    k: &KeySpec<'_>,
+    v: &ValueSpec<'_>,
+) -> Result<Option<Split>> {
+    let mut node = NodeMut::open(pages.page_mut(id)?, id, 0, geo)?;
+    let size = leaf_cell_size(k, v);
+    if node.insert_cell_with(idx, size, |d| write_leaf_cell(d, k, v))? {
+        return Ok(None);
+    }
+    split_node(pages, geo, id, 0, idx, &leaf_cell_vec(k, v)).map(Some)
+}
+
+/// The value part of a replaced entry: an overflow chain is rewritten in
+/// place (reusing its pages) or freed; an inline value is stored afresh.
+fn replace_value<'v, P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    stored_key_len: usize,
+    old: ValueLoc,
+    value: &'v [u8],
+) -> Result<ValueSpec<'v>> {
+    let inline = geo.value_inline(stored_key_len, value.len());
+    match old {
+        ValueLoc::Overflow { first, len } if !inline => {
+            let first = rewrite_chain(pages, geo, first, len, value)?;
+            Ok(ValueSpec::Overflow {
+                first,
+                len: value.len(),
+            })
+        }
+        ValueLoc::Overflow { first, len } => {
+            free_chain(pages, geo, first, len)?;
+            Ok(ValueSpec::Inline(value))
+        }
+        ValueLoc::Inline { .. } => store_value(pages, geo, stored_key_len, value),
+    }
+}
+
+/// Adds a child's split to branch `id` (whose child at `pos` split).
+pub(crate) fn insert_separator<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    id: PageId,
+    level: u8,
+    pos: usize,
+    split: Split,
+) -> Result<Option<Split>> {
+    let Split {
+        mut sep_cell,
+        new_page,
+        new_is_left,
+    } = split;
+    let mut node = NodeMut::open(pages.page_mut(id)?, id, level, geo)?;
+    if new_is_left {
+        let old_child = node.view().child(pos)?;
+        node.set_child(pos, new_page)?;
+        set_cell_child(&mut sep_cell, old_child);
+    } else {
+        set_cell_child(&mut sep_cell, new_page);
+    }
+    if node.insert_cell(pos, &sep_cell)? {
+        return Ok(None);
+    }
+    split_node(pages, geo, id, level, pos, &sep_cell).map(Some)
+}
+
+/// Puts a new root above the split old root.
+pub(crate) fn grow_root<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    header: &mut TreeHeader,
+    split: Split,
+) -> Result<()> {
+    if header.height >= MAX_TREE_HEIGHT {
+        return Err(Error::TooLarge {
+            what: "B+tree height",
+            len: u64::from(header.height) + 1,
+            limit: u64::from(MAX_TREE_HEIGHT),
+        });
+    }
+    let Split {
+        mut sep_cell,
+        new_page,
+        new_is_left,
+    } = split;
+    let (left, right) = if new_is_left {
+        (new_page, header.root)
+    } else {
+        (header.root, new_page)
+    };
+    let root = pages.allocate_page()?;
+    let mut node = NodeMut::init(pages.page_mut(root)?, root, header.height, geo)?;
+    node.set_leftmost(left);
+    set_cell_child(&mut sep_cell, right);
+    if !node.insert_cell(0, &sep_cell)? {
+        return Err(corrupt(root, "separator does not fit an empty root"));
+    }
+    header.root = root;
+    header.height += 1;
+    Ok(())
+}
+
+/// Chooses where to cut `n = sizes.len()` cells (slot included) of an
+/// overflowing page after inserting at `new_idx`. A leaf keeps cells `..s`
+/// left and `s..` right; a branch keeps `..s` left, pushes cell `s` up and
+/// keeps `s + 1..` right.
+fn choose_split(sizes: &[usize], new_idx: usize, branch: bool) -> usize {
+    let n = sizes.len();
+    let (lo, hi) = if branch { (1, n - 2) } else { (1, n - 1) };
+    if new_idx == n - 1 {
+        return hi;
+    }
+    if new_idx == 0 {
+        return lo;
+    }
+    let total: usize = sizes.iter().sum();
+    let mut best = (usize::MAX, lo);
+    let mut left = sizes[..lo].iter().sum::<usize>();
+    for (s, &size) in sizes.iter().enumerate().take(hi + 1).skip(lo) {
+        let right = total - left - if branch { size } else { 0 };
+        let worst = left.max(right);
+        if worst < best.0 {
+            best = (worst, s);
+        }
+        left += size;
+    }
+    best.1
+}
+
+/// The full key of an encoded leaf cell.
+fn leaf_cell_key<P: PageRead>(
+    pages: &P,
+    geo: &Geometry,
+    cell: &[u8],
+    id: PageId,
+) -> Result<Vec<u8>> {
+    let parsed = parse_leaf_cell(cell, 0, geo).ok_or_else(|| corrupt(id, "malformed leaf cell"))?;
+    load_key(pages, geo, &parsed.key)
+}
+
+/// Splits page `id` at `level`, which has no room for `new_cell` at
+/// `new_idx`. The page keeps one half; a new page gets the other.
+pub(crate) fn split_node<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    id: PageId,
+    level: u8,
+    new_idx: usize,
+    new_cell: &[u8],
+) -> Result<Split> {
+    let branch = level > 0;
+    let old_ref = read_page(pages, id)?;
+    let old = Node::parse(&old_ref, id, level, geo)?;
+    let n = old.count() + 1;
+    if n < if branch { 3 } else { 2 } {
+        return Err(corrupt(id, "page is full with too few cells"));
+    }
+    let cell = |v: usize| -> Result<&[u8]> {
+        match v.cmp(&new_idx) {
+            std::cmp::Ordering::Equal => Ok(new_cell),
+            std::cmp::Ordering::Less => old.cell_bytes(v),
+            std::cmp::Ordering::Greater => old.cell_bytes(v - 1),
+        }
+    };
+    let sizes = (0..n)
+        .map(|v| cell(v).map(|c| c.len() + SLOT_BYTES))
+        .collect::<Result<Vec<_>>>()?;
+    let s = choose_split(&sizes, new_idx, branch);
+    let new_is_left = new_idx < s;
+
+    // The new page's image.
+    let moved = if new_is_left {
+        0..s
+    } else if branch {
+        s + 1..n
+    } else {
+        s..n
+    };
+    let mut image = vec![0u8; geo.page_len];
+    {
+        let mut node = NodeMut::init(&mut image, id, level, geo)?;
+        if branch {
+            let leftmost = if new_is_left {
+                old.child(0)?
+            } else {
+                cell_child(cell(s)?)
+            };
+            node.set_leftmost(leftmost);
+        }
+        let cells = moved.map(cell).collect::<Result<Vec<_>>>()?;
+        if !node.insert_cells(0, &cells)? {
+            return Err(corrupt(id, "split half does not fit a page"));
+        }
+    }
+
+    let sep_cell = if branch {
+        cell(s)?.to_vec()
+    } else {
+        let left = leaf_cell_key(pages, geo, cell(s - 1)?, id)?;
+        let right = leaf_cell_key(pages, geo, cell(s)?, id)?;
+        if left >= right {
+            return Err(corrupt(id, "leaf keys out of order"));
+        }
+        let k = store_key(pages, geo, separator(&left, &right))?;
+        branch_cell_vec(&k, PageId(0))
+    };
+
+    // What the old page loses: everything now in the new page or pushed up.
+    let (remove, new_leftmost) = if new_is_left {
+        let gone = if branch { s } else { s - 1 };
+        let leftmost = if branch {
+            Some(cell_child(cell(s)?))
+        } else {
+            None
+        };
+        (0..gone, leftmost)
+    } else {
+        (s..old.count(), None)
+    };
+    drop(old_ref);
+
+    let new_page = pages.allocate_page()?;
+    let dst = pages.page_mut(new_page)?;
+    if dst.len() != image.len() {
+        return Err(corrupt(
+            new_page,
+            format_args!("page has {} bytes", dst.len()),
+        ));
+    }
+    dst.copy_from_slice(&image);
+    let mut node = NodeMut::open(pages.page_mut(id)?, id, level, geo)?;
+    node.remove_cells(remove)?;
+    if let Some(leftmost) = new_leftmost {
+        node.set_leftmost(leftmost);
+    }
+    Ok(Split {
+        sep_cell,
+        new_page,
+        new_is_left,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose_split;
+
+    #[test]
+    fn edge_inserts_split_at_the_edge() {
+        let sizes = [10; 8];
+        assert_eq!(choose_split(&sizes, 7, false), 7);
+        assert_eq!(choose_split(&sizes, 0, false), 1);
+        assert_eq!(choose_split(&sizes, 7, true), 6);
+        assert_eq!(choose_split(&sizes, 0, true), 1);
+    }
+
+    #[test]
+    fn middle_inserts_split_by_bytes() {
+        assert_eq!(choose_split(&[10; 8], 3, false), 4);
+        assert_eq!(
+            choose_split(&[100, 10, 10, 10, 10, 10, 10, 10], 3, false),
+            1
+        );
+        assert_eq!(
+            choose_split(&[10, 10, 10, 10, 10, 10, 10, 100], 3, false),
+            7
+        );
+        let s = choose_split(&[10; 9], 4, true);
+        assert_eq!(s, 4, "pushes the middle cell up");
+    }
+}

@@ -1,0 +1,669 @@
+//! Slotted leaf and branch pages: header fields, the slot array, cell parsing
+//! with bounds checks on every offset read from the page ([`Node`]), and the
+//! in-place edits a tree operation makes ([`NodeMut`]): insert/remove cells,
+//! overwrite a cell, patch a child pointer, compact free space.
+//!
+//! Edits touch only the bytes that change (a slot shift, a header field, the
+//! new cell), so the transaction's diff of the page stays small.
+
+use std::cmp::Ordering;
+use std::ops::Range;
+
+use mmsb_wal::PageId;
+
+use super::format::*;
+use super::keys::cmp_key;
+use crate::error::Result;
+use crate::page_access::PageRead;
+
+/// Leaf or branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NodeKind {
+    /// Holds keys and values.
+    Leaf,
+    /// Holds separator keys and child page ids.
+    Branch,
+}
+
+impl NodeKind {
+    /// Bytes of the page header of this kind.
+    pub(crate) fn header_len(self) -> usize {
+        match self {
+            NodeKind::Leaf => LEAF_HEADER_BYTES,
+            NodeKind::Branch => BRANCH_HEADER_BYTES,
+        }
+    }
+
+    /// Offset of the key bytes inside a cell of this kind.
+    fn cell_key_off(self) -> usize {
+        match self {
+            NodeKind::Leaf => LEAF_CELL_HEADER_BYTES,
+            NodeKind::Branch => BRANCH_CELL_HEADER_BYTES,
+        }
+    }
+
+    /// The kind expected at `level` (0 = leaves).
+    pub(crate) fn at_level(level: u8) -> NodeKind {
+        if level == 0 {
+            NodeKind::Leaf
+        } else {
+            NodeKind::Branch
+        }
+    }
+}
+
+/// A key as stored in a cell: `local` holds the whole key, or its first
+/// `key_prefix` bytes when the rest lives in an overflow chain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyRef<'a> {
+    /// Full key length.
+    pub(crate) len: usize,
+    /// Bytes stored in the page.
+    pub(crate) local: &'a [u8],
+    /// Offset of `local` in the page.
+    pub(crate) local_start: usize,
+    /// First page of the chain holding `key[local.len()..]`.
+    pub(crate) overflow: Option<PageId>,
+}
+
+/// Where a leaf cell's value lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ValueLoc {
+    /// In the page, at this byte range.
+    Inline {
+        /// First byte.
+        start: usize,
+        /// One past the last byte.
+        end: usize,
+    },
+    /// In an overflow chain.
+    Overflow {
+        /// First page of the chain.
+        first: PageId,
+        /// Value length.
+        len: usize,
+    },
+}
+
+impl ValueLoc {
+    /// The value's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match *self {
+            ValueLoc::Inline { start, end } => end - start,
+            ValueLoc::Overflow { len, .. } => len,
+        }
+    }
+}
+
+/// A parsed leaf cell.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeafCell<'a> {
+    /// The key.
+    pub(crate) key: KeyRef<'a>,
+    /// The value.
+    pub(crate) value: ValueLoc,
+    /// Bytes the cell occupies (without its slot).
+    pub(crate) size: usize,
+}
+
+/// A parsed branch cell: keys `>= key` live under its child (read with
+/// [`Node::child`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BranchCell<'a> {
+    /// The separator key.
+    pub(crate) key: KeyRef<'a>,
+    /// Bytes the cell occupies (without its slot).
+    pub(crate) size: usize,
+}
+
+/// Parses a key stored at `start`; `None` when it is malformed.
+fn parse_key<'a>(
+    b: &'a [u8],
+    start: usize,
+    overflowed: bool,
+    len: usize,
+    geo: &Geometry,
+) -> Option<(KeyRef<'a>, usize)> {
+    if len > MAX_KEY_BYTES {
+        return None;
+    }
+    if overflowed {
+        if len <= geo.key_inline_max {
+            return None;
+        }
+        let end = start + geo.key_prefix;
+        let local = b.get(start..end)?;
+        let first = rd_u64(b, end)?;
+        if first == 0 {
+            return None;
+        }
+        let key = KeyRef {
+            len,
+            local,
+            local_start: start,
+            overflow: Some(PageId(first)),
+        };
+        Some((key, end + PAGE_ID_BYTES))
+    } else {
+        if len > geo.key_inline_max {
+            return None;
+        }
+        let end = start + len;
+        let local = b.get(start..end)?;
+        let key = KeyRef {
+            len,
+            local,
+            local_start: start,
+            overflow: None,
+        };
+        Some((key, end))
+    }
+}
+
+/// A read-only view of a leaf or branch page whose header has been validated.
+#[derive(Clone, Copy)]
+pub(crate) struct Node<'a> {
+    b: &'a [u8],
+    id: PageId,
+    kind: NodeKind,
+    geo: &'a Geometry,
+    count: usize,
+    content: usize,
+    frag: usize,
+}
+
+impl<'a> Node<'a> {
+    /// Validates the header of page `id` expected at `level` (O(1)).
+    pub(crate) fn parse(b: &'a [u8], id: PageId, level: u8, geo: &'a Geometry) -> Result<Self> {
+        if b.len() != geo.page_len {
+            return Err(corrupt(id, format_args!("page has {} bytes", b.len())));
+        }
+        let kind = match b[OFF_KIND] {
+            KIND_LEAF => NodeKind::Leaf,
+            KIND_BRANCH => NodeKind::Branch,
+            k => return Err(corrupt(id, format_args!("unexpected page kind {k:#04x}"))),
+        };
+        if b[OFF_VERSION] != FORMAT_VERSION {
+            return Err(corrupt(
+                id,
+                format_args!("unknown format version {}", b[OFF_VERSION]),
+            ));
+        }
+        if b[OFF_LEVEL] != level || kind != NodeKind::at_level(level) {
+            return Err(corrupt(
+                id,
+                format_args!(
+                    "{kind:?} at level {} where level {level} expected",
+                    b[OFF_LEVEL]
+                ),
+            ));
+        }
+        let node = Self::from_trusted(b, id, kind, geo);
+        let slots_end = kind.header_len() + node.count * SLOT_BYTES;
+        if slots_end > node.content || node.content > b.len() || node.frag > b.len() - node.content
+        {
+            return Err(corrupt(
+                id,
+                "slot array, content start and free bytes disagree",
+            ));
+        }
+        Ok(node)
+    }
+
+    /// A view of a page this code has just validated or written.
+    fn from_trusted(b: &'a [u8], id: PageId, kind: NodeKind, geo: &'a Geometry) -> Self {
+        let field = |off| rd_u16(b, off).map_or(0, usize::from);
+        Node {
+            b,
+            id,
+            kind,
+            geo,
+            count: field(OFF_COUNT),
+            content: field(OFF_CONTENT),
+            frag: field(OFF_FRAG),
+        }
+    }
+
+    /// The page id this view was read from.
+    pub(crate) fn id(&self) -> PageId {
+        self.id
+    }
+
+    /// Leaf or branch.
+    pub(crate) fn kind(&self) -> NodeKind {
+        self.kind
+    }
+
+    /// Number of cells (keys).
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The page's bytes.
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.b
+    }
+
+    /// First byte of the cell area.
+    pub(crate) fn content_start(&self) -> usize {
+        self.content
+    }
+
+    /// Garbage bytes inside the cell area.
+    pub(crate) fn frag(&self) -> usize {
+        self.frag
+    }
+
+    /// Bytes usable for slots and cells.
+    pub(crate) fn capacity(&self) -> usize {
+        self.b.len() - self.kind.header_len()
+    }
+
+    /// Bytes taken by live cells and their slots.
+    pub(crate) fn used(&self) -> usize {
+        self.b.len() - self.content - self.frag + self.count * SLOT_BYTES
+    }
+
+    /// Whether this node should be merged or refilled (if not the root).
+    pub(crate) fn is_underfull(&self) -> bool {
+        self.used() < self.capacity() / UNDERFULL_DIVISOR
+    }
+
+    /// Offset of cell `i`, checked to lie in the cell area.
+    pub(crate) fn cell_off(&self, i: usize) -> Result<usize> {
+        debug_assert!(i < self.count, "slot {i} of {}", self.count);
+        let off = rd_u16(self.b, self.kind.header_len() + i * SLOT_BYTES)
+            .map(usize::from)
+            .ok_or_else(|| corrupt(self.id, "slot outside the page"))?;
+        if off < self.content || off >= self.b.len() {
+            return Err(corrupt(self.id, format_args!("slot {i} points at {off}")));
+        }
+        Ok(off)
+    }
+
+    /// The key of cell `i` (hot path: parses only the key).
+    pub(crate) fn key(&self, i: usize) -> Result<KeyRef<'a>> {
+        let off = self.cell_off(i)?;
+        let flags = self.b[off];
+        let parsed = rd_u16(self.b, off + CELL_OFF_KEY_LEN).and_then(|len| {
+            let start = off + self.kind.cell_key_off();
+            let overflowed = flags & FLAG_KEY_OVERFLOW != 0;
+            parse_key(self.b, start, overflowed, usize::from(len), self.geo)
+        });
+        parsed
+            .map(|(k, _)| k)
+            .ok_or_else(|| corrupt(self.id, format_args!("malformed key in cell {i}")))
+    }
+
+    /// Fully parses leaf cell `i`.
+    pub(crate) fn leaf_cell(&self, i: usize) -> Result<LeafCell<'a>> {
+        debug_assert_eq!(self.kind, NodeKind::Leaf);
+        let off = self.cell_off(i)?;
+        parse_leaf_cell(self.b, off, self.geo)
+            .ok_or_else(|| corrupt(self.id, format_args!("malformed leaf cell {i}")))
+    }
+
+    /// Fully parses branch cell `i`.
+    pub(crate) fn branch_cell(&self, i: usize) -> Result<BranchCell<'a>> {
+        debug_assert_eq!(self.kind, NodeKind::Branch);
+        let off = self.cell_off(i)?;
+        parse_branch_cell(self.b, off, self.geo)
+            .ok_or_else(|| corrupt(self.id, format_args!("malformed branch cell {i}")))
+    }
+
+    /// Bytes cell `i` occupies.
+    pub(crate) fn cell_size(&self, i: usize) -> Result<usize> {
+        match self.kind {
+            NodeKind::Leaf => self.leaf_cell(i).map(|c| c.size),
+            NodeKind::Branch => self.branch_cell(i).map(|c| c.size),
+        }
+    }
+
+    /// The raw bytes of cell `i`.
+    pub(crate) fn cell_bytes(&self, i: usize) -> Result<&'a [u8]> {
+        let off = self.cell_off(i)?;
+        let size = self.cell_size(i)?;
+        Ok(&self.b[off..off + size])
+    }
+
+    /// Child at position `pos` (0 = leftmost, `pos` in `0..=count`).
+    pub(crate) fn child(&self, pos: usize) -> Result<PageId> {
+        debug_assert_eq!(self.kind, NodeKind::Branch);
+        let raw = if pos == 0 {
+            rd_u64(self.b, OFF_LEFTMOST)
+        } else {
+            let off = self.cell_off(pos - 1)?;
+            rd_u64(self.b, off + CELL_OFF_CHILD)
+        };
+        match raw {
+            Some(0) | None => Err(corrupt(self.id, format_args!("bad child pointer {pos}"))),
+            Some(id) => Ok(PageId(id)),
+        }
+    }
+
+    /// Binary search: `(true, i)` when cell `i` holds `key`, else `(false, i)`
+    /// with `i` the index of the first key greater than `key`.
+    pub(crate) fn search<P: PageRead>(&self, pages: &P, key: &[u8]) -> Result<(bool, usize)> {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let stored = self.key(mid)?;
+            match cmp_key(pages, self.geo, &stored, key)? {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return Ok((true, mid)),
+            }
+        }
+        Ok((false, lo))
+    }
+
+    /// The child position to descend into for `key` (number of separators `<= key`).
+    pub(crate) fn child_pos_for<P: PageRead>(&self, pages: &P, key: &[u8]) -> Result<usize> {
+        let (found, i) = self.search(pages, key)?;
+        Ok(i + usize::from(found))
+    }
+}
+
+/// Parses the leaf cell at `off`; `None` when malformed.
+pub(crate) fn parse_leaf_cell<'a>(b: &'a [u8], off: usize, geo: &Geometry) -> Option<LeafCell<'a>> {
+    let flags = *b.get(off)?;
+    if flags & !(FLAG_KEY_OVERFLOW | FLAG_VALUE_OVERFLOW) != 0 {
+        return None;
+    }
+    let key_len = usize::from(rd_u16(b, off + CELL_OFF_KEY_LEN)?);
+    let value_len = usize::try_from(rd_u32(b, off + CELL_OFF_VALUE_LEN)?).ok()?;
+    let start = off + LEAF_CELL_HEADER_BYTES;
+    let (key, p) = parse_key(b, start, flags & FLAG_KEY_OVERFLOW != 0, key_len, geo)?;
+    let (value, end) = if flags & FLAG_VALUE_OVERFLOW != 0 {
+        let first = rd_u64(b, p)?;
+        if first == 0 || value_len == 0 || value_len > MAX_VALUE_BYTES {
+            return None;
+        }
+        let loc = ValueLoc::Overflow {
+            first: PageId(first),
+            len: value_len,
+        };
+        (loc, p + PAGE_ID_BYTES)
+    } else {
+        let end = p.checked_add(value_len)?;
+        if end > b.len() {
+            return None;
+        }
+        (ValueLoc::Inline { start: p, end }, end)
+    };
+    let size = end - off;
+    (size <= geo.max_cell).then_some(LeafCell { key, value, size })
+}
+
+/// Parses the branch cell at `off`; `None` when malformed.
+pub(crate) fn parse_branch_cell<'a>(
+    b: &'a [u8],
+    off: usize,
+    geo: &Geometry,
+) -> Option<BranchCell<'a>> {
+    let flags = *b.get(off)?;
+    if flags & !FLAG_KEY_OVERFLOW != 0 {
+        return None;
+    }
+    let key_len = usize::from(rd_u16(b, off + CELL_OFF_KEY_LEN)?);
+    let child = rd_u64(b, off + CELL_OFF_CHILD)?;
+    if child == 0 {
+        return None;
+    }
+    let start = off + BRANCH_CELL_HEADER_BYTES;
+    let (key, end) = parse_key(b, start, flags & FLAG_KEY_OVERFLOW != 0, key_len, geo)?;
+    let size = end - off;
+    (size <= geo.max_cell).then_some(BranchCell { key, size })
+}
+
+/// In-place edits of a leaf or branch page.
+pub(crate) struct NodeMut<'a> {
+    b: &'a mut [u8],
+    id: PageId,
+    kind: NodeKind,
+    geo: &'a Geometry,
+}
+
+impl<'a> NodeMut<'a> {
+    /// Opens page `id` (validated like [`Node::parse`]) for editing.
+    pub(crate) fn open(b: &'a mut [u8], id: PageId, level: u8, geo: &'a Geometry) -> Result<Self> {
+        let kind = Node::parse(b, id, level, geo)?.kind();
+        Ok(NodeMut { b, id, kind, geo })
+    }
+
+    /// Formats a fresh (zero-filled) page as an empty node.
+    pub(crate) fn init(b: &'a mut [u8], id: PageId, level: u8, geo: &'a Geometry) -> Result<Self> {
+        if b.len() != geo.page_len {
+            return Err(corrupt(
+                id,
+                format_args!("fresh page has {} bytes", b.len()),
+            ));
+        }
+        let kind = NodeKind::at_level(level);
+        b[OFF_KIND] = match kind {
+            NodeKind::Leaf => KIND_LEAF,
+            NodeKind::Branch => KIND_BRANCH,
+        };
+        b[OFF_VERSION] = FORMAT_VERSION;
+        b[OFF_LEVEL] = level;
+        b[OFF_RESERVED_BYTE] = 0;
+        b[OFF_RESERVED_TAIL..LEAF_HEADER_BYTES].fill(0);
+        let mut node = NodeMut { b, id, kind, geo };
+        node.set_count(0);
+        node.set_content(geo.page_len);
+        node.set_frag(0);
+        if kind == NodeKind::Branch {
+            wr_u64(node.b, OFF_LEFTMOST, 0);
+        }
+        Ok(node)
+    }
+
+    /// A read-only view of the current state.
+    pub(crate) fn view(&self) -> Node<'_> {
+        Node::from_trusted(self.b, self.id, self.kind, self.geo)
+    }
+
+    fn set_count(&mut self, v: usize) {
+        debug_assert!(v <= u16::MAX as usize);
+        wr_u16(self.b, OFF_COUNT, v as u16);
+    }
+
+    fn set_content(&mut self, v: usize) {
+        debug_assert!(v <= u16::MAX as usize);
+        wr_u16(self.b, OFF_CONTENT, v as u16);
+    }
+
+    fn set_frag(&mut self, v: usize) {
+        debug_assert!(v <= u16::MAX as usize);
+        wr_u16(self.b, OFF_FRAG, v as u16);
+    }
+
+    /// Sets the leftmost child of a branch.
+    pub(crate) fn set_leftmost(&mut self, child: PageId) {
+        debug_assert_eq!(self.kind, NodeKind::Branch);
+        wr_u64(self.b, OFF_LEFTMOST, child.0);
+    }
+
+    /// Sets the child at position `pos` (0 = leftmost) of a branch.
+    pub(crate) fn set_child(&mut self, pos: usize, child: PageId) -> Result<()> {
+        if pos == 0 {
+            self.set_leftmost(child);
+        } else {
+            let off = self.view().cell_off(pos - 1)?;
+            wr_u64(self.b, off + CELL_OFF_CHILD, child.0);
+        }
+        Ok(())
+    }
+
+    /// Inserts a cell of `size` bytes at index `idx`, written by `write`.
+    /// Returns `false` (page unchanged) when it does not fit.
+    pub(crate) fn insert_cell_with(
+        &mut self,
+        idx: usize,
+        size: usize,
+        write: impl FnOnce(&mut [u8]),
+    ) -> Result<bool> {
+        let view = self.view();
+        let (count, content, frag) = (view.count, view.content, view.frag);
+        debug_assert!(idx <= count && size <= self.geo.max_cell);
+        let slots_end = self.kind.header_len() + count * SLOT_BYTES;
+        let need = size + SLOT_BYTES;
+        if content - slots_end + frag < need {
+            return Ok(false);
+        }
+        if content - slots_end < need {
+            self.compact()?;
+        }
+        let start = self.view().content - size;
+        write(&mut self.b[start..start + size]);
+        let slot = self.kind.header_len() + idx * SLOT_BYTES;
+        self.b.copy_within(slot..slots_end, slot + SLOT_BYTES);
+        wr_u16(self.b, slot, start as u16);
+        self.set_count(count + 1);
+        self.set_content(start);
+        Ok(true)
+    }
+
+    /// Inserts a copy of `cell` at index `idx`; `false` when it does not fit.
+    pub(crate) fn insert_cell(&mut self, idx: usize, cell: &[u8]) -> Result<bool> {
+        self.insert_cell_with(idx, cell.len(), |dst| dst.copy_from_slice(cell))
+    }
+
+    /// Inserts copies of `cells`, in order, starting at index `idx`, shifting
+    /// the slot array once. Returns `false` (page unchanged) when they do not fit.
+    pub(crate) fn insert_cells(&mut self, idx: usize, cells: &[&[u8]]) -> Result<bool> {
+        let view = self.view();
+        let (count, content, frag) = (view.count, view.content, view.frag);
+        debug_assert!(idx <= count);
+        let bytes: usize = cells.iter().map(|c| c.len()).sum();
+        let need = bytes + cells.len() * SLOT_BYTES;
+        let slots_end = self.kind.header_len() + count * SLOT_BYTES;
+        if content - slots_end + frag < need {
+            return Ok(false);
+        }
+        if content - slots_end < need {
+            self.compact()?;
+        }
+        let mut start = self.view().content;
+        let slot = self.kind.header_len() + idx * SLOT_BYTES;
+        let shift = cells.len() * SLOT_BYTES;
+        self.b.copy_within(slot..slots_end, slot + shift);
+        for (k, cell) in cells.iter().enumerate() {
+            start -= cell.len();
+            self.b[start..start + cell.len()].copy_from_slice(cell);
+            wr_u16(self.b, slot + k * SLOT_BYTES, start as u16);
+        }
+        self.set_count(count + cells.len());
+        self.set_content(start);
+        Ok(true)
+    }
+
+    /// Removes cells `range` (their overflow chains are the caller's business).
+    pub(crate) fn remove_cells(&mut self, range: Range<usize>) -> Result<()> {
+        let view = self.view();
+        let (count, mut content, mut frag) = (view.count, view.content, view.frag);
+        debug_assert!(range.start <= range.end && range.end <= count);
+        for i in range.clone().rev() {
+            let off = view.cell_off(i)?;
+            let size = view.cell_size(i)?;
+            if off == content {
+                content += size;
+            } else {
+                frag += size;
+            }
+        }
+        let hdr = self.kind.header_len();
+        let slots_end = hdr + count * SLOT_BYTES;
+        self.b.copy_within(
+            hdr + range.end * SLOT_BYTES..slots_end,
+            hdr + range.start * SLOT_BYTES,
+        );
+        let left = count - range.len();
+        self.set_count(left);
+        if left == 0 {
+            content = self.b.len();
+            frag = 0;
+        }
+        if frag > self.b.len() - content {
+            return Err(corrupt(self.id, "cells overlap"));
+        }
+        self.set_content(content);
+        self.set_frag(frag);
+        Ok(())
+    }
+
+    /// Replaces cell `idx` by `cell` in place when it is not larger; returns
+    /// `false` (page unchanged) otherwise.
+    pub(crate) fn overwrite_cell(&mut self, idx: usize, cell: &[u8]) -> Result<bool> {
+        let view = self.view();
+        let off = view.cell_off(idx)?;
+        let old = view.cell_size(idx)?;
+        let frag = view.frag;
+        if cell.len() > old {
+            return Ok(false);
+        }
+        self.b[off..off + cell.len()].copy_from_slice(cell);
+        self.set_frag(frag + old - cell.len());
+        Ok(true)
+    }
+
+    /// Rewrites the tail of leaf cell `idx` (flags, value length and value
+    /// part) in place; the key part is left untouched. The new cell must not
+    /// be larger than the old one.
+    pub(crate) fn overwrite_leaf_value(
+        &mut self,
+        idx: usize,
+        flags: u8,
+        value_len: usize,
+        value_part: &[u8],
+    ) -> Result<()> {
+        let view = self.view();
+        let cell = view.leaf_cell(idx)?;
+        let (old_size, value) = (cell.size, cell.value);
+        let off = view.cell_off(idx)?;
+        let frag = view.frag;
+        let value_off = match value {
+            ValueLoc::Inline { start, .. } => start,
+            ValueLoc::Overflow { .. } => off + old_size - PAGE_ID_BYTES,
+        };
+        let new_size = value_off - off + value_part.len();
+        debug_assert!(new_size <= old_size);
+        self.b[off] = flags;
+        wr_u32(self.b, off + CELL_OFF_VALUE_LEN, value_len as u32);
+        self.b[value_off..value_off + value_part.len()].copy_from_slice(value_part);
+        self.set_frag(frag + old_size - new_size);
+        Ok(())
+    }
+
+    /// Moves all cells to the end of the page so free space is contiguous.
+    /// Cells already packed at the end are not rewritten.
+    fn compact(&mut self) -> Result<()> {
+        let view = self.view();
+        let count = view.count;
+        let mut cells = Vec::with_capacity(count);
+        for i in 0..count {
+            cells.push((view.cell_off(i)?, view.cell_size(i)?, i));
+        }
+        cells.sort_unstable_by_key(|&(off, _, _)| std::cmp::Reverse(off));
+        let slots_end = self.kind.header_len() + count * SLOT_BYTES;
+        let mut end = self.b.len();
+        for (off, size, i) in cells {
+            if off + size > end || end - size < slots_end {
+                return Err(corrupt(self.id, "cells overlap"));
+            }
+            let new_off = end - size;
+            if new_off != off {
+                self.b.copy_within(off..off + size, new_off);
+                wr_u16(
+                    self.b,
+                    self.kind.header_len() + i * SLOT_BYTES,
+                    new_off as u16,
+                );
+            }
+            end = new_off;
+        }
+        self.set_content(end);
+        self.set_frag(0);
+        Ok(())
+    }
+}
