@@ -131,3 +131,189 @@ fn acknowledged_commits_survive_kill_9() {
         acked.map_or(0, |a| a + 1)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Multi-table, multi-writer: concurrent SERIALIZABLE transfers, each also
+// writing a ledger entry in a second table.
+// ---------------------------------------------------------------------------
+
+const BANK_CHILD_ENV: &str = "MMSB_KILL_BANK_CHILD_DB";
+const BANK_THREADS: u8 = 4;
+const BANK_ACCOUNTS: u64 = 16;
+const BANK_INITIAL: i64 = 10_000;
+const DEFAULT_BANK_ROUNDS: u64 = 40;
+
+fn account_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn ledger_key(thread: u8, seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = thread;
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn decode_i64(bytes: &[u8]) -> i64 {
+    i64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+}
+
+/// The transfer thread `thread` makes as its `seq`-th: (from, to, amount).
+fn planned_transfer(thread: u8, seq: u64) -> (u64, u64, i64) {
+    let mut x = (u64::from(thread) << 56) ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let from = x % BANK_ACCOUNTS;
+    let to = (from + 1 + (x >> 20) % (BANK_ACCOUNTS - 1)) % BANK_ACCOUNTS;
+    (from, to, ((x >> 40) % 100) as i64)
+}
+
+fn next_seq(db: &Database, thread: u8) -> u64 {
+    let rx = db.begin_read().expect("read");
+    let Ok(ledger) = rx.open_table("ledger") else {
+        return 0;
+    };
+    let lower = ledger_key(thread, 0);
+    let upper = ledger_key(thread, u64::MAX);
+    let last = ledger
+        .range(&lower[..]..=&upper[..])
+        .expect("range")
+        .next_back()
+        .map(|entry| entry.expect("entry"));
+    last.map_or(0, |(key, _)| u64::from_be_bytes(key[1..9].try_into().expect("seq")) + 1)
+}
+
+#[test]
+#[ignore = "run by acknowledged_transfers_survive_kill_9 as a child process"]
+fn child_bank_loop() {
+    let Some(path) = std::env::var_os(BANK_CHILD_ENV) else {
+        return;
+    };
+    let db = options().open(PathBuf::from(path)).expect("child open");
+    db.run(mmsb::IsolationLevel::Serializable, |tx| {
+        let mut accounts = tx.open_table("accounts")?;
+        if accounts.is_empty()? {
+            for index in 0..BANK_ACCOUNTS {
+                accounts.insert(&account_key(index), &BANK_INITIAL.to_le_bytes())?;
+            }
+        }
+        Ok(())
+    })
+    .expect("init");
+    std::thread::scope(|scope| {
+        for thread in 0..BANK_THREADS {
+            let db = db.clone();
+            scope.spawn(move || {
+                let mut seq = next_seq(&db, thread);
+                loop {
+                    let (from, to, amount) = planned_transfer(thread, seq);
+                    db.run(mmsb::IsolationLevel::Serializable, |tx| {
+                        let mut accounts = tx.open_table("accounts")?;
+                        let a = decode_i64(&accounts.get(&account_key(from))?.expect("account"));
+                        let b = decode_i64(&accounts.get(&account_key(to))?.expect("account"));
+                        accounts.insert(&account_key(from), &(a - amount).to_le_bytes())?;
+                        accounts.insert(&account_key(to), &(b + amount).to_le_bytes())?;
+                        tx.open_table("ledger")?
+                            .insert(&ledger_key(thread, seq), &amount.to_le_bytes())?;
+                        Ok(())
+                    })
+                    .expect("transfer");
+                    println!("ack {thread} {seq}");
+                    seq += 1;
+                }
+            });
+        }
+    });
+}
+
+/// Checks the recovered bank: balances equal the initial ones plus exactly
+/// the transfers in the ledger, and the ledger holds every acknowledged one.
+fn verify_bank(db: &Database, acked: &[Option<u64>], round: u64) {
+    let rx = db.begin_read().expect("read");
+    let Ok(accounts) = rx.open_table("accounts") else {
+        assert!(acked.iter().all(Option::is_none), "round {round}: accounts vanished");
+        return;
+    };
+    let mut expected = vec![BANK_INITIAL; BANK_ACCOUNTS as usize];
+    if let Ok(ledger) = rx.open_table("ledger") {
+        for entry in ledger.iter().expect("iter") {
+            let (key, value) = entry.expect("entry");
+            let thread = key[0];
+            let seq = u64::from_be_bytes(key[1..9].try_into().expect("seq"));
+            let (from, to, amount) = planned_transfer(thread, seq);
+            assert_eq!(decode_i64(&value), amount, "round {round}: ledger entry altered");
+            expected[from as usize] -= amount;
+            expected[to as usize] += amount;
+        }
+        for (thread, last) in acked.iter().enumerate() {
+            if let Some(last) = last {
+                for seq in 0..=*last {
+                    let key = ledger_key(thread as u8, seq);
+                    assert!(
+                        ledger.get(&key).expect("get").is_some(),
+                        "round {round}: acknowledged transfer {thread}/{seq} is missing"
+                    );
+                }
+            }
+        }
+    }
+    for index in 0..BANK_ACCOUNTS {
+        let balance = decode_i64(&accounts.get(&account_key(index)).expect("get").expect("account"));
+        assert_eq!(
+            balance, expected[index as usize],
+            "round {round}: account {index} disagrees with the ledger (a partial commit?)"
+        );
+    }
+}
+
+#[test]
+fn acknowledged_transfers_survive_kill_9_with_concurrent_writers() {
+    let rounds = std::env::var("MMSB_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(DEFAULT_BANK_ROUNDS, |n: u64| n / 3)
+        .max(1);
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("bank.mmsb");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x62616e6b);
+    let mut acked: Vec<Option<u64>> = vec![None; BANK_THREADS as usize];
+    let mut total_acks = 0u64;
+    for round in 0..rounds {
+        let mut child = Command::new(std::env::current_exe().expect("test executable"))
+            .args(["child_bank_loop", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(BANK_CHILD_ENV, &db_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel::<(u8, u64)>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let mut parts = line.strip_prefix("ack ").unwrap_or("").split(' ');
+                let (Some(t), Some(s)) = (parts.next(), parts.next()) else { continue };
+                if let (Ok(t), Ok(s)) = (t.parse(), s.parse()) {
+                    if tx.send((t, s)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..120)));
+        child.kill().expect("kill -9");
+        child.wait().expect("reap child");
+        reader.join().expect("reader");
+        for (thread, seq) in rx.try_iter() {
+            let slot = &mut acked[thread as usize];
+            *slot = Some(slot.map_or(seq, |s| s.max(seq)));
+            total_acks += 1;
+        }
+        let db = Database::options()
+            .open(&db_path)
+            .unwrap_or_else(|err| panic!("round {round}: reopen failed: {err}"));
+        verify_bank(&db, &acked, round);
+    }
+    eprintln!("{rounds} kill rounds of {BANK_THREADS} concurrent writers, {total_acks} acknowledged transfers verified");
+    assert!(total_acks > 0, "the child never acknowledged a transfer");
+}
