@@ -337,6 +337,21 @@ fn open_or_create_data_file(
     Ok((page_file, header, 0))
 }
 
+/// Refuses, before anything is created beside it, a file that does not
+/// start like an mmsb data file (header magic, or zeros of a torn creation).
+fn refuse_foreign_file(file: &dyn StorageFile, path: &Path) -> Result<()> {
+    let file_len = file.len().map_err(|err| Error::io("stat data file", err))?;
+    let mut start = [0u8; HEADER_MAGIC.len()];
+    let prefix_len = (file_len as usize).min(start.len());
+    file.read_exact_at(&mut start[..prefix_len], 0)
+        .map_err(|err| Error::io("read data file", err))?;
+    let prefix = &start[..prefix_len];
+    if prefix.iter().all(|&b| b == 0) || *prefix == HEADER_MAGIC[..prefix_len] {
+        return Ok(());
+    }
+    Err(Error::BadFormat(format!("{} is not an mmsb database", path.display())))
+}
+
 /// A database whose creation crashed holds no commit (the TLog is empty),
 /// is at most two pages long, and starts with the header magic or zeros
 /// (what a torn creation write leaves). Anything else is not ours to reset.
@@ -376,6 +391,7 @@ impl Shared {
         {
             return Err(Error::DatabaseLocked(path.to_path_buf()));
         }
+        refuse_foreign_file(file.as_ref(), path)?;
         let tlog = TLog::open(
             Arc::clone(&storage),
             TLogConfig {
