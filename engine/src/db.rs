@@ -338,33 +338,34 @@ fn open_or_create_data_file(
 }
 
 /// Refuses, before anything is created beside it, a file that does not
-/// start like an mmsb data file (header magic, or zeros of a torn creation).
+/// start like an mmsb data file.
 fn refuse_foreign_file(file: &dyn StorageFile, path: &Path) -> Result<()> {
+    if starts_like_data_file(file)? {
+        return Ok(());
+    }
+    Err(Error::BadFormat(format!("{} is not an mmsb database", path.display())))
+}
+
+/// Whether the file begins with the header magic, or with zeros (what a
+/// torn creation write leaves), as far as it is long.
+fn starts_like_data_file(file: &dyn StorageFile) -> Result<bool> {
     let file_len = file.len().map_err(|err| Error::io("stat data file", err))?;
     let mut start = [0u8; HEADER_MAGIC.len()];
     let prefix_len = (file_len as usize).min(start.len());
     file.read_exact_at(&mut start[..prefix_len], 0)
         .map_err(|err| Error::io("read data file", err))?;
     let prefix = &start[..prefix_len];
-    if prefix.iter().all(|&b| b == 0) || *prefix == HEADER_MAGIC[..prefix_len] {
-        return Ok(());
-    }
-    Err(Error::BadFormat(format!("{} is not an mmsb database", path.display())))
+    Ok(prefix.iter().all(|&b| b == 0) || *prefix == HEADER_MAGIC[..prefix_len])
 }
 
 /// A database whose creation crashed holds no commit (the TLog is empty),
-/// is at most two pages long, and starts with the header magic or zeros
-/// (what a torn creation write leaves). Anything else is not ours to reset.
+/// is at most two pages long, and starts like a data file. Anything else is
+/// not ours to reset.
 fn creation_was_interrupted(file: &dyn StorageFile, file_len: u64, tlog: &TLog) -> Result<bool> {
     if tlog.last_epoch() != CommitEpoch::ZERO || file_len > 2 * u64::from(MAX_PAGE_SIZE) {
         return Ok(false);
     }
-    let mut start = [0u8; HEADER_MAGIC.len()];
-    let prefix_len = (file_len as usize).min(start.len());
-    file.read_exact_at(&mut start[..prefix_len], 0)
-        .map_err(|err| Error::io("read data file", err))?;
-    let zeros = start[..prefix_len].iter().all(|&b| b == 0);
-    Ok(zeros || start[..prefix_len] == HEADER_MAGIC[..prefix_len])
+    starts_like_data_file(file)
 }
 
 fn tlog_dir(path: &Path) -> PathBuf {

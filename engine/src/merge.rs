@@ -1,1 +1,0 @@
-//! CPU delta merge (scalar, AVX2, AVX-512). Filled in by the merge work.

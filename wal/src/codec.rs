@@ -1,1 +1,0 @@
-//! Delta codecs (raw, RLE, zstd, adaptive). Filled in by the codec work.

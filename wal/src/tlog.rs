@@ -1,1 +1,0 @@
-//! The TLog: segments, frames, group commit, replay. Filled in by the TLog work.
