@@ -139,6 +139,7 @@ impl CommitLog {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
