@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mmsb::{Database, PageId, PageRead, PageWrite};
+use mmsb::Database;
 
 /// mmsb: an embedded transactional storage engine.
 #[derive(Parser, Debug)]
@@ -44,24 +44,23 @@ fn main() -> ExitCode {
     }
 }
 
-const GREETINGS: [&str; 3] = ["hello from mmsb", "deltas are the unit of change", "commits are durable"];
+const GREETINGS: [(&str, &str); 3] = [
+    ("alice", "hello from mmsb"),
+    ("bob", "deltas are the unit of change"),
+    ("carol", "commits are durable when they return"),
+];
 
 fn demo(path: &std::path::Path) -> mmsb::Result<()> {
-    let pages = {
+    {
         let db = Database::open(path)?;
         println!("opened {} (last commit: {})", path.display(), db.last_commit());
-        let mut pages = Vec::new();
-        for text in GREETINGS {
-            let mut tx = db.begin_page_write()?;
-            let page = tx.allocate_page()?;
-            tx.write(page, 0, &(text.len() as u16).to_le_bytes())?;
-            tx.write(page, 2, text.as_bytes())?;
+        for (name, text) in GREETINGS {
+            let mut tx = db.begin_write()?;
+            tx.open_table("greetings")?.insert(name.as_bytes(), text.as_bytes())?;
             let epoch = tx.commit()?;
-            println!("committed {epoch}: wrote {text:?} into {page}");
-            pages.push(page);
+            println!("committed {epoch}: greetings[{name:?}] = {text:?}");
         }
-        pages
-    };
+    }
     let db = Database::open(path)?;
     let metrics = db.metrics();
     println!(
@@ -70,17 +69,14 @@ fn demo(path: &std::path::Path) -> mmsb::Result<()> {
         metrics.recovery_micros,
         db.last_commit()
     );
-    let rx = db.begin_page_read()?;
-    for page in pages {
-        println!("read back from {page}: {:?}", read_text(&rx, page)?);
+    let rx = db.begin_read()?;
+    let greetings = rx.open_table("greetings")?;
+    println!("greetings holds {} rows:", greetings.len());
+    for entry in greetings.iter()? {
+        let (name, text) = entry?;
+        println!("  {} => {}", String::from_utf8_lossy(&name), String::from_utf8_lossy(&text));
     }
     Ok(())
-}
-
-fn read_text(rx: &mmsb::PageReadTransaction, page: PageId) -> mmsb::Result<String> {
-    let bytes = rx.read_page(page)?;
-    let len = usize::from(u16::from_le_bytes([bytes[0], bytes[1]])).min(bytes.len() - 2);
-    Ok(String::from_utf8_lossy(&bytes[2..2 + len]).into_owned())
 }
 
 fn stats(path: &std::path::Path) -> mmsb::Result<()> {

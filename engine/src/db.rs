@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use mmsb_wal::codec::CodecConfig;
 use mmsb_wal::record::CommitRecord;
 use mmsb_wal::storage::{FileStorage, Storage, StorageFile};
-use mmsb_wal::tlog::{Durability, TLog, TLogConfig};
+use mmsb_wal::tlog::{CommitTicket, Durability, TLog, TLogConfig};
 use mmsb_wal::{CommitEpoch, Delta, PageId, WalError};
 use parking_lot::{ArcMutexGuard, Condvar, Mutex, RawMutex};
 
@@ -100,6 +100,20 @@ impl Options {
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Database> {
         Database::open_with(path.as_ref(), self.clone())
     }
+}
+
+/// The held writer lock.
+pub(crate) type WriterGuard = ArcMutexGuard<RawMutex, WriterState>;
+
+/// A commit logged and installed under the writer lock, not yet durable or
+/// visible; [`Shared::finish_commit`] completes it.
+#[derive(Debug)]
+pub(crate) struct PendingCommit {
+    epoch: CommitEpoch,
+    ticket: CommitTicket,
+    touched: Vec<PageId>,
+    record_bytes: u64,
+    deltas: u64,
 }
 
 /// What the writer lock protects.
@@ -231,6 +245,14 @@ impl Database {
                 other => return other,
             }
         }
+    }
+
+    /// Commits a batch of independent transactions as one unit: their
+    /// frames go to the TLog back to back under one writer lock and share one
+    /// fsync. Each transaction is still atomic and checked for conflicts on
+    /// its own (in batch order), so each gets its own outcome.
+    pub fn commit_batch(&self, transactions: Vec<Transaction>) -> Vec<Result<CommitEpoch>> {
+        crate::mvcc::commit_batch(&self.inner.shared, transactions)
     }
 
     /// Starts the low-level page write transaction (allocate pages, write
@@ -534,17 +556,32 @@ impl Shared {
         err
     }
 
-    /// The commit path: encode, log, install, release the writer, wait for
-    /// durability, publish, fold.
+    /// The commit path: log and install under the writer lock, release it,
+    /// then wait for durability, publish and fold.
     pub(crate) fn commit_pages(
         &self,
-        mut writer: ArcMutexGuard<RawMutex, WriterState>,
+        mut writer: WriterGuard,
         pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>,
         on_installed: impl FnOnce(CommitEpoch),
     ) -> Result<CommitEpoch> {
+        let pending = self.log_and_install(&mut writer, pages, on_installed)?;
+        let last_epoch = writer.last_epoch;
+        drop(writer);
+        pending.map_or(Ok(last_epoch), |pending| self.finish_commit(pending))
+    }
+
+    /// Encodes the deltas as one commit record, appends it to the TLog at
+    /// the next epoch and installs the deltas (not yet visible). `None` when
+    /// there is nothing to commit.
+    pub(crate) fn log_and_install(
+        &self,
+        writer: &mut WriterState,
+        pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>,
+        on_installed: impl FnOnce(CommitEpoch),
+    ) -> Result<Option<PendingCommit>> {
         self.check_writable()?;
         if pages.is_empty() {
-            return Ok(writer.last_epoch);
+            return Ok(None);
         }
         let epoch = writer.last_epoch.next();
         let record = CommitRecord {
@@ -568,16 +605,27 @@ impl Shared {
         }
         writer.last_epoch = epoch;
         on_installed(epoch);
-        drop(writer);
+        Ok(Some(PendingCommit {
+            epoch,
+            ticket,
+            touched,
+            record_bytes: payload.len() as u64,
+            deltas: record.deltas.len() as u64,
+        }))
+    }
+
+    /// Waits until the commit is durable, publishes it and folds what no
+    /// snapshot needs. Called without the writer lock.
+    pub(crate) fn finish_commit(&self, pending: PendingCommit) -> Result<CommitEpoch> {
         self.tlog
-            .wait_durable(ticket)
+            .wait_durable(pending.ticket)
             .map_err(|err| self.poison(err.into()))?;
-        self.snapshots.publish(epoch);
-        self.fold(touched)?;
+        self.snapshots.publish(pending.epoch);
+        self.fold(pending.touched)?;
         Metrics::bump(&self.metrics.commits);
-        Metrics::add(&self.metrics.commit_record_bytes, payload.len() as u64);
-        Metrics::add(&self.metrics.deltas_committed, record.deltas.len() as u64);
-        Ok(epoch)
+        Metrics::add(&self.metrics.commit_record_bytes, pending.record_bytes);
+        Metrics::add(&self.metrics.deltas_committed, pending.deltas);
+        Ok(pending.epoch)
     }
 
     /// Folds what no snapshot needs; remembers pages a reader still pins.

@@ -38,3 +38,8 @@ pub use mmsb_wal::tlog::Durability;
 pub use mmsb_wal::{CommitEpoch, PageId};
 pub use page_access::{PageRead, PageRef, PageWrite};
 pub use txn::{PageReadTransaction, PageWriteTransaction};
+/// The snapshot registry, exposed only to the loom model tests
+/// (`engine/tests/loom_snapshot_registry.rs`, built with `--cfg loom`).
+#[cfg(loom)]
+#[doc(hidden)]
+pub use snapshots::SnapshotRegistry;

@@ -4,21 +4,64 @@
 //! The watermark (the oldest live snapshot, or the visible epoch when there
 //! is none) bounds what the merge worker may fold: a page's base image never
 //! moves past an epoch that some reader still needs.
+//!
+//! Concurrency: every operation that relates the live set to the visible
+//! epoch (`publish`, `acquire`, `fold_limit`) does so under the one lock, so
+//! the three are linearizable. Under `--cfg loom` the lock and the atomic come
+//! from [loom](https://docs.rs/loom) (see the private `sync` shim below), and
+//! `engine/tests/loom_snapshot_registry.rs` checks these properties over every
+//! interleaving of a few threads; its first lines give the command.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use mmsb_wal::CommitEpoch;
-use parking_lot::Mutex;
+
+use sync::{AtomicU64, Mutex, Ordering};
+
+/// The synchronisation primitives the registry is built from: parking_lot's
+/// mutex (no poisoning) and std's atomic normally; loom's models of both
+/// under `--cfg loom`, so that loom can explore every interleaving.
+mod sync {
+    #[cfg(not(loom))]
+    pub(super) use parking_lot::Mutex;
+    #[cfg(not(loom))]
+    pub(super) use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[cfg(loom)]
+    pub(super) use loom::sync::atomic::{AtomicU64, Ordering};
+
+    /// loom's mutex with parking_lot's signature: `lock` returns the guard
+    /// itself and ignores poisoning, as parking_lot does.
+    #[cfg(loom)]
+    #[derive(Debug, Default)]
+    pub(super) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    #[cfg(loom)]
+    impl<T> Mutex<T> {
+        /// Locks, taking the data even when a panicking holder poisoned it.
+        pub(super) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+}
 
 /// Live snapshots and the visible epoch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SnapshotRegistry {
     /// Snapshot epoch → number of live readers at it.
     live: Mutex<BTreeMap<u64, usize>>,
     /// Newest epoch whose commit is durable (per the durability mode) and
     /// visible to new snapshots. Only grows.
     visible: AtomicU64,
+}
+
+impl Default for SnapshotRegistry {
+    /// An empty registry at epoch zero.
+    fn default() -> Self {
+        SnapshotRegistry::new(CommitEpoch::ZERO)
+    }
 }
 
 impl SnapshotRegistry {
@@ -82,7 +125,9 @@ impl SnapshotRegistry {
     }
 }
 
-#[cfg(test)]
+// loom's primitives panic outside `loom::model`: these plain tests run only in
+// the normal build.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -108,5 +153,26 @@ mod tests {
         registry.publish(CommitEpoch(3));
         registry.publish(CommitEpoch(2));
         assert_eq!(registry.visible(), CommitEpoch(3));
+    }
+
+    #[test]
+    fn default_is_empty_at_epoch_zero() {
+        let registry = SnapshotRegistry::default();
+        assert_eq!(registry.visible(), CommitEpoch::ZERO);
+        assert_eq!(registry.fold_limit(), CommitEpoch::ZERO);
+        assert_eq!(registry.live_summary(), (0, None));
+    }
+
+    #[test]
+    fn readers_at_one_epoch_are_counted() {
+        let registry = SnapshotRegistry::new(CommitEpoch(2));
+        let first = registry.acquire();
+        let second = registry.acquire();
+        assert_eq!(registry.live_summary(), (2, Some(CommitEpoch(2))));
+        registry.publish(CommitEpoch(4));
+        registry.release(first);
+        assert_eq!(registry.fold_limit(), CommitEpoch(2));
+        registry.release(second);
+        assert_eq!(registry.fold_limit(), CommitEpoch(4));
     }
 }

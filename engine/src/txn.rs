@@ -9,9 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mmsb_wal::{CommitEpoch, Delta, PageId};
-use parking_lot::{ArcMutexGuard, RawMutex};
 
-use crate::db::{Shared, WriterState};
+use crate::db::{PendingCommit, Shared, WriterGuard};
 use crate::error::{Error, Result};
 use crate::meta::{self, Meta, META_PAGE};
 use crate::metrics::Metrics;
@@ -98,7 +97,7 @@ struct DirtyPage {
 /// The single write transaction. Dropping it without commit rolls it back.
 pub struct PageWriteTransaction {
     shared: Arc<Shared>,
-    writer: Option<ArcMutexGuard<RawMutex, WriterState>>,
+    writer: Option<WriterGuard>,
     meta: Meta,
     meta_changed: bool,
     dirty: HashMap<PageId, DirtyPage>,
@@ -117,6 +116,11 @@ impl PageWriteTransaction {
     pub(crate) fn begin(shared: Arc<Shared>) -> Result<Self> {
         shared.check_writable()?;
         let writer = shared.writer.lock_arc();
+        Self::begin_with_writer(shared, writer)
+    }
+
+    /// Starts with a writer lock the caller already holds.
+    pub(crate) fn begin_with_writer(shared: Arc<Shared>, writer: WriterGuard) -> Result<Self> {
         // Re-check under the lock: the previous writer may have poisoned the database.
         shared.check_writable()?;
         let meta = Meta::decode(&shared.read_page_latest(META_PAGE)?)?;
@@ -210,6 +214,29 @@ impl PageWriteTransaction {
         }
         let dirty = std::mem::take(&mut self.dirty);
         self.shared.commit_pages(writer, dirty_deltas(dirty)?, on_installed)
+    }
+
+    /// Logs and installs the commit but keeps the writer lock and does not
+    /// wait for durability: the caller finishes it with
+    /// [`Shared::finish_commit`]. Returns the lock (when still held).
+    pub(crate) fn commit_deferred(
+        mut self,
+        on_installed: impl FnOnce(CommitEpoch),
+    ) -> (Option<WriterGuard>, Result<Option<PendingCommit>>) {
+        let Some(mut writer) = self.writer.take() else {
+            return (None, Err(Error::TransactionEnded));
+        };
+        if self.meta_changed {
+            let meta = self.meta;
+            match self.page_image_mut(META_PAGE) {
+                Ok(page) => meta.encode_into(page),
+                Err(err) => return (Some(writer), Err(err)),
+            }
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let pending = dirty_deltas(dirty)
+            .and_then(|pages| self.shared.log_and_install(&mut writer, pages, on_installed));
+        (Some(writer), pending)
     }
 
     /// Discards every change.

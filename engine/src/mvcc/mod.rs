@@ -24,7 +24,7 @@ use mmsb_wal::CommitEpoch;
 
 use crate::btree::{self, TreeHeader, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::catalog::{self, TableEntry};
-use crate::db::Shared;
+use crate::db::{PendingCommit, Shared, WriterGuard};
 use crate::error::{Error, Result};
 use crate::txn::{PageReadTransaction, PageWriteTransaction};
 
@@ -333,15 +333,36 @@ impl Transaction {
     /// Commits. `Error::Conflict` when a concurrent commit makes this one
     /// impossible at its isolation level; retry the whole transaction.
     pub fn commit(self) -> Result<CommitEpoch> {
-        let footprint = self.footprint();
-        if footprint.is_empty() {
+        if self.tables.is_empty() {
             return Ok(self.snapshot.snapshot());
         }
-        let mut pages = PageWriteTransaction::begin(Arc::clone(&self.shared))?;
-        self.validate(&footprint)?;
-        self.apply(&mut pages)?;
         let shared = Arc::clone(&self.shared);
-        pages.commit_with(|epoch| shared.commit_log.lock().record(epoch, footprint))
+        let snapshot = self.snapshot.snapshot();
+        let writer = shared.writer.lock_arc();
+        let (writer, pending) = self.prepare(writer);
+        drop(writer);
+        match pending? {
+            Some(pending) => shared.finish_commit(pending),
+            None => Ok(snapshot),
+        }
+    }
+
+    /// Under the writer lock: checks for conflicts, applies the buffer to
+    /// the trees, logs and installs. Hands the lock back when it still holds it.
+    fn prepare(self, writer: WriterGuard) -> (Option<WriterGuard>, Result<Option<PendingCommit>>) {
+        let footprint = self.footprint();
+        if let Err(err) = self.validate(&footprint) {
+            return (Some(writer), Err(err));
+        }
+        let mut pages = match PageWriteTransaction::begin_with_writer(Arc::clone(&self.shared), writer) {
+            Ok(pages) => pages,
+            Err(err) => return (None, Err(err)),
+        };
+        if let Err(err) = self.apply(&mut pages) {
+            return (None, Err(err));
+        }
+        let shared = Arc::clone(&self.shared);
+        pages.commit_deferred(|epoch| shared.commit_log.lock().record(epoch, footprint))
     }
 
     fn footprint(&self) -> CommitFootprint {
@@ -689,4 +710,38 @@ impl<'r> ReadOnlyTable<'r> {
     pub fn is_empty(&self) -> bool {
         self.tree.len == 0
     }
+}
+
+/// See [`crate::Database::commit_batch`].
+pub(crate) fn commit_batch(shared: &Arc<Shared>, transactions: Vec<Transaction>) -> Vec<Result<CommitEpoch>> {
+    enum Outcome {
+        Done(Result<CommitEpoch>),
+        Pending(PendingCommit),
+    }
+    let mut writer = Some(shared.writer.lock_arc());
+    let mut outcomes = Vec::with_capacity(transactions.len());
+    for tx in transactions {
+        if tx.tables.is_empty() {
+            outcomes.push(Outcome::Done(Ok(tx.snapshot.snapshot())));
+            continue;
+        }
+        let snapshot = tx.snapshot.snapshot();
+        let held = writer.take().unwrap_or_else(|| shared.writer.lock_arc());
+        let (returned, pending) = tx.prepare(held);
+        writer = returned;
+        outcomes.push(match pending {
+            Ok(Some(pending)) => Outcome::Pending(pending),
+            Ok(None) => Outcome::Done(Ok(snapshot)),
+            Err(err) => Outcome::Done(Err(err)),
+        });
+    }
+    drop(writer);
+    // The first wait makes every frame of the batch durable in one group flush.
+    outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Outcome::Done(result) => result,
+            Outcome::Pending(pending) => shared.finish_commit(pending),
+        })
+        .collect()
 }
