@@ -28,7 +28,7 @@ use parking_lot::{ArcMutexGuard, Condvar, Mutex, RawMutex};
 
 use crate::error::{Error, Result};
 use crate::meta::{Meta, META_PAGE};
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{timed, Metrics, MetricsSnapshot};
 use crate::mvcc::{CommitLog, IsolationLevel, ReadTransaction, Transaction};
 use crate::page_file::{
     seal_page, FileHeader, PageFile, DEFAULT_PAGE_SIZE, HEADER_MAGIC, MAX_PAGE_SIZE, PAGE_TRAILER_LEN,
@@ -587,22 +587,12 @@ impl Shared {
         let record = CommitRecord {
             deltas: pages.iter().map(|(delta, _, _)| Delta::clone(delta)).collect(),
         };
+        let stages = &self.metrics.stages;
         let mut payload = Vec::new();
-        record.encode(&self.options.codec, &mut payload)?;
-        let ticket = self
-            .tlog
-            .append(epoch, &payload)
+        timed(&stages.encode_ns, || record.encode(&self.options.codec, &mut payload))?;
+        let ticket = timed(&stages.log_append_ns, || self.tlog.append(epoch, &payload))
             .map_err(|err| self.poison(err.into()))?;
-        let mut touched = Vec::with_capacity(pages.len());
-        {
-            let mut dirty = self.dirty.lock();
-            for (delta, image, original) in pages {
-                let page_id = delta.page_id();
-                self.pages.install(epoch, delta, image, || original);
-                dirty.insert(page_id, epoch);
-                touched.push(page_id);
-            }
-        }
+        let touched = timed(&stages.install_ns, || self.install(epoch, pages));
         writer.last_epoch = epoch;
         on_installed(epoch);
         Ok(Some(PendingCommit {
@@ -614,14 +604,30 @@ impl Shared {
         }))
     }
 
+    /// Installs a commit's deltas into the page versions (not yet visible)
+    /// and marks the pages dirty; returns the pages touched.
+    fn install(&self, epoch: CommitEpoch, pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>) -> Vec<PageId> {
+        let mut touched = Vec::with_capacity(pages.len());
+        let mut dirty = self.dirty.lock();
+        for (delta, image, original) in pages {
+            let page_id = delta.page_id();
+            self.pages.install(epoch, delta, image, || original);
+            dirty.insert(page_id, epoch);
+            touched.push(page_id);
+        }
+        touched
+    }
+
     /// Waits until the commit is durable, publishes it and folds what no
     /// snapshot needs. Called without the writer lock.
     pub(crate) fn finish_commit(&self, pending: PendingCommit) -> Result<CommitEpoch> {
-        self.tlog
-            .wait_durable(pending.ticket)
+        let stages = &self.metrics.stages;
+        timed(&stages.durable_wait_ns, || self.tlog.wait_durable(pending.ticket))
             .map_err(|err| self.poison(err.into()))?;
-        self.snapshots.publish(pending.epoch);
-        self.fold(pending.touched)?;
+        timed(&stages.publish_fold_ns, || {
+            self.snapshots.publish(pending.epoch);
+            self.fold(pending.touched)
+        })?;
         Metrics::bump(&self.metrics.commits);
         Metrics::add(&self.metrics.commit_record_bytes, pending.record_bytes);
         Metrics::add(&self.metrics.deltas_committed, pending.deltas);
@@ -767,6 +773,7 @@ impl Shared {
             live_snapshots: live_snapshots as u64,
             folds: load(&m.folds),
             conflicts: load(&m.conflicts),
+            commit_stages: m.stage_snapshot(),
         }
     }
 }

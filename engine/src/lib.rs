@@ -33,7 +33,7 @@ pub use catalog::MAX_TABLE_NAME_BYTES;
 pub use db::{CheckpointStats, Database, Options, MAX_CONFLICT_RETRIES};
 pub use mvcc::{ByteView, IsolationLevel, Range, ReadOnlyTable, ReadTransaction, Savepoint, Table, Transaction};
 pub use error::{Error, Result};
-pub use metrics::MetricsSnapshot;
+pub use metrics::{CommitStageNanos, MetricsSnapshot};
 pub use mmsb_wal::tlog::Durability;
 pub use mmsb_wal::{CommitEpoch, PageId};
 pub use page_access::{PageRead, PageRef, PageWrite};

@@ -2,6 +2,7 @@
 //! a separate concern; this module only counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// Counters updated by the engine as it works. All are monotonic except
 /// where noted.
@@ -20,9 +21,73 @@ pub struct Metrics {
     pub(crate) double_write_pages_restored: AtomicU64,
     pub(crate) folds: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) stages: StageCounters,
+}
+
+/// Cumulative nanoseconds spent in each stage of the commit pipeline.
+#[derive(Debug, Default)]
+pub(crate) struct StageCounters {
+    pub validate_ns: AtomicU64,
+    pub tree_apply_ns: AtomicU64,
+    pub diff_ns: AtomicU64,
+    pub encode_ns: AtomicU64,
+    pub log_append_ns: AtomicU64,
+    pub install_ns: AtomicU64,
+    pub durable_wait_ns: AtomicU64,
+    pub publish_fold_ns: AtomicU64,
+}
+
+impl StageCounters {
+    fn snapshot(&self) -> CommitStageNanos {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CommitStageNanos {
+            validate: load(&self.validate_ns),
+            tree_apply: load(&self.tree_apply_ns),
+            diff: load(&self.diff_ns),
+            encode: load(&self.encode_ns),
+            log_append: load(&self.log_append_ns),
+            install: load(&self.install_ns),
+            durable_wait: load(&self.durable_wait_ns),
+            publish_fold: load(&self.publish_fold_ns),
+        }
+    }
+}
+
+/// Runs `stage` and adds its wall-clock nanoseconds to `counter`.
+pub(crate) fn timed<T>(counter: &AtomicU64, stage: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let value = stage();
+    counter.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    value
+}
+
+/// Cumulative nanoseconds each stage of the commit pipeline took, over every
+/// commit since open: where a commit's time goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStageNanos {
+    /// Conflict checks against recent commits (table transactions).
+    pub validate: u64,
+    /// Applying buffered writes to the B+trees (table transactions).
+    pub tree_apply: u64,
+    /// Diffing changed pages into deltas.
+    pub diff: u64,
+    /// Encoding the commit record (codecs).
+    pub encode: u64,
+    /// Appending the frame to the TLog buffer.
+    pub log_append: u64,
+    /// Installing deltas into the page versions.
+    pub install: u64,
+    /// Waiting for the group commit's fsync.
+    pub durable_wait: u64,
+    /// Publishing the epoch and folding versions no reader needs.
+    pub publish_fold: u64,
 }
 
 impl Metrics {
+    pub(crate) fn stage_snapshot(&self) -> CommitStageNanos {
+        self.stages.snapshot()
+    }
+
     pub(crate) fn add(counter: &AtomicU64, value: u64) {
         counter.fetch_add(value, Ordering::Relaxed);
     }
@@ -75,4 +140,6 @@ pub struct MetricsSnapshot {
     pub folds: u64,
     /// Transactions refused at commit with `Error::Conflict`.
     pub conflicts: u64,
+    /// Where commit time went, per pipeline stage.
+    pub commit_stages: CommitStageNanos,
 }

@@ -17,6 +17,13 @@ use mmsb_wal::{CommitEpoch, Delta, PageId};
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
+use crate::merge::MergeKernel;
+
+/// The fastest merge kernel this CPU runs, chosen once.
+fn kernel() -> MergeKernel {
+    static KERNEL: std::sync::OnceLock<MergeKernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(MergeKernel::best)
+}
 
 /// Shards of the table; a power of two so a mask picks the shard.
 const SHARD_COUNT: usize = 64;
@@ -59,7 +66,7 @@ impl PageVersions {
             if *epoch > snapshot {
                 break;
             }
-            delta.apply(&mut image)?;
+            kernel().apply_delta(&mut image, delta)?;
         }
         Ok(Arc::from(image))
     }
@@ -76,7 +83,7 @@ impl PageVersions {
             let mut image = self.base.to_vec();
             for (_, delta) in &self.chain[..foldable] {
                 debug_assert_eq!(delta.page_id(), page_id);
-                delta.apply(&mut image)?;
+                kernel().apply_delta(&mut image, delta)?;
             }
             self.base = Arc::from(image);
         }
@@ -197,7 +204,7 @@ impl PageTable {
         };
         debug_assert!(versions.chain.is_empty());
         let mut image = versions.head.to_vec();
-        delta.apply(&mut image)?;
+        kernel().apply_delta(&mut image, delta)?;
         versions.head = Arc::from(image);
         versions.base = Arc::clone(&versions.head);
         Ok(())

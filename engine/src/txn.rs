@@ -13,7 +13,7 @@ use mmsb_wal::{CommitEpoch, Delta, PageId};
 use crate::db::{PendingCommit, Shared, WriterGuard};
 use crate::error::{Error, Result};
 use crate::meta::{self, Meta, META_PAGE};
-use crate::metrics::Metrics;
+use crate::metrics::{timed, Metrics};
 use crate::page_access::{PageRead, PageRef, PageWrite};
 
 /// Checks that a user-visible page id lies inside the database.
@@ -213,7 +213,8 @@ impl PageWriteTransaction {
             meta.encode_into(self.page_image_mut(META_PAGE)?);
         }
         let dirty = std::mem::take(&mut self.dirty);
-        self.shared.commit_pages(writer, dirty_deltas(dirty)?, on_installed)
+        let pages = timed(&self.shared.metrics.stages.diff_ns, || dirty_deltas(dirty))?;
+        self.shared.commit_pages(writer, pages, on_installed)
     }
 
     /// Logs and installs the commit but keeps the writer lock and does not
@@ -234,7 +235,7 @@ impl PageWriteTransaction {
             }
         }
         let dirty = std::mem::take(&mut self.dirty);
-        let pending = dirty_deltas(dirty)
+        let pending = timed(&self.shared.metrics.stages.diff_ns, || dirty_deltas(dirty))
             .and_then(|pages| self.shared.log_and_install(&mut writer, pages, on_installed));
         (Some(writer), pending)
     }

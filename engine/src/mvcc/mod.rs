@@ -26,6 +26,7 @@ use crate::btree::{self, TreeHeader, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::catalog::{self, TableEntry};
 use crate::db::{PendingCommit, Shared, WriterGuard};
 use crate::error::{Error, Result};
+use crate::metrics::timed;
 use crate::txn::{PageReadTransaction, PageWriteTransaction};
 
 pub(crate) use conflict::CommitLog;
@@ -350,15 +351,16 @@ impl Transaction {
     /// Under the writer lock: checks for conflicts, applies the buffer to
     /// the trees, logs and installs. Hands the lock back when it still holds it.
     fn prepare(self, writer: WriterGuard) -> (Option<WriterGuard>, Result<Option<PendingCommit>>) {
+        let stages = &self.shared.metrics.stages;
         let footprint = self.footprint();
-        if let Err(err) = self.validate(&footprint) {
+        if let Err(err) = timed(&stages.validate_ns, || self.validate(&footprint)) {
             return (Some(writer), Err(err));
         }
         let mut pages = match PageWriteTransaction::begin_with_writer(Arc::clone(&self.shared), writer) {
             Ok(pages) => pages,
             Err(err) => return (None, Err(err)),
         };
-        if let Err(err) = self.apply(&mut pages) {
+        if let Err(err) = timed(&stages.tree_apply_ns, || self.apply(&mut pages)) {
             return (None, Err(err));
         }
         let shared = Arc::clone(&self.shared);
