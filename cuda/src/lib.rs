@@ -1,2 +1,41 @@
-//! mmsb's optional GPU merge backend. Empty until the GPU issue lands.
+//! mmsb's optional GPU merge backend.
+//!
+//! [`GpuMerge`] implements the engine's [`mmsb_engine::merge::MergeBackend`]:
+//! it ships a [`mmsb_engine::merge::MergeBatch`] to an NVIDIA GPU in chunks
+//! (page images into a device buffer; run index and payload through pinned
+//! host memory in the flat layout of [`layout`]), folds every page's delta
+//! chain in epoch order with a kernel compiled at run time by NVRTC for the
+//! device's own architecture, and copies the pages back, bit-identical to the
+//! CPU merge. Any failure (no driver, no device, a failed launch, out of
+//! memory) makes the batch run on [`mmsb_engine::merge::CpuMerge`] instead.
+//!
+//! cudarc is used with dynamic loading: this crate builds and runs on
+//! machines without CUDA, and [`probe`] checks for libcuda / libnvrtc before
+//! any driver call, since cudarc panics when a library is missing.
+//!
+//! Modules: [`layout`] (flat chunk format), [`kernel`] (CUDA source, job
+//! record), [`emulate`] (the kernel's CPU twin), [`compile`] (NVRTC),
+//! [`driver`] (owned CUDA objects), [`persistent`] (resident kernel and its
+//! queue), [`device`] (the device mergers), [`merge`] (the backend and its
+//! fallback), [`bench`] (measurement helpers for the GPU bench).
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod bench;
+pub mod compile;
+pub mod config;
+pub mod device;
+pub mod driver;
+pub mod emulate;
+pub mod error;
+pub mod kernel;
+pub mod layout;
+pub mod merge;
+pub mod persistent;
+pub mod probe;
+
+pub use config::{AllocMode, FaultInjection, GpuConfig, LaunchMode};
+pub use device::{CudaMerger, DeviceMerger, DeviceStats, SimulatedDevice};
+pub use error::GpuError;
+pub use merge::{FallbackRecord, GpuMerge, GpuStatus};
+pub use probe::{driver_library_present, nvrtc_library_present, probe, DeviceInfo};

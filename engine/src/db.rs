@@ -12,7 +12,8 @@
 //! Deltas set bytes to absolute values, so replaying a commit onto a page
 //! that already holds it is harmless.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -36,6 +37,11 @@ use crate::page_file::{
 use crate::page_table::PageTable;
 use crate::snapshots::SnapshotRegistry;
 use crate::txn::{PageReadTransaction, PageWriteTransaction};
+
+/// The merge kernel replay folds deltas with.
+fn replay_kernel() -> crate::merge::MergeKernel {
+    crate::merge::MergeKernel::best()
+}
 
 /// How often [`Database::run`] retries a transaction that conflicted.
 pub const MAX_CONFLICT_RETRIES: u32 = 64;
@@ -465,6 +471,9 @@ impl Shared {
     fn replay(&self, checkpoint_epoch: CommitEpoch) -> Result<CommitEpoch> {
         let mut last = checkpoint_epoch;
         let page_len = self.page_len();
+        // No reader exists yet: pages are folded in place in plain buffers
+        // and handed to the page table once, at the end.
+        let mut replayed: HashMap<PageId, Vec<u8>> = HashMap::new();
         let mut dirty = self.dirty.lock();
         let mut frames = self.tlog.replay(checkpoint_epoch)?;
         while let Some(frame) = frames.next_frame() {
@@ -476,12 +485,19 @@ impl Shared {
             }
             let record = CommitRecord::decode(payload, page_len)?;
             for delta in &record.deltas {
-                self.pages
-                    .apply_replayed(delta, || self.load_page_for_replay(delta.page_id()))?;
-                dirty.insert(delta.page_id(), epoch);
+                let page_id = delta.page_id();
+                let page = match replayed.entry(page_id) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => entry.insert(self.load_page_for_replay(page_id)?.to_vec()),
+                };
+                replay_kernel().apply_delta(page, delta)?;
+                dirty.insert(page_id, epoch);
             }
             Metrics::bump(&self.metrics.recovered_commits);
             last = epoch;
+        }
+        for (page_id, image) in replayed {
+            self.pages.insert_clean(page_id, Arc::from(image));
         }
         Ok(last)
     }

@@ -177,39 +177,6 @@ impl PageTable {
         self.adjust_pinned(before, versions.pinned_bytes());
     }
 
-    /// Applies a replayed delta straight into the page (recovery: no readers
-    /// exist yet, so no version is kept).
-    pub fn apply_replayed(
-        &self,
-        delta: &Delta,
-        load: impl FnOnce() -> Result<Arc<[u8]>>,
-    ) -> Result<()> {
-        let page_id = delta.page_id();
-        let mut shard = self.shard(page_id).write();
-        if !shard.contains_key(&page_id) {
-            let image = load()?;
-            self.stats.pages.fetch_add(1, Ordering::Relaxed);
-            shard.insert(
-                page_id,
-                PageVersions {
-                    base: Arc::clone(&image),
-                    base_epoch: CommitEpoch::ZERO,
-                    chain: Vec::new(),
-                    head: image,
-                },
-            );
-        }
-        let Some(versions) = shard.get_mut(&page_id) else {
-            return Err(Error::Corrupted(format!("internal: {page_id} vanished")));
-        };
-        debug_assert!(versions.chain.is_empty());
-        let mut image = versions.head.to_vec();
-        kernel().apply_delta(&mut image, delta)?;
-        versions.head = Arc::from(image);
-        versions.base = Arc::clone(&versions.head);
-        Ok(())
-    }
-
     /// Folds the deltas of `page_ids` up to `limit`; returns how many pages
     /// still hold deltas afterwards.
     pub fn fold_pages(

@@ -1,0 +1,567 @@
+//! GPU merge bench: correctness against the CPU merge, then throughput,
+//! launch strategies, allocation strategies and managed-memory prefetch.
+//!
+//! Usage: `gpu_bench [SECTION ...] [--quick] [--print-kernel]` where SECTION is
+//! `correct`, `throughput`, `launch`, `alloc`, `prefetch` (default: all).
+//! Lines starting with `TABLE|` form the summary table (scripts/gpu-run.sh
+//! collects them). Exits 0 with a clear message when there is no GPU.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use mmsb_cuda::bench::{gb_per_s, median, DeltaShape, Workload};
+use mmsb_cuda::driver::{DeviceBuffer, Event, Graph, ManagedBuffer, PinnedBuffer, Stream};
+use mmsb_cuda::kernel::Job;
+use mmsb_cuda::layout::{fill_chunk, measure_chunk, ChunkLayout};
+use mmsb_cuda::persistent::Persistent;
+use mmsb_cuda::{
+    driver_library_present, nvrtc_library_present, probe, AllocMode, CudaMerger, GpuConfig,
+    GpuError, GpuMerge, GpuStatus, LaunchMode,
+};
+use mmsb_engine::merge::{CpuMerge, MergeBackend};
+
+/// Page size of every workload.
+const PAGE_LEN: usize = 4096;
+/// Pages of the large throughput batches.
+const LARGE_PAGES: [usize; 2] = [64 * 1024, 256 * 1024];
+/// Timed repetitions of long runs (after one warm-up).
+const REPS_LONG: usize = 7;
+/// Timed repetitions of short runs (after warm-ups).
+const REPS_SHORT: usize = 200;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn table(line: String) {
+    println!("TABLE|{line}");
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--print-kernel") {
+        print!("{}", mmsb_cuda::kernel::source());
+        return ExitCode::SUCCESS;
+    }
+    if !driver_library_present() {
+        println!("no CUDA driver found; skipping GPU runs");
+        return ExitCode::SUCCESS;
+    }
+    if !nvrtc_library_present() {
+        println!("no NVRTC library found (set LD_LIBRARY_PATH to CUDA's lib64); skipping GPU runs");
+        return ExitCode::SUCCESS;
+    }
+    let info = match probe(0) {
+        Ok(info) => info,
+        Err(error) => {
+            println!("no usable CUDA device ({error}); skipping GPU runs");
+            return ExitCode::SUCCESS;
+        }
+    };
+    println!("device: {info:?}");
+    let quick = args.iter().any(|a| a == "--quick");
+    let sections: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+        .map(String::as_str)
+        .collect();
+    let all = sections.is_empty();
+    let want = |name: &str| all || sections.contains(&name);
+    let mut failed = false;
+    let mut run = |name: &str, section: &dyn Fn() -> BenchResult<()>| {
+        if want(name) {
+            println!("== {name}");
+            let start = Instant::now();
+            if let Err(error) = section() {
+                println!("SECTION {name} FAILED: {error}");
+                table(format!("{name}: FAILED: {error}"));
+                failed = true;
+            }
+            println!("== {name} took {:.1} s", start.elapsed().as_secs_f64());
+        }
+    };
+    run("correct", &|| correctness(quick));
+    run("throughput", &|| throughput(quick));
+    run("launch", &launch_strategies);
+    run("alloc", &|| alloc_strategies(quick));
+    run("prefetch", &|| {
+        prefetch(quick, info.concurrent_managed_access)
+    });
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn cpu_reference(work: &Workload) -> BenchResult<Vec<u8>> {
+    let mut batch = work.batch()?;
+    CpuMerge::best(threads())?.merge_batch(&mut batch)?;
+    Ok(batch.into_images())
+}
+
+/// Device buffers holding one workload as a single chunk, plus its job.
+struct Resident {
+    images: DeviceBuffer,
+    meta: DeviceBuffer,
+    staging: PinnedBuffer,
+    layout: ChunkLayout,
+    job: Job,
+}
+
+fn make_resident(gpu: &CudaMerger, work: &Workload, stream: &Stream) -> BenchResult<Resident> {
+    let batch = work.batch()?;
+    let layout = measure_chunk(&batch, 0..batch.len())?;
+    let mut staging = PinnedBuffer::alloc(gpu.context(), layout.total_len, false)?;
+    fill_chunk(&batch, 0..batch.len(), &layout, staging.as_mut_slice())?;
+    let images = DeviceBuffer::alloc(gpu.context(), work.base.len())?;
+    let meta = DeviceBuffer::alloc(gpu.context(), layout.total_len)?;
+    // SAFETY: buffers hold these many bytes; we synchronize before returning.
+    unsafe {
+        stream.copy_to_device(images.ptr(), &work.base)?;
+        stream.copy_to_device(meta.ptr(), staging.as_slice())?;
+    }
+    stream.synchronize()?;
+    let job = Job {
+        images: images.ptr(),
+        meta: meta.ptr(),
+        pages: layout.pages as u32,
+        page_len: work.page_len as u32,
+        runs_offset: layout.runs_offset as u32,
+        payload_offset: layout.payload_offset as u32,
+    };
+    Ok(Resident {
+        images,
+        meta,
+        staging,
+        layout,
+        job,
+    })
+}
+
+fn per_batch_gpu() -> BenchResult<CudaMerger> {
+    Ok(CudaMerger::new(&GpuConfig::default())?)
+}
+
+/// (1) Correctness: fresh inputs per check, poisoned outputs, every mode.
+fn correctness(quick: bool) -> BenchResult<()> {
+    let mut gpu = per_batch_gpu()?;
+    let stream = Stream::new(gpu.context())?;
+    let sizes: &[(usize, usize)] = if quick {
+        &[(500, 4096), (300, 1000)]
+    } else {
+        &[
+            (2000, 4096),
+            (700, 4000),
+            (300, 1000),
+            (64, 65536),
+            (20000, 4096),
+        ]
+    };
+    let mut checks = 0;
+    for (index, &(pages, page_len)) in sizes.iter().enumerate() {
+        let shape = DeltaShape {
+            max_run_bytes: 256.min(page_len),
+            ..DeltaShape::default()
+        };
+        let work = Workload::generate(pages, page_len, shape, 1000 + index as u64);
+        let expected = cpu_reference(&work)?;
+        // Kernel alone, output poisoned before the copy back.
+        let shared = gpu.prepare_page_len(page_len)?;
+        let resident = make_resident(&gpu, &work, &stream)?;
+        let grid = gpu.grid_for(pages, shared)?;
+        // SAFETY: the resident buffers hold the job's chunk until synchronize.
+        unsafe { gpu.launch_job(&resident.job, grid, shared, &stream)? };
+        let mut out = vec![0xA5u8; work.base.len()];
+        // SAFETY: the device buffer holds out.len() bytes.
+        unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
+        stream.synchronize()?;
+        verdict(&format!("kernel {pages}x{page_len}"), &out, &expected)?;
+        checks += 1;
+        // Every backend mode through MergeBackend, small chunks to cross chunk edges.
+        for launch in [LaunchMode::PerBatch, LaunchMode::Persistent] {
+            for alloc in [AllocMode::Plain, AllocMode::StreamPool, AllocMode::Reuse] {
+                let config = GpuConfig {
+                    launch,
+                    alloc,
+                    max_chunk_pages: (pages / 3).max(1),
+                    ..GpuConfig::default()
+                };
+                let merge = GpuMerge::new(&config)?;
+                if let GpuStatus::CpuOnly(reason) = merge.status() {
+                    return Err(format!("{launch:?}/{alloc:?} did not start: {reason}").into());
+                }
+                let mut batch = work.batch()?;
+                merge.merge_batch(&mut batch)?;
+                if merge.fallback_count() != 0 {
+                    return Err(format!(
+                        "{launch:?}/{alloc:?} fell back: {:?}",
+                        merge.last_fallback()
+                    )
+                    .into());
+                }
+                verdict(
+                    &format!("{launch:?}/{alloc:?} {pages}x{page_len}"),
+                    batch.images(),
+                    &expected,
+                )?;
+                checks += 1;
+            }
+        }
+    }
+    // Forced failures on the real device fall back to the CPU.
+    let work = Workload::generate(1000, PAGE_LEN, DeltaShape::default(), 77);
+    let expected = cpu_reference(&work)?;
+    for fault in [
+        mmsb_cuda::FaultInjection::FailLaunch,
+        mmsb_cuda::FaultInjection::OutOfMemory,
+    ] {
+        let merge = GpuMerge::new(&GpuConfig::default())?;
+        merge.set_fault(Some(fault));
+        let mut batch = work.batch()?;
+        merge.merge_batch(&mut batch)?;
+        let record = merge
+            .last_fallback()
+            .ok_or_else(|| format!("{fault:?} did not fall back"))?;
+        verdict(&format!("fallback {fault:?}"), batch.images(), &expected)?;
+        println!(
+            "fallback {fault:?}: error {} ; detect->cpu {:?} ; retired {}",
+            record.error, record.detect_to_cpu_start, record.device_retired
+        );
+        table(format!(
+            "fallback {fault:?}: CPU result exact, detect->CPU start {:.1} us",
+            record.detect_to_cpu_start.as_secs_f64() * 1e6
+        ));
+        checks += 1;
+    }
+    table(format!(
+        "correctness: {checks} checks passed (fresh random inputs, poisoned outputs)"
+    ));
+    Ok(())
+}
+
+fn verdict(what: &str, got: &[u8], expected: &[u8]) -> BenchResult<()> {
+    if got == expected {
+        println!("ok   {what}");
+        return Ok(());
+    }
+    let first = got
+        .iter()
+        .zip(expected)
+        .position(|(a, b)| a != b)
+        .unwrap_or(0);
+    let wrong = got.iter().zip(expected).filter(|(a, b)| a != b).count();
+    Err(format!(
+        "MISMATCH {what}: {wrong} bytes differ, first at {first} (page {})",
+        first / PAGE_LEN
+    )
+    .into())
+}
+
+fn time_events<F>(stream: &Stream, gpu: &CudaMerger, reps: usize, mut body: F) -> BenchResult<f64>
+where
+    F: FnMut(&Stream) -> Result<(), GpuError>,
+{
+    let (start, end) = (Event::new(gpu.context())?, Event::new(gpu.context())?);
+    body(stream)?;
+    stream.synchronize()?;
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        start.record(stream)?;
+        body(stream)?;
+        end.record(stream)?;
+        samples.push(start.elapsed_ms(&end)?);
+    }
+    Ok(median(&mut samples))
+}
+
+fn time_wall<F>(reps: usize, warmup: usize, mut body: F) -> BenchResult<f64>
+where
+    F: FnMut() -> BenchResult<()>,
+{
+    for _ in 0..warmup {
+        body()?;
+    }
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        body()?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(&mut samples))
+}
+
+/// (2) Throughput: kernel, mirror and round trip vs the CPU and vs D2D copy.
+fn throughput(quick: bool) -> BenchResult<()> {
+    let mut gpu = per_batch_gpu()?;
+    let stream = Stream::new(gpu.context())?;
+    // Device copy bandwidth: 1 GiB device to device, read + write counted.
+    let copy_len = 1usize << 30;
+    let (src, dst) = (
+        DeviceBuffer::alloc(gpu.context(), copy_len)?,
+        DeviceBuffer::alloc(gpu.context(), copy_len)?,
+    );
+    // SAFETY: both buffers hold copy_len bytes.
+    unsafe { stream.fill(src.ptr(), 0x3C, copy_len)? };
+    let copy_ms = time_events(&stream, &gpu, 10, |s| unsafe {
+        s.copy_on_device(dst.ptr(), src.ptr(), copy_len)
+    })?;
+    let copy_gbs = gb_per_s(2 * copy_len as u64, copy_ms);
+    drop((src, dst));
+    println!("device copy: {copy_ms:.3} ms for 2 x 1 GiB = {copy_gbs:.0} GB/s");
+    table(format!(
+        "device D2D copy bandwidth (read+write): {copy_gbs:.0} GB/s"
+    ));
+    let cpu = CpuMerge::best(threads())?;
+    let sizes: &[usize] = if quick { &[16 * 1024] } else { &LARGE_PAGES };
+    for &pages in sizes {
+        let gen_start = Instant::now();
+        let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), pages as u64);
+        let bytes = work.bytes_moved();
+        println!(
+            "workload {pages} pages x {PAGE_LEN} B, 8 deltas/page, payload {:.1} MB, generated in {:.1} s",
+            work.payload_bytes() as f64 / 1e6,
+            gen_start.elapsed().as_secs_f64()
+        );
+        let expected = cpu_reference(&work)?;
+        // CPU: all cores, SIMD, the same batch merged again (folding is idempotent).
+        let mut batch = work.batch()?;
+        let cpu_ms = time_wall(5, 1, || {
+            cpu.merge_batch(&mut batch)?;
+            Ok(())
+        })?;
+        drop(batch);
+        // Kernel alone, pages and deltas resident.
+        let shared = gpu.prepare_page_len(PAGE_LEN)?;
+        let resident = make_resident(&gpu, &work, &stream)?;
+        let grid = gpu.grid_for(pages, shared)?;
+        let kernel_ms = time_events(&stream, &gpu, REPS_LONG, |s| unsafe {
+            gpu.launch_job(&resident.job, grid, shared, s)
+        })?;
+        let mut out = vec![0x5Au8; work.base.len()];
+        // SAFETY: the device buffer holds out.len() bytes.
+        unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
+        stream.synchronize()?;
+        verdict(&format!("throughput kernel {pages}"), &out, &expected)?;
+        // Mirror: pages resident, deltas shipped from pinned memory, then folded.
+        let meta_len = resident.layout.total_len;
+        let mirror_ms = time_events(&stream, &gpu, REPS_LONG, |s| unsafe {
+            s.copy_to_device(
+                resident.meta.ptr(),
+                &resident.staging.as_slice()[..meta_len],
+            )?;
+            gpu.launch_job(&resident.job, grid, shared, s)
+        })?;
+        drop(resident);
+        // Round trip through MergeBackend: flatten, copy in, fold, copy out.
+        let merge = GpuMerge::new(&GpuConfig::default())?;
+        let mut batch = work.batch()?;
+        let trip_ms = time_wall(3, 1, || {
+            merge.merge_batch(&mut batch)?;
+            Ok(())
+        })?;
+        verdict(&format!("round trip {pages}"), batch.images(), &expected)?;
+        drop(batch);
+        let line = |name: &str, ms: f64| {
+            format!(
+                "{pages:>6} pages {name:<34} {ms:>9.3} ms {:>7.1} GB/s  {:>6.1}x CPU  {:>5.1}% of D2D",
+                gb_per_s(bytes, ms),
+                cpu_ms / ms,
+                100.0 * gb_per_s(bytes, ms) / copy_gbs
+            )
+        };
+        table(line(
+            &format!("CPU merge ({} threads, {})", threads(), cpu.path()),
+            cpu_ms,
+        ));
+        table(line("GPU kernel (resident)", kernel_ms));
+        table(line("GPU mirror (deltas H2D + kernel)", mirror_ms));
+        table(line("GPU round trip (MergeBackend)", trip_ms));
+    }
+    table("  (GB/s counts page images in + out + delta payload; 'x CPU' = CPU time / time)".into());
+    Ok(())
+}
+
+/// (3) Launch strategies on resident data: per-batch launch vs persistent
+/// kernel; the full sequence (H2D, kernel, D2H) plain vs CUDA graph replay.
+fn launch_strategies() -> BenchResult<()> {
+    let mut gpu = per_batch_gpu()?;
+    let stream = Stream::new(gpu.context())?;
+    let shared = gpu.prepare_page_len(PAGE_LEN)?;
+    for pages in [64usize, 1024, 16 * 1024] {
+        let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 9000 + pages as u64);
+        let expected = cpu_reference(&work)?;
+        let resident = make_resident(&gpu, &work, &stream)?;
+        let grid = gpu.grid_for(pages, shared)?;
+        let launch_ms = time_wall(REPS_SHORT, 20, || {
+            // SAFETY: resident buffers outlive the synchronize below.
+            unsafe { gpu.launch_job(&resident.job, grid, shared, &stream)? };
+            stream.synchronize()?;
+            Ok(())
+        })?;
+        let persistent_ms = {
+            let mut kernel = Persistent::start(
+                gpu.context(),
+                gpu.module(),
+                gpu.info().multiprocessors,
+                PAGE_LEN,
+                10_000,
+            )?;
+            let ms = time_wall(REPS_SHORT, 20, || Ok(kernel.run(resident.job)?))?;
+            kernel.stop()?;
+            ms
+        };
+        let mut out = vec![0x11u8; work.base.len()];
+        // SAFETY: the device buffer holds out.len() bytes.
+        unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
+        stream.synchronize()?;
+        verdict(&format!("launch/persistent {pages}"), &out, &expected)?;
+        // Full sequence from pinned staging: plain launches vs graph replay.
+        let mut host_images = PinnedBuffer::alloc(gpu.context(), work.base.len(), false)?;
+        host_images.as_mut_slice().copy_from_slice(&work.base);
+        let mut host_out = PinnedBuffer::alloc(gpu.context(), work.base.len(), false)?;
+        let meta_len = resident.layout.total_len;
+        let enqueue = |s: &Stream, out: &mut [u8]| -> Result<(), GpuError> {
+            // SAFETY: pinned buffers and device buffers outlive every
+            // synchronize below; sizes match.
+            unsafe {
+                s.copy_to_device(resident.images.ptr(), host_images.as_slice())?;
+                s.copy_to_device(
+                    resident.meta.ptr(),
+                    &resident.staging.as_slice()[..meta_len],
+                )?;
+                gpu.launch_job(&resident.job, grid, shared, s)?;
+                s.copy_to_host(out, resident.images.ptr())
+            }
+        };
+        let out_slice = host_out.as_mut_slice();
+        let plain_ms = time_wall(REPS_SHORT / 2, 10, || {
+            enqueue(&stream, out_slice)?;
+            stream.synchronize()?;
+            Ok(())
+        })?;
+        let graph = Graph::capture(gpu.context(), &stream, |s| enqueue(s, out_slice))?;
+        out_slice.fill(0x22);
+        let graph_ms = time_wall(REPS_SHORT / 2, 10, || {
+            graph.launch(&stream)?;
+            stream.synchronize()?;
+            Ok(())
+        })?;
+        verdict(&format!("graph {pages}"), out_slice, &expected)?;
+        table(format!(
+            "{pages:>6} pages  launch+sync {launch_ms:>8.4} ms | persistent {persistent_ms:>8.4} ms ({:.2}x) || H2D+kernel+D2H plain {plain_ms:>8.4} ms | graph {graph_ms:>8.4} ms ({:.2}x)",
+            launch_ms / persistent_ms,
+            plain_ms / graph_ms
+        ));
+    }
+    table(
+        "  (host wall-clock medians per batch, data already resident for launch/persistent)".into(),
+    );
+    Ok(())
+}
+
+/// (4) Allocation strategies through MergeBackend.
+fn alloc_strategies(quick: bool) -> BenchResult<()> {
+    let sizes: &[usize] = if quick {
+        &[256, 4096]
+    } else {
+        &[256, 4096, 32 * 1024]
+    };
+    for &pages in sizes {
+        let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 5000 + pages as u64);
+        let expected = cpu_reference(&work)?;
+        let mut cells = Vec::new();
+        for alloc in [AllocMode::Plain, AllocMode::StreamPool, AllocMode::Reuse] {
+            let merge = GpuMerge::new(&GpuConfig {
+                alloc,
+                ..GpuConfig::default()
+            })?;
+            let mut batch = work.batch()?;
+            let reps = if pages > 10_000 { 10 } else { 50 };
+            let ms = time_wall(reps, 3, || {
+                merge.merge_batch(&mut batch)?;
+                Ok(())
+            })?;
+            verdict(
+                &format!("alloc {alloc:?} {pages}"),
+                batch.images(),
+                &expected,
+            )?;
+            cells.push(format!("{alloc:?} {ms:>8.3} ms"));
+        }
+        table(format!(
+            "{pages:>6} pages  round trip by allocation: {}",
+            cells.join(" | ")
+        ));
+    }
+    Ok(())
+}
+
+/// (5) Managed memory: on-demand page migration vs cuMemPrefetchAsync.
+fn prefetch(quick: bool, concurrent_managed: bool) -> BenchResult<()> {
+    if !concurrent_managed {
+        table("prefetch: skipped (device lacks concurrent managed access)".into());
+        return Ok(());
+    }
+    let mut gpu = per_batch_gpu()?;
+    let stream = Stream::new(gpu.context())?;
+    let pages = if quick { 8 * 1024 } else { 64 * 1024 };
+    let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 31337);
+    let expected = cpu_reference(&work)?;
+    let shared = gpu.prepare_page_len(PAGE_LEN)?;
+    let resident = make_resident(&gpu, &work, &stream)?;
+    let mut managed = ManagedBuffer::alloc(gpu.context(), work.base.len())?;
+    let grid = gpu.grid_for(pages, shared)?;
+    let job = Job {
+        images: managed.ptr(),
+        ..resident.job
+    };
+    let mut results = Vec::new();
+    for prefetch in [false, true] {
+        let mut gpu_samples = Vec::new();
+        let mut host_samples = Vec::new();
+        for rep in 0..6 {
+            // Pages start on the host, as the engine would have written them.
+            // SAFETY: no device work is pending (synchronized below).
+            unsafe { managed.as_mut_slice() }.copy_from_slice(&work.base);
+            let start = Instant::now();
+            if prefetch {
+                managed.prefetch(&stream, true)?;
+            }
+            // SAFETY: managed memory and resident meta outlive the synchronize.
+            unsafe { gpu.launch_job(&job, grid, shared, &stream)? };
+            if prefetch {
+                managed.prefetch(&stream, false)?;
+            }
+            stream.synchronize()?;
+            let gpu_ms = start.elapsed().as_secs_f64() * 1e3;
+            let host_start = Instant::now();
+            // SAFETY: synchronized above.
+            let images = unsafe { managed.as_mut_slice() };
+            let checksum = images
+                .iter()
+                .step_by(64)
+                .fold(0u64, |a, &b| a.wrapping_add(b as u64));
+            let host_ms = host_start.elapsed().as_secs_f64() * 1e3;
+            if rep == 0 {
+                verdict(&format!("managed prefetch={prefetch}"), images, &expected)?;
+                println!("checksum {checksum}");
+            } else {
+                gpu_samples.push(gpu_ms);
+                host_samples.push(host_ms);
+            }
+        }
+        let (gpu_ms, host_ms) = (median(&mut gpu_samples), median(&mut host_samples));
+        results.push((prefetch, gpu_ms, host_ms));
+    }
+    for (prefetch, gpu_ms, host_ms) in &results {
+        table(format!(
+            "{pages} pages managed, {:<11} fold {gpu_ms:>8.3} ms + host read-back {host_ms:>8.3} ms = {:>8.3} ms",
+            if *prefetch { "prefetch" } else { "on-demand" },
+            gpu_ms + host_ms
+        ));
+    }
+    Ok(())
+}
