@@ -21,13 +21,18 @@ fn key(counter: u64) -> [u8; 24] {
 fn staged(db: &Database, counter: &mut u64) -> Transaction {
     *counter += 1;
     let mut tx = db.begin_write().expect("begin");
-    tx.open_table("t").expect("table").insert(&key(*counter), &VALUE).expect("insert");
+    tx.open_table("t")
+        .expect("table")
+        .insert(&key(*counter), &VALUE)
+        .expect("insert");
     tx
 }
 
 fn batch_vs_individual(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch_commit");
-    group.sample_size(10).measurement_time(Duration::from_secs(8));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(dir.path().join("batch.mmsb")).expect("open");
     let mut counter = 0u64;

@@ -11,7 +11,9 @@ use mmsb::{Database, Durability, Options};
 
 fn options() -> Options {
     Options {
-        durability: Durability::Eventual { flush_interval_ms: 50 },
+        durability: Durability::Eventual {
+            flush_interval_ms: 50,
+        },
         checkpoint_tlog_bytes: u64::MAX,
         checkpoint_on_close: false,
         ..Options::default()
@@ -24,7 +26,9 @@ fn build(path: &std::path::Path, commits: u64) {
     let mut tx = db.begin_write().expect("begin");
     let mut table = tx.open_table("rows").expect("table");
     for row in 0..20_000u64 {
-        table.insert(&row.to_be_bytes(), &[0x5au8; 100]).expect("insert");
+        table
+            .insert(&row.to_be_bytes(), &[0x5au8; 100])
+            .expect("insert");
     }
     tx.commit().expect("commit");
     db.checkpoint().expect("checkpoint");
@@ -44,7 +48,10 @@ fn build(path: &std::path::Path, commits: u64) {
 
 fn read_segments(dir: &std::path::Path) -> u64 {
     let mut bytes = 0u64;
-    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("tlog dir").map(|e| e.expect("entry").path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("tlog dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
     entries.sort();
     for path in entries {
         bytes += std::fs::read(&path).expect("read segment").len() as u64;
@@ -85,7 +92,10 @@ fn main() {
     }
     let read = median(read_times);
     let replay = median(replay_times);
-    println!("recovery: {replayed} commits, {:.1} MiB of TLog", tlog_bytes as f64 / 1048576.0);
+    println!(
+        "recovery: {replayed} commits, {:.1} MiB of TLog",
+        tlog_bytes as f64 / 1048576.0
+    );
     println!(
         "sequential read {:>9.2} ms ({:.0} MiB/s)",
         read.as_secs_f64() * 1e3,
@@ -97,5 +107,8 @@ fn main() {
         tlog_bytes as f64 / 1048576.0 / replay.as_secs_f64(),
         replayed as f64 / replay.as_secs_f64()
     );
-    println!("replay / read = {:.2}x (bar: <= 2x)", replay.as_secs_f64() / read.as_secs_f64());
+    println!(
+        "replay / read = {:.2}x (bar: <= 2x)",
+        replay.as_secs_f64() / read.as_secs_f64()
+    );
 }

@@ -24,6 +24,12 @@ pub use mmsb_engine::{
     Transaction, MAX_CONFLICT_RETRIES, MAX_TABLE_NAME_BYTES,
 };
 
+/// The SQL layer (crate `mmsb-query`): sessions, statements, rows, values.
+pub use mmsb_query::{
+    parse_script, Connection, DataType, FromSql, ParsedStatement, QueryError, Row, Rows, Statement,
+    StatementResult, TableSchema, ToSql, Value,
+};
+
 /// The storage seam, for tests and embedders that bring their own files.
 pub mod storage {
     pub use mmsb_wal::storage::{

@@ -51,7 +51,13 @@ fn child_commit_loop() {
 
 fn spawn_child(db_path: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().expect("test executable"))
-        .args(["child_commit_loop", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_commit_loop",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, db_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -180,7 +186,9 @@ fn next_seq(db: &Database, thread: u8) -> u64 {
         .expect("range")
         .next_back()
         .map(|entry| entry.expect("entry"));
-    last.map_or(0, |(key, _)| u64::from_be_bytes(key[1..9].try_into().expect("seq")) + 1)
+    last.map_or(0, |(key, _)| {
+        u64::from_be_bytes(key[1..9].try_into().expect("seq")) + 1
+    })
 }
 
 #[test]
@@ -231,7 +239,10 @@ fn child_bank_loop() {
 fn verify_bank(db: &Database, acked: &[Option<u64>], round: u64) {
     let rx = db.begin_read().expect("read");
     let Ok(accounts) = rx.open_table("accounts") else {
-        assert!(acked.iter().all(Option::is_none), "round {round}: accounts vanished");
+        assert!(
+            acked.iter().all(Option::is_none),
+            "round {round}: accounts vanished"
+        );
         return;
     };
     let mut expected = vec![BANK_INITIAL; BANK_ACCOUNTS as usize];
@@ -241,7 +252,11 @@ fn verify_bank(db: &Database, acked: &[Option<u64>], round: u64) {
             let thread = key[0];
             let seq = u64::from_be_bytes(key[1..9].try_into().expect("seq"));
             let (from, to, amount) = planned_transfer(thread, seq);
-            assert_eq!(decode_i64(&value), amount, "round {round}: ledger entry altered");
+            assert_eq!(
+                decode_i64(&value),
+                amount,
+                "round {round}: ledger entry altered"
+            );
             expected[from as usize] -= amount;
             expected[to as usize] += amount;
         }
@@ -258,7 +273,12 @@ fn verify_bank(db: &Database, acked: &[Option<u64>], round: u64) {
         }
     }
     for index in 0..BANK_ACCOUNTS {
-        let balance = decode_i64(&accounts.get(&account_key(index)).expect("get").expect("account"));
+        let balance = decode_i64(
+            &accounts
+                .get(&account_key(index))
+                .expect("get")
+                .expect("account"),
+        );
         assert_eq!(
             balance, expected[index as usize],
             "round {round}: account {index} disagrees with the ledger (a partial commit?)"
@@ -280,7 +300,13 @@ fn acknowledged_transfers_survive_kill_9_with_concurrent_writers() {
     let mut total_acks = 0u64;
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().expect("test executable"))
-            .args(["child_bank_loop", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "child_bank_loop",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(BANK_CHILD_ENV, &db_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -292,7 +318,9 @@ fn acknowledged_transfers_survive_kill_9_with_concurrent_writers() {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
                 let mut parts = line.strip_prefix("ack ").unwrap_or("").split(' ');
-                let (Some(t), Some(s)) = (parts.next(), parts.next()) else { continue };
+                let (Some(t), Some(s)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
                 if let (Ok(t), Ok(s)) = (t.parse(), s.parse()) {
                     if tx.send((t, s)).is_err() {
                         return;

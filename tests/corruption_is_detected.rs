@@ -69,7 +69,13 @@ fn open_and_read_everything(storage: MemStorage) -> Verdict {
     }
 }
 
-fn flip_and_check(pristine: &MemStorage, path: &Path, bytes: &[u8], position: usize, bit: u8) -> Verdict {
+fn flip_and_check(
+    pristine: &MemStorage,
+    path: &Path,
+    bytes: &[u8],
+    position: usize,
+    bit: u8,
+) -> Verdict {
     flip_and_check_with(pristine, path, bytes, position, bit, true)
 }
 
@@ -84,7 +90,9 @@ fn flip_and_check_with(
     let storage = MemStorage::new();
     copy_files(pristine, &storage);
     if !keep_double_write {
-        storage.remove_file(Path::new("/corrupt/db.mmsb-dwb")).unwrap();
+        storage
+            .remove_file(Path::new("/corrupt/db.mmsb-dwb"))
+            .unwrap();
     }
     let mut damaged = bytes.to_vec();
     damaged[position] ^= 1 << bit;
@@ -154,7 +162,11 @@ fn flipped_bits_in_pages_are_detected() {
                 detected += 1
             }
             Verdict::Intact(n, restored) => {
-                assert_eq!(n, CHECKPOINTED_COMMITS + LOGGED_COMMITS, "byte {position}: commits lost");
+                assert_eq!(
+                    n,
+                    CHECKPOINTED_COMMITS + LOGGED_COMMITS,
+                    "byte {position}: commits lost"
+                );
                 if restored > 0 {
                     assert!(keep_double_write && position >= 4096);
                     repaired += 1;
@@ -180,7 +192,10 @@ fn flipped_bits_in_tlog_frames_are_detected_or_cut_as_tail() {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|ext| ext != "lock"))
         .collect();
-    assert!(files.len() > 1, "the workload should span several segments: {files:?}");
+    assert!(
+        files.len() > 1,
+        "the workload should span several segments: {files:?}"
+    );
     let (detected, unchanged, tail_cut) = run_flips(&pristine, &files, 2);
     eprintln!("TLog: {detected} detected, {unchanged} harmless, {tail_cut} tail cuts");
     assert!(detected + tail_cut > FLIPS_PER_FILE_KIND * 9 / 10);
@@ -191,7 +206,11 @@ fn truncated_files_never_return_wrong_data() {
     let pristine = build();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let mut files = vec![db_path()];
-    files.extend(pristine.list_dir(Path::new("/corrupt/db.mmsb-tlog")).unwrap());
+    files.extend(
+        pristine
+            .list_dir(Path::new("/corrupt/db.mmsb-tlog"))
+            .unwrap(),
+    );
     for _ in 0..100 {
         let path = &files[rng.gen_range(0..files.len())];
         let bytes = pristine.file_bytes(path).unwrap();

@@ -92,7 +92,8 @@ fn crash_and_verify(mem: &MemStorage, mode: CrashMode, outcome: &Outcome, label:
         panic!("{label}: {diff}");
     }
     // The recovered database keeps working.
-    common::run_commit(&db, present).unwrap_or_else(|err| panic!("{label}: commit after recovery: {err}"));
+    common::run_commit(&db, present)
+        .unwrap_or_else(|err| panic!("{label}: commit after recovery: {err}"));
 }
 
 fn count_operations() -> (u64, u64) {
@@ -187,7 +188,10 @@ fn after_fsync_failure_writes_are_refused_until_reopen() {
         fail_sync: Some(0),
         ..FaultPlan::default()
     });
-    assert!(common::run_commit(&db, 1).is_err(), "the commit whose fsync failed must fail");
+    assert!(
+        common::run_commit(&db, 1).is_err(),
+        "the commit whose fsync failed must fail"
+    );
     faulty.heal();
     let refused = db.begin_page_write().map(drop);
     assert!(matches!(refused, Err(Error::Poisoned)), "got {refused:?}");
@@ -223,7 +227,10 @@ fn disk_full_fails_commits_cleanly_and_recovers_once_space_is_back() {
     faulty.heal();
     let db = options(Arc::new(faulty)).open(db_path()).unwrap();
     let present = common::committed_count(&db).unwrap();
-    assert_eq!(present, 5, "nothing acknowledged is lost, nothing unacknowledged appears");
+    assert_eq!(
+        present, 5,
+        "nothing acknowledged is lost, nothing unacknowledged appears"
+    );
     common::verify_against_model(&db, 5).unwrap();
     common::run_commit(&db, 5).unwrap();
 }

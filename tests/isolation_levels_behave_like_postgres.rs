@@ -26,7 +26,10 @@ fn memory_db() -> Database {
 
 fn put(db: &Database, table: &str, key: &[u8], value: i64) {
     let mut tx = db.begin_write().unwrap();
-    tx.open_table(table).unwrap().insert(key, &value.to_le_bytes()).unwrap();
+    tx.open_table(table)
+        .unwrap()
+        .insert(key, &value.to_le_bytes())
+        .unwrap();
     tx.commit().unwrap();
 }
 
@@ -35,7 +38,13 @@ fn decode(bytes: &[u8]) -> i64 {
 }
 
 fn read_value(tx: &mut mmsb::Transaction, table: &str, key: &[u8]) -> i64 {
-    decode(&tx.open_table(table).unwrap().get(key).unwrap().expect("key present"))
+    decode(
+        &tx.open_table(table)
+            .unwrap()
+            .get(key)
+            .unwrap()
+            .expect("key present"),
+    )
 }
 
 #[test]
@@ -44,10 +53,22 @@ fn uncommitted_writes_are_invisible_to_everyone_else() {
     put(&db, "t", b"x", 1);
     for level in LEVELS {
         let mut writer = db.begin_write().unwrap();
-        writer.open_table("t").unwrap().insert(b"x", &2i64.to_le_bytes()).unwrap();
+        writer
+            .open_table("t")
+            .unwrap()
+            .insert(b"x", &2i64.to_le_bytes())
+            .unwrap();
         let mut reader = db.begin(level).unwrap();
-        assert_eq!(read_value(&mut reader, "t", b"x"), 1, "{level:?} saw a dirty write");
-        assert_eq!(read_value(&mut writer, "t", b"x"), 2, "a transaction sees its own writes");
+        assert_eq!(
+            read_value(&mut reader, "t", b"x"),
+            1,
+            "{level:?} saw a dirty write"
+        );
+        assert_eq!(
+            read_value(&mut writer, "t", b"x"),
+            2,
+            "a transaction sees its own writes"
+        );
         writer.rollback();
         assert_eq!(read_value(&mut reader, "t", b"x"), 1);
     }
@@ -63,18 +84,33 @@ fn read_committed_sees_each_statements_newest_commit_repeatable_read_does_not() 
     assert_eq!(read_value(&mut repeatable, "t", b"x"), 1);
     put(&db, "t", b"x", 2);
     assert_eq!(read_value(&mut read_committed, "t", b"x"), 2);
-    assert_eq!(read_value(&mut repeatable, "t", b"x"), 1, "snapshot isolation keeps the first snapshot");
+    assert_eq!(
+        read_value(&mut repeatable, "t", b"x"),
+        1,
+        "snapshot isolation keeps the first snapshot"
+    );
 }
 
 /// Two transactions read a counter and write it back incremented.
-fn race_increments(db: &Database, level: IsolationLevel) -> (Result<mmsb::CommitEpoch, Error>, i64) {
+fn race_increments(
+    db: &Database,
+    level: IsolationLevel,
+) -> (Result<mmsb::CommitEpoch, Error>, i64) {
     put(db, "c", b"n", 0);
     let mut first = db.begin(level).unwrap();
     let mut second = db.begin(level).unwrap();
     let a = read_value(&mut first, "c", b"n");
     let b = read_value(&mut second, "c", b"n");
-    first.open_table("c").unwrap().insert(b"n", &(a + 1).to_le_bytes()).unwrap();
-    second.open_table("c").unwrap().insert(b"n", &(b + 1).to_le_bytes()).unwrap();
+    first
+        .open_table("c")
+        .unwrap()
+        .insert(b"n", &(a + 1).to_le_bytes())
+        .unwrap();
+    second
+        .open_table("c")
+        .unwrap()
+        .insert(b"n", &(b + 1).to_le_bytes())
+        .unwrap();
     first.commit().unwrap();
     let second_outcome = second.commit();
     let mut check = db.begin(level).unwrap();
@@ -86,13 +122,19 @@ fn lost_updates_are_prevented_from_repeatable_read_up() {
     let db = memory_db();
     let (outcome, value) = race_increments(&db, IsolationLevel::ReadCommitted);
     assert!(outcome.is_ok(), "READ COMMITTED lets the last writer win");
-    assert_eq!(value, 1, "one increment is lost under READ COMMITTED, as in PostgreSQL");
+    assert_eq!(
+        value, 1,
+        "one increment is lost under READ COMMITTED, as in PostgreSQL"
+    );
     for level in [IsolationLevel::RepeatableRead, IsolationLevel::Serializable] {
         let (outcome, value) = race_increments(&db, level);
         let err = outcome.expect_err("the second committer must fail");
         assert!(err.is_retryable(), "{level:?}: {err}");
         assert!(matches!(err, Error::Conflict(_)));
-        assert_eq!(value, 1, "{level:?}: the first committer's increment stands alone");
+        assert_eq!(
+            value, 1,
+            "{level:?}: the first committer's increment stands alone"
+        );
     }
 }
 
@@ -107,8 +149,14 @@ fn write_skew(db: &Database, level: IsolationLevel) -> Result<mmsb::CommitEpoch,
     };
     assert_eq!(on_call(&mut t1), 2);
     assert_eq!(on_call(&mut t2), 2);
-    t1.open_table("oncall").unwrap().insert(b"alice", &0i64.to_le_bytes()).unwrap();
-    t2.open_table("oncall").unwrap().insert(b"bob", &0i64.to_le_bytes()).unwrap();
+    t1.open_table("oncall")
+        .unwrap()
+        .insert(b"alice", &0i64.to_le_bytes())
+        .unwrap();
+    t2.open_table("oncall")
+        .unwrap()
+        .insert(b"bob", &0i64.to_le_bytes())
+        .unwrap();
     t1.commit().unwrap();
     t2.commit()
 }
@@ -116,11 +164,16 @@ fn write_skew(db: &Database, level: IsolationLevel) -> Result<mmsb::CommitEpoch,
 #[test]
 fn write_skew_is_allowed_under_repeatable_read_and_prevented_under_serializable() {
     let db = memory_db();
-    assert!(write_skew(&db, IsolationLevel::RepeatableRead).is_ok(), "snapshot isolation permits write skew");
-    let err = write_skew(&db, IsolationLevel::Serializable).expect_err("serializable must refuse write skew");
+    assert!(
+        write_skew(&db, IsolationLevel::RepeatableRead).is_ok(),
+        "snapshot isolation permits write skew"
+    );
+    let err = write_skew(&db, IsolationLevel::Serializable)
+        .expect_err("serializable must refuse write skew");
     assert!(err.is_retryable());
     let mut check = db.begin_write().unwrap();
-    let total = read_value(&mut check, "oncall", b"alice") + read_value(&mut check, "oncall", b"bob");
+    let total =
+        read_value(&mut check, "oncall", b"alice") + read_value(&mut check, "oncall", b"bob");
     assert_eq!(total, 1, "someone stays on call");
 }
 
@@ -134,16 +187,32 @@ fn phantom(db: &Database, level: IsolationLevel) -> Result<mmsb::CommitEpoch, Er
     let mut t1 = db.begin(level).unwrap();
     let lower: &[u8] = b"order-";
     let upper: &[u8] = b"order-~";
-    let count = t1.open_table("orders").unwrap().range(lower..upper).unwrap().count();
+    let count = t1
+        .open_table("orders")
+        .unwrap()
+        .range(lower..upper)
+        .unwrap()
+        .count();
     assert_eq!(count, 2);
     put(db, "orders", b"order-3", 30);
     // The snapshot does not show the phantom to T1 itself...
-    let again = t1.open_table("orders").unwrap().range(lower..upper).unwrap().count();
+    let again = t1
+        .open_table("orders")
+        .unwrap()
+        .range(lower..upper)
+        .unwrap()
+        .count();
     if level != IsolationLevel::ReadCommitted {
-        assert_eq!(again, 2, "{level:?}: a phantom appeared inside the snapshot");
+        assert_eq!(
+            again, 2,
+            "{level:?}: a phantom appeared inside the snapshot"
+        );
     }
     // ...but T1 acts on what it saw.
-    t1.open_table("summary").unwrap().insert(b"orders", &(count as i64).to_le_bytes()).unwrap();
+    t1.open_table("summary")
+        .unwrap()
+        .insert(b"orders", &(count as i64).to_le_bytes())
+        .unwrap();
     t1.commit()
 }
 
@@ -151,7 +220,8 @@ fn phantom(db: &Database, level: IsolationLevel) -> Result<mmsb::CommitEpoch, Er
 fn phantoms_are_prevented_under_serializable() {
     let db = memory_db();
     assert!(phantom(&db, IsolationLevel::RepeatableRead).is_ok());
-    let err = phantom(&db, IsolationLevel::Serializable).expect_err("a range read met a concurrent insert");
+    let err = phantom(&db, IsolationLevel::Serializable)
+        .expect_err("a range read met a concurrent insert");
     assert!(err.is_retryable());
 }
 
@@ -173,7 +243,10 @@ fn a_concurrent_delete_inside_a_read_range_is_a_conflict_under_serializable() {
     let mut t2 = db.begin_write().unwrap();
     t2.open_table("t").unwrap().remove(b"b").unwrap();
     t2.commit().unwrap();
-    t1.open_table("totals").unwrap().insert(b"t", &sum.to_le_bytes()).unwrap();
+    t1.open_table("totals")
+        .unwrap()
+        .insert(b"t", &sum.to_le_bytes())
+        .unwrap();
     assert!(matches!(t1.commit(), Err(Error::Conflict(_))));
 }
 
@@ -188,7 +261,11 @@ fn bank_total(db: &Database) -> i64 {
     let rx = db.begin_read().unwrap();
     let table = rx.open_table("accounts").unwrap();
     assert_eq!(table.len(), ACCOUNTS);
-    table.iter().unwrap().map(|entry| decode(&entry.unwrap().1)).sum()
+    table
+        .iter()
+        .unwrap()
+        .map(|entry| decode(&entry.unwrap().1))
+        .sum()
 }
 
 fn run_bank(level: IsolationLevel, threads: u64, transfers_per_thread: u64) {
@@ -196,7 +273,9 @@ fn run_bank(level: IsolationLevel, threads: u64, transfers_per_thread: u64) {
     let mut tx = db.begin_write().unwrap();
     let mut table = tx.open_table("accounts").unwrap();
     for index in 0..ACCOUNTS {
-        table.insert(&account(index), &INITIAL_BALANCE.to_le_bytes()).unwrap();
+        table
+            .insert(&account(index), &INITIAL_BALANCE.to_le_bytes())
+            .unwrap();
     }
     tx.commit().unwrap();
     let conflicts_before = db.metrics().conflicts;
@@ -206,7 +285,9 @@ fn run_bank(level: IsolationLevel, threads: u64, transfers_per_thread: u64) {
             scope.spawn(move || {
                 let mut state = thread * 7919 + 1;
                 for _ in 0..transfers_per_thread {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let from = (state >> 33) % ACCOUNTS;
                     let to = (from + 1 + (state >> 40) % (ACCOUNTS - 1)) % ACCOUNTS;
                     let amount = ((state >> 20) % 50) as i64;
@@ -223,10 +304,20 @@ fn run_bank(level: IsolationLevel, threads: u64, transfers_per_thread: u64) {
             });
         }
     });
-    assert_eq!(bank_total(&db), INITIAL_BALANCE * ACCOUNTS as i64, "{level:?}: money was created or lost");
+    assert_eq!(
+        bank_total(&db),
+        INITIAL_BALANCE * ACCOUNTS as i64,
+        "{level:?}: money was created or lost"
+    );
     let conflicts = db.metrics().conflicts - conflicts_before;
-    eprintln!("{level:?}: {} transfers on {threads} threads, {conflicts} conflicts retried", threads * transfers_per_thread);
-    assert!(conflicts > 0, "{level:?}: contended transfers should have conflicted at least once");
+    eprintln!(
+        "{level:?}: {} transfers on {threads} threads, {conflicts} conflicts retried",
+        threads * transfers_per_thread
+    );
+    assert!(
+        conflicts > 0,
+        "{level:?}: contended transfers should have conflicted at least once"
+    );
 }
 
 #[test]
@@ -261,7 +352,11 @@ fn concurrent_increments_are_never_lost_from_repeatable_read_up() {
             }
         });
         let mut check = db.begin(level).unwrap();
-        assert_eq!(read_value(&mut check, "c", b"n"), 600, "{level:?} lost an update");
+        assert_eq!(
+            read_value(&mut check, "c", b"n"),
+            600,
+            "{level:?} lost an update"
+        );
     }
 }
 
@@ -274,9 +369,16 @@ fn a_long_reader_blocks_no_writer_and_keeps_its_snapshot() {
         put(&db, "t", b"x", value);
     }
     let table = reader.open_table("t").unwrap();
-    assert_eq!(decode(&table.get(b"x").unwrap().unwrap()), 0, "the snapshot moved");
+    assert_eq!(
+        decode(&table.get(b"x").unwrap().unwrap()),
+        0,
+        "the snapshot moved"
+    );
     let pinned = db.metrics().pinned_version_bytes;
-    assert!(pinned > 0, "the long reader pins old versions, and the metrics show it");
+    assert!(
+        pinned > 0,
+        "the long reader pins old versions, and the metrics show it"
+    );
     drop(table);
     drop(reader);
     // Once the reader is gone, the merge worker folds the pinned versions.
@@ -284,7 +386,14 @@ fn a_long_reader_blocks_no_writer_and_keeps_its_snapshot() {
     while db.metrics().pinned_version_bytes > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    assert_eq!(db.metrics().pinned_version_bytes, 0, "pinned versions were never folded");
+    assert_eq!(
+        db.metrics().pinned_version_bytes,
+        0,
+        "pinned versions were never folded"
+    );
     let rx = db.begin_read().unwrap();
-    assert_eq!(decode(&rx.open_table("t").unwrap().get(b"x").unwrap().unwrap()), 200);
+    assert_eq!(
+        decode(&rx.open_table("t").unwrap().get(b"x").unwrap().unwrap()),
+        200
+    );
 }

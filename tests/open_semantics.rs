@@ -31,25 +31,49 @@ fn every_supported_page_size_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sized.mmsb");
         {
-            let db = Options { page_size, ..Options::default() }.open(&path).unwrap();
+            let db = Options {
+                page_size,
+                ..Options::default()
+            }
+            .open(&path)
+            .unwrap();
             let mut tx = db.begin_write().unwrap();
-            tx.open_table("t").unwrap().insert(b"k", &vec![7u8; 3000]).unwrap();
+            tx.open_table("t")
+                .unwrap()
+                .insert(b"k", &vec![7u8; 3000])
+                .unwrap();
             tx.commit().unwrap();
         }
         // The file's page size wins over the option on reopen.
-        let db = Options { page_size: 4096, ..Options::default() }.open(&path).unwrap();
+        let db = Options {
+            page_size: 4096,
+            ..Options::default()
+        }
+        .open(&path)
+        .unwrap();
         assert_eq!(db.page_size(), page_size);
         let rx = db.begin_read().unwrap();
-        assert_eq!(rx.open_table("t").unwrap().get(b"k").unwrap().unwrap().len(), 3000);
+        assert_eq!(
+            rx.open_table("t")
+                .unwrap()
+                .get(b"k")
+                .unwrap()
+                .unwrap()
+                .len(),
+            3000
+        );
     }
 }
 
 #[test]
 fn unsupported_page_sizes_are_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Options { page_size: 1000, ..Options::default() }
-        .open(dir.path().join("bad.mmsb"))
-        .unwrap_err();
+    let err = Options {
+        page_size: 1000,
+        ..Options::default()
+    }
+    .open(dir.path().join("bad.mmsb"))
+    .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
 }
 
@@ -61,9 +85,17 @@ fn a_file_that_is_not_a_database_is_refused_and_left_alone() {
     std::fs::write(&path, &text).unwrap();
     let err = Database::open(&path).unwrap_err();
     assert!(matches!(err, Error::BadFormat(_)), "{err:?}");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the file was modified");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "the file was modified"
+    );
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(entries.len(), 1, "nothing may be created beside a foreign file");
+    assert_eq!(
+        entries.len(),
+        1,
+        "nothing may be created beside a foreign file"
+    );
 }
 
 #[test]
@@ -71,7 +103,9 @@ fn eventual_durability_loses_at_most_the_tail_and_never_corrupts() {
     let storage = MemStorage::new();
     let options = Options {
         storage: Arc::new(storage.clone()),
-        durability: Durability::Eventual { flush_interval_ms: 60_000 },
+        durability: Durability::Eventual {
+            flush_interval_ms: 60_000,
+        },
         checkpoint_on_close: false,
         background_workers: false,
         ..Options::default()
@@ -79,7 +113,10 @@ fn eventual_durability_loses_at_most_the_tail_and_never_corrupts() {
     let db = options.open("/eventual/db.mmsb").unwrap();
     for value in 0..20u64 {
         let mut tx = db.begin_write().unwrap();
-        tx.open_table("t").unwrap().insert(b"n", &value.to_le_bytes()).unwrap();
+        tx.open_table("t")
+            .unwrap()
+            .insert(b"n", &value.to_le_bytes())
+            .unwrap();
         tx.commit().unwrap();
         if value == 9 {
             db.flush().unwrap();
@@ -87,13 +124,30 @@ fn eventual_durability_loses_at_most_the_tail_and_never_corrupts() {
     }
     // Visible at once, before any fsync.
     let rx = db.begin_read().unwrap();
-    assert_eq!(rx.open_table("t").unwrap().get(b"n").unwrap().unwrap().to_vec(), 19u64.to_le_bytes());
+    assert_eq!(
+        rx.open_table("t")
+            .unwrap()
+            .get(b"n")
+            .unwrap()
+            .unwrap()
+            .to_vec(),
+        19u64.to_le_bytes()
+    );
     drop(rx);
     drop(db);
     storage.crash(CrashMode::DropUnsynced);
     let db = options.open("/eventual/db.mmsb").unwrap();
     let rx = db.begin_read().unwrap();
-    let value = rx.open_table("t").unwrap().get(b"n").unwrap().unwrap().to_vec();
+    let value = rx
+        .open_table("t")
+        .unwrap()
+        .get(b"n")
+        .unwrap()
+        .unwrap()
+        .to_vec();
     let value = u64::from_le_bytes(value.try_into().unwrap());
-    assert!((9..20).contains(&value), "flushed commits survive; got {value}");
+    assert!(
+        (9..20).contains(&value),
+        "flushed commits survive; got {value}"
+    );
 }

@@ -136,8 +136,17 @@ impl Harness {
     fn apply(&mut self, op: Op) {
         match op {
             Op::Insert(t, k, v) => {
-                let old = self.tx().open_table(TABLES[t]).unwrap().insert(&k, &v).unwrap();
-                let model_old = self.pending.entry(TABLES[t].into()).or_default().insert(k, v);
+                let old = self
+                    .tx()
+                    .open_table(TABLES[t])
+                    .unwrap()
+                    .insert(&k, &v)
+                    .unwrap();
+                let model_old = self
+                    .pending
+                    .entry(TABLES[t].into())
+                    .or_default()
+                    .insert(k, v);
                 assert_eq!(old.map(|o| o.to_vec()), model_old);
             }
             Op::Remove(t, k) => {
@@ -148,18 +157,31 @@ impl Harness {
             Op::Get(t, k) => {
                 let got = self.tx().open_table(TABLES[t]).unwrap().get(&k).unwrap();
                 self.pending.entry(TABLES[t].into()).or_default();
-                assert_eq!(got.map(|v| v.to_vec()), self.pending[TABLES[t]].get(&k).cloned());
+                assert_eq!(
+                    got.map(|v| v.to_vec()),
+                    self.pending[TABLES[t]].get(&k).cloned()
+                );
             }
             Op::Range(t, a, b, reverse) => {
                 let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
                 let mut table = self.tx().open_table(TABLES[t]).unwrap();
                 let range = table
-                    .range::<(Bound<&[u8]>, Bound<&[u8]>)>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
+                    .range::<(Bound<&[u8]>, Bound<&[u8]>)>((
+                        Bound::Included(&lo[..]),
+                        Bound::Excluded(&hi[..]),
+                    ))
                     .unwrap();
                 let got: Vec<(Vec<u8>, Vec<u8>)> = if reverse {
-                    range.rev().map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_, _>>().unwrap()
+                    range
+                        .rev()
+                        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                        .collect::<Result<_, _>>()
+                        .unwrap()
                 } else {
-                    range.map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_, _>>().unwrap()
+                    range
+                        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                        .collect::<Result<_, _>>()
+                        .unwrap()
                 };
                 drop(table);
                 let model = self.pending.entry(TABLES[t].into()).or_default();

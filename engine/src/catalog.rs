@@ -58,21 +58,34 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// The entry of table `name`, if it exists.
-pub fn lookup<P: PageRead>(pages: &P, catalog: &TreeHeader, name: &str) -> Result<Option<TableEntry>> {
+pub fn lookup<P: PageRead>(
+    pages: &P,
+    catalog: &TreeHeader,
+    name: &str,
+) -> Result<Option<TableEntry>> {
     btree::get(pages, catalog, name.as_bytes())?
         .map(|value| TableEntry::decode(&value))
         .transpose()
 }
 
 /// Stores (creates or updates) the entry of table `name`.
-pub fn store<P: PageWrite>(pages: &mut P, catalog: &mut TreeHeader, name: &str, entry: &TableEntry) -> Result<()> {
+pub fn store<P: PageWrite>(
+    pages: &mut P,
+    catalog: &mut TreeHeader,
+    name: &str,
+    entry: &TableEntry,
+) -> Result<()> {
     validate_name(name)?;
     btree::insert(pages, catalog, name.as_bytes(), &entry.encode())?;
     Ok(())
 }
 
 /// Removes the entry of table `name`; returns it if it existed.
-pub fn remove<P: PageWrite>(pages: &mut P, catalog: &mut TreeHeader, name: &str) -> Result<Option<TableEntry>> {
+pub fn remove<P: PageWrite>(
+    pages: &mut P,
+    catalog: &mut TreeHeader,
+    name: &str,
+) -> Result<Option<TableEntry>> {
     btree::remove(pages, catalog, name.as_bytes())?
         .map(|bytes| TableEntry::decode(&bytes))
         .transpose()

@@ -32,7 +32,8 @@ use crate::meta::{Meta, META_PAGE};
 use crate::metrics::{timed, Metrics, MetricsSnapshot};
 use crate::mvcc::{CommitLog, IsolationLevel, ReadTransaction, Transaction};
 use crate::page_file::{
-    seal_page, FileHeader, PageFile, DEFAULT_PAGE_SIZE, HEADER_MAGIC, MAX_PAGE_SIZE, PAGE_TRAILER_LEN,
+    seal_page, FileHeader, PageFile, DEFAULT_PAGE_SIZE, HEADER_MAGIC, MAX_PAGE_SIZE,
+    PAGE_TRAILER_LEN,
 };
 use crate::page_table::PageTable;
 use crate::snapshots::SnapshotRegistry;
@@ -353,15 +354,21 @@ fn open_or_create_data_file(
             Ok(opened) => return Ok(opened),
             Err(err) if creation_was_interrupted(file.as_ref(), file_len, tlog)? => {
                 tracing::warn!(error = %err, "creation of {} never completed; creating it again", path.display());
-                file.set_len(0).map_err(|err| Error::io("reset data file", err))?;
+                file.set_len(0)
+                    .map_err(|err| Error::io("reset data file", err))?;
             }
             Err(err) => return Err(err),
         }
     }
     let mut meta_page = vec![0u8; options.page_size as usize - PAGE_TRAILER_LEN];
     Meta::new_database().encode_into(&mut meta_page);
-    let (page_file, header) =
-        PageFile::create(Arc::clone(storage), file, path, options.page_size, &meta_page)?;
+    let (page_file, header) = PageFile::create(
+        Arc::clone(storage),
+        file,
+        path,
+        options.page_size,
+        &meta_page,
+    )?;
     Ok((page_file, header, 0))
 }
 
@@ -371,7 +378,10 @@ fn refuse_foreign_file(file: &dyn StorageFile, path: &Path) -> Result<()> {
     if starts_like_data_file(file)? {
         return Ok(());
     }
-    Err(Error::BadFormat(format!("{} is not an mmsb database", path.display())))
+    Err(Error::BadFormat(format!(
+        "{} is not an mmsb database",
+        path.display()
+    )))
 }
 
 /// Whether the file begins with the header magic, or with zeros (what a
@@ -397,7 +407,10 @@ fn creation_was_interrupted(file: &dyn StorageFile, file_len: u64, tlog: &TLog) 
 }
 
 fn tlog_dir(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push("-tlog");
     path.with_file_name(name)
 }
@@ -430,7 +443,8 @@ impl Shared {
                 ..TLogConfig::new(tlog_dir(path))
             },
         )?;
-        let (page_file, header, restored) = open_or_create_data_file(&storage, file, path, &options, &tlog)?;
+        let (page_file, header, restored) =
+            open_or_create_data_file(&storage, file, path, &options, &tlog)?;
         let page_len = page_file.page_len();
         let shared = Shared {
             path: path.to_path_buf(),
@@ -488,7 +502,9 @@ impl Shared {
                 let page_id = delta.page_id();
                 let page = match replayed.entry(page_id) {
                     Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(entry) => entry.insert(self.load_page_for_replay(page_id)?.to_vec()),
+                    Entry::Vacant(entry) => {
+                        entry.insert(self.load_page_for_replay(page_id)?.to_vec())
+                    }
                 };
                 replay_kernel().apply_delta(page, delta)?;
                 dirty.insert(page_id, epoch);
@@ -505,7 +521,9 @@ impl Shared {
     /// During replay, pages past the checkpoint's page count start as zeros.
     fn load_page_for_replay(&self, page_id: PageId) -> Result<Arc<[u8]>> {
         if page_id.get() == 0 {
-            return Err(Error::Corrupted("a logged delta targets the header page".into()));
+            return Err(Error::Corrupted(
+                "a logged delta targets the header page".into(),
+            ));
         }
         if page_id.get() >= self.durable_page_count() {
             return Ok(self.zero_page());
@@ -601,11 +619,16 @@ impl Shared {
         }
         let epoch = writer.last_epoch.next();
         let record = CommitRecord {
-            deltas: pages.iter().map(|(delta, _, _)| Delta::clone(delta)).collect(),
+            deltas: pages
+                .iter()
+                .map(|(delta, _, _)| Delta::clone(delta))
+                .collect(),
         };
         let stages = &self.metrics.stages;
         let mut payload = Vec::new();
-        timed(&stages.encode_ns, || record.encode(&self.options.codec, &mut payload))?;
+        timed(&stages.encode_ns, || {
+            record.encode(&self.options.codec, &mut payload)
+        })?;
         let ticket = timed(&stages.log_append_ns, || self.tlog.append(epoch, &payload))
             .map_err(|err| self.poison(err.into()))?;
         let touched = timed(&stages.install_ns, || self.install(epoch, pages));
@@ -622,7 +645,11 @@ impl Shared {
 
     /// Installs a commit's deltas into the page versions (not yet visible)
     /// and marks the pages dirty; returns the pages touched.
-    fn install(&self, epoch: CommitEpoch, pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>) -> Vec<PageId> {
+    fn install(
+        &self,
+        epoch: CommitEpoch,
+        pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>,
+    ) -> Vec<PageId> {
         let mut touched = Vec::with_capacity(pages.len());
         let mut dirty = self.dirty.lock();
         for (delta, image, original) in pages {
@@ -638,8 +665,10 @@ impl Shared {
     /// snapshot needs. Called without the writer lock.
     pub(crate) fn finish_commit(&self, pending: PendingCommit) -> Result<CommitEpoch> {
         let stages = &self.metrics.stages;
-        timed(&stages.durable_wait_ns, || self.tlog.wait_durable(pending.ticket))
-            .map_err(|err| self.poison(err.into()))?;
+        timed(&stages.durable_wait_ns, || {
+            self.tlog.wait_durable(pending.ticket)
+        })
+        .map_err(|err| self.poison(err.into()))?;
         timed(&stages.publish_fold_ns, || {
             self.snapshots.publish(pending.epoch);
             self.fold(pending.touched)

@@ -16,10 +16,10 @@
 #![deny(missing_docs)]
 
 pub mod btree;
+mod catalog;
 mod db;
 mod error;
 pub mod merge;
-mod catalog;
 mod meta;
 mod metrics;
 mod mvcc;
@@ -31,15 +31,17 @@ mod txn;
 
 pub use catalog::MAX_TABLE_NAME_BYTES;
 pub use db::{CheckpointStats, Database, Options, MAX_CONFLICT_RETRIES};
-pub use mvcc::{ByteView, IsolationLevel, Range, ReadOnlyTable, ReadTransaction, Savepoint, Table, Transaction};
 pub use error::{Error, Result};
 pub use metrics::{CommitStageNanos, MetricsSnapshot};
 pub use mmsb_wal::tlog::Durability;
 pub use mmsb_wal::{CommitEpoch, PageId};
+pub use mvcc::{
+    ByteView, IsolationLevel, Range, ReadOnlyTable, ReadTransaction, Savepoint, Table, Transaction,
+};
 pub use page_access::{PageRead, PageRef, PageWrite};
-pub use txn::{PageReadTransaction, PageWriteTransaction};
 /// The snapshot registry, exposed only to the loom model tests
 /// (`engine/tests/loom_snapshot_registry.rs`, built with `--cfg loom`).
 #[cfg(loom)]
 #[doc(hidden)]
 pub use snapshots::SnapshotRegistry;
+pub use txn::{PageReadTransaction, PageWriteTransaction};

@@ -59,7 +59,8 @@ impl Meta {
         put_u64(page, PAGE_COUNT_AT, self.page_count);
         put_u64(page, FREE_HEAD_AT, self.free_head.get());
         put_u64(page, FREE_COUNT_AT, self.free_count);
-        page[CATALOG_AT..CATALOG_AT + TreeHeader::ENCODED_BYTES].copy_from_slice(&self.catalog.encode());
+        page[CATALOG_AT..CATALOG_AT + TreeHeader::ENCODED_BYTES]
+            .copy_from_slice(&self.catalog.encode());
         put_u64(page, NEXT_TABLE_ID_AT, self.next_table_id);
     }
 
@@ -70,7 +71,9 @@ impl Meta {
         }
         let version = get_u32(page, 4);
         if version != META_VERSION {
-            return Err(Error::Corrupted(format!("meta page version {version} unknown")));
+            return Err(Error::Corrupted(format!(
+                "meta page version {version} unknown"
+            )));
         }
         let meta = Meta {
             page_count: get_u64(page, PAGE_COUNT_AT),
@@ -81,11 +84,16 @@ impl Meta {
         };
         let in_range = |id: PageId| id.get() == 0 || (2..meta.page_count).contains(&id.get());
         if meta.page_count < 2 || !in_range(meta.free_head) || !in_range(meta.catalog.root) {
-            return Err(Error::Corrupted(format!("meta page fields out of range: {meta:?}")));
+            return Err(Error::Corrupted(format!(
+                "meta page fields out of range: {meta:?}"
+            )));
         }
-        if (meta.free_count == 0) != (meta.free_head.get() == 0) || meta.free_count >= meta.page_count
+        if (meta.free_count == 0) != (meta.free_head.get() == 0)
+            || meta.free_count >= meta.page_count
         {
-            return Err(Error::Corrupted(format!("meta free list is inconsistent: {meta:?}")));
+            return Err(Error::Corrupted(format!(
+                "meta free list is inconsistent: {meta:?}"
+            )));
         }
         Ok(meta)
     }

@@ -85,7 +85,9 @@ impl FileHeader {
         }
         let version = read_u32(slot, 8);
         if version != FORMAT_VERSION {
-            return Err(format!("format version {version} (this build reads {FORMAT_VERSION})"));
+            return Err(format!(
+                "format version {version} (this build reads {FORMAT_VERSION})"
+            ));
         }
         let header = FileHeader {
             page_size: read_u32(slot, 12),
@@ -95,7 +97,10 @@ impl FileHeader {
         };
         validate_page_size(header.page_size).map_err(|err| err.to_string())?;
         if header.page_count < 2 {
-            return Err(format!("page count {} below the minimum of 2", header.page_count));
+            return Err(format!(
+                "page count {} below the minimum of 2",
+                header.page_count
+            ));
         }
         Ok(header)
     }
@@ -219,9 +224,19 @@ impl PageFile {
         Ok((PageFile::new(storage, file, path, header.page_size), header))
     }
 
-    fn new(storage: Arc<dyn Storage>, file: Arc<dyn StorageFile>, path: &Path, page_size: u32) -> Self {
-        let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let mut dwb_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    fn new(
+        storage: Arc<dyn Storage>,
+        file: Arc<dyn StorageFile>,
+        path: &Path,
+        page_size: u32,
+    ) -> Self {
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let mut dwb_name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         dwb_name.push("-dwb");
         PageFile {
             file,
@@ -274,7 +289,10 @@ impl PageFile {
     /// Writes one already sealed page in place (not synced).
     pub fn write_sealed(&self, page_id: PageId, sealed: &[u8]) -> Result<()> {
         debug_assert_eq!(sealed.len(), self.page_size as usize);
-        debug_assert!(verify_page(page_id, sealed).is_ok(), "writing an unsealed page");
+        debug_assert!(
+            verify_page(page_id, sealed).is_ok(),
+            "writing an unsealed page"
+        );
         self.write(sealed, self.offset_of(page_id), "write back page")
     }
 
@@ -298,7 +316,11 @@ impl PageFile {
 
     /// Writes sealed page images to the double-write file and syncs it, so a
     /// torn in-place write that follows can be repaired from it.
-    pub fn write_double_write(&self, checkpoint_seq: u64, pages: &[(PageId, Vec<u8>)]) -> Result<()> {
+    pub fn write_double_write(
+        &self,
+        checkpoint_seq: u64,
+        pages: &[(PageId, Vec<u8>)],
+    ) -> Result<()> {
         let page_size = self.page_size as usize;
         let entry_len = 8 + page_size;
         let mut buf = vec![0u8; DWB_HEADER_LEN + pages.len() * entry_len];
@@ -319,7 +341,8 @@ impl PageFile {
             .storage
             .open_file(&self.dwb_path, true)
             .map_err(|err| Error::io("open double-write file", err))?;
-        dwb.set_len(0).map_err(|err| Error::io("reset double-write file", err))?;
+        dwb.set_len(0)
+            .map_err(|err| Error::io("reset double-write file", err))?;
         dwb.write_all_at(&buf, 0)
             .map_err(|err| Error::io("write double-write file", err))?;
         dwb.sync_data()
@@ -345,7 +368,9 @@ impl PageFile {
             .storage
             .open_file(&self.dwb_path, false)
             .map_err(|err| Error::io("open double-write file", err))?;
-        let len = dwb.len().map_err(|err| Error::io("stat double-write file", err))?;
+        let len = dwb
+            .len()
+            .map_err(|err| Error::io("stat double-write file", err))?;
         let Ok(len) = usize::try_from(len) else {
             return Ok(0);
         };
@@ -367,7 +392,11 @@ impl PageFile {
                 continue;
             }
             tracing::warn!(%page_id, "repairing a damaged page from the double-write file");
-            self.write(sealed, self.offset_of(*page_id), "restore page from double-write file")?;
+            self.write(
+                sealed,
+                self.offset_of(*page_id),
+                "restore page from double-write file",
+            )?;
             restored += 1;
         }
         if restored > 0 {
@@ -425,7 +454,10 @@ fn read_best_header(file: &dyn StorageFile) -> Result<FileHeader> {
         if all_bad_magic {
             Error::BadFormat("no mmsb header found".into())
         } else {
-            Error::Corrupted(format!("both header slots are invalid: {}", reasons.join("; ")))
+            Error::Corrupted(format!(
+                "both header slots are invalid: {}",
+                reasons.join("; ")
+            ))
         }
     })
 }
@@ -455,7 +487,9 @@ mod tests {
             ..header
         };
         page_file.write_header(&newer).unwrap();
-        let file = storage.open_file(Path::new("/db/test.mmsb"), false).unwrap();
+        let file = storage
+            .open_file(Path::new("/db/test.mmsb"), false)
+            .unwrap();
         assert_eq!(read_best_header(file.as_ref()).unwrap(), newer);
     }
 
@@ -501,9 +535,18 @@ mod tests {
         bytes.extend_from_slice(&[0u8; 4096]); // page 3 all zeros
         storage.set_file_bytes(path, bytes);
         assert!(page_file.read_page(PageId(1)).is_ok());
-        assert!(matches!(page_file.read_page(PageId(2)), Err(Error::Corrupted(_))));
-        assert!(matches!(page_file.read_page(PageId(3)), Err(Error::Corrupted(_))));
-        assert!(matches!(page_file.read_page(PageId(4)), Err(Error::Corrupted(_))));
+        assert!(matches!(
+            page_file.read_page(PageId(2)),
+            Err(Error::Corrupted(_))
+        ));
+        assert!(matches!(
+            page_file.read_page(PageId(3)),
+            Err(Error::Corrupted(_))
+        ));
+        assert!(matches!(
+            page_file.read_page(PageId(4)),
+            Err(Error::Corrupted(_))
+        ));
     }
 
     #[test]
@@ -512,13 +555,19 @@ mod tests {
         let path = Path::new("/db/test.mmsb");
         let mut sealed = vec![0u8; 4096];
         seal_page(PageId(1), &vec![42u8; 4080], CommitEpoch(3), &mut sealed);
-        page_file.write_double_write(1, &[(PageId(1), sealed)]).unwrap();
+        page_file
+            .write_double_write(1, &[(PageId(1), sealed)])
+            .unwrap();
         let mut bytes = storage.file_bytes(path).unwrap();
         bytes[4096..4096 + 100].fill(42); // a torn in-place write
         storage.set_file_bytes(path, bytes);
         assert!(page_file.read_page(PageId(1)).is_err());
         assert_eq!(page_file.restore_double_write().unwrap(), 1);
-        assert_eq!(page_file.restore_double_write().unwrap(), 0, "nothing left to repair");
+        assert_eq!(
+            page_file.restore_double_write().unwrap(),
+            0,
+            "nothing left to repair"
+        );
         assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![42u8; 4080]);
     }
 
@@ -527,7 +576,9 @@ mod tests {
         let (storage, page_file, _) = new_file(4096);
         let mut sealed = vec![0u8; 4096];
         seal_page(PageId(1), &vec![42u8; 4080], CommitEpoch(3), &mut sealed);
-        page_file.write_double_write(1, &[(PageId(1), sealed)]).unwrap();
+        page_file
+            .write_double_write(1, &[(PageId(1), sealed)])
+            .unwrap();
         let dwb = Path::new("/db/test.mmsb-dwb");
         let mut bytes = storage.file_bytes(dwb).unwrap();
         bytes.truncate(bytes.len() - 100);

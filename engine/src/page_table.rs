@@ -42,12 +42,18 @@ struct PageVersions {
 
 impl PageVersions {
     fn head_epoch(&self) -> CommitEpoch {
-        self.chain.last().map_or(self.base_epoch, |(epoch, _)| *epoch)
+        self.chain
+            .last()
+            .map_or(self.base_epoch, |(epoch, _)| *epoch)
     }
 
     fn pinned_bytes(&self) -> u64 {
         let deltas: usize = self.chain.iter().map(|(_, d)| d.changed_len()).sum();
-        let base = if self.chain.is_empty() { 0 } else { self.base.len() };
+        let base = if self.chain.is_empty() {
+            0
+        } else {
+            self.base.len()
+        };
         (deltas + base) as u64
     }
 
@@ -170,7 +176,10 @@ impl PageTable {
                 chain: Vec::new(),
             }
         });
-        debug_assert!(epoch > versions.head_epoch(), "deltas must arrive in epoch order");
+        debug_assert!(
+            epoch > versions.head_epoch(),
+            "deltas must arrive in epoch order"
+        );
         let before = versions.pinned_bytes();
         versions.chain.push((epoch, delta));
         versions.head = image;
@@ -202,9 +211,13 @@ impl PageTable {
 
     fn adjust_pinned(&self, before: u64, after: u64) {
         if after >= before {
-            self.stats.pinned_bytes.fetch_add(after - before, Ordering::Relaxed);
+            self.stats
+                .pinned_bytes
+                .fetch_add(after - before, Ordering::Relaxed);
         } else {
-            self.stats.pinned_bytes.fetch_sub(before - after, Ordering::Relaxed);
+            self.stats
+                .pinned_bytes
+                .fetch_sub(before - after, Ordering::Relaxed);
         }
     }
 
@@ -230,8 +243,18 @@ mod tests {
     fn readers_see_the_version_of_their_snapshot() {
         let table = PageTable::default();
         table.insert_clean(PageId(2), image(0));
-        table.install(CommitEpoch(1), delta_to(2, &image(0), &image(1)), image(1), || image(0));
-        table.install(CommitEpoch(2), delta_to(2, &image(1), &image(2)), image(2), || image(0));
+        table.install(
+            CommitEpoch(1),
+            delta_to(2, &image(0), &image(1)),
+            image(1),
+            || image(0),
+        );
+        table.install(
+            CommitEpoch(2),
+            delta_to(2, &image(1), &image(2)),
+            image(2),
+            || image(0),
+        );
         let at = |epoch| table.read(PageId(2), CommitEpoch(epoch)).unwrap().unwrap();
         assert_eq!(at(0), image(0));
         assert_eq!(at(1), image(1));
@@ -246,12 +269,20 @@ mod tests {
         table.insert_clean(PageId(2), image(0));
         for epoch in 1..=3u8 {
             let delta = delta_to(2, &image(epoch - 1), &image(epoch));
-            table.install(CommitEpoch(u64::from(epoch)), delta, image(epoch), || image(0));
+            table.install(CommitEpoch(u64::from(epoch)), delta, image(epoch), || {
+                image(0)
+            });
         }
         let pinned = table.fold_pages([PageId(2)], CommitEpoch(2)).unwrap();
         assert_eq!(pinned, vec![PageId(2)]);
-        assert_eq!(table.read(PageId(2), CommitEpoch(2)).unwrap().unwrap(), image(2));
-        assert!(table.read(PageId(2), CommitEpoch(1)).is_err(), "folded past epoch 1");
+        assert_eq!(
+            table.read(PageId(2), CommitEpoch(2)).unwrap().unwrap(),
+            image(2)
+        );
+        assert!(
+            table.read(PageId(2), CommitEpoch(1)).is_err(),
+            "folded past epoch 1"
+        );
         let pinned = table.fold_pages([PageId(2)], CommitEpoch(3)).unwrap();
         assert!(pinned.is_empty());
         assert_eq!(table.stats().pinned_bytes.load(Ordering::Relaxed), 0);

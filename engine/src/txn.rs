@@ -151,7 +151,9 @@ impl PageWriteTransaction {
     /// Writes `bytes` into page `id` at `offset`.
     pub fn write(&mut self, id: PageId, offset: usize, bytes: &[u8]) -> Result<()> {
         let page_len = self.page_len();
-        let end = offset.checked_add(bytes.len()).filter(|&end| end <= page_len);
+        let end = offset
+            .checked_add(bytes.len())
+            .filter(|&end| end <= page_len);
         let Some(end) = end else {
             return Err(Error::InvalidArgument(format!(
                 "write of {} bytes at offset {offset} does not fit a {page_len}-byte page",
@@ -204,7 +206,10 @@ impl PageWriteTransaction {
     /// Commits, calling `on_installed` with the new epoch while the writer
     /// lock is still held (after the commit is logged and installed, before
     /// the next writer can start).
-    pub(crate) fn commit_with(mut self, on_installed: impl FnOnce(CommitEpoch)) -> Result<CommitEpoch> {
+    pub(crate) fn commit_with(
+        mut self,
+        on_installed: impl FnOnce(CommitEpoch),
+    ) -> Result<CommitEpoch> {
         let Some(writer) = self.writer.take() else {
             return Err(Error::TransactionEnded);
         };
@@ -235,8 +240,11 @@ impl PageWriteTransaction {
             }
         }
         let dirty = std::mem::take(&mut self.dirty);
-        let pending = timed(&self.shared.metrics.stages.diff_ns, || dirty_deltas(dirty))
-            .and_then(|pages| self.shared.log_and_install(&mut writer, pages, on_installed));
+        let pending =
+            timed(&self.shared.metrics.stages.diff_ns, || dirty_deltas(dirty)).and_then(|pages| {
+                self.shared
+                    .log_and_install(&mut writer, pages, on_installed)
+            });
         (Some(writer), pending)
     }
 
@@ -253,7 +261,9 @@ impl PageWriteTransaction {
 }
 
 /// Turns private page copies into deltas against the images they started from.
-fn dirty_deltas(dirty: HashMap<PageId, DirtyPage>) -> Result<Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>> {
+fn dirty_deltas(
+    dirty: HashMap<PageId, DirtyPage>,
+) -> Result<Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>> {
     let mut pages: Vec<_> = dirty.into_iter().collect();
     pages.sort_unstable_by_key(|(id, _)| *id);
     let mut out = Vec::with_capacity(pages.len());

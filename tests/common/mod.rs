@@ -64,7 +64,10 @@ impl Model {
             }
         }
         for (page, offset, bytes) in writes {
-            let image = self.pages.get_mut(&page).expect("plan writes existing pages");
+            let image = self
+                .pages
+                .get_mut(&page)
+                .expect("plan writes existing pages");
             image[offset..offset + bytes.len()].copy_from_slice(&bytes);
         }
         self.commits += 1;
@@ -126,7 +129,9 @@ pub fn verify_against_model(db: &Database, n: u64) -> Result<(), String> {
 /// Reads every page of the database and compares it with `model`.
 pub fn verify_against(db: &Database, model: &Model) -> Result<(), String> {
     let n = model.commits;
-    let rx = db.begin_page_read().map_err(|err| format!("begin_read: {err}"))?;
+    let rx = db
+        .begin_page_read()
+        .map_err(|err| format!("begin_read: {err}"))?;
     let expected_pages = 2 + model.pages.len() as u64;
     if rx.page_count() != expected_pages {
         return Err(format!(
@@ -135,7 +140,9 @@ pub fn verify_against(db: &Database, model: &Model) -> Result<(), String> {
         ));
     }
     for (page, image) in &model.pages {
-        let actual = rx.read_page(*page).map_err(|err| format!("read {page}: {err}"))?;
+        let actual = rx
+            .read_page(*page)
+            .map_err(|err| format!("read {page}: {err}"))?;
         if &actual[..] != &image[..] {
             return Err(format!("{page} differs from the model after {n} commits"));
         }

@@ -348,7 +348,10 @@ impl Delta {
     }
 
     fn debug_check(&self) {
-        debug_assert!(self.check_invariants(), "delta invariants violated: {self:?}");
+        debug_assert!(
+            self.check_invariants(),
+            "delta invariants violated: {self:?}"
+        );
     }
 }
 

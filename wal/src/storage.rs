@@ -162,7 +162,11 @@ impl MappedFile {
         // SAFETY: the database holds an exclusive lock on its files, so no
         // other process truncates them; within this process every shrink goes
         // through `set_len`, which drops the map first under the write lock.
-        let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&self.file)? };
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(len as usize)
+                .map(&self.file)?
+        };
         *guard = Some(map);
         Ok(())
     }
@@ -299,7 +303,9 @@ impl MemStorage {
     /// corrupt files on purpose.
     pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
         let files = self.inner.files.lock();
-        files.get(path).map(|file| file.state.lock().current.clone())
+        files
+            .get(path)
+            .map(|file| file.state.lock().current.clone())
     }
 
     /// Replaces a file's bytes outright, durable at once (test corruption).
@@ -418,7 +424,9 @@ impl MemFile {
         if self.inner.generation.load(Ordering::SeqCst) == self.generation {
             Ok(())
         } else {
-            Err(io::Error::other("simulated crash: this handle's process is gone"))
+            Err(io::Error::other(
+                "simulated crash: this handle's process is gone",
+            ))
         }
     }
 }
@@ -622,7 +630,9 @@ impl StorageFile for FaultyFile {
         let number = counters.writes.fetch_add(1, Ordering::SeqCst);
         let plan = self.shared.plan.lock().clone();
         if plan.fail_write == Some(number) {
-            return Err(self.shared.injected(io::Error::other("injected write failure")));
+            return Err(self
+                .shared
+                .injected(io::Error::other("injected write failure")));
         }
         if let Some(limit) = plan.disk_full_after_bytes {
             if counters.bytes_written() + buf.len() as u64 > limit {
@@ -635,8 +645,12 @@ impl StorageFile for FaultyFile {
             if tear_number == number {
                 let keep = keep.min(buf.len());
                 self.inner.write_all_at(&buf[..keep], offset)?;
-                counters.bytes_written.fetch_add(keep as u64, Ordering::SeqCst);
-                return Err(self.shared.injected(io::Error::other("injected torn write")));
+                counters
+                    .bytes_written
+                    .fetch_add(keep as u64, Ordering::SeqCst);
+                return Err(self
+                    .shared
+                    .injected(io::Error::other("injected torn write")));
             }
         }
         self.inner.write_all_at(buf, offset)?;

@@ -49,7 +49,9 @@ impl SpaceWrites {
             (lower, upper)
         {
             // An inverted range holds nothing (BTreeSet::range would panic).
-            if l > u || (l == u && !matches!((lower, upper), (Bound::Included(_), Bound::Included(_)))) {
+            if l > u
+                || (l == u && !matches!((lower, upper), (Bound::Included(_), Bound::Included(_))))
+            {
                 return false;
             }
         }
@@ -132,7 +134,11 @@ impl CommitLog {
         match oldest_live {
             None => self.entries.clear(),
             Some(oldest) => {
-                while self.entries.front().is_some_and(|(epoch, _)| *epoch <= oldest) {
+                while self
+                    .entries
+                    .front()
+                    .is_some_and(|(epoch, _)| *epoch <= oldest)
+                {
                     self.entries.pop_front();
                 }
             }
@@ -144,13 +150,22 @@ impl CommitLog {
         self.entries.len()
     }
 
-    fn after(&self, snapshot: CommitEpoch) -> impl Iterator<Item = &(CommitEpoch, Arc<CommitFootprint>)> {
-        let start = self.entries.partition_point(|(epoch, _)| *epoch <= snapshot);
+    fn after(
+        &self,
+        snapshot: CommitEpoch,
+    ) -> impl Iterator<Item = &(CommitEpoch, Arc<CommitFootprint>)> {
+        let start = self
+            .entries
+            .partition_point(|(epoch, _)| *epoch <= snapshot);
         self.entries.range(start..)
     }
 
     /// First commit after `snapshot` whose writes meet `writes`.
-    pub fn write_conflict(&self, snapshot: CommitEpoch, writes: &CommitFootprint) -> Option<ConflictReason> {
+    pub fn write_conflict(
+        &self,
+        snapshot: CommitEpoch,
+        writes: &CommitFootprint,
+    ) -> Option<ConflictReason> {
         for (epoch, theirs) in self.after(snapshot) {
             for (space, mine) in writes {
                 let Some(their_space) = theirs.get(space) else {
@@ -214,8 +229,12 @@ mod tests {
         let mut log = CommitLog::default();
         log.record(CommitEpoch(5), footprint(&[b"a"]));
         log.record(CommitEpoch(7), footprint(&[b"b"]));
-        assert!(log.write_conflict(CommitEpoch(5), &footprint(&[b"a"])).is_none());
-        let reason = log.write_conflict(CommitEpoch(6), &footprint(&[b"b"])).unwrap();
+        assert!(log
+            .write_conflict(CommitEpoch(5), &footprint(&[b"a"]))
+            .is_none());
+        let reason = log
+            .write_conflict(CommitEpoch(6), &footprint(&[b"b"]))
+            .unwrap();
         assert_eq!(reason.epoch, CommitEpoch(7));
         log.prune(Some(CommitEpoch(7)));
         assert_eq!(log.len(), 0);
@@ -226,9 +245,18 @@ mod tests {
         let mut log = CommitLog::default();
         log.record(CommitEpoch(2), footprint(&[b"m"]));
         let mut reads = ReadSet::default();
-        reads.record(&space(), ReadDependency::Range(Bound::Included(b"a".to_vec()), Bound::Excluded(b"m".to_vec())));
+        reads.record(
+            &space(),
+            ReadDependency::Range(
+                Bound::Included(b"a".to_vec()),
+                Bound::Excluded(b"m".to_vec()),
+            ),
+        );
         assert!(log.read_conflict(CommitEpoch(1), &reads).is_none());
-        reads.record(&space(), ReadDependency::Range(Bound::Excluded(b"l".to_vec()), Bound::Unbounded));
+        reads.record(
+            &space(),
+            ReadDependency::Range(Bound::Excluded(b"l".to_vec()), Bound::Unbounded),
+        );
         assert!(log.read_conflict(CommitEpoch(1), &reads).is_some());
     }
 
@@ -238,8 +266,17 @@ mod tests {
             whole: false,
             keys: BTreeSet::from([b"k".to_vec()]),
         };
-        assert!(!writes.meets_range(&Bound::Included(b"z".to_vec()), &Bound::Included(b"a".to_vec())));
-        assert!(!writes.meets_range(&Bound::Excluded(b"k".to_vec()), &Bound::Excluded(b"k".to_vec())));
-        assert!(writes.meets_range(&Bound::Included(b"k".to_vec()), &Bound::Included(b"k".to_vec())));
+        assert!(!writes.meets_range(
+            &Bound::Included(b"z".to_vec()),
+            &Bound::Included(b"a".to_vec())
+        ));
+        assert!(!writes.meets_range(
+            &Bound::Excluded(b"k".to_vec()),
+            &Bound::Excluded(b"k".to_vec())
+        ));
+        assert!(writes.meets_range(
+            &Bound::Included(b"k".to_vec()),
+            &Bound::Included(b"k".to_vec())
+        ));
     }
 }

@@ -185,7 +185,10 @@ impl Transaction {
 
     /// Whether the table exists as this transaction sees it.
     fn table_exists(&mut self, name: &str) -> Result<bool> {
-        self.record_read(KeySpace::Catalog, ReadDependency::Key(name.as_bytes().to_vec()));
+        self.record_read(
+            KeySpace::Catalog,
+            ReadDependency::Key(name.as_bytes().to_vec()),
+        );
         if let Some(writes) = self.tables.get(name) {
             return Ok(writes.exists());
         }
@@ -195,7 +198,11 @@ impl Transaction {
     /// The snapshot tree under a table, or `None` when the transaction
     /// replaced or dropped it.
     fn base_tree(&mut self, name: &str) -> Result<Option<TreeHeader>> {
-        if self.tables.get(name).is_some_and(|w| w.created || w.dropped) {
+        if self
+            .tables
+            .get(name)
+            .is_some_and(|w| w.created || w.dropped)
+        {
             return Ok(None);
         }
         Ok(self.snapshot_entry(name)?.map(|entry| entry.tree))
@@ -247,7 +254,10 @@ impl Transaction {
     /// Names of every table this transaction sees, sorted.
     pub fn list_tables(&mut self) -> Result<Vec<String>> {
         self.begin_statement()?;
-        self.record_read(KeySpace::Catalog, ReadDependency::Range(Bound::Unbounded, Bound::Unbounded));
+        self.record_read(
+            KeySpace::Catalog,
+            ReadDependency::Range(Bound::Unbounded, Bound::Unbounded),
+        );
         let mut names: Vec<String> = catalog::list(&self.snapshot, &self.snapshot.meta().catalog)?
             .into_iter()
             .map(|(name, _)| name)
@@ -285,7 +295,8 @@ impl Transaction {
     pub fn rollback_to(&mut self, savepoint: &Savepoint) -> Result<()> {
         if savepoint.transaction_id != self.id || savepoint.undo_len > self.undo.len() {
             return Err(Error::InvalidArgument(
-                "the savepoint belongs to another transaction or was already rolled back past".into(),
+                "the savepoint belongs to another transaction or was already rolled back past"
+                    .into(),
             ));
         }
         while self.undo.len() > savepoint.undo_len {
@@ -321,7 +332,9 @@ impl Transaction {
     /// Forgets a savepoint, keeping its changes.
     pub fn release(&mut self, savepoint: Savepoint) -> Result<()> {
         if savepoint.transaction_id != self.id {
-            return Err(Error::InvalidArgument("the savepoint belongs to another transaction".into()));
+            return Err(Error::InvalidArgument(
+                "the savepoint belongs to another transaction".into(),
+            ));
         }
         Ok(())
     }
@@ -356,10 +369,11 @@ impl Transaction {
         if let Err(err) = timed(&stages.validate_ns, || self.validate(&footprint)) {
             return (Some(writer), Err(err));
         }
-        let mut pages = match PageWriteTransaction::begin_with_writer(Arc::clone(&self.shared), writer) {
-            Ok(pages) => pages,
-            Err(err) => return (None, Err(err)),
-        };
+        let mut pages =
+            match PageWriteTransaction::begin_with_writer(Arc::clone(&self.shared), writer) {
+                Ok(pages) => pages,
+                Err(err) => return (None, Err(err)),
+            };
         if let Err(err) = timed(&stages.tree_apply_ns, || self.apply(&mut pages)) {
             return (None, Err(err));
         }
@@ -457,7 +471,6 @@ impl Transaction {
         pages.meta_mut().catalog = catalog_tree;
         Ok(())
     }
-
 }
 
 /// A table inside a [`Transaction`].
@@ -504,7 +517,9 @@ fn owned_bound(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
 fn is_inverted(lower: &Bound<&[u8]>, upper: &Bound<&[u8]>) -> bool {
     match (lower, upper) {
         (Bound::Included(l), Bound::Included(u)) => l > u,
-        (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => l >= u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => {
+            l >= u
+        }
         _ => false,
     }
 }
@@ -518,13 +533,23 @@ impl Table<'_> {
     /// The value under `key` as this transaction sees it.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<ByteView>> {
         self.tx.begin_statement()?;
-        self.tx.record_read(KeySpace::Table(self.name.clone()), ReadDependency::Key(key.to_vec()));
+        self.tx.record_read(
+            KeySpace::Table(self.name.clone()),
+            ReadDependency::Key(key.to_vec()),
+        );
         self.lookup(key)
     }
 
     fn lookup(&mut self, key: &[u8]) -> Result<Option<ByteView>> {
-        if let Some(slot) = self.tx.tables.get(&self.name).and_then(|w| w.entries.get(key)) {
-            return Ok(slot.as_ref().map(|value| ByteView::shared(Arc::clone(value))));
+        if let Some(slot) = self
+            .tx
+            .tables
+            .get(&self.name)
+            .and_then(|w| w.entries.get(key))
+        {
+            return Ok(slot
+                .as_ref()
+                .map(|value| ByteView::shared(Arc::clone(value))));
         }
         let Some(tree) = self.tx.base_tree(&self.name)? else {
             return Ok(None);
@@ -546,7 +571,10 @@ impl Table<'_> {
 
     fn write(&mut self, key: &[u8], value: Option<Arc<[u8]>>) -> Result<Option<ByteView>> {
         self.tx.begin_statement()?;
-        self.tx.record_read(KeySpace::Table(self.name.clone()), ReadDependency::Key(key.to_vec()));
+        self.tx.record_read(
+            KeySpace::Table(self.name.clone()),
+            ReadDependency::Key(key.to_vec()),
+        );
         let old = self.lookup(key)?;
         let len_delta = i64::from(value.is_some()) - i64::from(old.is_some());
         let writes = self.tx.tables.entry(self.name.clone()).or_default();
@@ -656,10 +684,12 @@ impl ReadTransaction {
 
     /// Names of every table, sorted.
     pub fn list_tables(&self) -> Result<Vec<String>> {
-        Ok(catalog::list(&self.snapshot, &self.snapshot.meta().catalog)?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect())
+        Ok(
+            catalog::list(&self.snapshot, &self.snapshot.meta().catalog)?
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect(),
+        )
     }
 }
 
@@ -683,7 +713,10 @@ impl<'r> ReadOnlyTable<'r> {
         if is_inverted(&lower, &upper) {
             return Ok(Range::empty());
         }
-        Ok(Range::new(Some(btree::range(self.snapshot, &self.tree, (lower, upper))?), None))
+        Ok(Range::new(
+            Some(btree::range(self.snapshot, &self.tree, (lower, upper))?),
+            None,
+        ))
     }
 
     /// Every entry, in key order.
@@ -715,7 +748,10 @@ impl<'r> ReadOnlyTable<'r> {
 }
 
 /// See [`crate::Database::commit_batch`].
-pub(crate) fn commit_batch(shared: &Arc<Shared>, transactions: Vec<Transaction>) -> Vec<Result<CommitEpoch>> {
+pub(crate) fn commit_batch(
+    shared: &Arc<Shared>,
+    transactions: Vec<Transaction>,
+) -> Vec<Result<CommitEpoch>> {
     enum Outcome {
         Done(Result<CommitEpoch>),
         Pending(PendingCommit),

@@ -27,7 +27,9 @@ pub struct Range<'a> {
 
 impl std::fmt::Debug for Range<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Range").field("failed", &self.failed).finish()
+        f.debug_struct("Range")
+            .field("failed", &self.failed)
+            .finish()
     }
 }
 
@@ -83,7 +85,11 @@ impl<'a> Range<'a> {
             };
         }
         if self.back_buffer.is_none() {
-            self.back_buffer = match self.buffer.as_mut().and_then(DoubleEndedIterator::next_back) {
+            self.back_buffer = match self
+                .buffer
+                .as_mut()
+                .and_then(DoubleEndedIterator::next_back)
+            {
                 Some(item) => Some(item),
                 None => self.front_buffer.take(),
             };
@@ -91,7 +97,11 @@ impl<'a> Range<'a> {
         Ok(())
     }
 
-    fn pick(tree: Option<&TreeItem>, buffer: Option<&BufferItem<'_>>, forward: bool) -> Option<Pick> {
+    fn pick(
+        tree: Option<&TreeItem>,
+        buffer: Option<&BufferItem<'_>>,
+        forward: bool,
+    ) -> Option<Pick> {
         match (tree, buffer) {
             (None, None) => None,
             (Some(_), None) => Some(Pick::Tree),
@@ -113,7 +123,11 @@ impl<'a> Range<'a> {
             return None;
         }
         loop {
-            let filled = if forward { self.fill_front() } else { self.fill_back() };
+            let filled = if forward {
+                self.fill_front()
+            } else {
+                self.fill_back()
+            };
             if let Err(err) = filled {
                 self.failed = true;
                 return Some(Err(err));
