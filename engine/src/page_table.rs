@@ -36,6 +36,9 @@ struct PageVersions {
     base_epoch: CommitEpoch,
     /// Deltas newer than the base, in epoch order.
     chain: Vec<(CommitEpoch, Arc<Delta>)>,
+    /// Bytes the deltas of `chain` change, kept up to date so that
+    /// accounting stays O(1) however long a pinned chain grows.
+    chain_bytes: usize,
     /// Image with every delta of the chain applied.
     head: Arc<[u8]>,
 }
@@ -48,13 +51,22 @@ impl PageVersions {
     }
 
     fn pinned_bytes(&self) -> u64 {
-        let deltas: usize = self.chain.iter().map(|(_, d)| d.changed_len()).sum();
         let base = if self.chain.is_empty() {
             0
         } else {
             self.base.len()
         };
-        (deltas + base) as u64
+        (self.chain_bytes + base) as u64
+    }
+
+    fn new(image: Arc<[u8]>) -> Self {
+        PageVersions {
+            base: Arc::clone(&image),
+            base_epoch: CommitEpoch::ZERO,
+            chain: Vec::new(),
+            chain_bytes: 0,
+            head: image,
+        }
     }
 
     fn read_at(&self, page_id: PageId, snapshot: CommitEpoch) -> Result<Arc<[u8]>> {
@@ -94,6 +106,8 @@ impl PageVersions {
             self.base = Arc::from(image);
         }
         self.base_epoch = self.chain[foldable - 1].0;
+        let folded: usize = self.chain[..foldable].iter().map(|(_, d)| d.changed_len()).sum();
+        self.chain_bytes -= folded;
         self.chain.drain(..foldable);
         Ok(())
     }
@@ -144,12 +158,7 @@ impl PageTable {
         let mut shard = self.shard(page_id).write();
         let versions = shard.entry(page_id).or_insert_with(|| {
             self.stats.pages.fetch_add(1, Ordering::Relaxed);
-            PageVersions {
-                base: Arc::clone(&image),
-                base_epoch: CommitEpoch::ZERO,
-                chain: Vec::new(),
-                head: image,
-            }
+            PageVersions::new(image)
         });
         Arc::clone(&versions.head)
     }
@@ -168,19 +177,14 @@ impl PageTable {
         let mut shard = self.shard(page_id).write();
         let versions = shard.entry(page_id).or_insert_with(|| {
             self.stats.pages.fetch_add(1, Ordering::Relaxed);
-            let base = prior();
-            PageVersions {
-                head: Arc::clone(&base),
-                base,
-                base_epoch: CommitEpoch::ZERO,
-                chain: Vec::new(),
-            }
+            PageVersions::new(prior())
         });
         debug_assert!(
             epoch > versions.head_epoch(),
             "deltas must arrive in epoch order"
         );
         let before = versions.pinned_bytes();
+        versions.chain_bytes += delta.changed_len();
         versions.chain.push((epoch, delta));
         versions.head = image;
         self.adjust_pinned(before, versions.pinned_bytes());
