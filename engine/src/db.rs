@@ -37,7 +37,7 @@ use crate::page_file::{
 };
 use crate::page_table::PageTable;
 use crate::snapshots::SnapshotRegistry;
-use crate::txn::{PageReadTransaction, PageWriteTransaction};
+use crate::txn::{ChangedPage, PageReadTransaction, PageWriteTransaction};
 
 /// The merge kernel replay folds deltas with.
 fn replay_kernel() -> crate::merge::MergeKernel {
@@ -595,7 +595,7 @@ impl Shared {
     pub(crate) fn commit_pages(
         &self,
         mut writer: WriterGuard,
-        pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>,
+        pages: Vec<ChangedPage>,
         on_installed: impl FnOnce(CommitEpoch),
     ) -> Result<CommitEpoch> {
         let pending = self.log_and_install(&mut writer, pages, on_installed)?;
@@ -610,7 +610,7 @@ impl Shared {
     pub(crate) fn log_and_install(
         &self,
         writer: &mut WriterState,
-        pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>,
+        pages: Vec<ChangedPage>,
         on_installed: impl FnOnce(CommitEpoch),
     ) -> Result<Option<PendingCommit>> {
         self.check_writable()?;
@@ -619,10 +619,7 @@ impl Shared {
         }
         let epoch = writer.last_epoch.next();
         let record = CommitRecord {
-            deltas: pages
-                .iter()
-                .map(|(delta, _, _)| Delta::clone(delta))
-                .collect(),
+            deltas: pages.iter().map(|page| Delta::clone(&page.delta)).collect(),
         };
         let stages = &self.metrics.stages;
         let mut payload = Vec::new();
@@ -645,14 +642,15 @@ impl Shared {
 
     /// Installs a commit's deltas into the page versions (not yet visible)
     /// and marks the pages dirty; returns the pages touched.
-    fn install(
-        &self,
-        epoch: CommitEpoch,
-        pages: Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>,
-    ) -> Vec<PageId> {
+    fn install(&self, epoch: CommitEpoch, pages: Vec<ChangedPage>) -> Vec<PageId> {
         let mut touched = Vec::with_capacity(pages.len());
         let mut dirty = self.dirty.lock();
-        for (delta, image, original) in pages {
+        for ChangedPage {
+            delta,
+            image,
+            original,
+        } in pages
+        {
             let page_id = delta.page_id();
             self.pages.install(epoch, delta, image, || original);
             dirty.insert(page_id, epoch);

@@ -260,17 +260,28 @@ impl PageWriteTransaction {
     }
 }
 
+/// One page a commit changes: its delta, the new image, and the image the
+/// delta applies to.
+#[derive(Debug)]
+pub(crate) struct ChangedPage {
+    pub delta: Arc<Delta>,
+    pub image: Arc<[u8]>,
+    pub original: Arc<[u8]>,
+}
+
 /// Turns private page copies into deltas against the images they started from.
-fn dirty_deltas(
-    dirty: HashMap<PageId, DirtyPage>,
-) -> Result<Vec<(Arc<Delta>, Arc<[u8]>, Arc<[u8]>)>> {
+fn dirty_deltas(dirty: HashMap<PageId, DirtyPage>) -> Result<Vec<ChangedPage>> {
     let mut pages: Vec<_> = dirty.into_iter().collect();
     pages.sort_unstable_by_key(|(id, _)| *id);
     let mut out = Vec::with_capacity(pages.len());
     for (id, page) in pages {
         let delta = Delta::from_diff(id, &page.original, &page.image)?;
         if !delta.is_empty() {
-            out.push((Arc::new(delta), page.image, page.original));
+            out.push(ChangedPage {
+                delta: Arc::new(delta),
+                image: page.image,
+                original: page.original,
+            });
         }
     }
     Ok(out)

@@ -13,11 +13,13 @@ use crate::txn::PageReadTransaction;
 
 type TreeItem = (KeyGuard, ValueGuard);
 type BufferItem<'a> = (&'a Vec<u8>, &'a Option<Arc<[u8]>>);
+/// A range over a transaction's buffered writes of one table.
+pub(crate) type BufferRange<'a> = btree_map::Range<'a, Vec<u8>, Option<Arc<[u8]>>>;
 
 /// Entries of a table in key order, from either end.
 pub struct Range<'a> {
     tree: Option<RangeIter<'a, PageReadTransaction>>,
-    buffer: Option<btree_map::Range<'a, Vec<u8>, Option<Arc<[u8]>>>>,
+    buffer: Option<BufferRange<'a>>,
     front_tree: Option<TreeItem>,
     back_tree: Option<TreeItem>,
     front_buffer: Option<BufferItem<'a>>,
@@ -43,7 +45,7 @@ enum Pick {
 impl<'a> Range<'a> {
     pub(crate) fn new(
         tree: Option<RangeIter<'a, PageReadTransaction>>,
-        buffer: Option<btree_map::Range<'a, Vec<u8>, Option<Arc<[u8]>>>>,
+        buffer: Option<BufferRange<'a>>,
     ) -> Self {
         Range {
             tree,
