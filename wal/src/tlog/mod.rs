@@ -1,0 +1,359 @@
+//! The TLog: mmsb's write-ahead log of commits.
+//!
+//! The engine hands the TLog one opaque payload per commit (an encoded commit
+//! record) with the commit's [`CommitEpoch`]; the TLog frames it (length, type,
+//! epoch, CRC32), group-commits it (one write and one fsync for every frame
+//! buffered while the previous flush ran), and replays the frames after a
+//! crash. It never looks inside a payload.
+//!
+//! Files: the log is a run of segment files `tlog-<seq:020>.seg` in one
+//! directory, each opened by a header; `docs/format-tlog.md` gives the bytes.
+//! Every access goes through [`Storage`], so tests inject faults and crashes.
+//!
+//! Submodules: [`format`] (bytes), `scan` (reading back), `recover` (open-time
+//! validation), `commit` (group commit, segment rotation, the flusher thread).
+
+mod commit;
+pub mod format;
+mod recover;
+mod scan;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use commit::Shared;
+pub use commit::GATHER_WAIT_LIMIT_MICROS;
+pub use scan::{Replay, READ_CHUNK_BYTES};
+
+use crate::storage::{Storage, StorageFile};
+use crate::{CommitEpoch, Result, WalError};
+
+/// Default size past which the active segment is closed and a new one begun.
+pub const DEFAULT_SEGMENT_TARGET_BYTES: u64 = 64 << 20;
+
+/// Default largest payload one frame may carry.
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = 64 << 20;
+
+/// Default bound on frames buffered for the next group flush; an append that
+/// would pass it waits for (or performs) a flush first. A single frame larger
+/// than the bound is still accepted into an empty buffer.
+pub const DEFAULT_GROUP_BUFFER_LIMIT_BYTES: u64 = 8 << 20;
+
+/// Name of the lock file that keeps a second process out of the directory.
+pub const LOCK_FILE_NAME: &str = "tlog.lock";
+
+/// When a commit counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `wait_durable` returns once the commit's frame is fsync'd (the default).
+    #[default]
+    Immediate,
+    /// A background thread flushes every `flush_interval_ms`; a crash may lose
+    /// the commits of the last interval, never corrupt the log.
+    Eventual {
+        /// Milliseconds between background flushes (at least 1).
+        flush_interval_ms: u64,
+    },
+}
+
+/// How much of the log [`TLog::open`] checks before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpenValidation {
+    /// Every header and every frame of every segment, CRCs included: damage
+    /// anywhere makes `open` itself fail with `Corrupted` (the default).
+    /// Recovery then reads the log twice (once here, once in `replay`).
+    #[default]
+    AllFrames,
+    /// Every segment header, and every frame of the last segment (where a
+    /// torn tail can be); the frames of earlier, sealed segments are checked
+    /// by `replay` as it reads them (CRC, epoch order, first epoch, no
+    /// trailing bytes), so damage there surfaces as `Corrupted` from the
+    /// replay. Recovery then reads the log once.
+    LastSegment,
+}
+
+/// How to open a TLog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TLogConfig {
+    /// Directory holding the segment files (created if missing).
+    pub dir: PathBuf,
+    /// Size past which the active segment is closed and a new one begun.
+    pub segment_target_bytes: u64,
+    /// Largest payload one frame may carry; larger ones get `TooLarge`.
+    /// At most [`format::FRAME_PAYLOAD_LIMIT_BYTES`].
+    pub max_frame_bytes: u64,
+    /// When a commit counts as durable.
+    pub durability: Durability,
+    /// Bound on bytes buffered for the next group flush (back-pressure).
+    pub group_buffer_limit_bytes: u64,
+    /// How much `open` checks before it returns.
+    pub open_validation: OpenValidation,
+}
+
+impl TLogConfig {
+    /// The defaults, with the log in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        TLogConfig {
+            dir: dir.into(),
+            segment_target_bytes: DEFAULT_SEGMENT_TARGET_BYTES,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            durability: Durability::Immediate,
+            group_buffer_limit_bytes: DEFAULT_GROUP_BUFFER_LIMIT_BYTES,
+            open_validation: OpenValidation::AllFrames,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_frame_bytes > format::FRAME_PAYLOAD_LIMIT_BYTES {
+            return Err(WalError::TooLarge {
+                what: "configured max_frame_bytes",
+                len: self.max_frame_bytes,
+                limit: format::FRAME_PAYLOAD_LIMIT_BYTES,
+            });
+        }
+        if self.segment_target_bytes == 0 || self.group_buffer_limit_bytes == 0 {
+            return Err(WalError::InvalidArgument(
+                "segment_target_bytes and group_buffer_limit_bytes must be above 0".to_string(),
+            ));
+        }
+        if self.durability
+            == (Durability::Eventual {
+                flush_interval_ms: 0,
+            })
+        {
+            return Err(WalError::InvalidArgument(
+                "flush_interval_ms must be at least 1".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Proof that a frame was appended; pass it to [`TLog::wait_durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitTicket {
+    epoch: CommitEpoch,
+}
+
+impl CommitTicket {
+    /// The epoch of the appended frame.
+    pub fn epoch(&self) -> CommitEpoch {
+        self.epoch
+    }
+}
+
+/// Counters since the log was opened, each read atomically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TLogStats {
+    /// Frames accepted by `append`.
+    pub frames_appended: u64,
+    /// Bytes handed to the storage (segment headers and frames).
+    pub bytes_written: u64,
+    /// File and directory syncs issued (including open-time and rotation syncs).
+    pub fsyncs: u64,
+    /// Group flushes: one write and one fsync of every buffered frame.
+    pub group_flushes: u64,
+    /// Bytes of torn tail (and torn or empty last segments) removed at open.
+    pub torn_tail_bytes_cut: u64,
+    /// Segments created by rotation.
+    pub segments_created: u64,
+    /// Segments deleted by `truncate_through`.
+    pub segments_deleted: u64,
+}
+
+/// The counters behind [`TLogStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    frames_appended: AtomicU64,
+    bytes_written: AtomicU64,
+    fsyncs: AtomicU64,
+    group_flushes: AtomicU64,
+    torn_tail_bytes_cut: AtomicU64,
+    segments_created: AtomicU64,
+    segments_deleted: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+    pub(crate) fn frame_appended(&self) {
+        Self::bump(&self.frames_appended, 1);
+    }
+    pub(crate) fn wrote(&self, bytes: usize) {
+        Self::bump(&self.bytes_written, bytes as u64);
+    }
+    pub(crate) fn fsync(&self) {
+        Self::bump(&self.fsyncs, 1);
+    }
+    pub(crate) fn group_flush(&self) {
+        Self::bump(&self.group_flushes, 1);
+    }
+    pub(crate) fn add_torn_bytes(&self, bytes: u64) {
+        Self::bump(&self.torn_tail_bytes_cut, bytes);
+    }
+    pub(crate) fn segment_created(&self) {
+        Self::bump(&self.segments_created, 1);
+    }
+    pub(crate) fn segment_deleted(&self) {
+        Self::bump(&self.segments_deleted, 1);
+    }
+
+    fn snapshot(&self) -> TLogStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        TLogStats {
+            frames_appended: read(&self.frames_appended),
+            bytes_written: read(&self.bytes_written),
+            fsyncs: read(&self.fsyncs),
+            group_flushes: read(&self.group_flushes),
+            torn_tail_bytes_cut: read(&self.torn_tail_bytes_cut),
+            segments_created: read(&self.segments_created),
+            segments_deleted: read(&self.segments_deleted),
+        }
+    }
+}
+
+/// The write-ahead log. `Send + Sync`: committing threads share it by `&self`.
+#[derive(Debug)]
+pub struct TLog {
+    shared: Arc<Shared>,
+    /// The background flusher of [`Durability::Eventual`]; joined on drop.
+    flusher: Option<JoinHandle<()>>,
+    /// Held open so the directory lock lasts as long as the log.
+    _lock: Arc<dyn StorageFile>,
+}
+
+impl TLog {
+    /// Opens or creates the log in `config.dir`: validates the segments (every
+    /// frame of every segment by default; see [`OpenValidation`]), cuts a torn
+    /// tail, and returns `Corrupted` for damage before the tail.
+    pub fn open(storage: Arc<dyn Storage>, config: TLogConfig) -> Result<TLog> {
+        config.validate()?;
+        let dir = &config.dir;
+        storage
+            .create_dir_all(dir)
+            .map_err(|err| WalError::io(format!("creating {}", dir.display()), err))?;
+        let lock = lock_dir(&*storage, &config)?;
+        let counters = Counters::default();
+        let recovered = recover::recover(&*storage, dir, config.open_validation, &counters)?;
+        let shared = Arc::new(Shared::new(storage, config, recovered, counters));
+        let flusher = commit::start_flusher(&shared)?;
+        Ok(TLog {
+            shared,
+            flusher,
+            _lock: lock,
+        })
+    }
+
+    /// Streams the frames with an epoch above `after`, in log order, reading
+    /// in chunks of [`READ_CHUNK_BYTES`]; every frame read is checked again
+    /// (CRC, epoch order). Segments whose frames all lie at or below `after`
+    /// are not read. Frames appended but not yet written by a group flush are
+    /// not included.
+    pub fn replay(&self, after: CommitEpoch) -> Result<Replay> {
+        Ok(Replay::new(self.shared.replay_segments(after), after))
+    }
+
+    /// Buffers one commit frame for the next group flush. `epoch` must be
+    /// above every epoch appended before (`InvalidArgument` otherwise); a
+    /// payload above `max_frame_bytes` is `TooLarge`.
+    pub fn append(&self, epoch: CommitEpoch, payload: &[u8]) -> Result<CommitTicket> {
+        self.shared.append(epoch, payload)
+    }
+
+    /// Blocks until the ticket's frame is durable ([`Durability::Immediate`]);
+    /// returns at once in [`Durability::Eventual`] mode. A poisoned log
+    /// answers `Poisoned`.
+    pub fn wait_durable(&self, ticket: CommitTicket) -> Result<()> {
+        match self.shared.config.durability {
+            Durability::Immediate => self.shared.sync_through(ticket.epoch),
+            Durability::Eventual { .. } => self.shared.check_poison(),
+        }
+    }
+
+    /// Writes and fsyncs everything appended so far.
+    pub fn flush(&self) -> Result<()> {
+        self.shared.flush_all()
+    }
+
+    /// Deletes the oldest segments whose frames all have an epoch at or below
+    /// `epoch`; never the active segment. Call it once the page store holds
+    /// everything up to `epoch` durably.
+    pub fn truncate_through(&self, epoch: CommitEpoch) -> Result<()> {
+        self.shared.truncate_through(epoch)
+    }
+
+    /// The highest epoch appended (after open: of the last valid frame; 0 if
+    /// the log is empty).
+    pub fn last_epoch(&self) -> CommitEpoch {
+        self.shared.last_epoch()
+    }
+
+    /// The highest epoch known durable.
+    pub fn durable_epoch(&self) -> CommitEpoch {
+        self.shared.durable_epoch()
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> TLogStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl Drop for TLog {
+    /// Stops the flusher thread, then flushes best-effort.
+    fn drop(&mut self) {
+        self.shared.stop_flusher();
+        if let Some(handle) = self.flusher.take() {
+            if handle.join().is_err() {
+                tracing::error!("the TLog flusher thread panicked");
+            }
+        }
+        match self.shared.flush_all() {
+            Ok(()) | Err(WalError::Poisoned) => {}
+            Err(err) => tracing::warn!(%err, "flushing the TLog on close failed"),
+        }
+    }
+}
+
+/// Takes the directory's lock file; a second holder is refused.
+fn lock_dir(storage: &dyn Storage, config: &TLogConfig) -> Result<Arc<dyn StorageFile>> {
+    let path = config.dir.join(LOCK_FILE_NAME);
+    let io_err = |err| WalError::io(format!("locking {}", path.display()), err);
+    let file = storage.open_file(&path, true).map_err(io_err)?;
+    if !file.try_lock_exclusive().map_err(io_err)? {
+        return Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "the TLog is open in another process",
+        )));
+    }
+    Ok(file)
+}
+
+/// The segments a replay after `after` must read: all but those whose frames
+/// all lie at or below `after` (known from the next segment's first epoch).
+fn segments_to_replay<'a>(
+    segments: impl ExactSizeIterator<Item = &'a recover::Segment> + Clone,
+    after: CommitEpoch,
+) -> VecDeque<scan::ReplaySegment> {
+    let firsts: Vec<CommitEpoch> = segments.clone().map(|s| s.first_epoch).collect();
+    segments
+        .enumerate()
+        .filter(|(index, _)| {
+            firsts
+                .get(index + 1)
+                .is_none_or(|next_first| next_first.get() > after.get().saturating_add(1))
+        })
+        .map(|(_, segment)| scan::ReplaySegment {
+            path: segment.path.clone(),
+            file: Arc::clone(&segment.file),
+            len: segment.len,
+            first_epoch: segment.first_epoch,
+        })
+        .collect()
+}
