@@ -492,7 +492,7 @@ impl Shared {
         let mut frames = self.tlog.replay(checkpoint_epoch)?;
         while let Some(frame) = frames.next_frame() {
             let (epoch, payload) = frame?;
-            if epoch != last.next() {
+            if Some(epoch) != last.checked_next() {
                 return Err(Error::Corrupted(format!(
                     "the TLog jumps from {last} to {epoch}: commits are missing"
                 )));
@@ -617,7 +617,9 @@ impl Shared {
         if pages.is_empty() {
             return Ok(None);
         }
-        let epoch = writer.last_epoch.next();
+        let epoch = writer.last_epoch.checked_next().ok_or_else(|| {
+            Error::Corrupted("the commit epoch would pass u64::MAX".into())
+        })?;
         let record = CommitRecord {
             deltas: pages.iter().map(|page| Delta::clone(&page.delta)).collect(),
         };

@@ -39,12 +39,10 @@ impl CommitEpoch {
         self.0
     }
 
-    /// The epoch that follows this one.
-    ///
-    /// # Panics
-    /// Never in practice: 2^64 commits would take millennia; overflow is an invariant violation.
-    pub fn next(self) -> CommitEpoch {
-        CommitEpoch(self.0.checked_add(1).expect("commit epoch overflow"))
+    /// The epoch that follows this one; `None` past `u64::MAX` (only a
+    /// damaged file can get there: 2^64 commits would take millennia).
+    pub fn checked_next(self) -> Option<CommitEpoch> {
+        self.0.checked_add(1).map(CommitEpoch)
     }
 }
 
