@@ -25,6 +25,7 @@ mod metrics;
 mod mvcc;
 pub mod page_access;
 pub mod page_file;
+mod page_hash;
 mod page_table;
 mod snapshots;
 mod txn;

@@ -9,7 +9,6 @@
 //!
 //! This module knows nothing of files, the TLog or transactions.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::merge::MergeKernel;
+use crate::page_hash::PageMap;
 
 /// The fastest merge kernel this CPU runs, chosen once.
 fn kernel() -> MergeKernel {
@@ -106,7 +106,10 @@ impl PageVersions {
             self.base = Arc::from(image);
         }
         self.base_epoch = self.chain[foldable - 1].0;
-        let folded: usize = self.chain[..foldable].iter().map(|(_, d)| d.changed_len()).sum();
+        let folded: usize = self.chain[..foldable]
+            .iter()
+            .map(|(_, d)| d.changed_len())
+            .sum();
         self.chain_bytes -= folded;
         self.chain.drain(..foldable);
         Ok(())
@@ -125,7 +128,7 @@ pub struct PageTableStats {
 /// Every page in memory, sharded by page id.
 #[derive(Debug)]
 pub struct PageTable {
-    shards: Box<[RwLock<HashMap<PageId, PageVersions>>]>,
+    shards: Box<[RwLock<PageMap<PageVersions>>]>,
     stats: PageTableStats,
 }
 
@@ -139,7 +142,7 @@ impl Default for PageTable {
 }
 
 impl PageTable {
-    fn shard(&self, page_id: PageId) -> &RwLock<HashMap<PageId, PageVersions>> {
+    fn shard(&self, page_id: PageId) -> &RwLock<PageMap<PageVersions>> {
         &self.shards[(page_id.get() as usize) & (SHARD_COUNT - 1)]
     }
 

@@ -5,7 +5,6 @@
 //! One write transaction runs at a time (the writer lock); readers never
 //! wait for it and it never waits for them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mmsb_wal::{CommitEpoch, Delta, PageId};
@@ -15,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::meta::{self, Meta, META_PAGE};
 use crate::metrics::{timed, Metrics};
 use crate::page_access::{PageRead, PageRef, PageWrite};
+use crate::page_hash::PageMap;
 
 /// Checks that a user-visible page id lies inside the database.
 fn check_data_page(page_id: PageId, meta: &Meta) -> Result<()> {
@@ -100,7 +100,7 @@ pub struct PageWriteTransaction {
     writer: Option<WriterGuard>,
     meta: Meta,
     meta_changed: bool,
-    dirty: HashMap<PageId, DirtyPage>,
+    dirty: PageMap<DirtyPage>,
 }
 
 impl std::fmt::Debug for PageWriteTransaction {
@@ -129,7 +129,7 @@ impl PageWriteTransaction {
             writer: Some(writer),
             meta,
             meta_changed: false,
-            dirty: HashMap::new(),
+            dirty: PageMap::default(),
         })
     }
 
@@ -270,7 +270,7 @@ pub(crate) struct ChangedPage {
 }
 
 /// Turns private page copies into deltas against the images they started from.
-fn dirty_deltas(dirty: HashMap<PageId, DirtyPage>) -> Result<Vec<ChangedPage>> {
+fn dirty_deltas(dirty: PageMap<DirtyPage>) -> Result<Vec<ChangedPage>> {
     let mut pages: Vec<_> = dirty.into_iter().collect();
     pages.sort_unstable_by_key(|(id, _)| *id);
     let mut out = Vec::with_capacity(pages.len());
