@@ -1,24 +1,30 @@
 //! GPU merge bench: correctness against the CPU merge, then throughput,
-//! launch strategies, allocation strategies and managed-memory prefetch.
+//! the CPU/GPU crossover, recovery through the GPU backend, launch
+//! strategies, allocation strategies and managed-memory prefetch.
 //!
-//! Usage: `gpu_bench [SECTION ...] [--quick] [--print-kernel]` where SECTION is
-//! `correct`, `throughput`, `launch`, `alloc`, `prefetch` (default: all).
-//! Lines starting with `TABLE|` form the summary table (scripts/gpu-run.sh
-//! collects them). Exits 0 with a clear message when there is no GPU.
+//! Usage: `gpu_bench [SECTION ...] [--quick] [--print-kernel] [--ptxas]`
+//! where SECTION is `correct`, `throughput`, `threshold`, `recovery`,
+//! `launch`, `alloc`, `prefetch` (default: all). Lines starting with
+//! `TABLE|` form the summary table (scripts/gpu-run.sh collects them). Exits
+//! 0 with a clear message when there is no GPU.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
-use mmsb_cuda::bench::{gb_per_s, median, DeltaShape, Workload};
+use mmsb_cuda::bench::{gb_per_s, median, DeltaShape, SplitMix64, Workload};
 use mmsb_cuda::driver::{DeviceBuffer, Event, Graph, ManagedBuffer, PinnedBuffer, Stream};
 use mmsb_cuda::kernel::Job;
 use mmsb_cuda::layout::{fill_chunk, measure_chunk, ChunkLayout};
 use mmsb_cuda::persistent::Persistent;
 use mmsb_cuda::{
     driver_library_present, nvrtc_library_present, probe, AllocMode, CudaMerger, GpuConfig,
-    GpuError, GpuMerge, GpuStatus, LaunchMode,
+    GpuError, GpuMerge, GpuStatus, HostStaging, LaunchMode,
 };
 use mmsb_engine::merge::{CpuMerge, MergeBackend};
+use mmsb_engine::{Database, Durability, Options, PageId, PageRead, PageWrite};
+use mmsb_wal::codec::{CodecConfig, CodecMode};
 
 /// Page size of every workload.
 const PAGE_LEN: usize = 4096;
@@ -28,6 +34,62 @@ const LARGE_PAGES: [usize; 2] = [64 * 1024, 256 * 1024];
 const REPS_LONG: usize = 7;
 /// Timed repetitions of short runs (after warm-ups).
 const REPS_SHORT: usize = 200;
+
+/// Backend modes the correctness section checks: (launch, allocation,
+/// image staging, streams).
+const CHECKED_MODES: [(LaunchMode, AllocMode, HostStaging, usize); 7] = [
+    (
+        LaunchMode::PerBatch,
+        AllocMode::Reuse,
+        HostStaging::Pinned,
+        3,
+    ),
+    (
+        LaunchMode::PerBatch,
+        AllocMode::Reuse,
+        HostStaging::Registered,
+        3,
+    ),
+    (
+        LaunchMode::PerBatch,
+        AllocMode::Reuse,
+        HostStaging::Pageable,
+        1,
+    ),
+    (
+        LaunchMode::PerBatch,
+        AllocMode::Plain,
+        HostStaging::Pinned,
+        2,
+    ),
+    (
+        LaunchMode::PerBatch,
+        AllocMode::StreamPool,
+        HostStaging::Pinned,
+        3,
+    ),
+    (
+        LaunchMode::PerBatch,
+        AllocMode::StreamPool,
+        HostStaging::Registered,
+        4,
+    ),
+    (
+        LaunchMode::Persistent,
+        AllocMode::Reuse,
+        HostStaging::Pinned,
+        1,
+    ),
+];
+
+/// Round-trip configurations the throughput section times: (label,
+/// staging, streams). The first is the previous behaviour.
+const TRIP_MODES: [(&str, HostStaging, usize); 4] = [
+    ("pageable, 1 stream", HostStaging::Pageable, 1),
+    ("pinned staging, 1 stream", HostStaging::Pinned, 1),
+    ("pinned staging, 3 streams", HostStaging::Pinned, 3),
+    ("registered batch, 3 streams", HostStaging::Registered, 3),
+];
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -40,6 +102,18 @@ fn main() -> ExitCode {
     if args.iter().any(|a| a == "--print-kernel") {
         print!("{}", mmsb_cuda::kernel::source());
         return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--ptxas") {
+        return match mmsb_cuda::compile::ptxas_report(&mmsb_cuda::kernel::source(), "sm_90") {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                println!("ptxas report unavailable: {error}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if !driver_library_present() {
         println!("no CUDA driver found; skipping GPU runs");
@@ -65,6 +139,9 @@ fn main() -> ExitCode {
         .collect();
     let all = sections.is_empty();
     let want = |name: &str| all || sections.contains(&name);
+    if want("correct") {
+        print_ptxas(&info.arch());
+    }
     let mut failed = false;
     let mut run = |name: &str, section: &dyn Fn() -> BenchResult<()>| {
         if want(name) {
@@ -80,6 +157,8 @@ fn main() -> ExitCode {
     };
     run("correct", &|| correctness(quick));
     run("throughput", &|| throughput(quick));
+    run("threshold", &|| threshold(quick));
+    run("recovery", &|| recovery(quick));
     run("launch", &launch_strategies);
     run("alloc", &|| alloc_strategies(quick));
     run("prefetch", &|| {
@@ -89,6 +168,17 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// The ptxas report of the kernels for `arch`: registers, spills, shared memory.
+fn print_ptxas(arch: &str) {
+    match mmsb_cuda::compile::ptxas_report(&mmsb_cuda::kernel::source(), arch) {
+        Ok(report) => report
+            .lines()
+            .filter(|l| l.contains("Compiling entry") || l.contains("spill") || l.contains("Used"))
+            .for_each(|l| println!("ptxas: {l}")),
+        Err(error) => println!("ptxas report unavailable: {error}"),
     }
 }
 
@@ -113,9 +203,9 @@ struct Resident {
 
 fn make_resident(gpu: &CudaMerger, work: &Workload, stream: &Stream) -> BenchResult<Resident> {
     let batch = work.batch()?;
-    let layout = measure_chunk(&batch, 0..batch.len())?;
-    let mut staging = PinnedBuffer::alloc(gpu.context(), layout.total_len, false)?;
-    fill_chunk(&batch, 0..batch.len(), &layout, staging.as_mut_slice())?;
+    let measured = measure_chunk(&batch, 0..batch.len())?;
+    let mut staging = PinnedBuffer::alloc(gpu.context(), measured.total_len, false)?;
+    let layout = fill_chunk(&batch, 0..batch.len(), staging.as_mut_slice())?;
     let images = DeviceBuffer::alloc(gpu.context(), work.base.len())?;
     let meta = DeviceBuffer::alloc(gpu.context(), layout.total_len)?;
     // SAFETY: buffers hold these many bytes; we synchronize before returning.
@@ -149,64 +239,76 @@ fn per_batch_gpu() -> BenchResult<CudaMerger> {
 fn correctness(quick: bool) -> BenchResult<()> {
     let mut gpu = per_batch_gpu()?;
     let stream = Stream::new(gpu.context())?;
-    let sizes: &[(usize, usize)] = if quick {
-        &[(500, 4096), (300, 1000)]
+    let sizes: &[(usize, usize, usize)] = if quick {
+        &[(500, 4096, 8), (300, 1000, 8), (50, 4096, 96)]
     } else {
         &[
-            (2000, 4096),
-            (700, 4000),
-            (300, 1000),
-            (64, 65536),
-            (20000, 4096),
+            (2000, 4096, 8),
+            (700, 4000, 8),
+            (300, 1000, 8),
+            (64, 65536, 8),
+            (20000, 4080, 8),
+            // Long chains: more runs and payload than the kernel stages, so
+            // pages take its large path (run tiles, sources in global memory).
+            (400, 4096, 96),
+            (40, 65536, 300),
         ]
     };
     let mut checks = 0;
-    for (index, &(pages, page_len)) in sizes.iter().enumerate() {
+    for (index, &(pages, page_len, deltas_per_page)) in sizes.iter().enumerate() {
         let shape = DeltaShape {
+            deltas_per_page,
             max_run_bytes: 256.min(page_len),
             ..DeltaShape::default()
         };
         let work = Workload::generate(pages, page_len, shape, 1000 + index as u64);
         let expected = cpu_reference(&work)?;
-        // Kernel alone, output poisoned before the copy back.
-        let shared = gpu.prepare_page_len(page_len)?;
-        let resident = make_resident(&gpu, &work, &stream)?;
-        let grid = gpu.grid_for(pages, shared)?;
-        // SAFETY: the resident buffers hold the job's chunk until synchronize.
-        unsafe { gpu.launch_job(&resident.job, grid, shared, &stream)? };
-        let mut out = vec![0xA5u8; work.base.len()];
-        // SAFETY: the device buffer holds out.len() bytes.
-        unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
-        stream.synchronize()?;
-        verdict(&format!("kernel {pages}x{page_len}"), &out, &expected)?;
-        checks += 1;
-        // Every backend mode through MergeBackend, small chunks to cross chunk edges.
-        for launch in [LaunchMode::PerBatch, LaunchMode::Persistent] {
-            for alloc in [AllocMode::Plain, AllocMode::StreamPool, AllocMode::Reuse] {
-                let config = GpuConfig {
-                    launch,
-                    alloc,
-                    max_chunk_pages: (pages / 3).max(1),
-                    ..GpuConfig::default()
-                };
-                let merge = GpuMerge::new(&config)?;
-                if let GpuStatus::CpuOnly(reason) = merge.status() {
-                    return Err(format!("{launch:?}/{alloc:?} did not start: {reason}").into());
-                }
+        // Each kernel alone, output poisoned before the copy back.
+        for baseline in [false, true] {
+            let resident = make_resident(&gpu, &work, &stream)?;
+            if baseline {
+                let shape = gpu.baseline_shape(pages, page_len)?;
+                // SAFETY: the resident buffers hold the job's chunk until synchronize.
+                unsafe { gpu.launch_baseline(&resident.job, shape, &stream)? };
+            } else {
+                let grid = gpu.grid_for(pages)?;
+                // SAFETY: as above.
+                unsafe { gpu.launch_job(&resident.job, grid, &stream)? };
+            }
+            let mut out = vec![0xA5u8; work.base.len()];
+            // SAFETY: the device buffer holds out.len() bytes.
+            unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
+            stream.synchronize()?;
+            let name = if baseline {
+                "baseline kernel"
+            } else {
+                "kernel"
+            };
+            verdict(&format!("{name} {pages}x{page_len}"), &out, &expected)?;
+            checks += 1;
+        }
+        // Backend modes through MergeBackend, small chunks to cross chunk edges.
+        for (launch, alloc, staging, streams) in CHECKED_MODES {
+            let config = GpuConfig {
+                launch,
+                alloc,
+                staging,
+                streams,
+                max_chunk_pages: (pages / 3).max(1),
+                ..GpuConfig::default()
+            };
+            let what = format!("{launch:?}/{alloc:?}/{staging:?}/x{streams} {pages}x{page_len}");
+            let merge = GpuMerge::new(&config)?;
+            if let GpuStatus::CpuOnly(reason) = merge.status() {
+                return Err(format!("{what} did not start: {reason}").into());
+            }
+            for _ in 0..2 {
                 let mut batch = work.batch()?;
                 merge.merge_batch(&mut batch)?;
                 if merge.fallback_count() != 0 {
-                    return Err(format!(
-                        "{launch:?}/{alloc:?} fell back: {:?}",
-                        merge.last_fallback()
-                    )
-                    .into());
+                    return Err(format!("{what} fell back: {:?}", merge.last_fallback()).into());
                 }
-                verdict(
-                    &format!("{launch:?}/{alloc:?} {pages}x{page_len}"),
-                    batch.images(),
-                    &expected,
-                )?;
+                verdict(&what, batch.images(), &expected)?;
                 checks += 1;
             }
         }
@@ -333,18 +435,32 @@ fn throughput(quick: bool) -> BenchResult<()> {
             Ok(())
         })?;
         drop(batch);
-        // Kernel alone, pages and deltas resident.
-        let shared = gpu.prepare_page_len(PAGE_LEN)?;
+        // Kernels alone, pages and deltas resident (re-folding merged pages
+        // is idempotent, so every repetition does the same work).
         let resident = make_resident(&gpu, &work, &stream)?;
-        let grid = gpu.grid_for(pages, shared)?;
+        let grid = gpu.grid_for(pages)?;
         let kernel_ms = time_events(&stream, &gpu, REPS_LONG, |s| unsafe {
-            gpu.launch_job(&resident.job, grid, shared, s)
+            gpu.launch_job(&resident.job, grid, s)
         })?;
         let mut out = vec![0x5Au8; work.base.len()];
         // SAFETY: the device buffer holds out.len() bytes.
         unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
         stream.synchronize()?;
         verdict(&format!("throughput kernel {pages}"), &out, &expected)?;
+        drop(resident);
+        let resident = make_resident(&gpu, &work, &stream)?;
+        let shape = gpu.baseline_shape(pages, PAGE_LEN)?;
+        let baseline_ms = time_events(&stream, &gpu, REPS_LONG, |s| unsafe {
+            gpu.launch_baseline(&resident.job, shape, s)
+        })?;
+        // SAFETY: the device buffer holds out.len() bytes.
+        unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
+        stream.synchronize()?;
+        verdict(
+            &format!("throughput baseline kernel {pages}"),
+            &out,
+            &expected,
+        )?;
         // Mirror: pages resident, deltas shipped from pinned memory, then folded.
         let meta_len = resident.layout.total_len;
         let mirror_ms = time_events(&stream, &gpu, REPS_LONG, |s| unsafe {
@@ -352,21 +468,37 @@ fn throughput(quick: bool) -> BenchResult<()> {
                 resident.meta.ptr(),
                 &resident.staging.as_slice()[..meta_len],
             )?;
-            gpu.launch_job(&resident.job, grid, shared, s)
+            gpu.launch_job(&resident.job, grid, s)
         })?;
         drop(resident);
-        // Round trip through MergeBackend: flatten, copy in, fold, copy out.
-        let merge = GpuMerge::new(&GpuConfig::default())?;
-        let mut batch = work.batch()?;
-        let trip_ms = time_wall(3, 1, || {
-            merge.merge_batch(&mut batch)?;
-            Ok(())
-        })?;
-        verdict(&format!("round trip {pages}"), batch.images(), &expected)?;
-        drop(batch);
+        // Round trips through MergeBackend: flatten, copy in, fold, copy out.
+        let mut trips = Vec::new();
+        for (label, staging, streams) in TRIP_MODES {
+            let merge = GpuMerge::new(&GpuConfig {
+                staging,
+                streams,
+                ..GpuConfig::default()
+            })?;
+            let mut batch = work.batch()?;
+            let trip_ms = time_wall(3, 1, || {
+                merge.merge_batch(&mut batch)?;
+                Ok(())
+            })?;
+            verdict(
+                &format!("round trip {label} {pages}"),
+                batch.images(),
+                &expected,
+            )?;
+            if merge.fallback_count() != 0 {
+                return Err(
+                    format!("round trip {label} fell back: {:?}", merge.last_fallback()).into(),
+                );
+            }
+            trips.push((label, trip_ms));
+        }
         let line = |name: &str, ms: f64| {
             format!(
-                "{pages:>6} pages {name:<34} {ms:>9.3} ms {:>7.1} GB/s  {:>6.1}x CPU  {:>5.1}% of D2D",
+                "{pages:>6} pages {name:<40} {ms:>9.3} ms {:>7.1} GB/s  {:>6.1}x CPU  {:>5.1}% of D2D",
                 gb_per_s(bytes, ms),
                 cpu_ms / ms,
                 100.0 * gb_per_s(bytes, ms) / copy_gbs
@@ -377,27 +509,272 @@ fn throughput(quick: bool) -> BenchResult<()> {
             cpu_ms,
         ));
         table(line("GPU kernel (resident)", kernel_ms));
+        table(line(
+            "GPU baseline kernel (resident, previous)",
+            baseline_ms,
+        ));
         table(line("GPU mirror (deltas H2D + kernel)", mirror_ms));
-        table(line("GPU round trip (MergeBackend)", trip_ms));
+        for (label, trip_ms) in trips {
+            table(line(&format!("GPU round trip: {label}"), trip_ms));
+        }
     }
     table("  (GB/s counts page images in + out + delta payload; 'x CPU' = CPU time / time)".into());
     Ok(())
 }
 
-/// (3) Launch strategies on resident data: per-batch launch vs persistent
+/// Usable bytes of a 4 KiB engine page (page size minus the trailer).
+const ENGINE_PAGE_LEN: usize = 4096 - 16;
+
+/// (3) Where the GPU round trip (default configuration: pinned staging,
+/// 3 streams) starts to beat the all-core CPU merge on the same batches: the
+/// measured value for `Options::gpu_merge_min_pages`.
+fn threshold(quick: bool) -> BenchResult<()> {
+    let sizes: &[usize] = if quick {
+        &[1024, 8192]
+    } else {
+        &[1024, 4096, 16 * 1024, 64 * 1024]
+    };
+    let cpu = CpuMerge::best(threads())?;
+    let merge = GpuMerge::new(&GpuConfig::default())?;
+    let mut crossover = None;
+    for &pages in sizes {
+        let work = Workload::generate(
+            pages,
+            ENGINE_PAGE_LEN,
+            DeltaShape::default(),
+            700 + pages as u64,
+        );
+        let expected = cpu_reference(&work)?;
+        let reps = if pages >= 16 * 1024 { 5 } else { 15 };
+        let mut batch = work.batch()?;
+        let cpu_ms = time_wall(reps, 2, || {
+            cpu.merge_batch(&mut batch)?;
+            Ok(())
+        })?;
+        let mut batch = work.batch()?;
+        let gpu_ms = time_wall(reps, 2, || {
+            merge.merge_batch(&mut batch)?;
+            Ok(())
+        })?;
+        verdict(&format!("threshold {pages}"), batch.images(), &expected)?;
+        if gpu_ms < cpu_ms && crossover.is_none() {
+            crossover = Some(pages);
+        }
+        table(format!(
+            "{pages:>6} pages of {ENGINE_PAGE_LEN} B  CPU merge {cpu_ms:>8.3} ms | GPU round trip {gpu_ms:>8.3} ms ({:.2}x CPU)",
+            cpu_ms / gpu_ms
+        ));
+    }
+    table(match crossover {
+        Some(pages) => format!("gpu_merge_min_pages: the GPU round trip wins from {pages} pages"),
+        None => "gpu_merge_min_pages: the CPU merge wins at every size measured".into(),
+    });
+    Ok(())
+}
+
+/// Pages the recovery workload writes, and full passes of writes over them
+/// (one delta per page per pass: page chains of `RECOVERY_PASSES` deltas).
+const RECOVERY_PAGES: usize = 256 * 1024;
+/// Write passes over every page.
+const RECOVERY_PASSES: usize = 8;
+/// Pages one allocating commit allocates.
+const RECOVERY_ALLOC_PER_COMMIT: usize = 16 * 1024;
+/// Pages one writing commit changes.
+const RECOVERY_PAGES_PER_COMMIT: usize = 2048;
+/// Timed opens per configuration (after one warm-up open).
+const RECOVERY_REPS: usize = 3;
+/// A window larger than the whole log: recovery merges once.
+const ONE_WINDOW_BYTES: usize = 1 << 40;
+
+fn recovery_options() -> Options {
+    Options {
+        durability: Durability::Eventual {
+            flush_interval_ms: 100,
+        },
+        checkpoint_tlog_bytes: u64::MAX,
+        checkpoint_on_close: false,
+        background_workers: false,
+        codec: CodecConfig::with_mode(CodecMode::Raw),
+        ..Options::default()
+    }
+}
+
+/// Allocates `pages` pages, then writes 1–4 runs of 8–256 random bytes into
+/// every page, `passes` times. Returns the commits and the page ids.
+fn build_recovery_log(path: &Path, pages: usize, passes: usize) -> BenchResult<(u64, Vec<PageId>)> {
+    let db = recovery_options().open(path)?;
+    let page_len = db.page_len();
+    let mut ids = Vec::with_capacity(pages);
+    let mut commits = 0u64;
+    while ids.len() < pages {
+        let mut tx = db.begin_page_write()?;
+        for _ in 0..RECOVERY_ALLOC_PER_COMMIT.min(pages - ids.len()) {
+            ids.push(tx.allocate_page()?);
+        }
+        tx.commit()?;
+        commits += 1;
+    }
+    let mut rng = SplitMix64::new(0x005E_ED0F_70C5);
+    let mut bytes = [0u8; 256];
+    for _ in 0..passes {
+        for group in ids.chunks(RECOVERY_PAGES_PER_COMMIT) {
+            let mut tx = db.begin_page_write()?;
+            for &id in group {
+                for _ in 0..rng.range(1, 4) {
+                    let len = rng.range(8, 256);
+                    let offset = rng.range(0, page_len - len);
+                    rng.fill(&mut bytes[..len]);
+                    tx.write(id, offset, &bytes[..len])?;
+                }
+            }
+            tx.commit()?;
+            commits += 1;
+        }
+    }
+    db.flush()?;
+    Ok((commits, ids))
+}
+
+/// A cheap 64-bit fingerprint of every page (to compare recoveries).
+fn fingerprint(db: &Database, ids: &[PageId]) -> BenchResult<u64> {
+    let rx = db.begin_page_read()?;
+    let mut hash = 0xCBF2_9CE4_8422_2325u64;
+    for &id in ids {
+        let page = rx.read_page(id)?;
+        for word in page.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..word.len()].copy_from_slice(word);
+            hash = (hash ^ u64::from_le_bytes(buf)).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+    Ok(hash)
+}
+
+/// Opens `path` once untimed (warm-up, fingerprint), then `RECOVERY_REPS`
+/// times timed; returns the median open time, the fingerprint and the
+/// commits recovered.
+fn time_open(path: &Path, options: &Options, ids: &[PageId]) -> BenchResult<(f64, u64, u64)> {
+    let db = options.open(path)?;
+    let print = fingerprint(&db, ids)?;
+    let recovered = db.metrics().recovered_commits;
+    drop(db);
+    let ms = time_wall(RECOVERY_REPS, 0, || {
+        drop(options.open(path)?);
+        Ok(())
+    })?;
+    Ok((ms, print, recovered))
+}
+
+/// Reads every TLog segment once, in order; returns the bytes read.
+fn read_tlog(dir: &Path) -> BenchResult<u64> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.sort();
+    let mut bytes = 0u64;
+    for path in paths {
+        bytes += std::fs::read(&path)?.len() as u64;
+    }
+    Ok(bytes)
+}
+
+/// (4) Recovery: a TLog of `RECOVERY_PAGES` page chains on local disk,
+/// replayed at open with the CPU merge and with the GPU backend, with the
+/// default window and with one window for the whole log.
+fn recovery(quick: bool) -> BenchResult<()> {
+    let pages = if quick { 16 * 1024 } else { RECOVERY_PAGES };
+    let dir = std::env::temp_dir().join(format!("mmsb-gpu-recovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let outcome = recovery_in(&dir, pages);
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+fn recovery_in(dir: &Path, pages: usize) -> BenchResult<()> {
+    let path = dir.join("recovery.mmsb");
+    let started = Instant::now();
+    let (commits, ids) = build_recovery_log(&path, pages, RECOVERY_PASSES)?;
+    let tlog_dir = dir.join("recovery.mmsb-tlog");
+    let tlog_bytes = read_tlog(&tlog_dir)?;
+    println!(
+        "recovery log: {pages} pages x {RECOVERY_PASSES} passes, {commits} commits, {:.1} MiB of TLog, built in {:.1} s",
+        tlog_bytes as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    );
+    let read_ms = time_wall(RECOVERY_REPS, 1, || {
+        read_tlog(&tlog_dir)?;
+        Ok(())
+    })?;
+    let gpu = GpuMerge::new(&GpuConfig::default())?;
+    if let GpuStatus::CpuOnly(reason) = gpu.status() {
+        return Err(format!("GPU backend did not start: {reason}").into());
+    }
+    let gpu: Arc<dyn MergeBackend> = Arc::new(gpu);
+    let configs = [
+        ("CPU merge, default window", None, None),
+        ("GPU backend, default window", Some(&gpu), None),
+        ("CPU merge, one window", None, Some(ONE_WINDOW_BYTES)),
+        (
+            "GPU backend, one window",
+            Some(&gpu),
+            Some(ONE_WINDOW_BYTES),
+        ),
+    ];
+    let mut reference = None;
+    let mut cpu_ms = [0.0f64; 2];
+    table(format!(
+        "recovery: {pages} pages x {RECOVERY_PASSES} deltas, {commits} commits, TLog {:.0} MiB, sequential read {read_ms:.1} ms",
+        tlog_bytes as f64 / 1048576.0
+    ));
+    for (index, (label, backend, window)) in configs.into_iter().enumerate() {
+        let options = Options {
+            merge_backend: backend.cloned(),
+            gpu_merge_min_pages: 1,
+            replay_window_bytes: window.unwrap_or(recovery_options().replay_window_bytes),
+            ..recovery_options()
+        };
+        let (ms, print, recovered) = time_open(&path, &options, &ids)?;
+        if recovered != commits {
+            return Err(format!("{label}: recovered {recovered} of {commits} commits").into());
+        }
+        match reference {
+            None => reference = Some(print),
+            Some(expected) if expected != print => {
+                return Err(format!(
+                    "MISMATCH recovery {label}: pages differ from the CPU recovery"
+                )
+                .into())
+            }
+            Some(_) => println!("ok   recovery {label}: pages identical to the CPU recovery"),
+        }
+        let versus = if backend.is_some() {
+            format!("{:.2}x CPU", cpu_ms[index / 2] / ms)
+        } else {
+            cpu_ms[index / 2] = ms;
+            "        ".into()
+        };
+        table(format!(
+            "recovery open, {label:<28} {ms:>9.1} ms  {versus}  replay/read {:.2}x",
+            ms / read_ms
+        ));
+    }
+    Ok(())
+}
+
+/// (5) Launch strategies on resident data: per-batch launch vs persistent
 /// kernel; the full sequence (H2D, kernel, D2H) plain vs CUDA graph replay.
 fn launch_strategies() -> BenchResult<()> {
-    let mut gpu = per_batch_gpu()?;
+    let gpu = per_batch_gpu()?;
     let stream = Stream::new(gpu.context())?;
-    let shared = gpu.prepare_page_len(PAGE_LEN)?;
     for pages in [64usize, 1024, 16 * 1024] {
         let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 9000 + pages as u64);
         let expected = cpu_reference(&work)?;
         let resident = make_resident(&gpu, &work, &stream)?;
-        let grid = gpu.grid_for(pages, shared)?;
+        let grid = gpu.grid_for(pages)?;
         let launch_ms = time_wall(REPS_SHORT, 20, || {
             // SAFETY: resident buffers outlive the synchronize below.
-            unsafe { gpu.launch_job(&resident.job, grid, shared, &stream)? };
+            unsafe { gpu.launch_job(&resident.job, grid, &stream)? };
             stream.synchronize()?;
             Ok(())
         })?;
@@ -406,7 +783,6 @@ fn launch_strategies() -> BenchResult<()> {
                 gpu.context(),
                 gpu.module(),
                 gpu.info().multiprocessors,
-                PAGE_LEN,
                 10_000,
             )?;
             let ms = time_wall(REPS_SHORT, 20, || Ok(kernel.run(resident.job)?))?;
@@ -432,7 +808,7 @@ fn launch_strategies() -> BenchResult<()> {
                     resident.meta.ptr(),
                     &resident.staging.as_slice()[..meta_len],
                 )?;
-                gpu.launch_job(&resident.job, grid, shared, s)?;
+                gpu.launch_job(&resident.job, grid, s)?;
                 s.copy_to_host(out, resident.images.ptr())
             }
         };
@@ -462,7 +838,7 @@ fn launch_strategies() -> BenchResult<()> {
     Ok(())
 }
 
-/// (4) Allocation strategies through MergeBackend.
+/// (6) Allocation strategies through MergeBackend.
 fn alloc_strategies(quick: bool) -> BenchResult<()> {
     let sizes: &[usize] = if quick {
         &[256, 4096]
@@ -499,21 +875,20 @@ fn alloc_strategies(quick: bool) -> BenchResult<()> {
     Ok(())
 }
 
-/// (5) Managed memory: on-demand page migration vs cuMemPrefetchAsync.
+/// (7) Managed memory: on-demand page migration vs cuMemPrefetchAsync.
 fn prefetch(quick: bool, concurrent_managed: bool) -> BenchResult<()> {
     if !concurrent_managed {
         table("prefetch: skipped (device lacks concurrent managed access)".into());
         return Ok(());
     }
-    let mut gpu = per_batch_gpu()?;
+    let gpu = per_batch_gpu()?;
     let stream = Stream::new(gpu.context())?;
     let pages = if quick { 8 * 1024 } else { 64 * 1024 };
     let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 31337);
     let expected = cpu_reference(&work)?;
-    let shared = gpu.prepare_page_len(PAGE_LEN)?;
     let resident = make_resident(&gpu, &work, &stream)?;
     let mut managed = ManagedBuffer::alloc(gpu.context(), work.base.len())?;
-    let grid = gpu.grid_for(pages, shared)?;
+    let grid = gpu.grid_for(pages)?;
     let job = Job {
         images: managed.ptr(),
         ..resident.job
@@ -531,7 +906,7 @@ fn prefetch(quick: bool, concurrent_managed: bool) -> BenchResult<()> {
                 managed.prefetch(&stream, true)?;
             }
             // SAFETY: managed memory and resident meta outlive the synchronize.
-            unsafe { gpu.launch_job(&job, grid, shared, &stream)? };
+            unsafe { gpu.launch_job(&job, grid, &stream)? };
             if prefetch {
                 managed.prefetch(&stream, false)?;
             }

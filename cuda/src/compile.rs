@@ -39,15 +39,27 @@ pub fn compile_cubin(source: &str, arch: &str) -> Result<Vec<u8>, GpuError> {
     if let Some(cubin) = cache.lock().ok().and_then(|map| map.get(&key).cloned()) {
         return Ok(cubin);
     }
-    let cubin = compile_uncached(source, arch)?;
+    let (cubin, _) = compile_uncached(source, arch, &[])?;
     if let Ok(mut map) = cache.lock() {
         map.insert(key, cubin.clone());
     }
     Ok(cubin)
 }
 
-/// Compiles without looking at the per-process cache.
-fn compile_uncached(source: &str, arch: &str) -> Result<Vec<u8>, GpuError> {
+/// Compiles `source` for `arch` with ptxas in verbose mode and returns the
+/// compiler log: registers, spills, shared memory and stack of each kernel.
+pub fn ptxas_report(source: &str, arch: &str) -> Result<String, GpuError> {
+    let (_, log) = compile_uncached(source, arch, &["--ptxas-options=-v"])?;
+    Ok(log)
+}
+
+/// Compiles without looking at the per-process cache; returns the CUBIN and
+/// the compiler log.
+fn compile_uncached(
+    source: &str,
+    arch: &str,
+    extra: &[&str],
+) -> Result<(Vec<u8>, String), GpuError> {
     if !nvrtc_library_present() {
         return Err(GpuError::NoNvrtc);
     }
@@ -56,15 +68,20 @@ fn compile_uncached(source: &str, arch: &str) -> Result<Vec<u8>, GpuError> {
     let name = CString::new("mmsb_merge.cu").map_err(|_| compile_error("program name"))?;
     let program = result::create_program(&source, Some(&name))
         .map_err(|e| GpuError::nvrtc(e, String::new()))?;
-    let outcome = compile_program(program, arch);
+    let outcome = compile_program(program, arch, extra);
     // SAFETY: created above, destroyed once.
     let _ = unsafe { result::destroy_program(program) };
     outcome
 }
 
-fn compile_program(program: sys::nvrtcProgram, arch: &str) -> Result<Vec<u8>, GpuError> {
+fn compile_program(
+    program: sys::nvrtcProgram,
+    arch: &str,
+    extra: &[&str],
+) -> Result<(Vec<u8>, String), GpuError> {
     let mut options: Vec<String> = BASE_OPTIONS.iter().map(|o| o.to_string()).collect();
     options.push(format!("--gpu-architecture={arch}"));
+    options.extend(extra.iter().map(|o| o.to_string()));
     // SAFETY: `program` is alive; options hold no NUL bytes.
     if let Err(error) = unsafe { result::compile_program(program, &options) } {
         return Err(GpuError::nvrtc(error, program_log(program)));
@@ -84,7 +101,7 @@ fn compile_program(program: sys::nvrtcProgram, arch: &str) -> Result<Vec<u8>, Gp
     unsafe { sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast::<c_char>()) }
         .result()
         .map_err(|e| GpuError::nvrtc(e, program_log(program)))?;
-    Ok(cubin)
+    Ok((cubin, program_log(program)))
 }
 
 fn program_log(program: sys::nvrtcProgram) -> String {
@@ -141,6 +158,15 @@ mod tests {
         }
         let cubin = compile_cubin(&crate::kernel::source(), "sm_90").unwrap();
         assert_eq!(&cubin[..4], b"\x7fELF", "a CUBIN is an ELF image");
+        let report = ptxas_report(&crate::kernel::source(), "sm_90").unwrap();
+        eprintln!("{report}");
+        assert!(report.contains(crate::kernel::MERGE_KERNEL), "{report}");
+        for line in report.lines().filter(|l| l.contains("spill stores")) {
+            assert!(
+                line.contains(" 0 bytes spill stores") && line.contains(" 0 bytes spill loads"),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Owned CUDA driver objects: context, stream, event, device / pinned /
-//! managed buffers, memory pool, module, graph. Each frees its handle on drop
+//! managed buffers, host-memory registration, memory pool, module, graph. Each frees its handle on drop
 //! and every call returns a [`GpuError`] instead of panicking.
 //!
 //! All handles belong to one primary context, which each object re-binds to
@@ -49,6 +49,8 @@ pub const REQUIRED_SYMBOLS: &[&str] = &[
     "cuMemHostAlloc",
     "cuMemFreeHost",
     "cuMemHostGetDevicePointer_v2",
+    "cuMemHostRegister_v2",
+    "cuMemHostUnregister",
     "cuMemAllocManaged",
     "cuMemPrefetchAsync_v2",
     "cuMemGetInfo_v2",
@@ -493,6 +495,58 @@ impl Drop for PinnedBuffer {
     }
 }
 
+/// A range of ordinary host memory page-locked for the device
+/// (`cuMemHostRegister`), so that copies from and to it are asynchronous
+/// DMA; unregistered on drop.
+pub struct HostRegistration {
+    ctx: Context,
+    ptr: *mut c_void,
+    len: usize,
+}
+
+// SAFETY: the registration is a driver-side record of an address range; it
+// owns no host memory.
+unsafe impl Send for HostRegistration {}
+
+impl HostRegistration {
+    /// Page-locks `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// The range must be valid host memory that stays allocated until the
+    /// registration is dropped, and no copy may use it after that.
+    pub unsafe fn new(ctx: &Context, ptr: *mut u8, len: usize) -> Result<Self, GpuError> {
+        ctx.bind()?;
+        // SAFETY: forwarded contract; flags 0 = plain page-locking.
+        unsafe { sys::cuMemHostRegister_v2(ptr.cast(), len, 0) }
+            .result()
+            .ctx("cuMemHostRegister", len as u64)?;
+        Ok(HostRegistration {
+            ctx: ctx.clone(),
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Bytes registered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when zero bytes are registered.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for HostRegistration {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_ok() {
+            // SAFETY: registered in `new`, unregistered once.
+            let _ = unsafe { sys::cuMemHostUnregister(self.ptr) };
+        }
+    }
+}
+
 /// Unified (managed) memory, accessible from host and device.
 pub struct ManagedBuffer {
     ctx: Context,
@@ -645,6 +699,19 @@ pub enum KernelId {
     Merge,
     /// The resident kernel.
     Persistent,
+    /// The previous one-job-per-launch kernel (bench comparison only).
+    Baseline,
+}
+
+/// Names of the module's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelNames<'a> {
+    /// Name of [`KernelId::Merge`].
+    pub merge: &'a str,
+    /// Name of [`KernelId::Persistent`].
+    pub persistent: &'a str,
+    /// Name of [`KernelId::Baseline`].
+    pub baseline: &'a str,
 }
 
 /// A loaded module and its merge kernels.
@@ -653,6 +720,7 @@ pub struct Module {
     raw: sys::CUmodule,
     merge: sys::CUfunction,
     persistent: sys::CUfunction,
+    baseline: sys::CUfunction,
 }
 
 // SAFETY: module and function handles are usable from any thread with the
@@ -662,13 +730,8 @@ unsafe impl Send for Module {}
 unsafe impl Sync for Module {}
 
 impl Module {
-    /// Loads a CUBIN image and looks up both kernels.
-    pub fn load(
-        ctx: &Context,
-        image: &[u8],
-        merge: &str,
-        persistent: &str,
-    ) -> Result<Self, GpuError> {
+    /// Loads a CUBIN image and looks up its kernels.
+    pub fn load(ctx: &Context, image: &[u8], names: KernelNames<'_>) -> Result<Self, GpuError> {
         ctx.bind()?;
         // SAFETY: `image` is a complete CUBIN produced by NVRTC for this device.
         let raw = unsafe { result::module::load_data(image.as_ptr().cast()) }
@@ -678,9 +741,11 @@ impl Module {
             raw,
             merge: ptr::null_mut(),
             persistent: ptr::null_mut(),
+            baseline: ptr::null_mut(),
         };
-        module.merge = module.function(merge)?;
-        module.persistent = module.function(persistent)?;
+        module.merge = module.function(names.merge)?;
+        module.persistent = module.function(names.persistent)?;
+        module.baseline = module.function(names.baseline)?;
         Ok(module)
     }
 
@@ -688,6 +753,7 @@ impl Module {
         match kernel {
             KernelId::Merge => self.merge,
             KernelId::Persistent => self.persistent,
+            KernelId::Baseline => self.baseline,
         }
     }
 

@@ -1,32 +1,60 @@
 //! The merge kernels' CUDA C source and the job record they read.
 //!
-//! Algorithm (identical to [`crate::emulate::fold_chunk`], which is its CPU
-//! twin and is what the CPU-side tests check): one thread block merges one
-//! page at a time. Each thread owns the page's 16-byte chunks `tid, tid +
-//! blockDim, ...`: it loads them (one 16-byte load each) into shared memory,
-//! then walks the page's whole run list in order (runs staged through shared
-//! memory in tiles of [`RUN_TILE`]) and, for every run that overlaps one of
-//! its chunks, copies the overlapping bytes from the payload: one 16-byte
-//! load when the run covers the whole chunk and the source is aligned,
-//! byte loads otherwise. Finally it stores its chunks back. Because each
-//! byte is written by exactly one thread, and that thread applies the runs in
-//! list order (epoch order), later epochs win per byte with no races and no
-//! barriers beyond the run-tile staging. Each page is read once and written
-//! once; each payload byte is read once.
+//! Algorithm of `mmsb_merge` (identical to [`crate::emulate::fold_chunk`],
+//! its CPU twin, which is what the CPU-side tests check): one thread block
+//! merges one page at a time (grid-stride over the chunk's pages).
 //!
-//! `mmsb_merge` runs one job per launch over a grid-stride loop of pages;
-//! `mmsb_merge_persistent` stays resident and takes jobs from a queue in
-//! mapped host memory (see [`crate::persistent`]). Loads use `ld.global.cg`
-//! (L2 only) so that a resident kernel never sees stale L1 lines of buffers
-//! the host refilled between jobs.
+//! 1. Every thread loads its page descriptor (one 16-byte load, the same
+//!    address for the whole block) and, at once, its own 16-byte chunk of the
+//!    page image into registers.
+//! 2. Staged path (the page has at most [`RUN_TILE`] runs and its payload
+//!    fits [`PAYLOAD_TILE_BYTES`]): the block copies the page's run
+//!    descriptors and its whole payload window into shared memory with
+//!    coalesced 8- and 16-byte loads, all in flight together, then one
+//!    barrier. Each thread then walks the run list in order and merges every
+//!    run that overlaps its chunk into the registers, reading the source from
+//!    shared memory: a run covering the whole chunk with a co-aligned source
+//!    is one 16-byte shared load; otherwise each of the chunk's four 32-bit
+//!    words that the run touches is built from two aligned shared words with
+//!    a funnel shift and merged under a byte mask. Finally the chunk is
+//!    stored with one 16-byte store.
+//! 3. Large path (more runs or more payload): the run list is staged in
+//!    tiles; the source words are read from global memory instead, with the
+//!    same word arithmetic.
+//!
+//! Each byte has one writer (the thread that owns its chunk), which applies
+//! the runs in list order (epoch order): later epochs win, no races, no
+//! per-run barriers. Global memory sees each page read once and written
+//! once, each payload byte read once, and only wide coalesced accesses: no
+//! load depends on another load except through the page descriptor, so the
+//! kernel keeps many loads in flight (the previous kernel, kept as
+//! `mmsb_merge_baseline` for the bench, copied unaligned run edges byte by
+//! byte from global memory, one dependent load after another).
+//!
+//! `mmsb_merge` runs one job per launch; `mmsb_merge_persistent` stays
+//! resident and takes jobs from a queue in mapped host memory (see
+//! [`crate::persistent`]). Global loads use `ld.global.cg` (`__ldcg`, L2
+//! only) so that a resident kernel never sees stale L1 lines of buffers the
+//! host refilled between jobs.
 
 use crate::layout::CHUNK_BYTES;
 
-/// Threads per block of both kernels.
+/// Threads per block of every kernel.
 pub const BLOCK_THREADS: u32 = 256;
 
-/// Runs staged in shared memory at a time (8 bytes each).
-pub const RUN_TILE: usize = 512;
+/// Most runs of a page staged in shared memory at once (8 bytes each).
+pub const RUN_TILE: usize = 256;
+
+/// Most payload bytes of a page staged in shared memory (its 16-aligned
+/// window); pages with more take the large path.
+pub const PAYLOAD_TILE_BYTES: usize = 12 * 1024;
+
+/// Bytes of slack before and after the staged payload: the kernel reads the
+/// aligned words around a run's first and last bytes.
+pub const STAGE_MARGIN_BYTES: usize = 16;
+
+/// Runs staged at a time by the baseline kernel.
+pub const BASELINE_RUN_TILE: usize = 512;
 
 /// Slots of the persistent kernel's job queue.
 pub const QUEUE_DEPTH: usize = 8;
@@ -40,14 +68,18 @@ pub const MERGE_KERNEL: &str = "mmsb_merge";
 /// Name of the resident kernel.
 pub const PERSISTENT_KERNEL: &str = "mmsb_merge_persistent";
 
-/// One merge job as both kernels read it (32 bytes, `repr(C)`, mirrored by
+/// Name of the previous kernel, kept so that the bench can compare.
+pub const BASELINE_KERNEL: &str = "mmsb_merge_baseline";
+
+/// One merge job as the kernels read it (32 bytes, `repr(C)`, mirrored by
 /// `struct Job` in the CUDA source).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Job {
     /// Device address of the chunk's page images (`pages * page_len` bytes).
     pub images: u64,
-    /// Device address of the chunk's meta region (see [`crate::layout`]).
+    /// Device address of the chunk's meta region (see [`crate::layout`]);
+    /// its page descriptors start at offset 0.
     pub meta: u64,
     /// Pages in the chunk ([`QUIT_PAGES`] stops the persistent kernel).
     pub pages: u32,
@@ -59,15 +91,22 @@ pub struct Job {
     pub payload_offset: u32,
 }
 
-/// Dynamic shared memory a block needs for pages of `page_len` bytes.
-pub fn shared_bytes(page_len: usize) -> usize {
-    crate::layout::align16(page_len) + RUN_TILE * crate::layout::RUN_DESC_BYTES
+/// Static shared memory of `mmsb_merge` and `mmsb_merge_persistent`.
+pub const fn stage_bytes() -> usize {
+    2 * STAGE_MARGIN_BYTES + PAYLOAD_TILE_BYTES + RUN_TILE * crate::layout::RUN_DESC_BYTES
 }
 
-/// The CUDA C source of both kernels, with this crate's constants.
+/// Dynamic shared memory the baseline kernel needs for pages of `page_len` bytes.
+pub fn baseline_shared_bytes(page_len: usize) -> usize {
+    crate::layout::align16(page_len) + BASELINE_RUN_TILE * crate::layout::RUN_DESC_BYTES
+}
+
+/// The CUDA C source of every kernel, with this crate's constants.
 pub fn source() -> String {
     format!(
-        "#define CHUNK {CHUNK_BYTES}u\n#define RUN_TILE {RUN_TILE}u\n#define BLOCK_THREADS {BLOCK_THREADS}\n\
+        "#define CHUNK {CHUNK_BYTES}u\n#define RUN_TILE {RUN_TILE}u\n\
+         #define PAYLOAD_TILE {PAYLOAD_TILE_BYTES}u\n#define MARGIN {STAGE_MARGIN_BYTES}u\n\
+         #define BASELINE_RUN_TILE {BASELINE_RUN_TILE}u\n#define BLOCK_THREADS {BLOCK_THREADS}u\n\
          #define QUEUE_DEPTH {QUEUE_DEPTH}u\n#define QUIT_PAGES 0x{QUIT_PAGES:X}u\n{KERNEL_BODY}"
     )
 }
@@ -76,6 +115,7 @@ const KERNEL_BODY: &str = r#"
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
+typedef long long i64;
 typedef unsigned long long u64;
 
 struct Job {
@@ -104,6 +144,219 @@ struct DevState {
     Job job;
 };
 
+/* Shared memory of one block: a page's payload window with a margin on each
+   side, and its run descriptors. */
+struct __align__(16) Stage {
+    uint4 payload[(2u * MARGIN + PAYLOAD_TILE) / CHUNK];
+    uint2 runs[RUN_TILE];
+};
+
+__device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }
+__device__ __forceinline__ u32 umax(u32 a, u32 b) { return a > b ? a : b; }
+
+/* Mask of the low n bytes of a word (n clamped to 0..4). */
+__device__ __forceinline__ u32 low_mask(int n) {
+    return n <= 0 ? 0u : (n >= 4 ? 0xFFFFFFFFu : ((1u << (8 * n)) - 1u));
+}
+
+/* Run sources: `at` is a position in the source's own coordinates, found by
+   adding `base` to a payload offset; `word` reads at a 4-aligned position,
+   `vec` at a 16-aligned one. Shared positions are u32 (wrapping sums land
+   in the stage: every word read lies within MARGIN of the staged window);
+   global ones are signed 64-bit (a word may start up to 4 bytes before the
+   payload region, inside the run descriptors). */
+struct SharedSrc {
+    typedef u32 Pos;
+    const u32* words;
+    u32 base;
+    __device__ __forceinline__ u32 word(u32 at) const { return words[at >> 2]; }
+    __device__ __forceinline__ uint4 vec(u32 at) const { return ((const uint4*)words)[at >> 4]; }
+};
+
+struct GlobalSrc {
+    typedef i64 Pos;
+    const u8* payload;
+    i64 base;
+    __device__ __forceinline__ u32 word(i64 at) const {
+        return __ldcg((const unsigned int*)(payload + at));
+    }
+    __device__ __forceinline__ uint4 vec(i64 at) const {
+        return __ldcg((const uint4*)(payload + at));
+    }
+};
+
+/* Merges into word k of a chunk the bytes [s, e) (chunk-relative) of a run
+   whose source byte for chunk byte 0 sits at position p0. */
+template <class Src>
+__device__ __forceinline__ void merge_word(u32& w, int k, int s, int e, typename Src::Pos p0,
+                                           const Src& src) {
+    typedef typename Src::Pos Pos;
+    const u32 m = low_mask(e - 4 * k) & ~low_mask(s - 4 * k);
+    if (m == 0u) return;
+    const Pos p = p0 + (Pos)(4 * k);
+    const Pos at = p & ~(Pos)3;
+    const u32 shift = (u32)(p & 3);
+    u32 x = src.word(at);
+    if (shift != 0u) x = __funnelshift_r(x, src.word(at + 4), 8u * shift);
+    w = (w & ~m) | (x & m);
+}
+
+/* Applies runs[0..n) in order to the chunk v at page offset lo. */
+template <class Src>
+__device__ __forceinline__ void apply_runs(uint4& v, u32 lo, const uint2* runs, u32 n,
+                                           const Src& src) {
+    const u32 hi = lo + CHUNK;
+    for (u32 i = 0; i < n; ++i) {
+        const uint2 r = runs[i];
+        const u32 a = r.y & 0xFFFFu;
+        const u32 b = a + (r.y >> 16) + 1u;
+        if (a >= hi || b <= lo) continue;
+        typedef typename Src::Pos Pos;
+        const Pos p0 = (Pos)r.x + src.base + (Pos)lo - (Pos)a;
+        if (a <= lo && b >= hi && (p0 & 15) == 0) {
+            v = src.vec(p0);
+            continue;
+        }
+        const int s = (int)umax(a, lo) - (int)lo;
+        const int e = (int)umin(b, hi) - (int)lo;
+        merge_word(v.x, 0, s, e, p0, src);
+        merge_word(v.y, 1, s, e, p0, src);
+        merge_word(v.z, 2, s, e, p0, src);
+        merge_word(v.w, 3, s, e, p0, src);
+    }
+}
+
+/* Page images: 16-byte accesses when page_len is a multiple of 16 (every
+   engine page size), byte accesses otherwise. */
+__device__ __forceinline__ u32 load_word_bytes(const u8* img, u32 at, u32 page_len) {
+    u32 w = 0u;
+#pragma unroll
+    for (u32 j = 0; j < 4u; ++j) {
+        if (at + j < page_len) w |= (u32)__ldcg(img + at + j) << (8u * j);
+    }
+    return w;
+}
+
+__device__ __forceinline__ void store_word_bytes(u8* img, u32 at, u32 page_len, u32 w) {
+#pragma unroll
+    for (u32 j = 0; j < 4u; ++j) {
+        if (at + j < page_len) img[at + j] = (u8)(w >> (8u * j));
+    }
+}
+
+__device__ __forceinline__ uint4 load_chunk(const u8* img, u32 lo, u32 page_len) {
+    if ((page_len & (CHUNK - 1u)) == 0u) return __ldcg((const uint4*)(img + lo));
+    uint4 v;
+    v.x = load_word_bytes(img, lo, page_len);
+    v.y = load_word_bytes(img, lo + 4u, page_len);
+    v.z = load_word_bytes(img, lo + 8u, page_len);
+    v.w = load_word_bytes(img, lo + 12u, page_len);
+    return v;
+}
+
+__device__ __forceinline__ void store_chunk(u8* img, u32 lo, u32 page_len, const uint4& v) {
+    if ((page_len & (CHUNK - 1u)) == 0u) {
+        *(uint4*)(img + lo) = v;
+        return;
+    }
+    store_word_bytes(img, lo, page_len, v.x);
+    store_word_bytes(img, lo + 4u, page_len, v.y);
+    store_word_bytes(img, lo + 8u, page_len, v.z);
+    store_word_bytes(img, lo + 12u, page_len, v.w);
+}
+
+/* A page descriptor loaded ahead by thread 0, stored to shared memory by
+   `commit` while the block waits for the current page's loads anyway. */
+struct Prefetch {
+    uint4* slot;  /* null: nothing to prefetch */
+    uint4 value;
+    __device__ __forceinline__ void commit() const {
+        if (slot != 0) *slot = value;
+    }
+};
+
+/* Folds page `page` (descriptor d: first_run, run_count, payload_start,
+   payload_len) of `job`; every thread of the block calls it, and it ends
+   with a barrier (after which `pf` is visible to the block). */
+__device__ __forceinline__ void merge_page(const Job& job, u32 page, const uint4 d, Stage& st,
+                                           const Prefetch& pf) {
+    const u8* meta = (const u8*)job.meta;
+    const u32 page_len = job.page_len;
+    u8* img = (u8*)job.images + (u64)page * page_len;
+    const u32 chunks = (page_len + CHUNK - 1u) / CHUNK;
+    const u32 tid = threadIdx.x;
+    if (d.y == 0u) { /* no runs: the image stays as it is */
+        pf.commit();
+        __syncthreads();
+        return;
+    }
+    uint4 first = make_uint4(0u, 0u, 0u, 0u);
+    if (tid < chunks) first = load_chunk(img, tid * CHUNK, page_len);
+    const uint2* runs = (const uint2*)(meta + job.runs_offset) + d.x;
+    const u8* payload = meta + job.payload_offset;
+    const u32 ws = d.z & ~(CHUNK - 1u);
+    const u32 span = ((d.z + d.w + CHUNK - 1u) & ~(CHUNK - 1u)) - ws;
+    if (d.y <= RUN_TILE && span <= PAYLOAD_TILE) {
+        for (u32 i = tid; i < d.y; i += BLOCK_THREADS) st.runs[i] = __ldcg(runs + i);
+        const uint4* from = (const uint4*)(payload + ws);
+        for (u32 i = tid; i < span / CHUNK; i += BLOCK_THREADS) {
+            st.payload[MARGIN / CHUNK + i] = __ldcg(from + i);
+        }
+        pf.commit();
+        __syncthreads();
+        SharedSrc src;
+        src.words = (const u32*)st.payload;
+        src.base = MARGIN - ws; /* u32 arithmetic: positions wrap into 0..span+2*MARGIN */
+        for (u32 c = tid; c < chunks; c += BLOCK_THREADS) {
+            uint4 v = c == tid ? first : load_chunk(img, c * CHUNK, page_len);
+            apply_runs(v, c * CHUNK, st.runs, d.y, src);
+            store_chunk(img, c * CHUNK, page_len, v);
+        }
+    } else {
+        GlobalSrc src;
+        src.payload = payload;
+        src.base = 0;
+        pf.commit();
+        for (u32 t = 0; t < d.y; t += RUN_TILE) {
+            const u32 n = umin(RUN_TILE, d.y - t);
+            for (u32 i = tid; i < n; i += BLOCK_THREADS) st.runs[i] = __ldcg(runs + t + i);
+            __syncthreads();
+            for (u32 c = tid; c < chunks; c += BLOCK_THREADS) {
+                uint4 v = (t == 0u && c == tid) ? first : load_chunk(img, c * CHUNK, page_len);
+                apply_runs(v, c * CHUNK, st.runs, n, src);
+                store_chunk(img, c * CHUNK, page_len, v);
+            }
+            __syncthreads();
+        }
+    }
+    __syncthreads(); /* the next page restages shared memory */
+}
+
+/* One job: blocks stride over the pages; thread 0 loads the next page's
+   descriptor while the current page's loads are in flight, so each page
+   costs one round of dependent loads, not two. */
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) mmsb_merge(Job job) {
+    __shared__ Stage st;
+    __shared__ uint4 descs[2];
+    const uint4* desc_of = (const uint4*)job.meta;
+    u32 page = blockIdx.x;
+    if (page >= job.pages) return;
+    if (threadIdx.x == 0) descs[0] = __ldcg(desc_of + page);
+    __syncthreads();
+    for (u32 i = 0; page < job.pages; ++i, page += gridDim.x) {
+        const u32 next = page + gridDim.x;
+        Prefetch pf;
+        pf.slot = 0;
+        if (threadIdx.x == 0 && next < job.pages) {
+            pf.slot = &descs[(i + 1u) & 1u];
+            pf.value = __ldcg(desc_of + next);
+        }
+        merge_page(job, page, descs[i & 1u], st, pf);
+    }
+}
+
+/* ---- The previous kernel, kept for comparison in the bench. ---- */
+
 __device__ __forceinline__ uint4 ld_v4(const void* p) {
     uint4 r;
     asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -117,30 +370,24 @@ __device__ __forceinline__ uint2 ld_v2(const void* p) {
     return r;
 }
 
-__device__ __forceinline__ u32 ld_u32(const void* p) {
-    u32 r;
-    asm volatile("ld.global.cg.u32 %0, [%1];" : "=r"(r) : "l"(p) : "memory");
-    return r;
-}
-
 __device__ __forceinline__ u8 ld_u8(const void* p) {
     u16 r;
     asm volatile("ld.global.cg.u8 %0, [%1];" : "=h"(r) : "l"(p) : "memory");
     return (u8)r;
 }
 
-__device__ __forceinline__ u32 umin(u32 a, u32 b) { return a < b ? a : b; }
-__device__ __forceinline__ u32 umax(u32 a, u32 b) { return a > b ? a : b; }
-
-/* Folds page `page` of `job`; spage holds >= align16(page_len) bytes, sruns RUN_TILE runs. */
-__device__ __forceinline__ void merge_page(const Job& job, u32 page, u8* spage, uint2* sruns) {
+/* One block per page; each thread owns 16-byte chunks in shared memory and
+   walks the whole run list, copying overlaps straight from global memory. */
+__device__ __forceinline__ void merge_page_baseline(const Job& job, u32 page, u8* spage,
+                                                    uint2* sruns) {
     const u32 page_len = job.page_len;
     u8* img = (u8*)job.images + (u64)page * page_len;
     const u8* meta = (const u8*)job.meta;
     const uint2* runs = (const uint2*)(meta + job.runs_offset);
     const u8* payload = meta + job.payload_offset;
-    const u32 r0 = ld_u32(meta + 4u * page);
-    const u32 r1 = ld_u32(meta + 4u * (page + 1u));
+    const uint4 d = ld_v4(meta + 16u * page);
+    const u32 r0 = d.x;
+    const u32 r1 = d.x + d.y;
     const u32 chunks = (page_len + CHUNK - 1u) / CHUNK;
     const bool vec = (page_len % CHUNK) == 0u;
 
@@ -153,8 +400,8 @@ __device__ __forceinline__ void merge_page(const Job& job, u32 page, u8* spage, 
             for (u32 x = lo; x < hi; ++x) spage[x] = ld_u8(img + x);
         }
     }
-    for (u32 t = r0; t < r1; t += RUN_TILE) {
-        const u32 n = umin(RUN_TILE, r1 - t);
+    for (u32 t = r0; t < r1; t += BASELINE_RUN_TILE) {
+        const u32 n = umin(BASELINE_RUN_TILE, r1 - t);
         __syncthreads();
         for (u32 i = threadIdx.x; i < n; i += blockDim.x) sruns[i] = ld_v2(runs + t + i);
         __syncthreads();
@@ -188,14 +435,16 @@ __device__ __forceinline__ void merge_page(const Job& job, u32 page, u8* spage, 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) mmsb_merge(Job job) {
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) mmsb_merge_baseline(Job job) {
     extern __shared__ uint4 smem[];
     u8* spage = (u8*)smem;
     uint2* sruns = (uint2*)(spage + ((job.page_len + CHUNK - 1u) / CHUNK) * CHUNK);
     for (u32 page = blockIdx.x; page < job.pages; page += gridDim.x) {
-        merge_page(job, page, spage, sruns);
+        merge_page_baseline(job, page, spage, sruns);
     }
 }
+
+/* ---- The resident kernel. ---- */
 
 __device__ __forceinline__ Job load_job(const volatile Job* p) {
     Job j;
@@ -217,19 +466,16 @@ __device__ __forceinline__ void store_job(volatile Job* p, const Job& j) {
     p->payload_offset = j.payload_offset;
 }
 
-/* Resident kernel: every block takes part in every job, in order. Block 0
-   reads the host queue; the others follow st->seq. Pages are claimed with an
-   atomic counter; the last block to finish a job resets the counters and
-   tells the host (done_seq) and block 0 (st->done). `spage_bytes` is the
-   shared page area this launch was given (>= align16(page_len) of every job). */
+/* Every block takes part in every job, in order. Block 0 reads the host
+   queue; the others follow st->seq. Pages are claimed with an atomic counter;
+   the last block to finish a job resets the counters and tells the host
+   (done_seq) and block 0 (st->done). */
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
-mmsb_merge_persistent(Ctrl* ctrl, DevState* st, u32 spage_bytes) {
-    extern __shared__ uint4 smem[];
+mmsb_merge_persistent(Ctrl* ctrl, DevState* state) {
+    __shared__ Stage stage;
     __shared__ Job s_job;
     __shared__ u32 s_page;
-    u8* spage = (u8*)smem;
-    uint2* sruns = (uint2*)(spage + spage_bytes);
-    volatile DevState* vst = (volatile DevState*)st;
+    volatile DevState* vst = (volatile DevState*)state;
     u32 seq = 0;
     for (;;) {
         const u32 want = seq + 1u;
@@ -241,7 +487,7 @@ mmsb_merge_persistent(Ctrl* ctrl, DevState* st, u32 spage_bytes) {
                 const Job j = load_job((const volatile Job*)&ctrl->jobs[want % QUEUE_DEPTH]);
                 store_job(&vst->job, j);
                 __threadfence();
-                atomicExch(&st->seq, want);
+                atomicExch(&state->seq, want);
                 s_job = j;
             } else {
                 while (vst->seq < want) __nanosleep(128);
@@ -253,21 +499,23 @@ mmsb_merge_persistent(Ctrl* ctrl, DevState* st, u32 spage_bytes) {
         const Job job = s_job;
         if (job.pages == QUIT_PAGES) return;
         for (;;) {
-            if (threadIdx.x == 0) s_page = atomicAdd(&st->next_page, 1u);
+            if (threadIdx.x == 0) s_page = atomicAdd(&state->next_page, 1u);
             __syncthreads();
             const u32 page = s_page;
             __syncthreads();
             if (page >= job.pages) break;
-            merge_page(job, page, spage, sruns);
+            Prefetch none;
+            none.slot = 0;
+            merge_page(job, page, __ldcg((const uint4*)job.meta + page), stage, none);
         }
         if (threadIdx.x == 0) {
             __threadfence();
-            const u32 finished = atomicAdd(&st->finished, 1u);
+            const u32 finished = atomicAdd(&state->finished, 1u);
             if (finished == gridDim.x - 1u) {
-                atomicExch(&st->next_page, 0u);
-                atomicExch(&st->finished, 0u);
+                atomicExch(&state->next_page, 0u);
+                atomicExch(&state->finished, 0u);
                 __threadfence();
-                atomicExch(&st->done, want);
+                atomicExch(&state->done, want);
                 __threadfence_system();
                 ctrl->done_seq = want;
                 __threadfence_system();
@@ -293,13 +541,19 @@ mod tests {
         let src = source();
         assert!(src.contains("#define CHUNK 16u"));
         assert!(src.contains(&format!("#define RUN_TILE {RUN_TILE}u")));
+        assert!(src.contains(&format!("#define PAYLOAD_TILE {PAYLOAD_TILE_BYTES}u")));
         assert!(src.contains("QUIT_PAGES 0xFFFFFFFFu"));
-        assert!(src.contains(MERGE_KERNEL) && src.contains(PERSISTENT_KERNEL));
+        for name in [MERGE_KERNEL, PERSISTENT_KERNEL, BASELINE_KERNEL] {
+            assert!(src.contains(name));
+        }
     }
 
     #[test]
-    fn shared_memory_covers_page_and_run_tile() {
-        assert_eq!(shared_bytes(4096), 4096 + RUN_TILE * 8);
-        assert_eq!(shared_bytes(4095), 4096 + RUN_TILE * 8);
+    fn shared_memory_fits_the_default_limit_and_many_blocks() {
+        // 48 KiB is what a block gets without opting in; 8 blocks of 256
+        // threads fill an SM, and 8 stages must fit its 228 KiB.
+        assert!(stage_bytes() <= 48 * 1024);
+        assert!(8 * stage_bytes() <= 200 * 1024);
+        assert_eq!(baseline_shared_bytes(4095), 4096 + BASELINE_RUN_TILE * 8);
     }
 }

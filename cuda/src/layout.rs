@@ -5,26 +5,37 @@
 //! transfer, from pinned memory), little-endian, laid out as:
 //!
 //! ```text
-//! offset 0                 run_starts: u32 × (pages + 1)   page i's runs are runs[run_starts[i] .. run_starts[i + 1]]
-//! runs_offset (16-aligned) runs: GpuRun × run_count         8 bytes each, see GpuRun
-//! payload_offset (16-al.)  payload: the runs' bytes         run r's bytes at payload[r.payload_offset ..][.. r.len]
+//! offset 0                 pages: PageDesc × pages            16 bytes each, see PageDesc
+//! runs_offset (= 16·pages) runs: GpuRun × run_count           8 bytes each, see GpuRun
+//! payload_offset (16-al.)  payload: the runs' bytes           run r's bytes at payload[r.payload_offset ..][.. r.len]
+//! total_len - 16           16 bytes of tail margin (zeros)
 //! ```
 //!
 //! Per page, runs are listed delta after delta in increasing epoch order, and
 //! within a delta by increasing offset (the delta's own order), so applying
-//! them in list order is exactly the CPU fold.
+//! them in list order is exactly the CPU fold. A page's runs are contiguous
+//! in the run array (`first_run .. first_run + run_count`) and its payload is
+//! contiguous in the payload region (`payload_start .. + payload_len`, with
+//! `payload_start` a multiple of 16), so the kernel can stage a page's whole
+//! payload in shared memory with a few 16-byte loads.
 //!
-//! Co-alignment: a run of at least [`VECTOR_MIN_RUN_BYTES`] bytes gets its
-//! payload placed so that `payload_offset ≡ slot * page_len + page_offset
-//! (mod 16)`: since the device buffers start 256-byte aligned, source and
-//! destination then share their alignment and the kernel can copy whole
-//! 16-byte chunks with one vector load. Shorter runs are packed with no
-//! padding. The kernel checks alignment itself, so the padding is only a speed
-//! matter, never a correctness one.
+//! Co-alignment: within a page's payload, a run of at least
+//! [`VECTOR_MIN_RUN_BYTES`] bytes gets padding before it so that
+//! `payload_offset ≡ page_offset (mod 16)`: a 16-byte chunk of the page that
+//! the run covers whole is then one aligned 16-byte load of its source, both
+//! in device memory and in shared memory. Shorter runs are packed with no
+//! padding. The kernel checks alignment itself, so the padding is only a
+//! speed matter, never a correctness one. Because every page's payload starts
+//! 16-aligned, pages are laid out independently of each other, and a chunk is
+//! measured and filled in parallel over pages.
+//!
+//! The tail margin lets the kernel read the 4-byte words around a run's last
+//! byte without leaving the buffer.
 
 use std::ops::Range;
 
 use mmsb_engine::merge::MergeBatch;
+use rayon::prelude::*;
 
 use crate::error::GpuError;
 
@@ -37,8 +48,21 @@ pub const VECTOR_MIN_RUN_BYTES: usize = 16;
 /// Bytes of one [`GpuRun`] in the meta region.
 pub const RUN_DESC_BYTES: usize = 8;
 
+/// Bytes of one [`PageDesc`] in the meta region.
+pub const PAGE_DESC_BYTES: usize = 16;
+
+/// Zero bytes after the payload (see the module docs).
+pub const TAIL_MARGIN_BYTES: usize = 16;
+
 /// Largest payload region one chunk may carry: run payload offsets are `u32`.
-pub const MAX_CHUNK_PAYLOAD_BYTES: u64 = u32::MAX as u64;
+pub const MAX_CHUNK_PAYLOAD_BYTES: u64 = u32::MAX as u64 - TAIL_MARGIN_BYTES as u64;
+
+/// Meta bytes of a chunk besides its pages' own: the tail margin and up to
+/// 15 bytes of padding after the run descriptors.
+const CHUNK_FIXED_META_BYTES: usize = TAIL_MARGIN_BYTES + CHUNK_BYTES - 1;
+
+/// Pages per rayon task when a chunk is measured or filled.
+const PAGES_PER_TASK: usize = 256;
 
 /// One run as the kernel reads it (8 bytes, little-endian):
 /// `payload_offset: u32, page_offset: u16, len_minus_one: u16`.
@@ -80,6 +104,61 @@ impl GpuRun {
     }
 }
 
+/// Where one page's runs and payload sit (16 bytes, little-endian, four
+/// `u32` in field order; the kernel reads it with one 16-byte load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageDesc {
+    /// Index of the page's first run in the chunk's run array.
+    pub first_run: u32,
+    /// Runs of the page.
+    pub run_count: u32,
+    /// Offset of the page's payload in the payload region (a multiple of 16).
+    pub payload_start: u32,
+    /// Bytes of the page's payload, padding between runs included.
+    pub payload_len: u32,
+}
+
+impl PageDesc {
+    /// Writes the 16-byte encoding.
+    pub fn encode(self, out: &mut [u8]) {
+        debug_assert_eq!(out.len(), PAGE_DESC_BYTES);
+        let fields = [
+            self.first_run,
+            self.run_count,
+            self.payload_start,
+            self.payload_len,
+        ];
+        for (slot, field) in out.chunks_exact_mut(4).zip(fields) {
+            slot.copy_from_slice(&field.to_le_bytes());
+        }
+    }
+
+    /// Reads the 16-byte encoding.
+    pub fn decode(bytes: &[u8; PAGE_DESC_BYTES]) -> Self {
+        let field = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        PageDesc {
+            first_run: field(0),
+            run_count: field(4),
+            payload_start: field(8),
+            payload_len: field(12),
+        }
+    }
+
+    /// The runs, as indices into the chunk's run array.
+    pub fn runs(&self) -> Range<usize> {
+        self.first_run as usize..self.first_run as usize + self.run_count as usize
+    }
+
+    /// The 16-aligned window of the payload region that holds the page's
+    /// payload (what the kernel stages in shared memory).
+    pub fn staged_window(&self) -> Range<usize> {
+        let start = self.payload_start as usize;
+        start / CHUNK_BYTES * CHUNK_BYTES..align16(start + self.payload_len as usize)
+    }
+}
+
 /// Where each part of one chunk's meta region sits, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChunkLayout {
@@ -95,12 +174,12 @@ pub struct ChunkLayout {
     pub payload_len: usize,
     /// Payload bytes excluding padding (what the deltas change).
     pub payload_useful: usize,
-    /// Total bytes of the meta region (16-aligned).
+    /// Total bytes of the meta region (16-aligned, tail margin included).
     pub total_len: usize,
 }
 
 impl ChunkLayout {
-    /// Bytes of run descriptors plus run starts: the layout's overhead.
+    /// Bytes of page and run descriptors: the layout's overhead.
     pub fn index_bytes(&self) -> usize {
         self.payload_offset
     }
@@ -111,8 +190,9 @@ pub fn align16(value: usize) -> usize {
     value.div_ceil(CHUNK_BYTES) * CHUNK_BYTES
 }
 
-/// Padding to put before a run's payload at `cursor` so that it is
-/// co-aligned with its destination byte `dest` (see the module docs).
+/// Padding to put before a run's payload at `cursor` (relative to a
+/// 16-aligned page payload start) so that it is co-aligned with its page
+/// offset `dest` (see the module docs).
 fn padding_for(cursor: usize, dest: usize, len: usize) -> usize {
     if len < VECTOR_MIN_RUN_BYTES {
         return 0;
@@ -131,14 +211,14 @@ pub fn plan_chunks(
 ) -> Vec<Range<usize>> {
     debug_assert!(max_pages > 0);
     let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0usize, 0usize);
+    let (mut start, mut bytes) = (0usize, CHUNK_FIXED_META_BYTES);
     for slot in 0..batch.len() {
         let page_bytes = page_meta_bound(batch, slot);
         let pages = slot - start;
         if pages > 0 && (pages >= max_pages || bytes + page_bytes > max_meta_bytes) {
             chunks.push(start..slot);
             start = slot;
-            bytes = 0;
+            bytes = CHUNK_FIXED_META_BYTES;
         }
         bytes += page_bytes;
     }
@@ -157,120 +237,224 @@ fn page_meta_bound(batch: &MergeBatch<'_>, slot: usize) -> usize {
             bytes + entry.delta.changed_len(),
         )
     });
-    4 + runs * (RUN_DESC_BYTES + CHUNK_BYTES - 1) + bytes
+    PAGE_DESC_BYTES + runs * (RUN_DESC_BYTES + CHUNK_BYTES - 1) + bytes + CHUNK_BYTES - 1
 }
 
-/// Walks the runs of `slots` in kernel order: `on_page(page, first_run)` at
-/// each page's start, `on_run(run_index, descriptor, bytes)` for each run.
-/// Returns the chunk's layout.
-fn walk<P, F>(
-    batch: &MergeBatch<'_>,
-    slots: Range<usize>,
-    mut on_page: P,
-    mut on_run: F,
-) -> Result<ChunkLayout, GpuError>
+/// What one page adds to a chunk: its runs and its payload bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PageSize {
+    runs: usize,
+    payload_len: usize,
+    useful: usize,
+}
+
+/// Walks page `slot`'s runs in kernel order, calling `on_run(cursor, offset,
+/// bytes)` with each run's payload position relative to the page's payload
+/// start. Returns the page's size.
+fn walk_page<F>(batch: &MergeBatch<'_>, slot: usize, mut on_run: F) -> PageSize
 where
-    P: FnMut(usize, usize),
-    F: FnMut(usize, GpuRun, &[u8]),
+    F: FnMut(usize, u32, &[u8]),
 {
-    let page_len = batch.page_len();
-    let pages = slots.len();
-    let (mut runs, mut cursor, mut useful) = (0usize, 0usize, 0usize);
-    for (page, slot) in slots.enumerate() {
-        on_page(page, runs);
-        let chain = batch.chain(slot).unwrap_or(&[]);
-        for entry in chain {
-            for run in entry.delta.runs() {
-                let len = run.bytes.len();
-                let dest = page * page_len + run.offset as usize;
-                cursor += padding_for(cursor, dest, len);
-                let desc = GpuRun {
-                    payload_offset: u32::try_from(cursor).map_err(|_| payload_too_large(cursor))?,
-                    page_offset: u16::try_from(run.offset).map_err(|_| {
-                        GpuError::Unsupported(format!("run offset {} past 64 KiB", run.offset))
-                    })?,
-                    len_minus_one: u16::try_from(len.saturating_sub(1)).map_err(|_| {
-                        GpuError::Unsupported(format!("run of {len} bytes past 64 KiB"))
-                    })?,
-                };
-                on_run(runs, desc, run.bytes);
-                runs += 1;
-                cursor += len;
-                useful += len;
-            }
+    let mut size = PageSize::default();
+    for entry in batch.chain(slot).unwrap_or(&[]) {
+        for run in entry.delta.runs() {
+            let len = run.bytes.len();
+            size.payload_len += padding_for(size.payload_len, run.offset as usize, len);
+            on_run(size.payload_len, run.offset, run.bytes);
+            size.payload_len += len;
+            size.useful += len;
+            size.runs += 1;
         }
     }
-    if cursor as u64 > MAX_CHUNK_PAYLOAD_BYTES || runs > u32::MAX as usize {
-        return Err(payload_too_large(cursor));
+    size
+}
+
+/// The layout of one chunk and the descriptor of each of its pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkPlan {
+    slots: Range<usize>,
+    layout: ChunkLayout,
+    descs: Vec<PageDesc>,
+}
+
+impl ChunkPlan {
+    /// Measures `slots` of `batch` (in parallel over pages for large chunks).
+    /// Errors when a limit of the format is exceeded (payload past 4 GiB,
+    /// more than `u32::MAX` runs, a page offset or run past 64 KiB).
+    pub fn new(batch: &MergeBatch<'_>, slots: Range<usize>) -> Result<Self, GpuError> {
+        let sizes: Vec<PageSize> = slots
+            .clone()
+            .into_par_iter()
+            .with_min_len(PAGES_PER_TASK)
+            .map(|slot| walk_page(batch, slot, |_, _, _| {}))
+            .collect();
+        let mut descs = Vec::with_capacity(sizes.len());
+        let (mut runs, mut cursor, mut useful) = (0usize, 0usize, 0usize);
+        for size in &sizes {
+            descs.push(PageDesc {
+                first_run: to_u32(runs, "runs")?,
+                run_count: to_u32(size.runs, "runs")?,
+                payload_start: to_u32(cursor, "payload")?,
+                payload_len: to_u32(size.payload_len, "payload")?,
+            });
+            runs += size.runs;
+            cursor = align16(cursor + size.payload_len);
+            useful += size.useful;
+        }
+        // The last page's payload end, not its 16-aligned successor.
+        let payload_len = descs.last().map_or(0, |last| {
+            last.payload_start as usize + last.payload_len as usize
+        });
+        if payload_len as u64 > MAX_CHUNK_PAYLOAD_BYTES {
+            return Err(too_large("payload", payload_len));
+        }
+        let pages = slots.len();
+        let runs_offset = PAGE_DESC_BYTES * pages;
+        let payload_offset = align16(runs_offset + runs * RUN_DESC_BYTES);
+        let layout = ChunkLayout {
+            pages,
+            runs,
+            runs_offset,
+            payload_offset,
+            payload_len,
+            payload_useful: useful,
+            total_len: align16(payload_offset + payload_len) + TAIL_MARGIN_BYTES,
+        };
+        Ok(ChunkPlan {
+            slots,
+            layout,
+            descs,
+        })
     }
-    let runs_offset = align16(4 * (pages + 1));
-    let payload_offset = align16(runs_offset + runs * RUN_DESC_BYTES);
-    Ok(ChunkLayout {
-        pages,
-        runs,
-        runs_offset,
-        payload_offset,
-        payload_len: cursor,
-        payload_useful: useful,
-        total_len: align16(payload_offset + cursor),
+
+    /// The chunk's layout.
+    pub fn layout(&self) -> &ChunkLayout {
+        &self.layout
+    }
+
+    /// The batch slots the chunk covers.
+    pub fn slots(&self) -> Range<usize> {
+        self.slots.clone()
+    }
+
+    /// Writes the meta region into `out` (at least `layout().total_len`
+    /// bytes), in parallel over pages. Padding bytes are zeroed so that the
+    /// region never carries stale data. Errors when `out` is too short, or
+    /// when a run is out of the format's range (offset or length past 64 KiB).
+    pub fn fill(&self, batch: &MergeBatch<'_>, out: &mut [u8]) -> Result<(), GpuError> {
+        let layout = &self.layout;
+        if out.len() < layout.total_len {
+            return Err(GpuError::Unsupported(format!(
+                "staging buffer of {} bytes is smaller than the chunk's {} bytes",
+                out.len(),
+                layout.total_len
+            )));
+        }
+        let out = &mut out[..layout.total_len];
+        let (desc_area, rest) = out.split_at_mut(layout.runs_offset);
+        let (run_area, payload_area) =
+            rest.split_at_mut(layout.payload_offset - layout.runs_offset);
+        let (run_used, run_pad) = run_area.split_at_mut(layout.runs * RUN_DESC_BYTES);
+        run_pad.fill(0);
+        // Per page: its descriptor, its run descriptors, its payload (up to
+        // the next page's 16-aligned start, so the padding is written too).
+        let mut run_slices = Vec::with_capacity(layout.pages);
+        let mut payload_slices = Vec::with_capacity(layout.pages);
+        let (mut runs_rest, mut payload_rest) = (run_used, payload_area);
+        for desc in &self.descs {
+            let (mine, rest) = runs_rest.split_at_mut(desc.run_count as usize * RUN_DESC_BYTES);
+            run_slices.push(mine);
+            runs_rest = rest;
+            let len = align16(desc.payload_len as usize).min(payload_rest.len());
+            let (mine, rest) = payload_rest.split_at_mut(len);
+            payload_slices.push(mine);
+            payload_rest = rest;
+        }
+        payload_rest.fill(0);
+        desc_area
+            .par_chunks_exact_mut(PAGE_DESC_BYTES)
+            .zip(run_slices)
+            .zip(payload_slices)
+            .zip(self.slots.clone().into_par_iter())
+            .zip(self.descs.par_iter())
+            .with_min_len(PAGES_PER_TASK)
+            .try_for_each(|((((desc_out, runs_out), payload_out), slot), desc)| {
+                desc.encode(desc_out);
+                fill_page(batch, slot, desc, runs_out, payload_out)
+            })
+    }
+}
+
+/// Writes one page's run descriptors and payload.
+fn fill_page(
+    batch: &MergeBatch<'_>,
+    slot: usize,
+    desc: &PageDesc,
+    runs_out: &mut [u8],
+    payload_out: &mut [u8],
+) -> Result<(), GpuError> {
+    payload_out.fill(0);
+    let mut index = 0usize;
+    let mut failure = None;
+    let size = walk_page(batch, slot, |cursor, offset, bytes| {
+        let desc_run = encode_run(desc.payload_start as usize + cursor, offset, bytes.len());
+        match desc_run {
+            Ok(run) => {
+                let mut encoded = [0u8; RUN_DESC_BYTES];
+                run.encode(&mut encoded);
+                let at = index * RUN_DESC_BYTES;
+                runs_out[at..at + RUN_DESC_BYTES].copy_from_slice(&encoded);
+                payload_out[cursor..cursor + bytes.len()].copy_from_slice(bytes);
+            }
+            Err(error) => failure = Some(error),
+        }
+        index += 1;
+    });
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    if size.runs != desc.run_count as usize || size.payload_len != desc.payload_len as usize {
+        return Err(GpuError::Unsupported(
+            "batch changed between measuring and filling its layout".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn encode_run(payload_offset: usize, page_offset: u32, len: usize) -> Result<GpuRun, GpuError> {
+    Ok(GpuRun {
+        payload_offset: to_u32(payload_offset, "payload")?,
+        page_offset: u16::try_from(page_offset)
+            .map_err(|_| GpuError::Unsupported(format!("run offset {page_offset} past 64 KiB")))?,
+        len_minus_one: u16::try_from(len.saturating_sub(1))
+            .map_err(|_| GpuError::Unsupported(format!("run of {len} bytes past 64 KiB")))?,
     })
 }
 
-fn payload_too_large(bytes: usize) -> GpuError {
+fn to_u32(value: usize, what: &str) -> Result<u32, GpuError> {
+    u32::try_from(value).map_err(|_| too_large(what, value))
+}
+
+fn too_large(what: &str, value: usize) -> GpuError {
     GpuError::Unsupported(format!(
-        "chunk payload of {bytes} bytes exceeds {MAX_CHUNK_PAYLOAD_BYTES}"
+        "chunk {what} of {value} exceeds the format's 32-bit offsets"
     ))
 }
 
 /// Computes the layout of `slots` without writing anything.
 pub fn measure_chunk(batch: &MergeBatch<'_>, slots: Range<usize>) -> Result<ChunkLayout, GpuError> {
-    walk(batch, slots, |_, _| {}, |_, _, _| {})
+    Ok(*ChunkPlan::new(batch, slots)?.layout())
 }
 
-/// Writes the meta region of `slots` into `out` (at least
-/// `layout.total_len` bytes, as [`measure_chunk`] returned it). Padding bytes
-/// are zeroed so that the region never carries stale data.
+/// Writes the meta region of `slots` into `out`; returns its layout.
 pub fn fill_chunk(
     batch: &MergeBatch<'_>,
     slots: Range<usize>,
-    layout: &ChunkLayout,
     out: &mut [u8],
-) -> Result<(), GpuError> {
-    if out.len() < layout.total_len {
-        return Err(GpuError::Unsupported(format!(
-            "staging buffer of {} bytes is smaller than the chunk's {} bytes",
-            out.len(),
-            layout.total_len
-        )));
-    }
-    let out = &mut out[..layout.total_len];
-    out.fill(0);
-    let (starts, rest) = out.split_at_mut(layout.runs_offset);
-    let (descs, payload) = rest.split_at_mut(layout.payload_offset - layout.runs_offset);
-    let write_start = |starts: &mut [u8], page: usize, run: usize| {
-        let at = 4 * page;
-        starts[at..at + 4].copy_from_slice(&(run as u32).to_le_bytes());
-    };
-    let filled = walk(
-        batch,
-        slots,
-        |page, first_run| write_start(starts, page, first_run),
-        |run, desc, bytes| {
-            let at = run * RUN_DESC_BYTES;
-            let mut encoded = [0u8; RUN_DESC_BYTES];
-            desc.encode(&mut encoded);
-            descs[at..at + RUN_DESC_BYTES].copy_from_slice(&encoded);
-            let from = desc.payload_offset as usize;
-            payload[from..from + bytes.len()].copy_from_slice(bytes);
-        },
-    )?;
-    if filled != *layout {
-        return Err(GpuError::Unsupported(
-            "batch changed between measuring and filling its layout".into(),
-        ));
-    }
-    write_start(starts, layout.pages, layout.runs);
-    Ok(())
+) -> Result<ChunkLayout, GpuError> {
+    let plan = ChunkPlan::new(batch, slots)?;
+    plan.fill(batch, out)?;
+    Ok(*plan.layout())
 }
 
 /// A read-only view of one chunk's meta region (used by the CPU emulation
@@ -297,18 +481,22 @@ impl<'a> ChunkView<'a> {
         &self.layout
     }
 
+    /// The whole meta region.
+    pub fn meta(&self) -> &'a [u8] {
+        self.meta
+    }
+
+    /// Descriptor of page `page` (chunk-relative).
+    pub fn page(&self, page: usize) -> PageDesc {
+        let at = PAGE_DESC_BYTES * page;
+        let mut bytes = [0u8; PAGE_DESC_BYTES];
+        bytes.copy_from_slice(&self.meta[at..at + PAGE_DESC_BYTES]);
+        PageDesc::decode(&bytes)
+    }
+
     /// Index range into the runs of page `page` (chunk-relative).
     pub fn page_runs(&self, page: usize) -> Range<usize> {
-        let read = |i: usize| {
-            let at = 4 * i;
-            u32::from_le_bytes([
-                self.meta[at],
-                self.meta[at + 1],
-                self.meta[at + 2],
-                self.meta[at + 3],
-            ]) as usize
-        };
-        read(page)..read(page + 1)
+        self.page(page).runs()
     }
 
     /// Run descriptor `index`.
@@ -341,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn run_encoding_round_trips() {
+    fn run_and_page_encodings_round_trip() {
         let run = GpuRun {
             payload_offset: 0xDEAD_BEEF,
             page_offset: 65535,
@@ -351,6 +539,28 @@ mod tests {
         run.encode(&mut bytes);
         assert_eq!(GpuRun::decode(&bytes), run);
         assert_eq!(run.len(), 65536);
+        let desc = PageDesc {
+            first_run: 7,
+            run_count: 3,
+            payload_start: 48,
+            payload_len: 0xFFFF_0001,
+        };
+        let mut bytes = [0; PAGE_DESC_BYTES];
+        desc.encode(&mut bytes);
+        assert_eq!(PageDesc::decode(&bytes), desc);
+        assert_eq!(desc.runs(), 7..10);
+    }
+
+    #[test]
+    fn staged_window_is_16_aligned_and_covers_the_payload() {
+        let desc = PageDesc {
+            payload_start: 32,
+            payload_len: 17,
+            ..PageDesc::default()
+        };
+        assert_eq!(desc.staged_window(), 32..64);
+        let empty = PageDesc::default();
+        assert_eq!(empty.staged_window(), 0..0);
     }
 
     #[test]
@@ -381,21 +591,45 @@ mod tests {
         let layout = measure_chunk(&batch, 0..3).unwrap();
         assert_eq!((layout.pages, layout.runs), (3, 4));
         assert_eq!(layout.payload_useful, 2 + 40 + 1 + 40);
+        assert_eq!(layout.runs_offset, 3 * PAGE_DESC_BYTES);
         let mut meta = vec![0xAA; layout.total_len];
-        fill_chunk(&batch, 0..3, &layout, &mut meta).unwrap();
+        assert_eq!(fill_chunk(&batch, 0..3, &mut meta).unwrap(), layout);
+        assert!(meta[layout.total_len - TAIL_MARGIN_BYTES..]
+            .iter()
+            .all(|&b| b == 0));
         let view = ChunkView::new(layout, &meta).unwrap();
         assert_eq!(view.page_runs(0), 0..3);
         assert_eq!(view.page_runs(1), 3..3);
         assert_eq!(view.page_runs(2), 3..4);
+        for page in 0..3 {
+            assert_eq!(view.page(page).payload_start % 16, 0);
+        }
         let offsets: Vec<u16> = (0..4).map(|i| view.run(i).page_offset).collect();
         assert_eq!(offsets, [3, 100, 0, 5]);
-        for (index, slot) in [(1usize, 0usize), (3, 2)] {
+        for index in [1usize, 3] {
             let run = view.run(index);
-            let dest = slot * 256 + run.page_offset as usize;
-            assert_eq!(run.payload_offset as usize % 16, dest % 16);
+            assert_eq!(
+                run.payload_offset as usize % 16,
+                run.page_offset as usize % 16
+            );
             let from = run.payload_offset as usize;
             assert_eq!(&view.payload()[from..from + 40], &long);
         }
+    }
+
+    #[test]
+    fn too_small_output_is_refused() {
+        let d = delta(0, &[(0, &[1; 20])]);
+        let mut batch = MergeBatch::new(64).unwrap();
+        batch
+            .push_page(PageId(0), &[0; 64], [ChainEntry::new(CommitEpoch(1), &d)])
+            .unwrap();
+        let plan = ChunkPlan::new(&batch, 0..1).unwrap();
+        let mut out = vec![0; plan.layout().total_len - 1];
+        assert!(matches!(
+            plan.fill(&batch, &mut out),
+            Err(GpuError::Unsupported(_))
+        ));
     }
 
     #[test]
@@ -414,9 +648,12 @@ mod tests {
         assert_eq!(plan_chunks(&batch, 4, usize::MAX), [0..4, 4..8, 8..10]);
         let per_page = page_meta_bound(&batch, 0);
         assert_eq!(
-            plan_chunks(&batch, 100, per_page * 3),
+            plan_chunks(&batch, 100, CHUNK_FIXED_META_BYTES + per_page * 3),
             [0..3, 3..6, 6..9, 9..10]
         );
         assert_eq!(plan_chunks(&batch, 100, 1).len(), 10);
+        // The bound holds for the real layout.
+        let layout = measure_chunk(&batch, 0..3).unwrap();
+        assert!(layout.total_len <= CHUNK_FIXED_META_BYTES + per_page * 3);
     }
 }

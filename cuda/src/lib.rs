@@ -34,8 +34,9 @@ pub mod merge;
 pub mod persistent;
 pub mod probe;
 
-pub use config::{AllocMode, FaultInjection, GpuConfig, LaunchMode};
+pub use config::{AllocMode, FaultInjection, GpuConfig, HostStaging, LaunchMode};
 pub use device::{CudaMerger, DeviceMerger, DeviceStats, SimulatedDevice};
+pub use emulate::Tiles;
 pub use error::GpuError;
 pub use merge::{FallbackRecord, GpuMerge, GpuStatus};
 pub use probe::{driver_library_present, nvrtc_library_present, probe, DeviceInfo};

@@ -40,26 +40,21 @@ pub struct Persistent {
     shared: ManuallyDrop<Shared>,
     stream: Stream,
     grid: u32,
-    page_capacity: usize,
     submitted: u32,
     timeout: Duration,
     running: bool,
 }
 
 impl Persistent {
-    /// Starts the kernel with shared memory for pages of up to
-    /// `max_page_len` bytes. `timeout_ms` bounds every wait for a job.
+    /// Starts the kernel (its shared memory is static: any page length up to
+    /// 64 KiB works). `timeout_ms` bounds every wait for a job.
     pub fn start(
         ctx: &Context,
         module: &Module,
         multiprocessors: u32,
-        max_page_len: usize,
         timeout_ms: u64,
     ) -> Result<Self, GpuError> {
-        let spage = crate::layout::align16(max_page_len);
-        let shared = crate::kernel::shared_bytes(max_page_len);
-        module.allow_shared(KernelId::Persistent, shared)?;
-        let per_sm = module.occupancy(KernelId::Persistent, BLOCK_THREADS, shared)?;
+        let per_sm = module.occupancy(KernelId::Persistent, BLOCK_THREADS, 0)?;
         if per_sm == 0 {
             return Err(GpuError::Unsupported(
                 "persistent kernel cannot be resident (occupancy 0)".into(),
@@ -81,20 +76,18 @@ impl Persistent {
         stream.synchronize()?;
         let mut ctrl_arg = ctrl_device;
         let mut state_arg = state.ptr();
-        let mut spage_arg = spage as u32;
-        let mut params: [*mut c_void; 3] = [
+        let mut params: [*mut c_void; 2] = [
             (&mut ctrl_arg as *mut u64).cast(),
             (&mut state_arg as *mut u64).cast(),
-            (&mut spage_arg as *mut u32).cast(),
         ];
-        // SAFETY: parameters match `mmsb_merge_persistent(Ctrl*, DevState*,
-        // u32)`; ctrl and state outlive the kernel (stop() runs before drop).
+        // SAFETY: parameters match `mmsb_merge_persistent(Ctrl*, DevState*)`;
+        // ctrl and state outlive the kernel (stop() runs before drop).
         unsafe {
             module.launch(
                 KernelId::Persistent,
                 grid,
                 BLOCK_THREADS,
-                shared,
+                0,
                 &stream,
                 &mut params,
             )?
@@ -106,7 +99,6 @@ impl Persistent {
             }),
             stream,
             grid,
-            page_capacity: max_page_len,
             submitted: 0,
             timeout: Duration::from_millis(timeout_ms),
             running: true,
@@ -116,11 +108,6 @@ impl Persistent {
     /// Blocks in the grid.
     pub fn grid(&self) -> u32 {
         self.grid
-    }
-
-    /// Largest page length the running kernel was given shared memory for.
-    pub fn page_capacity(&self) -> usize {
-        self.page_capacity
     }
 
     fn counter(&self, offset: usize) -> &AtomicU32 {

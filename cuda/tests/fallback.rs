@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mmsb_cuda::bench::{DeltaShape, Workload};
 use mmsb_cuda::{
-    probe, AllocMode, FaultInjection, GpuConfig, GpuError, GpuMerge, GpuStatus, LaunchMode,
-    SimulatedDevice,
+    probe, AllocMode, FaultInjection, GpuConfig, GpuError, GpuMerge, GpuStatus, HostStaging,
+    LaunchMode, SimulatedDevice, Tiles,
 };
 use mmsb_engine::merge::{CpuMerge, MergeBackend};
 
@@ -70,6 +70,33 @@ fn no_device_runs_on_the_cpu() {
 }
 
 #[test]
+fn bad_stream_counts_and_chunk_limits_run_on_the_cpu() {
+    for config in [
+        GpuConfig {
+            streams: 0,
+            ..GpuConfig::default()
+        },
+        GpuConfig {
+            streams: mmsb_cuda::config::MAX_STREAMS + 1,
+            ..GpuConfig::default()
+        },
+        GpuConfig {
+            max_chunk_image_bytes: 0,
+            ..GpuConfig::default()
+        },
+    ] {
+        let merge = GpuMerge::new(&config).unwrap();
+        assert!(
+            matches!(merge.status(), GpuStatus::CpuOnly(ref reason) if reason.contains("streams") || reason.contains("chunk limits")),
+            "{:?}",
+            merge.status()
+        );
+        let work = workload(6, 9);
+        assert_eq!(merged_by(&merge, &work), cpu_result(&work));
+    }
+}
+
+#[test]
 fn default_config_on_this_machine_never_fails() {
     let merge = GpuMerge::new(&GpuConfig::default()).unwrap();
     if !mmsb_cuda::driver_library_present() {
@@ -88,6 +115,19 @@ fn simulated_device_matches_the_cpu() {
     }
     assert_eq!(merge.gpu_batches(), 4);
     assert_eq!(merge.fallback_count(), 0);
+}
+
+#[test]
+fn simulated_large_path_matches_the_cpu() {
+    let mut device = SimulatedDevice::new(5);
+    device.tiles = Tiles {
+        runs: 3,
+        payload_bytes: 64,
+    };
+    let merge = GpuMerge::with_device(Box::new(device), CpuMerge::best(1).unwrap());
+    let work = workload(23, 44);
+    assert_eq!(merged_by(&merge, &work), cpu_result(&work));
+    assert_eq!((merge.gpu_batches(), merge.fallback_count()), (1, 0));
 }
 
 #[test]
@@ -144,20 +184,33 @@ fn real_gpu_modes_match_the_cpu_and_fall_back() {
     let expected = cpu_result(&work);
     for launch in [LaunchMode::PerBatch, LaunchMode::Persistent] {
         for alloc in [AllocMode::Plain, AllocMode::StreamPool, AllocMode::Reuse] {
-            let config = GpuConfig {
-                launch,
-                alloc,
-                max_chunk_pages: 1000,
-                ..GpuConfig::default()
-            };
-            let merge = GpuMerge::new(&config).unwrap();
-            assert!(
-                matches!(merge.status(), GpuStatus::Active(_)),
-                "{:?}",
-                merge.status()
-            );
-            assert_eq!(merged_by(&merge, &work), expected, "{launch:?} {alloc:?}");
-            assert_eq!(merge.fallback_count(), 0);
+            for staging in [
+                HostStaging::Pageable,
+                HostStaging::Pinned,
+                HostStaging::Registered,
+            ] {
+                for streams in [1, 3] {
+                    let config = GpuConfig {
+                        launch,
+                        alloc,
+                        staging,
+                        streams,
+                        max_chunk_pages: 700,
+                        ..GpuConfig::default()
+                    };
+                    let merge = GpuMerge::new(&config).unwrap();
+                    assert!(
+                        matches!(merge.status(), GpuStatus::Active(_)),
+                        "{:?}",
+                        merge.status()
+                    );
+                    let what = format!("{launch:?} {alloc:?} {staging:?} x{streams}");
+                    for _ in 0..2 {
+                        assert_eq!(merged_by(&merge, &work), expected, "{what}");
+                    }
+                    assert_eq!(merge.fallback_count(), 0, "{what}");
+                }
+            }
         }
     }
     for fault in [FaultInjection::FailLaunch, FaultInjection::OutOfMemory] {

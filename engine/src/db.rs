@@ -13,7 +13,7 @@
 //! that already holds it is harmless.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -28,6 +28,9 @@ use mmsb_wal::{CommitEpoch, Delta, PageId, WalError};
 use parking_lot::{ArcMutexGuard, Condvar, Mutex, RawMutex};
 
 use crate::error::{Error, Result};
+use crate::merge::{
+    ChainEntry, CpuMerge, MergeBackend, MergeBatch, MergeKernel, MAX_MERGE_THREADS,
+};
 use crate::meta::{Meta, META_PAGE};
 use crate::metrics::{timed, Metrics, MetricsSnapshot};
 use crate::mvcc::{CommitLog, IsolationLevel, ReadTransaction, Transaction};
@@ -35,14 +38,33 @@ use crate::page_file::{
     seal_page, FileHeader, PageFile, DEFAULT_PAGE_SIZE, HEADER_MAGIC, MAX_PAGE_SIZE,
     PAGE_TRAILER_LEN,
 };
+use crate::page_hash::PageSet;
 use crate::page_table::PageTable;
 use crate::snapshots::SnapshotRegistry;
 use crate::txn::{ChangedPage, PageReadTransaction, PageWriteTransaction};
 
-/// The merge kernel replay folds deltas with.
-fn replay_kernel() -> crate::merge::MergeKernel {
-    crate::merge::MergeKernel::best()
-}
+/// Decoded delta bytes (changed bytes plus per-delta and per-run overhead)
+/// recovery gathers before it folds them into pages: the default of
+/// [`Options::replay_window_bytes`].
+pub const REPLAY_WINDOW_DELTA_BYTES: usize = 256 * 1024 * 1024;
+
+/// Pages a recovery window may hold before it is folded, whatever its bytes
+/// (bounds the window's copy of the page images: 1 GiB of 4 KiB pages).
+pub const REPLAY_WINDOW_MAX_PAGES: usize = 256 * 1024;
+
+/// Default of [`Options::gpu_merge_min_pages`]: below this many pages a
+/// batch is merged on the CPU even when a backend is set (the PCIe round
+/// trip costs more than it saves; see docs/gpu.md).
+pub const DEFAULT_GPU_MERGE_MIN_PAGES: usize = 16 * 1024;
+
+/// Windows with fewer pages are merged on the calling thread (no pool).
+const REPLAY_PARALLEL_MIN_PAGES: usize = 256;
+
+/// Bytes a decoded delta is counted for in a window, besides its runs.
+const REPLAY_DELTA_OVERHEAD_BYTES: usize = 64;
+
+/// Bytes each run of a decoded delta is counted for, besides its bytes.
+const REPLAY_RUN_OVERHEAD_BYTES: usize = 16;
 
 /// How often [`Database::run`] retries a transaction that conflicted.
 pub const MAX_CONFLICT_RETRIES: u32 = 64;
@@ -83,6 +105,23 @@ pub struct Options {
     pub worker_interval_ms: u64,
     /// Checkpoint when the database is closed cleanly.
     pub checkpoint_on_close: bool,
+    /// Where large merge batches go (recovery folds its windows with it):
+    /// for example the GPU merge of the `mmsb-cuda` crate. `None` (the
+    /// default): every batch is merged on the CPU.
+    pub merge_backend: Option<Arc<dyn MergeBackend>>,
+    /// Fewest pages a batch must have to go to `merge_backend`; smaller
+    /// batches are merged on the CPU.
+    pub gpu_merge_min_pages: usize,
+    /// Decoded delta bytes recovery gathers into one merge window (a window
+    /// also ends at [`REPLAY_WINDOW_MAX_PAGES`] pages).
+    pub replay_window_bytes: usize,
+}
+
+/// Backends are shown by name (`Options` is `Debug`).
+impl std::fmt::Debug for dyn MergeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MergeBackend").field(&self.name()).finish()
+    }
 }
 
 impl Default for Options {
@@ -98,6 +137,9 @@ impl Default for Options {
             background_workers: true,
             worker_interval_ms: 20,
             checkpoint_on_close: true,
+            merge_backend: None,
+            gpu_merge_min_pages: DEFAULT_GPU_MERGE_MIN_PAGES,
+            replay_window_bytes: REPLAY_WINDOW_DELTA_BYTES,
         }
     }
 }
@@ -155,7 +197,7 @@ pub(crate) struct Shared {
     /// Pages changed since the last checkpoint → epoch of their newest change.
     dirty: Mutex<BTreeMap<PageId, CommitEpoch>>,
     /// Pages whose delta chains could not be folded yet (a reader pins them).
-    pending_fold: Mutex<HashSet<PageId>>,
+    pending_fold: Mutex<PageSet>,
     tlog_bytes_at_checkpoint: AtomicU64,
     poisoned: AtomicBool,
     pub(crate) metrics: Metrics,
@@ -482,12 +524,25 @@ impl Shared {
     }
 
     /// Applies every logged commit after `checkpoint_epoch`; returns the last epoch.
+    ///
+    /// Decoded commits are gathered in windows (bounded by
+    /// `options.replay_window_bytes` and [`REPLAY_WINDOW_MAX_PAGES`]); each
+    /// window becomes one [`MergeBatch`] (every page it touches, with its
+    /// deltas in epoch order) folded by [`Shared::merge_replay_batch`]. A
+    /// page's base image is read when the page is first seen, so errors
+    /// surface in log order as before.
     fn replay(&self, checkpoint_epoch: CommitEpoch) -> Result<CommitEpoch> {
         let mut last = checkpoint_epoch;
         let page_len = self.page_len();
-        // No reader exists yet: pages are folded in place in plain buffers
-        // and handed to the page table once, at the end.
+        // No reader exists yet: pages are folded in plain buffers and
+        // handed to the page table once, at the end.
         let mut replayed: HashMap<PageId, Vec<u8>> = HashMap::new();
+        // With a merge backend, deltas are gathered into windows and merged
+        // as batches (large ones on the backend); without one they are folded
+        // in place as they are decoded.
+        let windowed = self.options.merge_backend.is_some();
+        let mut window = ReplayWindow::default();
+        let mut cpu = ReplayCpu::default();
         let mut dirty = self.dirty.lock();
         let mut frames = self.tlog.replay(checkpoint_epoch)?;
         while let Some(frame) = frames.next_frame() {
@@ -498,7 +553,7 @@ impl Shared {
                 )));
             }
             let record = CommitRecord::decode(payload, page_len)?;
-            for delta in &record.deltas {
+            for delta in record.deltas {
                 let page_id = delta.page_id();
                 let page = match replayed.entry(page_id) {
                     Entry::Occupied(entry) => entry.into_mut(),
@@ -506,16 +561,72 @@ impl Shared {
                         entry.insert(self.load_page_for_replay(page_id)?.to_vec())
                     }
                 };
-                replay_kernel().apply_delta(page, delta)?;
                 dirty.insert(page_id, epoch);
+                if windowed {
+                    window.push(epoch, delta)?;
+                } else {
+                    // No backend: fold in place as the log streams by (the
+                    // fastest path on the CPU: no batch copies).
+                    MergeKernel::best().apply_delta(page, &delta)?;
+                }
             }
             Metrics::bump(&self.metrics.recovered_commits);
             last = epoch;
+            if window.is_full(self.options.replay_window_bytes) {
+                self.merge_window(std::mem::take(&mut window), &mut replayed, &mut cpu)?;
+            }
         }
+        self.merge_window(window, &mut replayed, &mut cpu)?;
         for (page_id, image) in replayed {
             self.pages.insert_clean(page_id, Arc::from(image));
         }
         Ok(last)
+    }
+
+    /// Folds one window's deltas into the replayed page images.
+    fn merge_window(
+        &self,
+        window: ReplayWindow,
+        replayed: &mut HashMap<PageId, Vec<u8>>,
+        cpu: &mut ReplayCpu,
+    ) -> Result<()> {
+        if window.pages.is_empty() {
+            return Ok(());
+        }
+        let deltas = window.chains.values().map(Vec::len).sum();
+        let mut batch = MergeBatch::with_capacity(self.page_len(), window.pages.len(), deltas)?;
+        for page_id in &window.pages {
+            let (base, chain) = match (replayed.get(page_id), window.chains.get(page_id)) {
+                (Some(base), Some(chain)) => (base, chain),
+                _ => return Err(replay_bookkeeping(*page_id)),
+            };
+            let entries = chain
+                .iter()
+                .map(|(epoch, delta)| ChainEntry::new(*epoch, delta));
+            batch.push_page(*page_id, base, entries)?;
+        }
+        self.merge_replay_batch(&mut batch, cpu)?;
+        for (slot, page_id) in window.pages.iter().enumerate() {
+            match (replayed.get_mut(page_id), batch.page(slot)) {
+                (Some(image), Some(merged)) => image.copy_from_slice(merged),
+                _ => return Err(replay_bookkeeping(*page_id)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges a recovery batch: on `options.merge_backend` when the batch
+    /// has at least `options.gpu_merge_min_pages` pages, else on the CPU
+    /// (all cores for large batches, the calling thread for small ones).
+    fn merge_replay_batch(&self, batch: &mut MergeBatch<'_>, cpu: &mut ReplayCpu) -> Result<()> {
+        if let Some(backend) = &self.options.merge_backend {
+            if batch.len() >= self.options.gpu_merge_min_pages {
+                backend.merge_batch(batch)?;
+                return Ok(());
+            }
+        }
+        cpu.for_pages(batch.len())?.merge_batch(batch)?;
+        Ok(())
     }
 
     /// During replay, pages past the checkpoint's page count start as zeros.
@@ -821,6 +932,87 @@ impl Shared {
             commit_stages: m.stage_snapshot(),
         }
     }
+}
+
+/// Decoded deltas of consecutive commits, by page in first-seen order.
+#[derive(Debug, Default)]
+struct ReplayWindow {
+    pages: Vec<PageId>,
+    chains: HashMap<PageId, Vec<(CommitEpoch, Delta)>>,
+    bytes: usize,
+}
+
+impl ReplayWindow {
+    /// Adds `delta` of commit `epoch` (commits come in epoch order). Two
+    /// deltas of one page in one commit become one, the later winning where
+    /// they overlap, as applying them one after the other would.
+    fn push(&mut self, epoch: CommitEpoch, delta: Delta) -> Result<()> {
+        self.bytes += delta.changed_len()
+            + delta.run_count() * REPLAY_RUN_OVERHEAD_BYTES
+            + REPLAY_DELTA_OVERHEAD_BYTES;
+        let page_id = delta.page_id();
+        match self.chains.entry(page_id) {
+            Entry::Vacant(entry) => {
+                self.pages.push(page_id);
+                entry.insert(vec![(epoch, delta)]);
+            }
+            Entry::Occupied(entry) => {
+                let chain = entry.into_mut();
+                match chain.last_mut() {
+                    Some((last_epoch, last)) if *last_epoch == epoch => {
+                        *last = last.merge(&delta)?;
+                    }
+                    _ => {
+                        debug_assert!(chain.last().is_none_or(|(e, _)| *e < epoch));
+                        chain.push((epoch, delta));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the window reached its bounds and must be folded now.
+    fn is_full(&self, max_bytes: usize) -> bool {
+        self.bytes >= max_bytes || self.pages.len() >= REPLAY_WINDOW_MAX_PAGES
+    }
+}
+
+/// The CPU merges recovery uses: one on the calling thread, and one over all
+/// cores, made the first time a window is large enough to need it.
+#[derive(Debug, Default)]
+struct ReplayCpu {
+    single: Option<CpuMerge>,
+    parallel: Option<CpuMerge>,
+}
+
+impl ReplayCpu {
+    /// The merge for a batch of `pages` pages.
+    fn for_pages(&mut self, pages: usize) -> Result<&CpuMerge> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_MERGE_THREADS);
+        let slot = if pages < REPLAY_PARALLEL_MIN_PAGES || threads == 1 {
+            &mut self.single
+        } else {
+            &mut self.parallel
+        };
+        if slot.is_none() {
+            let threads = if pages < REPLAY_PARALLEL_MIN_PAGES {
+                1
+            } else {
+                threads
+            };
+            *slot = Some(CpuMerge::best(threads)?);
+        }
+        slot.as_ref()
+            .ok_or_else(|| Error::Corrupted("internal: replay merge missing".into()))
+    }
+}
+
+/// A replay page whose bookkeeping went missing: a bug, reported as an error.
+fn replay_bookkeeping(page_id: PageId) -> Error {
+    Error::Corrupted(format!("internal: replay lost track of {page_id}"))
 }
 
 /// Starts the background worker: folds pinned versions as readers go away
