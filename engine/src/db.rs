@@ -131,7 +131,9 @@ impl Default for Options {
             durability: Durability::Immediate,
             checkpoint_tlog_bytes: 64 * 1024 * 1024,
             tlog_segment_bytes: mmsb_wal::tlog::DEFAULT_SEGMENT_TARGET_BYTES,
-            max_commit_bytes: mmsb_wal::tlog::DEFAULT_MAX_FRAME_BYTES,
+            // The largest frame the TLog format allows: a bulk load of a million
+            // rows in one transaction must fit.
+            max_commit_bytes: mmsb_wal::tlog::format::FRAME_PAYLOAD_LIMIT_BYTES,
             codec: CodecConfig::default(),
             storage: Arc::new(FileStorage),
             background_workers: true,
