@@ -730,9 +730,10 @@ impl Shared {
         if pages.is_empty() {
             return Ok(None);
         }
-        let epoch = writer.last_epoch.checked_next().ok_or_else(|| {
-            Error::Corrupted("the commit epoch would pass u64::MAX".into())
-        })?;
+        let epoch = writer
+            .last_epoch
+            .checked_next()
+            .ok_or_else(|| Error::Corrupted("the commit epoch would pass u64::MAX".into()))?;
         let record = CommitRecord {
             deltas: pages.iter().map(|page| Delta::clone(&page.delta)).collect(),
         };

@@ -17,6 +17,6 @@ pub use ids::{CommitEpoch, PageId};
 pub mod codec;
 pub mod record;
 pub mod tlog;
-pub use tlog::{CommitTicket, Durability, Replay, TLog, TLogConfig, TLogStats};
 pub use codec::{CodecConfig, CodecError, CodecMode};
 pub use record::{CommitRecord, EncodeStats};
+pub use tlog::{CommitTicket, Durability, Replay, TLog, TLogConfig, TLogStats};
