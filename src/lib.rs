@@ -30,6 +30,10 @@ pub use mmsb_query::{
     StatementResult, TableSchema, ToSql, Value,
 };
 
+/// The GPU merge backend (feature `cuda`): options that recover on the GPU.
+#[cfg(feature = "cuda")]
+pub mod gpu;
+
 /// The storage seam, for tests and embedders that bring their own files.
 pub mod storage {
     pub use mmsb_wal::storage::{

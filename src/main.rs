@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mmsb::Database;
 
+mod cli;
+
 /// mmsb: an embedded transactional storage engine.
 #[derive(Parser, Debug)]
 #[command(name = "mmsb", version, about)]
@@ -27,6 +29,30 @@ enum Command {
         /// The database file.
         path: PathBuf,
     },
+    /// Interactive SQL shell (history, .tables, .schema, .mode, .timer, .help).
+    Shell {
+        /// The database file (created if missing).
+        path: PathBuf,
+    },
+    /// Runs SQL scripts; stops at the first error with its file and line.
+    Exec {
+        /// The database file (created if missing).
+        path: PathBuf,
+        /// Script files, run in order.
+        files: Vec<PathBuf>,
+        /// SQL to run (before any files).
+        #[arg(short = 'c', long = "command")]
+        command: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: cli::Format,
+        /// Keep going after a failing statement (the exit status still reports it).
+        #[arg(long)]
+        continue_on_error: bool,
+        /// Run everything in one transaction, rolled back on error.
+        #[arg(short = '1', long)]
+        single_transaction: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +60,24 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo { path } => demo(&path),
         Command::Stats { path } => stats(&path),
+        Command::Shell { path } => return cli::shell(&path),
+        Command::Exec {
+            path,
+            files,
+            command,
+            format,
+            continue_on_error,
+            single_transaction,
+        } => {
+            return cli::exec(cli::ExecArgs {
+                path,
+                files,
+                command,
+                format,
+                continue_on_error,
+                single_transaction,
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -151,3 +151,18 @@ fn eventual_durability_loses_at_most_the_tail_and_never_corrupts() {
         "flushed commits survive; got {value}"
     );
 }
+
+#[test]
+fn a_bare_relative_file_name_opens_in_the_current_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // The child process runs in the temporary directory, so the current
+    // directory of the test harness (shared by every test thread) is untouched.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mmsb"))
+        .args(["demo", "bare.mmsb"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mmsb demo bare.mmsb failed in the current directory");
+    assert!(dir.path().join("bare.mmsb").exists());
+}

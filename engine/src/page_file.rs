@@ -230,8 +230,10 @@ impl PageFile {
         path: &Path,
         page_size: u32,
     ) -> Self {
+        // A bare file name ("app.mmsb") has an empty parent: the current directory.
         let dir = path
             .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let mut dwb_name = path
             .file_name()

@@ -1,0 +1,714 @@
+//! A SQL session: [`Connection`] runs statements with PostgreSQL's
+//! transaction behaviour. Outside BEGIN each statement is its own
+//! transaction (autocommit, retried on a serialization failure since nothing
+//! was returned yet); inside, statements share one engine transaction whose
+//! snapshot is taken by the first statement, every statement is atomic (an
+//! engine savepoint each), and an error aborts the transaction until
+//! ROLLBACK (or ROLLBACK TO a savepoint).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use mmsb_engine::{Database, IsolationLevel, Savepoint, Transaction};
+use sqlparser::ast::{self, Statement as Ast};
+
+use crate::bind::{statement_kind, Binder};
+use crate::catalog::{load_table_bytes, SCHEMA_TABLE};
+use crate::ddl;
+use crate::error::{QueryError, Result};
+use crate::exec::{run_delete, run_insert, run_select, run_update, with_subqueries, RowSet};
+use crate::parse::{parse_one, parse_script, ParsedStatement};
+use crate::plan::{explain, Plan};
+use crate::rows::{Rows, StatementResult};
+use crate::value::{ToSql, Value};
+
+/// How often an autocommit statement is retried after a serialization failure.
+pub const MAX_AUTOCOMMIT_RETRIES: u32 = 32;
+
+/// An explicit transaction (BEGIN ... COMMIT).
+struct Explicit {
+    /// Started by the first statement that needs it.
+    tx: Option<Transaction>,
+    isolation: IsolationLevel,
+    read_only: bool,
+    savepoints: Vec<(String, Savepoint)>,
+    /// An error happened: only ROLLBACK (TO) is accepted.
+    failed: bool,
+    /// Plans of prepared statements already checked against this
+    /// transaction's schema (REPEATABLE READ and SERIALIZABLE only: their
+    /// snapshot cannot see another session's DDL). Cleared by DDL and
+    /// ROLLBACK TO.
+    checked_plans: HashMap<usize, Arc<CachedPlan>>,
+}
+
+/// A plan bound once and reused while the schemas it was bound against
+/// are unchanged.
+#[derive(Debug)]
+struct CachedPlan {
+    plan: Arc<Plan>,
+    /// Uncorrelated subqueries the plan refers to.
+    subqueries: Vec<crate::plan::SelectPlan>,
+    params: usize,
+    dependencies: Vec<(String, Vec<u8>)>,
+}
+
+/// A prepared statement's plan cache.
+#[derive(Debug, Default)]
+struct PlanCache {
+    slot: Mutex<Option<Arc<CachedPlan>>>,
+}
+
+impl PlanCache {
+    /// Identity of the cache (shared by clones of one `Statement`).
+    fn id(&self) -> usize {
+        self as *const PlanCache as usize
+    }
+
+    /// The cached plan, if every schema it depends on is unchanged in `tx`.
+    fn lookup(&self, tx: &mut Transaction) -> Result<Option<Arc<CachedPlan>>> {
+        let cached = match self.slot.lock() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some(cached) = cached else {
+            return Ok(None);
+        };
+        for (name, bytes) in &cached.dependencies {
+            if load_table_bytes(tx, name)?.as_deref() != Some(bytes.as_slice()) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(cached))
+    }
+
+    fn store(&self, plan: Arc<CachedPlan>) {
+        let mut slot = match self.slot.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Some(plan);
+    }
+}
+
+/// A prepared statement: parsed once, bound on first use and re-bound only
+/// when a table it reads changed its schema; run with `$1, $2, ...`.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    parsed: Arc<ParsedStatement>,
+    cache: Arc<PlanCache>,
+}
+
+impl Statement {
+    /// The statement's SQL text.
+    pub fn sql(&self) -> &str {
+        &self.parsed.text
+    }
+
+    /// Runs it on `conn`.
+    pub fn execute(&self, conn: &mut Connection, params: &[&dyn ToSql]) -> Result<StatementResult> {
+        conn.execute_prepared(self, params)
+    }
+
+    /// Runs it on `conn` and returns its rows.
+    pub fn query(&self, conn: &mut Connection, params: &[&dyn ToSql]) -> Result<Rows> {
+        Ok(conn
+            .execute_prepared(self, params)?
+            .rows
+            .unwrap_or_default())
+    }
+}
+
+/// A SQL session on a database. Any number may exist, on any threads.
+pub struct Connection {
+    db: Database,
+    explicit: Option<Explicit>,
+    default_isolation: IsolationLevel,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("in_transaction", &self.explicit.is_some())
+            .field("default_isolation", &self.default_isolation)
+            .finish()
+    }
+}
+
+fn isolation_of(level: &ast::TransactionIsolationLevel) -> Result<IsolationLevel> {
+    use ast::TransactionIsolationLevel as L;
+    Ok(match level {
+        // PostgreSQL runs READ UNCOMMITTED as READ COMMITTED.
+        L::ReadUncommitted | L::ReadCommitted => IsolationLevel::ReadCommitted,
+        L::RepeatableRead => IsolationLevel::RepeatableRead,
+        L::Serializable => IsolationLevel::Serializable,
+        L::Snapshot => return Err(QueryError::not_supported("ISOLATION LEVEL SNAPSHOT")),
+    })
+}
+
+/// Applies transaction modes; returns (isolation, read only) changes.
+fn modes(list: &[ast::TransactionMode]) -> Result<(Option<IsolationLevel>, Option<bool>)> {
+    let mut isolation = None;
+    let mut read_only = None;
+    for mode in list {
+        match mode {
+            ast::TransactionMode::IsolationLevel(level) => isolation = Some(isolation_of(level)?),
+            ast::TransactionMode::AccessMode(ast::TransactionAccessMode::ReadOnly) => {
+                read_only = Some(true)
+            }
+            ast::TransactionMode::AccessMode(ast::TransactionAccessMode::ReadWrite) => {
+                read_only = Some(false)
+            }
+        }
+    }
+    Ok((isolation, read_only))
+}
+
+fn rows_result(command: &str, affected: u64, rows: Option<RowSet>) -> StatementResult {
+    StatementResult {
+        command: command.to_owned(),
+        affected,
+        rows: rows.map(|(columns, rows)| Rows::new(columns, rows)),
+    }
+}
+
+/// Whether a statement changes data or schema (refused in READ ONLY).
+fn writes(statement: &Ast) -> bool {
+    !matches!(statement, Ast::Query(_) | Ast::Explain { .. })
+}
+
+/// Runs one data statement (DML, DDL, EXPLAIN) in `tx`, with the plan
+/// cache of a prepared statement if there is one.
+fn run_data_statement(
+    tx: &mut Transaction,
+    statement: &Ast,
+    params: &[Value],
+    cache: Option<&PlanCache>,
+    memo: Option<&mut HashMap<usize, Arc<CachedPlan>>>,
+) -> Result<StatementResult> {
+    match statement {
+        Ast::Query(_) | Ast::Insert(_) | Ast::Update(_) | Ast::Delete(_) => {
+            let memoized = match (cache, memo.as_deref()) {
+                (Some(cache), Some(memo)) => memo.get(&cache.id()).cloned(),
+                _ => None,
+            };
+            let cached = match (memoized, cache) {
+                (Some(plan), _) => Some(plan),
+                (None, Some(cache)) => cache.lookup(tx)?,
+                (None, None) => None,
+            };
+            let cached = match cached {
+                Some(cached) => cached,
+                None => {
+                    let mut binder = Binder::new(tx);
+                    let plan = binder.bind_statement(statement)?;
+                    let fresh = Arc::new(CachedPlan {
+                        plan: Arc::new(plan),
+                        subqueries: std::mem::take(&mut binder.subqueries),
+                        params: binder.params,
+                        dependencies: std::mem::take(&mut binder.dependencies),
+                    });
+                    if let Some(cache) = cache {
+                        cache.store(Arc::clone(&fresh));
+                    }
+                    fresh
+                }
+            };
+            if let (Some(cache), Some(memo)) = (cache, memo) {
+                memo.insert(cache.id(), Arc::clone(&cached));
+            }
+            check_param_count(cached.params, params.len())?;
+            if cached.subqueries.is_empty() {
+                run_plan(tx, &cached.plan, params)
+            } else {
+                let plan = with_subqueries(tx, &cached.plan, &cached.subqueries, params)?;
+                run_plan(tx, &plan, params)
+            }
+        }
+        Ast::Explain {
+            analyze: false,
+            query_plan: false,
+            estimate: false,
+            format: None,
+            options: None,
+            statement: inner,
+            ..
+        } => {
+            let mut binder = Binder::new(tx);
+            let plan = binder.bind_statement(inner)?;
+            let mut lines = explain(&plan);
+            for (i, sub) in binder.subqueries.iter().enumerate() {
+                lines.push(format!("SubPlan {}", i + 1));
+                let sub_lines = explain(&Plan::Select(sub.clone()));
+                lines.extend(sub_lines.into_iter().map(|l| format!("  {l}")));
+            }
+            let rows = lines.into_iter().map(|l| vec![Value::Text(l)]).collect();
+            Ok(rows_result(
+                "EXPLAIN",
+                0,
+                Some((vec!["QUERY PLAN".into()], rows)),
+            ))
+        }
+        Ast::CreateTable(create) => {
+            ddl::create_table(tx, create)?;
+            Ok(StatementResult::done("CREATE TABLE"))
+        }
+        Ast::CreateIndex(create) => {
+            ddl::create_index(tx, create)?;
+            Ok(StatementResult::done("CREATE INDEX"))
+        }
+        Ast::Drop {
+            object_type,
+            if_exists,
+            names,
+            purge,
+            temporary,
+            table,
+            ..
+        } => Ok(StatementResult::done(ddl::drop(
+            tx,
+            object_type,
+            *if_exists,
+            names,
+            *purge,
+            *temporary,
+            table.as_ref(),
+        )?)),
+        Ast::AlterTable(alter) => {
+            ddl::alter_table(tx, alter)?;
+            Ok(StatementResult::done("ALTER TABLE"))
+        }
+        other => Err(QueryError::not_supported(format!(
+            "statement {}",
+            statement_kind(other)
+        ))),
+    }
+}
+
+fn check_param_count(needed: usize, given: usize) -> Result<()> {
+    if needed != given {
+        return Err(QueryError::sql(
+            "08P01",
+            format!("the statement takes {needed} parameters, {given} were given"),
+        ));
+    }
+    Ok(())
+}
+
+fn run_plan(tx: &mut Transaction, plan: &Plan, params: &[Value]) -> Result<StatementResult> {
+    Ok(match plan {
+        Plan::Select(select) => {
+            let (columns, rows) = run_select(tx, select, params)?;
+            rows_result("SELECT", rows.len() as u64, Some((columns, rows)))
+        }
+        Plan::Insert(insert) => {
+            let (n, rows) = run_insert(tx, insert, params)?;
+            rows_result("INSERT", n, rows)
+        }
+        Plan::Update(update) => {
+            let (n, rows) = run_update(tx, update, params)?;
+            rows_result("UPDATE", n, rows)
+        }
+        Plan::Delete(delete) => {
+            let (n, rows) = run_delete(tx, delete, params)?;
+            rows_result("DELETE", n, rows)
+        }
+    })
+}
+
+/// Sleeps a little before an autocommit retry, longer on later attempts.
+fn backoff(attempt: u32) {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    let ceiling_us = 50u64 << attempt.min(8);
+    std::thread::sleep(std::time::Duration::from_micros(random % ceiling_us));
+}
+
+impl Connection {
+    /// Opens a session on `db` (creating the catalog table on first use).
+    pub fn new(db: Database) -> Result<Connection> {
+        let exists = db.begin_read()?.open_table(SCHEMA_TABLE).is_ok();
+        if !exists {
+            // READ COMMITTED: a concurrent creator's table is simply reused.
+            db.run(IsolationLevel::ReadCommitted, |tx| {
+                tx.open_table(SCHEMA_TABLE).map(|_| ())
+            })?;
+        }
+        Ok(Connection {
+            db,
+            explicit: None,
+            default_isolation: IsolationLevel::default(),
+        })
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Whether an explicit transaction (BEGIN) is open.
+    pub fn in_transaction(&self) -> bool {
+        self.explicit.is_some()
+    }
+
+    /// Whether the open transaction failed and waits for ROLLBACK.
+    pub fn transaction_failed(&self) -> bool {
+        self.explicit.as_ref().is_some_and(|e| e.failed)
+    }
+
+    /// The isolation level new transactions get (SERIALIZABLE unless changed).
+    pub fn default_isolation(&self) -> IsolationLevel {
+        self.default_isolation
+    }
+
+    /// Sets the isolation level new transactions get.
+    pub fn set_default_isolation(&mut self, level: IsolationLevel) {
+        self.default_isolation = level;
+    }
+
+    /// Every table's schema, in name order, as this session sees them.
+    pub fn tables(&mut self) -> Result<Vec<crate::catalog::TableSchema>> {
+        match self.explicit.as_mut().and_then(|e| e.tx.as_mut()) {
+            Some(tx) => crate::catalog::list_tables(tx),
+            None => {
+                let mut tx = self.db.begin(IsolationLevel::RepeatableRead)?;
+                let tables = crate::catalog::list_tables(&mut tx);
+                tx.rollback();
+                tables
+            }
+        }
+    }
+
+    /// Runs a script of `;`-separated statements (no parameters), stopping
+    /// at the first error. The script is parsed whole first.
+    pub fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
+        let statements = match parse_script(sql) {
+            Ok(s) => s,
+            Err(err) => {
+                self.fail_transaction();
+                return Err(err);
+            }
+        };
+        let mut results = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            results.push(self.run(&statement.statement, &[])?);
+        }
+        Ok(results)
+    }
+
+    /// Runs one statement with parameters and returns its rows (none for a
+    /// statement that returns no rows).
+    pub fn query(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<Rows> {
+        Ok(self.execute_one(sql, params)?.rows.unwrap_or_default())
+    }
+
+    /// Runs one statement with parameters.
+    pub fn execute_one(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<StatementResult> {
+        let parsed = match parse_one(sql) {
+            Ok(p) => p,
+            Err(err) => {
+                self.fail_transaction();
+                return Err(err);
+            }
+        };
+        let values: Vec<Value> = params.iter().map(|p| p.to_sql()).collect();
+        self.run(&parsed.statement, &values)
+    }
+
+    /// Parses a statement once for repeated execution.
+    pub fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        Ok(Statement {
+            parsed: Arc::new(parse_one(sql)?),
+            cache: Arc::new(PlanCache::default()),
+        })
+    }
+
+    /// Runs a prepared statement.
+    pub fn execute_prepared(
+        &mut self,
+        statement: &Statement,
+        params: &[&dyn ToSql],
+    ) -> Result<StatementResult> {
+        let values: Vec<Value> = params.iter().map(|p| p.to_sql()).collect();
+        self.run_cached(&statement.parsed.statement, &values, Some(&statement.cache))
+    }
+
+    /// Runs one parsed statement.
+    pub fn run(&mut self, statement: &Ast, params: &[Value]) -> Result<StatementResult> {
+        self.run_cached(statement, params, None)
+    }
+
+    fn run_cached(
+        &mut self,
+        statement: &Ast,
+        params: &[Value],
+        cache: Option<&PlanCache>,
+    ) -> Result<StatementResult> {
+        match statement {
+            Ast::StartTransaction {
+                modes: list,
+                statements,
+                exception: None,
+                has_end_keyword: false,
+                modifier: None,
+                ..
+            } if statements.is_empty() => self.begin(list),
+            Ast::Commit {
+                chain: false,
+                modifier: None,
+                ..
+            } => self.commit(),
+            Ast::Rollback {
+                chain: false,
+                savepoint,
+            } => match savepoint {
+                None => Ok(self.rollback()),
+                Some(name) => self.rollback_to(&crate::bind::ident_name(name)),
+            },
+            Ast::Savepoint { name } => self.savepoint(crate::bind::ident_name(name)),
+            Ast::ReleaseSavepoint { name } => self.release(&crate::bind::ident_name(name)),
+            Ast::Set(ast::Set::SetTransaction {
+                modes: list,
+                snapshot: None,
+                session,
+            }) => self.set_transaction(list, *session),
+            other => self.run_data(other, params, cache),
+        }
+    }
+
+    fn fail_transaction(&mut self) {
+        if let Some(explicit) = &mut self.explicit {
+            explicit.failed = true;
+        }
+    }
+
+    fn aborted() -> QueryError {
+        QueryError::sql(
+            "25P02",
+            "current transaction is aborted, commands ignored until end of transaction block",
+        )
+    }
+
+    fn begin(&mut self, list: &[ast::TransactionMode]) -> Result<StatementResult> {
+        if let Some(explicit) = &self.explicit {
+            if explicit.failed {
+                return Err(Self::aborted());
+            }
+            // PostgreSQL warns and keeps the open transaction.
+            return Ok(StatementResult::done("BEGIN"));
+        }
+        let (isolation, read_only) = modes(list)?;
+        self.explicit = Some(Explicit {
+            tx: None,
+            isolation: isolation.unwrap_or(self.default_isolation),
+            read_only: read_only.unwrap_or(false),
+            savepoints: Vec::new(),
+            failed: false,
+            checked_plans: HashMap::new(),
+        });
+        Ok(StatementResult::done("BEGIN"))
+    }
+
+    fn commit(&mut self) -> Result<StatementResult> {
+        let Some(explicit) = self.explicit.take() else {
+            // PostgreSQL warns: there is no transaction in progress.
+            return Ok(StatementResult::done("COMMIT"));
+        };
+        if explicit.failed {
+            if let Some(tx) = explicit.tx {
+                tx.rollback();
+            }
+            return Ok(StatementResult::done("ROLLBACK"));
+        }
+        if let Some(tx) = explicit.tx {
+            tx.commit()?;
+        }
+        Ok(StatementResult::done("COMMIT"))
+    }
+
+    fn rollback(&mut self) -> StatementResult {
+        if let Some(Explicit { tx: Some(tx), .. }) = self.explicit.take() {
+            tx.rollback();
+        }
+        StatementResult::done("ROLLBACK")
+    }
+
+    fn explicit_tx(&mut self, what: &str) -> Result<&mut Explicit> {
+        let explicit = self.explicit.as_mut().ok_or_else(|| {
+            QueryError::sql(
+                "25P01",
+                format!("{what} can only be used in transaction blocks"),
+            )
+        })?;
+        if explicit.tx.is_none() {
+            explicit.tx = Some(self.db.begin(explicit.isolation)?);
+        }
+        Ok(explicit)
+    }
+
+    fn savepoint(&mut self, name: String) -> Result<StatementResult> {
+        if self.transaction_failed() {
+            return Err(Self::aborted());
+        }
+        let explicit = self.explicit_tx("SAVEPOINT")?;
+        let Some(tx) = explicit.tx.as_mut() else {
+            return Err(QueryError::invalid("no transaction"));
+        };
+        let savepoint = tx.savepoint();
+        explicit.savepoints.push((name, savepoint));
+        Ok(StatementResult::done("SAVEPOINT"))
+    }
+
+    fn find_savepoint(explicit: &Explicit, name: &str) -> Result<usize> {
+        explicit
+            .savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| QueryError::sql("3B001", format!("savepoint \"{name}\" does not exist")))
+    }
+
+    fn rollback_to(&mut self, name: &str) -> Result<StatementResult> {
+        let explicit = self.explicit_tx("ROLLBACK TO SAVEPOINT")?;
+        let position = Self::find_savepoint(explicit, name)?;
+        explicit.savepoints.truncate(position + 1);
+        explicit.checked_plans.clear();
+        if let (Some(tx), Some((_, savepoint))) = (explicit.tx.as_mut(), explicit.savepoints.last())
+        {
+            tx.rollback_to(savepoint)?;
+        }
+        explicit.failed = false;
+        Ok(StatementResult::done("ROLLBACK"))
+    }
+
+    fn release(&mut self, name: &str) -> Result<StatementResult> {
+        if self.transaction_failed() {
+            return Err(Self::aborted());
+        }
+        let explicit = self.explicit_tx("RELEASE SAVEPOINT")?;
+        let position = Self::find_savepoint(explicit, name)?;
+        let released: Vec<(String, Savepoint)> = explicit.savepoints.drain(position..).collect();
+        if let Some(tx) = explicit.tx.as_mut() {
+            for (_, savepoint) in released {
+                tx.release(savepoint)?;
+            }
+        }
+        Ok(StatementResult::done("RELEASE"))
+    }
+
+    fn set_transaction(
+        &mut self,
+        list: &[ast::TransactionMode],
+        session: bool,
+    ) -> Result<StatementResult> {
+        let (isolation, read_only) = modes(list)?;
+        if session {
+            if read_only == Some(true) {
+                return Err(QueryError::not_supported("read-only session default"));
+            }
+            if let Some(level) = isolation {
+                self.default_isolation = level;
+            }
+            return Ok(StatementResult::done("SET"));
+        }
+        let Some(explicit) = self.explicit.as_mut() else {
+            return Err(QueryError::sql(
+                "25P01",
+                "SET TRANSACTION can only be used in transaction blocks",
+            ));
+        };
+        if explicit.failed {
+            return Err(Self::aborted());
+        }
+        if isolation.is_some() && explicit.tx.is_some() {
+            explicit.failed = true;
+            return Err(QueryError::sql(
+                "25001",
+                "SET TRANSACTION ISOLATION LEVEL must be called before any query",
+            ));
+        }
+        if let Some(level) = isolation {
+            explicit.isolation = level;
+        }
+        if let Some(ro) = read_only {
+            explicit.read_only = ro;
+        }
+        Ok(StatementResult::done("SET"))
+    }
+
+    fn run_data(
+        &mut self,
+        statement: &Ast,
+        params: &[Value],
+        cache: Option<&PlanCache>,
+    ) -> Result<StatementResult> {
+        let db = self.db.clone();
+        match &mut self.explicit {
+            Some(explicit) => {
+                if explicit.failed {
+                    return Err(Self::aborted());
+                }
+                if explicit.read_only && writes(statement) {
+                    explicit.failed = true;
+                    return Err(QueryError::sql(
+                        "25006",
+                        format!(
+                            "cannot execute {} in a read-only transaction",
+                            statement_kind(statement)
+                        ),
+                    ));
+                }
+                if explicit.tx.is_none() {
+                    explicit.tx = Some(db.begin(explicit.isolation)?);
+                }
+                let Some(tx) = explicit.tx.as_mut() else {
+                    return Err(QueryError::invalid("no transaction"));
+                };
+                let memo = if matches!(
+                    statement,
+                    Ast::Query(_) | Ast::Insert(_) | Ast::Update(_) | Ast::Delete(_)
+                ) {
+                    (explicit.isolation != IsolationLevel::ReadCommitted)
+                        .then_some(&mut explicit.checked_plans)
+                } else {
+                    // DDL (or anything else) may change schemas: forget the checks.
+                    explicit.checked_plans.clear();
+                    None
+                };
+                let savepoint = tx.savepoint();
+                match run_data_statement(tx, statement, params, cache, memo) {
+                    Ok(result) => {
+                        tx.release(savepoint)?;
+                        Ok(result)
+                    }
+                    Err(err) => {
+                        tx.rollback_to(&savepoint)?;
+                        explicit.failed = true;
+                        Err(err)
+                    }
+                }
+            }
+            None => {
+                let mut attempt = 0;
+                loop {
+                    let mut tx = db.begin(self.default_isolation)?;
+                    let result = run_data_statement(&mut tx, statement, params, cache, None)?;
+                    match tx.commit() {
+                        Ok(_) => return Ok(result),
+                        Err(err) if err.is_retryable() && attempt < MAX_AUTOCOMMIT_RETRIES => {
+                            attempt += 1;
+                            backoff(attempt);
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(Explicit { tx: Some(tx), .. }) = self.explicit.take() {
+            tx.rollback();
+        }
+    }
+}

@@ -1,0 +1,1297 @@
+//! The executor: runs bound plans against a transaction. Scans stream
+//! through the engine's range iterators (primary-key gets and ranges, index
+//! scans, full scans); joined tables after the first are read once and
+//! hashed on their join keys; aggregation hashes groups in first-seen
+//! order; sorting, DISTINCT and LIMIT/OFFSET finish the rows. Writes keep
+//! rows and index entries in step and enforce NOT NULL, VARCHAR lengths,
+//! primary keys and UNIQUE indexes.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+
+use mmsb_engine::Transaction;
+
+use crate::catalog::{IndexDef, TableSchema};
+use crate::encoding::{
+    decode_key, decode_row_masked, encode_key, encode_key_value, encode_row, prefix_end,
+};
+use crate::error::{QueryError, Result};
+use crate::expr::Expr;
+use crate::plan::{
+    Access, AggCall, AggFunc, DeletePlan, InsertPlan, InsertSource, JoinKind, KeyBound, Plan,
+    Returning, SelectPlan, SetOp, Source, UpdatePlan,
+};
+use crate::value::{DataType, Value};
+
+/// Rows produced by a statement: column names and values.
+pub type RowSet = (Vec<String>, Vec<Vec<Value>>);
+
+/// Key ranges or points a scan reads.
+enum KeyRange {
+    /// Nothing can match.
+    Empty,
+    /// Every row (a bound could not be used exactly).
+    Full,
+    /// One range.
+    Range(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    /// Exact keys.
+    Points(Vec<Vec<u8>>),
+}
+
+/// The value as the column's type, when that is exact; `None` otherwise.
+fn exact_key_value(ty: DataType, v: Value) -> Option<Value> {
+    const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+    match (ty, v) {
+        (DataType::Real, Value::Integer(i)) if (i as f64) as i64 == i && i != i64::MAX => {
+            Some(Value::Real(i as f64))
+        }
+        (DataType::Integer, Value::Real(r))
+            if r.fract() == 0.0 && (-TWO_POW_63..TWO_POW_63).contains(&r) =>
+        {
+            Some(Value::Integer(r as i64))
+        }
+        (ty, v) if v.data_type() == Some(ty) => Some(v),
+        _ => None,
+    }
+}
+
+/// Why a bound could not be turned into key bytes.
+enum NoKey {
+    /// The bound is NULL: nothing matches.
+    Null,
+    /// The value's type does not map exactly onto the column: scan everything.
+    Inexact,
+}
+
+fn key_part(
+    schema: &TableSchema,
+    column: usize,
+    e: &Expr,
+    params: &[Value],
+    out: &mut Vec<u8>,
+) -> Result<Result<(), NoKey>> {
+    let v = e.eval(&[], params)?;
+    if v.is_null() {
+        return Ok(Err(NoKey::Null));
+    }
+    match exact_key_value(schema.columns[column].ty, v) {
+        Some(v) => {
+            encode_key_value(&v, out);
+            Ok(Ok(()))
+        }
+        None => Ok(Err(NoKey::Inexact)),
+    }
+}
+
+fn prefix_range(
+    schema: &TableSchema,
+    columns: &[usize],
+    eq: &[Expr],
+    lower: &KeyBound,
+    upper: &KeyBound,
+    params: &[Value],
+) -> Result<KeyRange> {
+    let mut prefix = Vec::new();
+    for (e, &c) in eq.iter().zip(columns) {
+        match key_part(schema, c, e, params, &mut prefix)? {
+            Ok(()) => {}
+            Err(NoKey::Null) => return Ok(KeyRange::Empty),
+            Err(NoKey::Inexact) => return Ok(KeyRange::Full),
+        }
+    }
+    let next = columns.get(eq.len()).copied();
+    let bound_key = |b: &(Expr, bool)| -> Result<Result<(Vec<u8>, bool), NoKey>> {
+        let mut key = prefix.clone();
+        let Some(c) = next else {
+            return Ok(Err(NoKey::Inexact));
+        };
+        Ok(key_part(schema, c, &b.0, params, &mut key)?.map(|()| (key, b.1)))
+    };
+    let lo = match lower {
+        None if prefix.is_empty() => Bound::Unbounded,
+        None => Bound::Included(prefix.clone()),
+        Some(b) => match bound_key(b)? {
+            Ok((key, true)) => Bound::Included(key),
+            Ok((key, false)) => match prefix_end(&key) {
+                Some(end) => Bound::Included(end),
+                None => return Ok(KeyRange::Empty),
+            },
+            Err(NoKey::Null) => return Ok(KeyRange::Empty),
+            Err(NoKey::Inexact) => return Ok(KeyRange::Full),
+        },
+    };
+    let hi = match upper {
+        None if prefix.is_empty() => Bound::Unbounded,
+        None => prefix_end(&prefix).map_or(Bound::Unbounded, Bound::Excluded),
+        Some(b) => match bound_key(b)? {
+            Ok((key, true)) => prefix_end(&key).map_or(Bound::Unbounded, Bound::Excluded),
+            Ok((key, false)) => Bound::Excluded(key),
+            Err(NoKey::Null) => return Ok(KeyRange::Empty),
+            Err(NoKey::Inexact) => return Ok(KeyRange::Full),
+        },
+    };
+    Ok(KeyRange::Range(lo, hi))
+}
+
+fn as_slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    b.as_ref().map(Vec::as_slice)
+}
+
+/// Decodes a stored row (only the `needed` columns, when given), filling
+/// columns added after it was written.
+fn decode_stored_row(
+    schema: &TableSchema,
+    bytes: &[u8],
+    needed: Option<&[bool]>,
+    out: &mut Vec<Value>,
+) -> Result<()> {
+    decode_row_masked(bytes, needed, out)?;
+    if out.len() > schema.columns.len() {
+        return Err(QueryError::corrupted(format!(
+            "row of table {} has {} columns, the schema {}",
+            schema.name,
+            out.len(),
+            schema.columns.len()
+        )));
+    }
+    for column in &schema.columns[out.len()..] {
+        out.push(column.default.clone());
+    }
+    Ok(())
+}
+
+/// A row callback: (primary key, row) → keep going?
+type RowSink<'a> = dyn FnMut(&[u8], Vec<Value>) -> Result<bool> + 'a;
+
+/// Calls `sink` with each row of the source that passes its filter, in the
+/// access path's order, until it returns false.
+fn scan_source(
+    tx: &mut Transaction,
+    source: &Source,
+    params: &[Value],
+    sink: &mut RowSink<'_>,
+) -> Result<()> {
+    if let Some(derived) = &source.derived {
+        let (_, rows) = run_select(tx, derived, params)?;
+        'rows: for row in rows {
+            for cond in &source.filter {
+                if !cond.eval_condition(&row, params)? {
+                    continue 'rows;
+                }
+            }
+            if !sink(&[], row)? {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let schema = &source.schema;
+    let range = match &source.access {
+        Access::FullScan => KeyRange::Full,
+        Access::Primary { eq, lower, upper } => {
+            let range = prefix_range(schema, &schema.primary_key, eq, lower, upper, params)?;
+            match range {
+                KeyRange::Range(Bound::Included(lo), _) if eq.len() == schema.primary_key.len() => {
+                    KeyRange::Points(vec![lo])
+                }
+                other => other,
+            }
+        }
+        Access::PrimaryIn(list) => {
+            let mut keys = Vec::new();
+            let mut exact = true;
+            for e in list {
+                let mut key = Vec::new();
+                match key_part(schema, schema.primary_key[0], e, params, &mut key)? {
+                    Ok(()) => keys.push(key),
+                    Err(NoKey::Null) => {}
+                    Err(NoKey::Inexact) => exact = false,
+                }
+            }
+            keys.sort();
+            keys.dedup();
+            if exact {
+                KeyRange::Points(keys)
+            } else {
+                KeyRange::Full
+            }
+        }
+        Access::Index {
+            index,
+            eq,
+            lower,
+            upper,
+        } => {
+            let def = &schema.indexes[*index];
+            match prefix_range(schema, &def.columns, eq, lower, upper, params)? {
+                KeyRange::Range(lo, hi) => {
+                    let keys = index_lookup(tx, schema, def, &lo, &hi, source.reverse)?;
+                    KeyRange::Points(keys)
+                }
+                other => other,
+            }
+        }
+    };
+    // An exact key range already guarantees the conditions it came from.
+    let exact = !matches!(range, KeyRange::Full);
+    let checks: Vec<&Expr> = source
+        .filter
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(exact && source.implied.contains(i)))
+        .map(|(_, cond)| cond)
+        .collect();
+    let passes = |row: &[Value]| -> Result<bool> {
+        for cond in &checks {
+            if !cond.eval_condition(row, params)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let mut data = tx.open_table(&schema.data_table())?;
+    let mut row = Vec::with_capacity(schema.columns.len());
+    match range {
+        KeyRange::Empty => {}
+        KeyRange::Points(keys) => {
+            let by_index = matches!(source.access, Access::Index { .. });
+            for key in keys {
+                let Some(bytes) = data.get(&key)? else {
+                    if by_index {
+                        return Err(QueryError::corrupted(format!(
+                            "index of {} names a missing row",
+                            schema.name
+                        )));
+                    }
+                    continue;
+                };
+                decode_stored_row(schema, &bytes, source.needed.as_deref(), &mut row)?;
+                if passes(&row)? && !sink(&key, std::mem::take(&mut row))? {
+                    break;
+                }
+            }
+        }
+        KeyRange::Full | KeyRange::Range(..) => {
+            let (lo, hi) = match range {
+                KeyRange::Range(lo, hi) => (lo, hi),
+                _ => (Bound::Unbounded, Bound::Unbounded),
+            };
+            let iter = data.range((as_slice_bound(&lo), as_slice_bound(&hi)))?;
+            let mut visit = |entry: mmsb_engine::Result<(
+                mmsb_engine::ByteView,
+                mmsb_engine::ByteView,
+            )>|
+             -> Result<bool> {
+                let (key, bytes) = entry?;
+                decode_stored_row(schema, &bytes, source.needed.as_deref(), &mut row)?;
+                Ok(!passes(&row)? || sink(&key, std::mem::take(&mut row))?)
+            };
+            if source.reverse {
+                for entry in iter.rev() {
+                    if !visit(entry)? {
+                        break;
+                    }
+                }
+            } else {
+                for entry in iter {
+                    if !visit(entry)? {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Primary keys of the index entries in a range, in index order.
+fn index_lookup(
+    tx: &mut Transaction,
+    schema: &TableSchema,
+    def: &IndexDef,
+    lo: &Bound<Vec<u8>>,
+    hi: &Bound<Vec<u8>>,
+    reverse: bool,
+) -> Result<Vec<Vec<u8>>> {
+    let mut index = tx.open_table(&schema.index_table(def))?;
+    let mut keys = Vec::new();
+    for entry in index.range((as_slice_bound(lo), as_slice_bound(hi)))? {
+        let (_, pk) = entry?;
+        keys.push(pk.to_vec());
+    }
+    if reverse {
+        keys.reverse();
+    }
+    Ok(keys)
+}
+
+/// Rows of one joined table, read once, with a hash on its join keys.
+struct Materialized {
+    rows: Vec<Vec<Value>>,
+    hash: Option<HashMap<Vec<u8>, Vec<usize>>>,
+}
+
+/// Encodes join-key values; `None` when one is NULL (it matches nothing).
+fn join_key(values: impl Iterator<Item = Result<Value>>) -> Result<Option<Vec<u8>>> {
+    let mut key = Vec::new();
+    for v in values {
+        let v = v?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        encode_key_value(&v, &mut key);
+    }
+    Ok(Some(key))
+}
+
+fn materialize(tx: &mut Transaction, source: &Source, params: &[Value]) -> Result<Materialized> {
+    let mut rows = Vec::new();
+    scan_source(tx, source, params, &mut |_, row| {
+        rows.push(row);
+        Ok(true)
+    })?;
+    let hash = if source.hash_keys.is_empty() {
+        None
+    } else {
+        let mut map: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let key = join_key(
+                source
+                    .hash_keys
+                    .iter()
+                    .map(|(_, right)| right.eval(row, params)),
+            )?;
+            if let Some(key) = key {
+                map.entry(key).or_default().push(i);
+            }
+        }
+        Some(map)
+    };
+    Ok(Materialized { rows, hash })
+}
+
+/// One aggregate's running state.
+#[derive(Default)]
+struct Accumulator {
+    count: i64,
+    int_sum: i128,
+    real_sum: f64,
+    saw_real: bool,
+    best: Option<Value>,
+    seen: Option<HashSet<Vec<u8>>>,
+}
+
+impl Accumulator {
+    fn new(call: &AggCall) -> Self {
+        Accumulator {
+            seen: call.distinct.then(HashSet::new),
+            ..Accumulator::default()
+        }
+    }
+
+    fn feed(&mut self, call: &AggCall, value: &Value) -> Result<()> {
+        if value.is_null() {
+            return Ok(());
+        }
+        if let Some(seen) = &mut self.seen {
+            let mut key = Vec::new();
+            encode_key_value(value, &mut key);
+            if !seen.insert(key) {
+                return Ok(());
+            }
+        }
+        match call.func {
+            AggFunc::Count => self.count += 1,
+            AggFunc::Sum | AggFunc::Avg => {
+                match value {
+                    Value::Integer(i) => self.int_sum += i128::from(*i),
+                    Value::Real(r) => {
+                        self.real_sum += r;
+                        self.saw_real = true;
+                    }
+                    other => {
+                        let name = if call.func == AggFunc::Sum {
+                            "sum"
+                        } else {
+                            "avg"
+                        };
+                        return Err(QueryError::sql(
+                            "42883",
+                            format!("function {name}({}) does not exist", other.type_name()),
+                        ));
+                    }
+                }
+                self.count += 1;
+            }
+            AggFunc::Min | AggFunc::Max => {
+                let better = match &self.best {
+                    None => true,
+                    Some(best) => {
+                        let ordering = value.sql_cmp(best)?;
+                        match call.func {
+                            AggFunc::Min => ordering == Some(std::cmp::Ordering::Less),
+                            _ => ordering == Some(std::cmp::Ordering::Greater),
+                        }
+                    }
+                };
+                if better {
+                    self.best = Some(value.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn result(&self, call: &AggCall) -> Result<Value> {
+        Ok(match call.func {
+            AggFunc::Count => Value::Integer(self.count),
+            _ if self.count == 0 && matches!(call.func, AggFunc::Sum | AggFunc::Avg) => Value::Null,
+            AggFunc::Sum if self.saw_real => Value::Real(self.real_sum + self.int_sum as f64),
+            AggFunc::Sum => Value::Integer(
+                i64::try_from(self.int_sum)
+                    .map_err(|_| QueryError::out_of_range("bigint out of range"))?,
+            ),
+            AggFunc::Avg => Value::Real((self.real_sum + self.int_sum as f64) / self.count as f64),
+            AggFunc::Min | AggFunc::Max => self.best.clone().unwrap_or(Value::Null),
+        })
+    }
+}
+
+/// Groups and their accumulators, in first-seen order.
+struct Groups {
+    index: HashMap<Vec<u8>, usize>,
+    groups: Vec<(Vec<Value>, Vec<Accumulator>)>,
+    /// The current row's encoded group key (reused).
+    key: Vec<u8>,
+}
+
+/// Where joined rows go: WHERE, then aggregation or projection.
+struct Sink<'p> {
+    plan: &'p SelectPlan,
+    params: &'p [Value],
+    groups: Option<Groups>,
+    out: Vec<Vec<Value>>,
+    stop_after: Option<usize>,
+}
+
+impl<'p> Sink<'p> {
+    fn push(&mut self, row: Vec<Value>) -> Result<bool> {
+        if let Some(filter) = &self.plan.filter {
+            if !filter.eval_condition(&row, self.params)? {
+                return Ok(true);
+            }
+        }
+        match (&mut self.groups, &self.plan.aggregate) {
+            (Some(groups), Some(agg)) => {
+                let slot = if agg.group_by.is_empty() {
+                    if groups.groups.is_empty() {
+                        groups
+                            .groups
+                            .push((Vec::new(), agg.calls.iter().map(Accumulator::new).collect()));
+                    }
+                    0
+                } else {
+                    groups.key.clear();
+                    for g in &agg.group_by {
+                        encode_key_value(g.eval_cow(&row, self.params)?.as_ref(), &mut groups.key);
+                    }
+                    match groups.index.get(groups.key.as_slice()) {
+                        Some(&i) => i,
+                        None => {
+                            let values: Vec<Value> = agg
+                                .group_by
+                                .iter()
+                                .map(|g| g.eval(&row, self.params))
+                                .collect::<Result<_>>()?;
+                            groups
+                                .groups
+                                .push((values, agg.calls.iter().map(Accumulator::new).collect()));
+                            groups
+                                .index
+                                .insert(groups.key.clone(), groups.groups.len() - 1);
+                            groups.groups.len() - 1
+                        }
+                    }
+                };
+                let accumulators = &mut groups.groups[slot].1;
+                for (call, acc) in agg.calls.iter().zip(accumulators.iter_mut()) {
+                    match &call.arg {
+                        Some(arg) => acc.feed(call, arg.eval_cow(&row, self.params)?.as_ref())?,
+                        None => acc.feed(call, &Value::Boolean(true))?,
+                    }
+                }
+                Ok(true)
+            }
+            _ => {
+                let projected = self
+                    .plan
+                    .projection
+                    .iter()
+                    .map(|e| e.eval(&row, self.params))
+                    .collect::<Result<Vec<_>>>()?;
+                self.out.push(projected);
+                Ok(self.stop_after.is_none_or(|n| self.out.len() < n))
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<Vec<Vec<Value>>> {
+        if let (Some(groups), Some(agg)) = (self.groups.take(), &self.plan.aggregate) {
+            let mut groups = groups.groups;
+            if groups.is_empty() && agg.group_by.is_empty() {
+                groups.push((Vec::new(), agg.calls.iter().map(Accumulator::new).collect()));
+            }
+            for (values, accumulators) in groups {
+                let mut row = values;
+                for (call, acc) in agg.calls.iter().zip(&accumulators) {
+                    row.push(acc.result(call)?);
+                }
+                if let Some(having) = &self.plan.having {
+                    if !having.eval_condition(&row, self.params)? {
+                        continue;
+                    }
+                }
+                let projected = self
+                    .plan
+                    .projection
+                    .iter()
+                    .map(|e| e.eval(&row, self.params))
+                    .collect::<Result<Vec<_>>>()?;
+                self.out.push(projected);
+            }
+        }
+        Ok(self.out)
+    }
+}
+
+/// Evaluates LIMIT or OFFSET: a non-negative integer, or none.
+fn eval_count(e: Option<&Expr>, params: &[Value], what: &str) -> Result<Option<usize>> {
+    let Some(e) = e else { return Ok(None) };
+    match e.eval(&[], params)? {
+        Value::Null => Ok(None),
+        Value::Integer(n) if n >= 0 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+        Value::Integer(_) => Err(QueryError::sql(
+            "2201W",
+            format!("{what} must not be negative"),
+        )),
+        other => Err(QueryError::type_mismatch(format!(
+            "argument of {what} must be type bigint, not type {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Runs a SELECT; returns the visible column names and rows.
+pub fn run_select(tx: &mut Transaction, plan: &SelectPlan, params: &[Value]) -> Result<RowSet> {
+    if !plan.set_ops.is_empty() {
+        return run_set_operation(tx, plan, params);
+    }
+    let limit = eval_count(plan.limit.as_ref(), params, "LIMIT")?;
+    let offset = eval_count(plan.offset.as_ref(), params, "OFFSET")?.unwrap_or(0);
+    let streaming =
+        plan.aggregate.is_none() && !plan.distinct && (plan.order_by.is_empty() || plan.presorted);
+    let stop_after = match (streaming, limit) {
+        (true, Some(limit)) => Some(limit.saturating_add(offset)),
+        _ => None,
+    };
+    if stop_after == Some(0) {
+        return Ok((plan.names.clone(), Vec::new()));
+    }
+    let mut joined = Vec::with_capacity(plan.sources.len().saturating_sub(1));
+    for source in plan.sources.iter().skip(1) {
+        joined.push(materialize(tx, source, params)?);
+    }
+    let mut sink = Sink {
+        plan,
+        params,
+        groups: plan.aggregate.as_ref().map(|_| Groups {
+            index: HashMap::new(),
+            groups: Vec::new(),
+            key: Vec::new(),
+        }),
+        out: Vec::new(),
+        stop_after,
+    };
+    match plan.sources.first() {
+        None => {
+            sink.push(Vec::new())?;
+        }
+        Some(first) => {
+            let mut emit =
+                |_: &[u8], row: Vec<Value>| join_rows(plan, &joined, 1, row, params, &mut sink);
+            scan_source(tx, first, params, &mut emit)?;
+        }
+    }
+    let mut rows = sink.finish()?;
+    if plan.distinct {
+        let mut seen = HashSet::new();
+        rows.retain(|row| seen.insert(encode_key(row)));
+    }
+    if !plan.order_by.is_empty() && !plan.presorted {
+        sort_rows(&mut rows, plan);
+    }
+    let visible = plan.visible();
+    let rows = rows
+        .into_iter()
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .map(|mut row| {
+            row.truncate(visible);
+            row
+        })
+        .collect();
+    Ok((plan.names.clone(), rows))
+}
+
+/// Runs UNION / INTERSECT / EXCEPT: the first operand (the plan without
+/// its set operations, ORDER BY and LIMIT), combined left to right with the
+/// others; then ORDER BY, OFFSET and LIMIT.
+fn run_set_operation(tx: &mut Transaction, plan: &SelectPlan, params: &[Value]) -> Result<RowSet> {
+    let limit = eval_count(plan.limit.as_ref(), params, "LIMIT")?;
+    let offset = eval_count(plan.offset.as_ref(), params, "OFFSET")?.unwrap_or(0);
+    let head = SelectPlan {
+        set_ops: Vec::new(),
+        order_by: Vec::new(),
+        presorted: false,
+        limit: None,
+        offset: None,
+        ..plan.clone()
+    };
+    let (names, mut rows) = run_select(tx, &head, params)?;
+    for (op, part) in &plan.set_ops {
+        let other = run_select(tx, part, params)?.1;
+        rows = combine(*op, rows, other);
+    }
+    if !plan.order_by.is_empty() {
+        sort_rows(&mut rows, plan);
+    }
+    let rows = rows
+        .into_iter()
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
+    Ok((names, rows))
+}
+
+/// Combines two results with SQL's set semantics (duplicates are rows
+/// equal column by column, NULLs equal to each other).
+fn combine(op: SetOp, left: Vec<Vec<Value>>, right: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
+    let distinct = |rows: Vec<Vec<Value>>| {
+        let mut seen = HashSet::new();
+        rows.into_iter()
+            .filter(|r| seen.insert(encode_key(r)))
+            .collect::<Vec<_>>()
+    };
+    let counts = |rows: &[Vec<Value>]| {
+        let mut counts: HashMap<Vec<u8>, usize> = HashMap::new();
+        for r in rows {
+            *counts.entry(encode_key(r)).or_default() += 1;
+        }
+        counts
+    };
+    match op {
+        SetOp::Union { all } => {
+            let mut rows = left;
+            rows.extend(right);
+            if all {
+                rows
+            } else {
+                distinct(rows)
+            }
+        }
+        SetOp::Intersect { all } => {
+            let mut available = counts(&right);
+            let rows: Vec<Vec<Value>> = left
+                .into_iter()
+                .filter(|r| match available.get_mut(&encode_key(r)) {
+                    Some(n) if *n > 0 => {
+                        if all {
+                            *n -= 1;
+                        }
+                        true
+                    }
+                    _ => false,
+                })
+                .collect();
+            if all {
+                rows
+            } else {
+                distinct(rows)
+            }
+        }
+        SetOp::Except { all } => {
+            let mut removable = counts(&right);
+            let rows: Vec<Vec<Value>> = left
+                .into_iter()
+                .filter(|r| match removable.get_mut(&encode_key(r)) {
+                    Some(n) if *n > 0 => {
+                        if all {
+                            *n -= 1;
+                        }
+                        false
+                    }
+                    _ => true,
+                })
+                .collect();
+            if all {
+                rows
+            } else {
+                distinct(rows)
+            }
+        }
+    }
+}
+
+fn sort_rows(rows: &mut [Vec<Value>], plan: &SelectPlan) {
+    rows.sort_by(|a, b| {
+        for key in &plan.order_by {
+            let (x, y) = (&a[key.column], &b[key.column]);
+            let ordering = match (x.is_null(), y.is_null()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => {
+                    if key.nulls_first {
+                        std::cmp::Ordering::Less
+                    } else {
+                        std::cmp::Ordering::Greater
+                    }
+                }
+                (false, true) => {
+                    if key.nulls_first {
+                        std::cmp::Ordering::Greater
+                    } else {
+                        std::cmp::Ordering::Less
+                    }
+                }
+                (false, false) => {
+                    let o = x.sort_cmp(y);
+                    if key.desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
+            };
+            if ordering.is_ne() {
+                return ordering;
+            }
+        }
+        std::cmp::Ordering::Equal
+    });
+}
+
+/// Joins `row` (the sources before `level`) with the rest, feeding the sink.
+fn join_rows(
+    plan: &SelectPlan,
+    joined: &[Materialized],
+    level: usize,
+    row: Vec<Value>,
+    params: &[Value],
+    sink: &mut Sink<'_>,
+) -> Result<bool> {
+    if level == plan.sources.len() {
+        return sink.push(row);
+    }
+    let source = &plan.sources[level];
+    let table = &joined[level - 1];
+    let candidates: Box<dyn Iterator<Item = &Vec<Value>>> = match &table.hash {
+        Some(hash) => {
+            let key = join_key(
+                source
+                    .hash_keys
+                    .iter()
+                    .map(|(left, _)| left.eval(&row, params)),
+            )?;
+            match key.and_then(|k| hash.get(&k)) {
+                Some(hits) => Box::new(hits.iter().map(|&i| &table.rows[i])),
+                None => Box::new(std::iter::empty()),
+            }
+        }
+        None => Box::new(table.rows.iter()),
+    };
+    let mut matched = false;
+    for right in candidates {
+        let mut combined = Vec::with_capacity(row.len() + right.len());
+        combined.extend(row.iter().cloned());
+        combined.extend(right.iter().cloned());
+        if let Some(on) = &source.on {
+            if !on.eval_condition(&combined, params)? {
+                continue;
+            }
+        }
+        matched = true;
+        if !join_rows(plan, joined, level + 1, combined, params, sink)? {
+            return Ok(false);
+        }
+    }
+    if !matched && source.join == JoinKind::Left {
+        let mut combined = row;
+        combined.resize(combined.len() + source.schema.columns.len(), Value::Null);
+        return join_rows(plan, joined, level + 1, combined, params, sink);
+    }
+    Ok(true)
+}
+
+/// Coerces and checks a row about to be stored.
+fn check_row(schema: &TableSchema, row: &mut [Value]) -> Result<()> {
+    for (value, column) in row.iter_mut().zip(&schema.columns) {
+        let v = std::mem::replace(value, Value::Null).coerce_to(column.ty)?;
+        if v.is_null() && column.not_null {
+            return Err(QueryError::sql(
+                "23502",
+                format!(
+                    "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                    column.name, schema.name
+                ),
+            ));
+        }
+        if let (Value::Text(s), Some(max)) = (&v, column.max_chars) {
+            if s.chars().count() > max as usize {
+                return Err(QueryError::sql(
+                    "22001",
+                    format!("value too long for type character varying({max})"),
+                ));
+            }
+        }
+        *value = v;
+    }
+    Ok(())
+}
+
+fn primary_key(schema: &TableSchema, row: &[Value]) -> Vec<u8> {
+    let values: Vec<Value> = schema.primary_key.iter().map(|&c| row[c].clone()).collect();
+    encode_key(&values)
+}
+
+fn describe_key(schema: &TableSchema, columns: &[usize], row: &[Value]) -> String {
+    let names: Vec<&str> = columns
+        .iter()
+        .map(|&c| schema.columns[c].name.as_str())
+        .collect();
+    let values: Vec<String> = columns.iter().map(|&c| row[c].to_string()).collect();
+    format!(
+        "Key ({})=({}) already exists.",
+        names.join(", "),
+        values.join(", ")
+    )
+}
+
+/// The index entry of a row: `(index values)` when unique and not NULL,
+/// else `(index values) ‖ primary key`; the entry's value is the primary key.
+fn index_entry(def: &IndexDef, row: &[Value], pk: &[u8]) -> Vec<u8> {
+    let values: Vec<Value> = def.columns.iter().map(|&c| row[c].clone()).collect();
+    let mut key = encode_key(&values);
+    if !def.unique || values.iter().any(Value::is_null) {
+        key.extend_from_slice(pk);
+    }
+    key
+}
+
+/// One row change of a statement: (primary key, row) before and after.
+struct Change {
+    old: Option<(Vec<u8>, Vec<Value>)>,
+    new: Option<(Vec<u8>, Vec<Value>)>,
+}
+
+impl Change {
+    /// Whether the change moves or rewrites the row's entry in `def`.
+    fn touches(&self, def: &IndexDef) -> bool {
+        match (&self.old, &self.new) {
+            (Some((ok, old)), Some((nk, new))) => {
+                ok != nk || def.columns.iter().any(|&c| old[c] != new[c])
+            }
+            _ => true,
+        }
+    }
+
+    fn moves_key(&self) -> bool {
+        match (&self.old, &self.new) {
+            (Some((ok, _)), Some((nk, _))) => ok != nk,
+            _ => true,
+        }
+    }
+}
+
+fn duplicate(
+    constraint: &str,
+    schema: &TableSchema,
+    columns: &[usize],
+    row: &[Value],
+) -> QueryError {
+    QueryError::sql(
+        "23505",
+        format!(
+            "duplicate key value violates unique constraint \"{constraint}\" ({})",
+            describe_key(schema, columns, row)
+        ),
+    )
+}
+
+/// Applies a statement's changes: every removal first, then every insert,
+/// so uniqueness holds for the statement as a whole. Each engine table is
+/// opened once per phase.
+fn apply_changes(tx: &mut Transaction, schema: &TableSchema, changes: &[Change]) -> Result<()> {
+    for def in &schema.indexes {
+        let mut index = tx.open_table(&schema.index_table(def))?;
+        for change in changes.iter().filter(|c| c.touches(def)) {
+            if let Some((pk, row)) = &change.old {
+                index.remove(&index_entry(def, row, pk))?;
+            }
+        }
+    }
+    let data_name = schema.data_table();
+    {
+        let mut data = tx.open_table(&data_name)?;
+        for change in changes.iter().filter(|c| c.moves_key()) {
+            if let (Some((pk, _)), _) = (&change.old, &change.new) {
+                data.remove(pk)?;
+            }
+        }
+        for change in changes {
+            if let Some((pk, row)) = &change.new {
+                let previous = data.insert(pk, &encode_row(row))?;
+                if previous.is_some() && change.moves_key() {
+                    let constraint = format!("{}_pkey", schema.name);
+                    return Err(duplicate(&constraint, schema, &schema.primary_key, row));
+                }
+            }
+        }
+    }
+    for def in &schema.indexes {
+        let mut index = tx.open_table(&schema.index_table(def))?;
+        for change in changes.iter().filter(|c| c.touches(def)) {
+            if let Some((pk, row)) = &change.new {
+                let previous = index.insert(&index_entry(def, row, pk), pk)?;
+                if previous.is_some_and(|p| *p != **pk) {
+                    return Err(duplicate(&def.name, schema, &def.columns, row));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fills a new index from the table's rows (CREATE INDEX).
+pub fn build_index(tx: &mut Transaction, schema: &TableSchema, def: &IndexDef) -> Result<()> {
+    let mut rows = Vec::new();
+    let source = full_scan_source(schema);
+    scan_source(tx, &source, &[], &mut |key, row| {
+        rows.push((key.to_vec(), row));
+        Ok(true)
+    })?;
+    let mut index = tx.open_table(&schema.index_table(def))?;
+    for (pk, row) in rows {
+        let key = index_entry(def, &row, &pk);
+        if index.insert(&key, &pk)?.is_some() {
+            return Err(QueryError::sql(
+                "23505",
+                format!(
+                    "could not create unique index \"{}\" ({})",
+                    def.name,
+                    describe_key(schema, &def.columns, &row)
+                        .replace("already exists", "is duplicated")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A source reading every row of a table.
+pub fn full_scan_source(schema: &TableSchema) -> Source {
+    Source {
+        schema: schema.clone(),
+        alias: schema.name.clone(),
+        offset: 0,
+        join: JoinKind::Inner,
+        on: None,
+        hash_keys: Vec::new(),
+        filter: Vec::new(),
+        access: Access::FullScan,
+        reverse: false,
+        needed: None,
+        implied: Vec::new(),
+        derived: None,
+    }
+}
+
+/// The next hidden rowid: one past the largest key.
+/// Reserves `count` hidden rowids: past the largest key this transaction
+/// sees and past every rowid this process handed out for the table (a
+/// database is open in one process at a time), so concurrent inserts
+/// never pick the same rowid, whatever their isolation level.
+fn reserve_rowids(tx: &mut Transaction, schema: &TableSchema, count: usize) -> Result<i64> {
+    static HANDED_OUT: std::sync::Mutex<Option<HashMap<String, i64>>> = std::sync::Mutex::new(None);
+    let data_table = schema.data_table();
+    let last = tx.open_table(&data_table)?.last()?;
+    let after_last = match last {
+        None => 1,
+        Some((key, _)) => match decode_key(&key)?.as_slice() {
+            [Value::Integer(i)] => i
+                .checked_add(1)
+                .ok_or_else(|| QueryError::out_of_range("rowid out of range"))?,
+            _ => {
+                return Err(QueryError::corrupted(format!(
+                    "rowid key of {} is not an integer",
+                    schema.name
+                )))
+            }
+        },
+    };
+    let mut guard = match HANDED_OUT.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let next = guard
+        .get_or_insert_with(HashMap::new)
+        .entry(data_table)
+        .or_insert(1);
+    let first = (*next).max(after_last);
+    *next = i64::try_from(count)
+        .ok()
+        .and_then(|n| first.checked_add(n))
+        .ok_or_else(|| QueryError::out_of_range("rowid out of range"))?;
+    Ok(first)
+}
+
+fn returning_rows(returning: &Returning, rows: &[Vec<Value>], params: &[Value]) -> Result<RowSet> {
+    let out = rows
+        .iter()
+        .map(|row| {
+            returning
+                .exprs
+                .iter()
+                .map(|e| e.eval(row, params))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    Ok((returning.names.clone(), out))
+}
+
+/// Runs an INSERT; returns the row count and the RETURNING rows.
+pub fn run_insert(
+    tx: &mut Transaction,
+    plan: &InsertPlan,
+    params: &[Value],
+) -> Result<(u64, Option<RowSet>)> {
+    let schema = &plan.table;
+    let sources: Vec<Vec<Option<Value>>> = match &plan.source {
+        InsertSource::Values(rows) => rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|e| e.as_ref().map(|e| e.eval(&[], params)).transpose())
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?,
+        InsertSource::Select(select) => run_select(tx, select, params)?
+            .1
+            .into_iter()
+            .map(|row| row.into_iter().map(Some).collect())
+            .collect(),
+    };
+    let mut next_id = if schema.has_rowid() && !sources.is_empty() {
+        Some(reserve_rowids(tx, schema, sources.len())?)
+    } else {
+        None
+    };
+    let mut changes = Vec::with_capacity(sources.len());
+    for source in sources {
+        let mut row: Vec<Value> = schema.columns.iter().map(|c| c.default.clone()).collect();
+        for (&column, value) in plan.columns.iter().zip(source) {
+            if let Some(value) = value {
+                row[column] = value;
+            }
+        }
+        check_row(schema, &mut row)?;
+        let key = match &mut next_id {
+            Some(id) => {
+                let key = encode_key(&[Value::Integer(*id)]);
+                *id = id
+                    .checked_add(1)
+                    .ok_or_else(|| QueryError::out_of_range("rowid out of range"))?;
+                key
+            }
+            None => primary_key(schema, &row),
+        };
+        changes.push(Change {
+            old: None,
+            new: Some((key, row)),
+        });
+    }
+    apply_changes(tx, schema, &changes)?;
+    let count = changes.len() as u64;
+    let inserted: Vec<Vec<Value>> = if plan.returning.is_some() {
+        changes
+            .into_iter()
+            .filter_map(|c| c.new.map(|(_, row)| row))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let returning = plan
+        .returning
+        .as_ref()
+        .map(|r| returning_rows(r, &inserted, params))
+        .transpose()?;
+    Ok((count, returning))
+}
+
+/// Collects (key, row) of the rows a statement's source and WHERE select.
+fn matching_rows(
+    tx: &mut Transaction,
+    source: &Source,
+    params: &[Value],
+) -> Result<Vec<(Vec<u8>, Vec<Value>)>> {
+    let mut out = Vec::new();
+    scan_source(tx, source, params, &mut |key, row| {
+        out.push((key.to_vec(), row));
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Runs an UPDATE; returns the row count and the RETURNING rows.
+pub fn run_update(
+    tx: &mut Transaction,
+    plan: &UpdatePlan,
+    params: &[Value],
+) -> Result<(u64, Option<RowSet>)> {
+    let schema = &plan.source.schema;
+    let matches = matching_rows(tx, &plan.source, params)?;
+    let mut changes = Vec::with_capacity(matches.len());
+    for (key, old) in matches {
+        let mut new = old.clone();
+        for (column, e) in &plan.assignments {
+            new[*column] = e.eval(&old, params)?;
+        }
+        check_row(schema, &mut new)?;
+        let new_key = if schema.has_rowid() {
+            key.clone()
+        } else {
+            primary_key(schema, &new)
+        };
+        changes.push(Change {
+            old: Some((key, old)),
+            new: Some((new_key, new)),
+        });
+    }
+    apply_changes(tx, schema, &changes)?;
+    let count = changes.len() as u64;
+    let returning = plan
+        .returning
+        .as_ref()
+        .map(|r| {
+            let rows: Vec<Vec<Value>> = changes
+                .into_iter()
+                .filter_map(|c| c.new.map(|(_, row)| row))
+                .collect();
+            returning_rows(r, &rows, params)
+        })
+        .transpose()?;
+    Ok((count, returning))
+}
+
+/// Runs a DELETE; returns the row count and the RETURNING rows.
+pub fn run_delete(
+    tx: &mut Transaction,
+    plan: &DeletePlan,
+    params: &[Value],
+) -> Result<(u64, Option<RowSet>)> {
+    let schema = &plan.source.schema;
+    let changes: Vec<Change> = matching_rows(tx, &plan.source, params)?
+        .into_iter()
+        .map(|old| Change {
+            old: Some(old),
+            new: None,
+        })
+        .collect();
+    apply_changes(tx, schema, &changes)?;
+    let count = changes.len() as u64;
+    let returning = plan
+        .returning
+        .as_ref()
+        .map(|r| {
+            let rows: Vec<Vec<Value>> = changes
+                .into_iter()
+                .filter_map(|c| c.old.map(|(_, row)| row))
+                .collect();
+            returning_rows(r, &rows, params)
+        })
+        .transpose()?;
+    Ok((count, returning))
+}
+
+/// Rows of each subquery, in order.
+pub type SubqueryResults = Vec<Vec<Vec<Value>>>;
+
+/// Replaces subquery references in `e` by their results.
+fn substitute(e: Expr, results: &SubqueryResults) -> Result<Expr> {
+    let rows = |i: usize| {
+        results
+            .get(i)
+            .ok_or_else(|| QueryError::sql("XX000", format!("internal: subquery {i} has not run")))
+    };
+    e.rewrite(&mut |node| {
+        Ok(match node {
+            Expr::Subquery(i) => Some(Expr::Literal(match rows(*i)?.as_slice() {
+                [] => Value::Null,
+                [row] => row.first().cloned().unwrap_or(Value::Null),
+                _ => {
+                    return Err(QueryError::sql(
+                        "21000",
+                        "more than one row returned by a subquery used as an expression",
+                    ))
+                }
+            })),
+            Expr::Exists(i) => Some(Expr::Literal(Value::Boolean(!rows(*i)?.is_empty()))),
+            Expr::InSubquery {
+                expr,
+                index,
+                negated,
+            } => Some(Expr::InList {
+                expr: Box::new(substitute((**expr).clone(), results)?),
+                list: rows(*index)?
+                    .iter()
+                    .map(|row| Expr::Literal(row.first().cloned().unwrap_or(Value::Null)))
+                    .collect(),
+                negated: *negated,
+            }),
+            _ => None,
+        })
+    })
+}
+
+fn substitute_in_place(e: &mut Expr, results: &SubqueryResults) -> Result<()> {
+    if crate::plan::has_subquery(e) {
+        let taken = std::mem::replace(e, Expr::Literal(Value::Null));
+        *e = substitute(taken, results)?;
+    }
+    Ok(())
+}
+
+/// Runs a statement's subqueries (each sees the results of those before it)
+/// and returns the plan with their results in place of the references.
+pub fn with_subqueries(
+    tx: &mut Transaction,
+    plan: &Plan,
+    subqueries: &[SelectPlan],
+    params: &[Value],
+) -> Result<Plan> {
+    let mut results: SubqueryResults = Vec::with_capacity(subqueries.len());
+    for sub in subqueries {
+        let mut sub = Plan::Select(sub.clone());
+        crate::plan::plan_exprs_mut(&mut sub, &mut |e| substitute_in_place(e, &results))?;
+        crate::plan::replan_access(&mut sub);
+        let Plan::Select(sub) = sub else {
+            return Err(QueryError::sql(
+                "XX000",
+                "internal: subquery is not a SELECT",
+            ));
+        };
+        results.push(run_select(tx, &sub, params)?.1);
+    }
+    let mut plan = plan.clone();
+    crate::plan::plan_exprs_mut(&mut plan, &mut |e| substitute_in_place(e, &results))?;
+    crate::plan::replan_access(&mut plan);
+    Ok(plan)
+}
