@@ -97,10 +97,15 @@ const GREETINGS: [(&str, &str); 3] = [
 fn demo(path: &std::path::Path) -> mmsb::Result<()> {
     {
         let db = Database::open(path)?;
-        println!("opened {} (last commit: {})", path.display(), db.last_commit());
+        println!(
+            "opened {} (last commit: {})",
+            path.display(),
+            db.last_commit()
+        );
         for (name, text) in GREETINGS {
             let mut tx = db.begin_write()?;
-            tx.open_table("greetings")?.insert(name.as_bytes(), text.as_bytes())?;
+            tx.open_table("greetings")?
+                .insert(name.as_bytes(), text.as_bytes())?;
             let epoch = tx.commit()?;
             println!("committed {epoch}: greetings[{name:?}] = {text:?}");
         }
@@ -118,14 +123,42 @@ fn demo(path: &std::path::Path) -> mmsb::Result<()> {
     println!("greetings holds {} rows:", greetings.len());
     for entry in greetings.iter()? {
         let (name, text) = entry?;
-        println!("  {} => {}", String::from_utf8_lossy(&name), String::from_utf8_lossy(&text));
+        println!(
+            "  {} => {}",
+            String::from_utf8_lossy(&name),
+            String::from_utf8_lossy(&text)
+        );
     }
+    drop(greetings);
+    drop(rx);
+    sql_demo(db).map_err(|err| mmsb::Error::InvalidArgument(format!("SQL demo: {err}")))
+}
+
+/// A transactional SQL script through the same database: a transfer inside
+/// BEGIN … COMMIT, then a query.
+fn sql_demo(db: Database) -> Result<(), mmsb::QueryError> {
+    let mut conn = mmsb::Connection::new(db)?;
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, balance INTEGER NOT NULL);
+         INSERT INTO accounts SELECT 1, 'alice', 100 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE id = 1);
+         INSERT INTO accounts SELECT 2, 'bob', 50 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE id = 2);
+         BEGIN ISOLATION LEVEL SERIALIZABLE;
+         UPDATE accounts SET balance = balance - 10 WHERE id = 1;
+         UPDATE accounts SET balance = balance + 10 WHERE id = 2;
+         COMMIT;",
+    )?;
+    println!("SQL: transferred 10 from alice to bob in one SERIALIZABLE transaction");
+    let rows = conn.query("SELECT id, owner, balance FROM accounts ORDER BY id", &[])?;
+    print!("{}", cli::output::table(&rows));
     Ok(())
 }
 
 fn stats(path: &std::path::Path) -> mmsb::Result<()> {
     if !path.exists() {
-        return Err(mmsb::Error::InvalidArgument(format!("{} does not exist", path.display())));
+        return Err(mmsb::Error::InvalidArgument(format!(
+            "{} does not exist",
+            path.display()
+        )));
     }
     let db = Database::open(path)?;
     println!("{:#?}", db.metrics());

@@ -2,7 +2,7 @@
 //! (line editing, history, dot-commands) and a script runner that stops at
 //! the first error with its file, line and message.
 
-mod output;
+pub mod output;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
