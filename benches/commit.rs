@@ -55,7 +55,7 @@ fn durable_commit_latency(c: &mut Criterion) {
             })
             .collect();
         let mut round = 0usize;
-        let mut commit_once = |round: &mut usize| {
+        let commit_once = |round: &mut usize| {
             *round = (*round + 1) % 256;
             let mut tx = db.begin_page_write().expect("begin");
             tx.write(page, 0, &noise[*round..*round + change])

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use mmsb::{Database, Durability, Options};
+use mmsb::{Durability, Options};
 
 fn options() -> Options {
     Options {

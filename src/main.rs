@@ -129,7 +129,6 @@ fn demo(path: &std::path::Path) -> mmsb::Result<()> {
             String::from_utf8_lossy(&text)
         );
     }
-    drop(greetings);
     drop(rx);
     sql_demo(db).map_err(|err| mmsb::Error::InvalidArgument(format!("SQL demo: {err}")))
 }

@@ -379,7 +379,6 @@ fn a_long_reader_blocks_no_writer_and_keeps_its_snapshot() {
         pinned > 0,
         "the long reader pins old versions, and the metrics show it"
     );
-    drop(table);
     drop(reader);
     // Once the reader is gone, the merge worker folds the pinned versions.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

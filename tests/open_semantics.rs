@@ -163,6 +163,9 @@ fn a_bare_relative_file_name_opens_in_the_current_directory() {
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "mmsb demo bare.mmsb failed in the current directory");
+    assert!(
+        status.success(),
+        "mmsb demo bare.mmsb failed in the current directory"
+    );
     assert!(dir.path().join("bare.mmsb").exists());
 }

@@ -32,7 +32,7 @@ type PageWriteOp = (PageId, usize, Vec<u8>);
 /// before it. Pure: the same arguments always give the same writes.
 fn commit_plan(index: u64, page_len: usize, existing_pages: u64) -> (bool, Vec<PageWriteOp>) {
     let mut rng = StdRng::seed_from_u64(0x6d6d_7362 ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let allocates = index == 0 || index % ALLOCATE_EVERY == 0;
+    let allocates = index == 0 || index.is_multiple_of(ALLOCATE_EVERY);
     let pages_after = if index == 0 {
         BASE_PAGES
     } else {
@@ -143,7 +143,7 @@ pub fn verify_against(db: &Database, model: &Model) -> Result<(), String> {
         let actual = rx
             .read_page(*page)
             .map_err(|err| format!("read {page}: {err}"))?;
-        if &actual[..] != &image[..] {
+        if actual[..] != image[..] {
             return Err(format!("{page} differs from the model after {n} commits"));
         }
     }
