@@ -699,38 +699,21 @@ fn combine(op: SetOp, left: Vec<Vec<Value>>, right: Vec<Vec<Value>>) -> Vec<Vec<
                 distinct(rows)
             }
         }
-        SetOp::Intersect { all } => {
-            let mut available = counts(&right);
+        // INTERSECT keeps the left rows matched in the right input, EXCEPT
+        // the ones not matched; with ALL each right row matches once.
+        SetOp::Intersect { all } | SetOp::Except { all } => {
+            let keep_matched = matches!(op, SetOp::Intersect { .. });
+            let mut unmatched = counts(&right);
             let rows: Vec<Vec<Value>> = left
                 .into_iter()
-                .filter(|r| match available.get_mut(&encode_key(r)) {
+                .filter(|r| match unmatched.get_mut(&encode_key(r)) {
                     Some(n) if *n > 0 => {
                         if all {
                             *n -= 1;
                         }
-                        true
+                        keep_matched
                     }
-                    _ => false,
-                })
-                .collect();
-            if all {
-                rows
-            } else {
-                distinct(rows)
-            }
-        }
-        SetOp::Except { all } => {
-            let mut removable = counts(&right);
-            let rows: Vec<Vec<Value>> = left
-                .into_iter()
-                .filter(|r| match removable.get_mut(&encode_key(r)) {
-                    Some(n) if *n > 0 => {
-                        if all {
-                            *n -= 1;
-                        }
-                        false
-                    }
-                    _ => true,
+                    _ => !keep_matched,
                 })
                 .collect();
             if all {
