@@ -1159,19 +1159,7 @@ pub fn run_update(
         });
     }
     apply_changes(tx, schema, &changes)?;
-    let count = changes.len() as u64;
-    let returning = plan
-        .returning
-        .as_ref()
-        .map(|r| {
-            let rows: Vec<Vec<Value>> = changes
-                .into_iter()
-                .filter_map(|c| c.new.map(|(_, row)| row))
-                .collect();
-            returning_rows(r, &rows, params)
-        })
-        .transpose()?;
-    Ok((count, returning))
+    changed_rows(changes, plan.returning.as_ref(), params, |c| c.new)
 }
 
 /// Runs a DELETE; returns the row count and the RETURNING rows.
@@ -1189,19 +1177,28 @@ pub fn run_delete(
         })
         .collect();
     apply_changes(tx, schema, &changes)?;
+    changed_rows(changes, plan.returning.as_ref(), params, |c| c.old)
+}
+
+/// The row count of applied changes and, with RETURNING, the rows it names
+/// (`side` picks the new rows of an UPDATE or the old rows of a DELETE).
+fn changed_rows(
+    changes: Vec<Change>,
+    returning: Option<&Returning>,
+    params: &[Value],
+    side: impl Fn(Change) -> Option<(Vec<u8>, Vec<Value>)>,
+) -> Result<(u64, Option<RowSet>)> {
     let count = changes.len() as u64;
-    let returning = plan
-        .returning
-        .as_ref()
+    let rows = returning
         .map(|r| {
             let rows: Vec<Vec<Value>> = changes
                 .into_iter()
-                .filter_map(|c| c.old.map(|(_, row)| row))
+                .filter_map(|c| side(c).map(|(_, row)| row))
                 .collect();
             returning_rows(r, &rows, params)
         })
         .transpose()?;
-    Ok((count, returning))
+    Ok((count, rows))
 }
 
 /// Rows of each subquery, in order.
