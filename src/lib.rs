@@ -24,6 +24,20 @@ pub use mmsb_engine::{
     Transaction, MAX_CONFLICT_RETRIES, MAX_TABLE_NAME_BYTES,
 };
 
+/// Memory budget defaults and limits (`Options::memory_budget_bytes`,
+/// `Options::backpressure_max_wait_ms`).
+pub use mmsb_engine::{
+    default_memory_budget_bytes, DEFAULT_BACKPRESSURE_MAX_WAIT_MS, DEFAULT_MEMORY_BUDGET_BYTES,
+    MIN_MEMORY_BUDGET_BYTES,
+};
+
+/// Verification (`mmsb check`) and salvage (`mmsb check --repair`) of a closed database.
+pub use mmsb_engine::{
+    check_database, salvage, Area, CheckOptions, CheckPhase, CheckProgress, CheckReport,
+    CheckSummary, Finding, Location, LostRange, SalvageOptions, SalvageReport, Severity,
+    TableSalvage,
+};
+
 /// The SQL layer (crate `mmsb-query`): sessions, statements, rows, values.
 pub use mmsb_query::{
     parse_script, Connection, DataType, FromSql, ParsedStatement, QueryError, Row, Rows, Statement,

@@ -53,6 +53,18 @@ enum Command {
         #[arg(short = '1', long)]
         single_transaction: bool,
     },
+    /// Verifies every checksum, the TLog, the trees and the free list of a
+    /// closed database; exit status 0 clean, 1 damage found, 2 could not run.
+    Check {
+        /// The database file.
+        path: PathBuf,
+        /// Salvage every intact table and row into this new database.
+        #[arg(long, value_name = "OUT")]
+        repair: Option<PathBuf>,
+        /// Report format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: cli::check::ReportFormat,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +73,17 @@ fn main() -> ExitCode {
         Command::Demo { path } => demo(&path),
         Command::Stats { path } => stats(&path),
         Command::Shell { path } => return cli::shell(&path),
+        Command::Check {
+            path,
+            repair,
+            format,
+        } => {
+            return cli::check::run(&cli::check::CheckArgs {
+                path,
+                repair,
+                format,
+            })
+        }
         Command::Exec {
             path,
             files,

@@ -4,7 +4,8 @@
 //!
 //! Usage: `gpu_bench [SECTION ...] [--quick] [--print-kernel] [--ptxas]`
 //! where SECTION is `correct`, `throughput`, `threshold`, `recovery`,
-//! `launch`, `alloc`, `prefetch` (default: all). Lines starting with
+//! `launch`, `alloc`, `prefetch` (default: all), or `nccl` (only when named;
+//! needs the cargo feature `nccl`). Lines starting with
 //! `TABLE|` form the summary table (scripts/gpu-run.sh collects them). Exits
 //! 0 with a clear message when there is no GPU.
 
@@ -14,7 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mmsb_cuda::bench::{gb_per_s, median, DeltaShape, SplitMix64, Workload};
-use mmsb_cuda::driver::{DeviceBuffer, Event, Graph, ManagedBuffer, PinnedBuffer, Stream};
+use mmsb_cuda::driver::{
+    DeviceBuffer, Event, Graph, KernelId, ManagedBuffer, PinnedBuffer, Stream,
+};
 use mmsb_cuda::kernel::Job;
 use mmsb_cuda::layout::{fill_chunk, measure_chunk, ChunkLayout};
 use mmsb_cuda::persistent::Persistent;
@@ -22,7 +25,7 @@ use mmsb_cuda::{
     driver_library_present, nvrtc_library_present, probe, AllocMode, CudaMerger, GpuConfig,
     GpuError, GpuMerge, GpuStatus, HostStaging, LaunchMode,
 };
-use mmsb_engine::merge::{CpuMerge, MergeBackend};
+use mmsb_engine::merge::{ChainEntry, CpuMerge, MergeBackend, MergeBatch};
 use mmsb_engine::{Database, Durability, Options, PageId, PageRead, PageWrite};
 use mmsb_wal::codec::{CodecConfig, CodecMode};
 
@@ -82,6 +85,15 @@ const CHECKED_MODES: [(LaunchMode, AllocMode, HostStaging, usize); 7] = [
     ),
 ];
 
+/// One-shot kernels the bench checks and times on resident pages: (label,
+/// kernel), the baseline (v1) aside since its launch shape differs.
+const KERNELS: [(&str, KernelId); 4] = [
+    ("kernel v3 (mmsb_merge, 5 blocks/SM cap)", KernelId::Merge),
+    ("kernel v3 variant b4 (no reg cap)", KernelId::Variant(0)),
+    ("kernel v3 variant b6 (40 regs)", KernelId::Variant(1)),
+    ("kernel v2 (one page per block)", KernelId::V2),
+];
+
 /// Round-trip configurations the throughput section times: (label,
 /// staging, streams). The first is the previous behaviour.
 const TRIP_MODES: [(&str, HostStaging, usize); 4] = [
@@ -111,6 +123,33 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 println!("ptxas report unavailable: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(at) = args.iter().position(|a| a == "--recovery-cpu") {
+        // CPU-only profile of the replay paths (no GPU needed).
+        let pages = args
+            .get(at + 1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(16 * 1024);
+        return match recovery_cpu_profile(pages) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                println!("recovery-cpu failed: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(at) = args.iter().position(|a| a == "--layout-profile") {
+        let pages = args
+            .get(at + 1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(64 * 1024);
+        return match layout_profile(pages) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                println!("layout-profile failed: {error}");
                 ExitCode::FAILURE
             }
         };
@@ -164,6 +203,9 @@ fn main() -> ExitCode {
     run("prefetch", &|| {
         prefetch(quick, info.concurrent_managed_access)
     });
+    if sections.contains(&"nccl") {
+        run("nccl", &|| nccl_scaling(quick));
+    }
     if failed {
         ExitCode::FAILURE
     } else {
@@ -231,6 +273,10 @@ fn make_resident(gpu: &CudaMerger, work: &Workload, stream: &Stream) -> BenchRes
     })
 }
 
+fn grid_v3(gpu: &CudaMerger, pages: usize) -> Result<u32, GpuError> {
+    gpu.grid_for(pages)
+}
+
 fn per_batch_gpu() -> BenchResult<CudaMerger> {
     Ok(CudaMerger::new(&GpuConfig::default())?)
 }
@@ -264,27 +310,50 @@ fn correctness(quick: bool) -> BenchResult<()> {
         let work = Workload::generate(pages, page_len, shape, 1000 + index as u64);
         let expected = cpu_reference(&work)?;
         // Each kernel alone, output poisoned before the copy back.
-        for baseline in [false, true] {
+        for kernel in KERNELS
+            .iter()
+            .map(|(label, id)| (*label, Some(*id)))
+            .chain([("baseline kernel (v1)", None)])
+        {
+            let (name, id) = kernel;
             let resident = make_resident(&gpu, &work, &stream)?;
-            if baseline {
-                let shape = gpu.baseline_shape(pages, page_len)?;
-                // SAFETY: the resident buffers hold the job's chunk until synchronize.
-                unsafe { gpu.launch_baseline(&resident.job, shape, &stream)? };
-            } else {
-                let grid = gpu.grid_for(pages)?;
-                // SAFETY: as above.
-                unsafe { gpu.launch_job(&resident.job, grid, &stream)? };
+            match id {
+                None => {
+                    let shape = gpu.baseline_shape(pages, page_len)?;
+                    // SAFETY: the resident buffers hold the job's chunk until synchronize.
+                    unsafe { gpu.launch_baseline(&resident.job, shape, &stream)? };
+                }
+                Some(id) => {
+                    let grid = gpu.grid_of(id, pages)?;
+                    // SAFETY: as above.
+                    unsafe { gpu.launch_with(id, &resident.job, 0, grid, &stream)? };
+                }
             }
             let mut out = vec![0xA5u8; work.base.len()];
             // SAFETY: the device buffer holds out.len() bytes.
             unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
             stream.synchronize()?;
-            let name = if baseline {
-                "baseline kernel"
-            } else {
-                "kernel"
-            };
             verdict(&format!("{name} {pages}x{page_len}"), &out, &expected)?;
+            checks += 1;
+        }
+        // A device page mirror session: three batches, resident pages given
+        // garbage bases, against folding everything at once.
+        {
+            let merge = GpuMerge::new(&GpuConfig {
+                max_chunk_pages: (pages / 3).max(1),
+                ..GpuConfig::default()
+            })?;
+            let got = folded_in_session(&merge, &work, 3)?;
+            verdict(
+                &format!("mirror session {pages}x{page_len}"),
+                &got,
+                &expected,
+            )?;
+            if merge.fallback_count() != 0 {
+                return Err(
+                    format!("mirror session fell back: {:?}", merge.last_fallback()).into(),
+                );
+            }
             checks += 1;
         }
         // Backend modes through MergeBackend, small chunks to cross chunk edges.
@@ -342,6 +411,60 @@ fn correctness(quick: bool) -> BenchResult<()> {
         "correctness: {checks} checks passed (fresh random inputs, poisoned outputs)"
     ));
     Ok(())
+}
+
+/// Folds `work` through a mirror session in `parts` batches (each page's
+/// chain cut into contiguous pieces); pages a batch brings again carry a
+/// garbage base that the session must ignore. Returns the delivered images,
+/// every slot poisoned first.
+fn folded_in_session(merge: &GpuMerge, work: &Workload, parts: usize) -> BenchResult<Vec<u8>> {
+    let page_len = work.page_len;
+    let garbage = vec![0xEEu8; page_len];
+    let mut session = merge
+        .open_session(page_len)?
+        .ok_or("the GPU offered no mirror session")?;
+    let mut seen = vec![false; work.pages()];
+    for part in 0..parts {
+        let mut batch = MergeBatch::new(page_len)?;
+        for (page, chain) in work.chains.iter().enumerate() {
+            let mut order: Vec<usize> = (0..chain.len()).collect();
+            order.sort_by_key(|&i| chain[i].0);
+            let cut = |j: usize| ((j * order.len()) / parts + page % 3).min(order.len());
+            let from = if part == 0 { 0 } else { cut(part) };
+            let to = if part + 1 == parts {
+                order.len()
+            } else {
+                cut(part + 1)
+            };
+            if from >= to {
+                continue;
+            }
+            let base = if seen[page] {
+                &garbage[..]
+            } else {
+                &work.base[page * page_len..(page + 1) * page_len]
+            };
+            seen[page] = true;
+            let entries = order[from..to]
+                .iter()
+                .map(|&i| ChainEntry::new(chain[i].0, &chain[i].1));
+            batch.push_page(PageId(page as u64), base, entries)?;
+        }
+        session.fold(&mut batch)?;
+    }
+    let mut out = vec![0xA5u8; work.base.len()];
+    for (page, seen) in seen.iter().enumerate() {
+        if !seen {
+            out[page * page_len..(page + 1) * page_len]
+                .copy_from_slice(&work.base[page * page_len..(page + 1) * page_len]);
+        }
+    }
+    session.finish(&mut |page_id, image| {
+        let at = page_id.get() as usize * page_len;
+        out[at..at + page_len].copy_from_slice(image);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 fn verdict(what: &str, got: &[u8], expected: &[u8]) -> BenchResult<()> {
@@ -436,18 +559,28 @@ fn throughput(quick: bool) -> BenchResult<()> {
         })?;
         drop(batch);
         // Kernels alone, pages and deltas resident (re-folding merged pages
-        // is idempotent, so every repetition does the same work).
-        let resident = make_resident(&gpu, &work, &stream)?;
-        let grid = gpu.grid_for(pages)?;
-        let kernel_ms = time_events(&stream, &gpu, REPS_LONG, |s| unsafe {
-            gpu.launch_job(&resident.job, grid, s)
-        })?;
+        // is idempotent, so every repetition does the same work). v3 is
+        // timed first and again last: the spread of one version.
+        let mut kernel_rows = Vec::new();
         let mut out = vec![0x5Au8; work.base.len()];
-        // SAFETY: the device buffer holds out.len() bytes.
-        unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
-        stream.synchronize()?;
-        verdict(&format!("throughput kernel {pages}"), &out, &expected)?;
-        drop(resident);
+        let order = KERNELS
+            .iter()
+            .copied()
+            .chain([("kernel v3 (mmsb_merge), timed again", KernelId::Merge)]);
+        for (label, id) in order {
+            let resident = make_resident(&gpu, &work, &stream)?;
+            let grid = gpu.grid_of(id, pages)?;
+            let ms = time_events(&stream, &gpu, REPS_LONG, |s| unsafe {
+                gpu.launch_with(id, &resident.job, 0, grid, s)
+            })?;
+            out.fill(0x5A);
+            // SAFETY: the device buffer holds out.len() bytes.
+            unsafe { stream.copy_to_host(&mut out, resident.images.ptr())? };
+            stream.synchronize()?;
+            verdict(&format!("throughput {label} {pages}"), &out, &expected)?;
+            let per_sm = gpu.blocks_per_sm(id)?;
+            kernel_rows.push((format!("GPU {label} [{per_sm} blk/SM]"), ms));
+        }
         let resident = make_resident(&gpu, &work, &stream)?;
         let shape = gpu.baseline_shape(pages, PAGE_LEN)?;
         let baseline_ms = time_events(&stream, &gpu, REPS_LONG, |s| unsafe {
@@ -468,9 +601,33 @@ fn throughput(quick: bool) -> BenchResult<()> {
                 resident.meta.ptr(),
                 &resident.staging.as_slice()[..meta_len],
             )?;
-            gpu.launch_job(&resident.job, grid, s)
+            gpu.launch_job(&resident.job, grid_v3(&gpu, pages)?, s)
         })?;
         drop(resident);
+        // Session (device page mirror through MergeBackend::open_session):
+        // the first fold uploads the pages; later folds of the same pages
+        // (host layout + deltas H2D + kernel) are what a recovery window
+        // costs; finish downloads every page once.
+        let session_merge = GpuMerge::new(&GpuConfig::default())?;
+        let mut session = session_merge
+            .open_session(PAGE_LEN)?
+            .ok_or("no mirror session")?;
+        let mut batch = work.batch()?;
+        let first_ms = time_wall(1, 0, || {
+            session.fold(&mut batch)?;
+            Ok(())
+        })?;
+        let fold_ms = time_wall(3, 0, || {
+            session.fold(&mut batch)?;
+            Ok(())
+        })?;
+        let finish_start = Instant::now();
+        session.finish(&mut |_, _| Ok(()))?;
+        let finish_ms = finish_start.elapsed().as_secs_f64() * 1e3;
+        drop(batch);
+        println!(
+            "session {pages}: first fold (uploads) {first_ms:.1} ms, resident fold {fold_ms:.1} ms, finish {finish_ms:.1} ms"
+        );
         // Round trips through MergeBackend: flatten, copy in, fold, copy out.
         let mut trips = Vec::new();
         for (label, staging, streams) in TRIP_MODES {
@@ -508,12 +665,13 @@ fn throughput(quick: bool) -> BenchResult<()> {
             &format!("CPU merge ({} threads, {})", threads(), cpu.path()),
             cpu_ms,
         ));
-        table(line("GPU kernel (resident)", kernel_ms));
-        table(line(
-            "GPU baseline kernel (resident, previous)",
-            baseline_ms,
-        ));
-        table(line("GPU mirror (deltas H2D + kernel)", mirror_ms));
+        for (label, ms) in &kernel_rows {
+            table(line(label, *ms));
+        }
+        table(line("GPU baseline kernel v1 (resident)", baseline_ms));
+        table(line("GPU mirror (deltas H2D + kernel v3)", mirror_ms));
+        table(line("GPU session fold, pages resident", fold_ms));
+        table(line("GPU session first fold (uploads pages)", first_ms));
         for (label, trip_ms) in trips {
             table(line(&format!("GPU round trip: {label}"), trip_ms));
         }
@@ -582,9 +740,13 @@ const RECOVERY_ALLOC_PER_COMMIT: usize = 16 * 1024;
 /// Pages one writing commit changes.
 const RECOVERY_PAGES_PER_COMMIT: usize = 2048;
 /// Timed opens per configuration (after one warm-up open).
-const RECOVERY_REPS: usize = 3;
+const RECOVERY_REPS: usize = 2;
 /// A window larger than the whole log: recovery merges once.
 const ONE_WINDOW_BYTES: usize = 1 << 40;
+
+/// Memory budget of the recovery databases (16 GiB: the 1 GiB default
+/// would checkpoint the largest log while it is built).
+const RECOVERY_MEMORY_BUDGET_BYTES: u64 = 16 << 30;
 
 fn recovery_options() -> Options {
     Options {
@@ -595,13 +757,20 @@ fn recovery_options() -> Options {
         checkpoint_on_close: false,
         background_workers: false,
         codec: CodecConfig::with_mode(CodecMode::Raw),
+        // Room for every page: no eviction checkpoint while the log is built.
+        memory_budget_bytes: RECOVERY_MEMORY_BUDGET_BYTES,
         ..Options::default()
     }
 }
 
 /// Allocates `pages` pages, then writes 1–4 runs of 8–256 random bytes into
 /// every page, `passes` times. Returns the commits and the page ids.
-fn build_recovery_log(path: &Path, pages: usize, passes: usize) -> BenchResult<(u64, Vec<PageId>)> {
+fn build_recovery_log(
+    path: &Path,
+    pages: usize,
+    passes: usize,
+    max_run: usize,
+) -> BenchResult<(u64, Vec<PageId>)> {
     let db = recovery_options().open(path)?;
     let page_len = db.page_len();
     let mut ids = Vec::with_capacity(pages);
@@ -615,13 +784,13 @@ fn build_recovery_log(path: &Path, pages: usize, passes: usize) -> BenchResult<(
         commits += 1;
     }
     let mut rng = SplitMix64::new(0x005E_ED0F_70C5);
-    let mut bytes = [0u8; 256];
+    let mut bytes = vec![0u8; max_run];
     for _ in 0..passes {
         for group in ids.chunks(RECOVERY_PAGES_PER_COMMIT) {
             let mut tx = db.begin_page_write()?;
             for &id in group {
                 for _ in 0..rng.range(1, 4) {
-                    let len = rng.range(8, 256);
+                    let len = rng.range(8, max_run);
                     let offset = rng.range(0, page_len - len);
                     rng.fill(&mut bytes[..len]);
                     tx.write(id, offset, &bytes[..len])?;
@@ -678,27 +847,47 @@ fn read_tlog(dir: &Path) -> BenchResult<u64> {
     Ok(bytes)
 }
 
-/// (4) Recovery: a TLog of `RECOVERY_PAGES` page chains on local disk,
-/// replayed at open with the CPU merge and with the GPU backend, with the
-/// default window and with one window for the whole log.
+/// (4) Recovery: TLogs of `RECOVERY_SIZES` pages (× `RECOVERY_PASSES`
+/// deltas) on local disk, replayed at open on the CPU (folding in place, no
+/// backend) and through the GPU's mirror session (pages uploaded once,
+/// deltas streamed per window, pages downloaded once), with the default
+/// window and with one window for the whole log. The pages of every GPU
+/// recovery must equal the CPU recovery's.
 fn recovery(quick: bool) -> BenchResult<()> {
-    let pages = if quick { 16 * 1024 } else { RECOVERY_PAGES };
-    let dir = std::env::temp_dir().join(format!("mmsb-gpu-recovery-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let outcome = recovery_in(&dir, pages);
-    let _ = std::fs::remove_dir_all(&dir);
-    outcome
+    let shapes: &[(usize, usize, usize)] = if quick {
+        &[(16 * 1024, RECOVERY_PASSES, 256)]
+    } else {
+        &RECOVERY_SHAPES
+    };
+    for &shape in shapes {
+        let dir = std::env::temp_dir().join(format!("mmsb-gpu-recovery-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let outcome = recovery_in(&dir, shape);
+        let _ = std::fs::remove_dir_all(&dir);
+        outcome?;
+    }
+    Ok(())
 }
 
-fn recovery_in(dir: &Path, pages: usize) -> BenchResult<()> {
+/// Logs the recovery section measures: (pages, write passes over every
+/// page, longest run in bytes). The last one has hot pages: long chains of
+/// large runs per page, where folding is a larger share of replay.
+const RECOVERY_SHAPES: [(usize, usize, usize); 4] = [
+    (16 * 1024, RECOVERY_PASSES, 256),
+    (64 * 1024, RECOVERY_PASSES, 256),
+    (RECOVERY_PAGES, RECOVERY_PASSES, 256),
+    (4 * 1024, 32, 2048),
+];
+
+fn recovery_in(dir: &Path, (pages, passes, max_run): (usize, usize, usize)) -> BenchResult<()> {
     let path = dir.join("recovery.mmsb");
     let started = Instant::now();
-    let (commits, ids) = build_recovery_log(&path, pages, RECOVERY_PASSES)?;
+    let (commits, ids) = build_recovery_log(&path, pages, passes, max_run)?;
     let tlog_dir = dir.join("recovery.mmsb-tlog");
     let tlog_bytes = read_tlog(&tlog_dir)?;
     println!(
-        "recovery log: {pages} pages x {RECOVERY_PASSES} passes, {commits} commits, {:.1} MiB of TLog, built in {:.1} s",
+        "recovery log: {pages} pages x {passes} passes (runs up to {max_run} B), {commits} commits, {:.1} MiB of TLog, built in {:.1} s",
         tlog_bytes as f64 / 1048576.0,
         started.elapsed().as_secs_f64()
     );
@@ -706,37 +895,49 @@ fn recovery_in(dir: &Path, pages: usize) -> BenchResult<()> {
         read_tlog(&tlog_dir)?;
         Ok(())
     })?;
-    let gpu = GpuMerge::new(&GpuConfig::default())?;
+    let gpu = Arc::new(GpuMerge::new(&GpuConfig::default())?);
     if let GpuStatus::CpuOnly(reason) = gpu.status() {
         return Err(format!("GPU backend did not start: {reason}").into());
     }
-    let gpu: Arc<dyn MergeBackend> = Arc::new(gpu);
+    let backend: Arc<dyn MergeBackend> = gpu.clone();
     let configs = [
-        ("CPU merge, default window", None, None),
-        ("GPU backend, default window", Some(&gpu), None),
-        ("CPU merge, one window", None, Some(ONE_WINDOW_BYTES)),
+        ("CPU, in place (no backend)", None, None),
+        ("GPU session, default window", Some(&backend), None),
         (
-            "GPU backend, one window",
-            Some(&gpu),
+            "GPU session, one window",
+            Some(&backend),
             Some(ONE_WINDOW_BYTES),
         ),
     ];
     let mut reference = None;
-    let mut cpu_ms = [0.0f64; 2];
+    let mut cpu_ms = 0.0f64;
     table(format!(
-        "recovery: {pages} pages x {RECOVERY_PASSES} deltas, {commits} commits, TLog {:.0} MiB, sequential read {read_ms:.1} ms",
+        "recovery: {pages} pages x {passes} deltas (runs 8..{max_run} B), {commits} commits, TLog {:.0} MiB, sequential read {read_ms:.1} ms",
         tlog_bytes as f64 / 1048576.0
     ));
-    for (index, (label, backend, window)) in configs.into_iter().enumerate() {
+    for (label, backend, window) in configs {
         let options = Options {
             merge_backend: backend.cloned(),
             gpu_merge_min_pages: 1,
             replay_window_bytes: window.unwrap_or(recovery_options().replay_window_bytes),
             ..recovery_options()
         };
+        let batches_before = gpu.gpu_batches();
+        let session_before = gpu.session_time();
         let (ms, print, recovered) = time_open(&path, &options, &ids)?;
+        let session_after = gpu.session_time();
+        let opens = RECOVERY_REPS as u32 + 1;
+        let fold_ms = (session_after.0 - session_before.0).as_secs_f64() * 1e3 / opens as f64;
+        let finish_ms = (session_after.1 - session_before.1).as_secs_f64() * 1e3 / opens as f64;
         if recovered != commits {
             return Err(format!("{label}: recovered {recovered} of {commits} commits").into());
+        }
+        if gpu.fallback_count() != 0 {
+            return Err(format!(
+                "{label}: the GPU session fell back: {:?}",
+                gpu.last_fallback()
+            )
+            .into());
         }
         match reference {
             None => reference = Some(print),
@@ -749,13 +950,20 @@ fn recovery_in(dir: &Path, pages: usize) -> BenchResult<()> {
             Some(_) => println!("ok   recovery {label}: pages identical to the CPU recovery"),
         }
         let versus = if backend.is_some() {
-            format!("{:.2}x CPU", cpu_ms[index / 2] / ms)
+            let folds = (gpu.gpu_batches() - batches_before) / (RECOVERY_REPS as u64 + 1);
+            if folds == 0 {
+                return Err(format!("{label}: no window reached the GPU").into());
+            }
+            format!(
+                "{:.2}x CPU, {folds} GPU folds/open (session: folds {fold_ms:.0} ms + finish {finish_ms:.0} ms per open)",
+                cpu_ms / ms
+            )
         } else {
-            cpu_ms[index / 2] = ms;
-            "        ".into()
+            cpu_ms = ms;
+            "(reference)".into()
         };
         table(format!(
-            "recovery open, {label:<28} {ms:>9.1} ms  {versus}  replay/read {:.2}x",
+            "recovery {pages:>6} pages, {label:<28} {ms:>9.1} ms  replay/read {:>5.2}x  {versus}",
             ms / read_ms
         ));
     }
@@ -938,5 +1146,154 @@ fn prefetch(quick: bool, concurrent_managed: bool) -> BenchResult<()> {
             gpu_ms + host_ms
         ));
     }
+    Ok(())
+}
+
+/// `--recovery-cpu PAGES`: replay of one log folding in place, batch by
+/// batch on the CPU merge (windows), and through a simulated mirror session
+/// (the kernel's CPU twin), to see what the window machinery costs.
+fn recovery_cpu_profile(pages: usize) -> BenchResult<()> {
+    let dir = std::env::temp_dir().join(format!("mmsb-recovery-cpu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("recovery.mmsb");
+    let started = Instant::now();
+    let (commits, ids) = build_recovery_log(&path, pages, RECOVERY_PASSES, 256)?;
+    println!(
+        "built {commits} commits in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let cpu: Arc<dyn MergeBackend> = Arc::new(CpuMerge::best(threads())?);
+    let sim: Arc<dyn MergeBackend> = Arc::new(GpuMerge::with_device(
+        Box::new(mmsb_cuda::SimulatedDevice::new(16 * 1024)),
+        CpuMerge::best(threads())?,
+    ));
+    let only = std::env::var("MMSB_PROFILE_ONLY").unwrap_or_default();
+    for (label, backend) in [
+        ("in place", None),
+        ("windows, CPU batches", Some(&cpu)),
+        ("session, simulated", Some(&sim)),
+    ] {
+        if !label.contains(only.as_str()) {
+            continue;
+        }
+        let options = Options {
+            merge_backend: backend.cloned(),
+            gpu_merge_min_pages: 1,
+            ..recovery_options()
+        };
+        let (ms, print, _) = time_open(&path, &options, &ids)?;
+        println!("{label:<24} {ms:>9.1} ms  fingerprint {print:016x}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `--layout-profile PAGES`: host time of each step a session fold does
+/// before the device sees a byte (no GPU needed).
+fn layout_profile(pages: usize) -> BenchResult<()> {
+    let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 3);
+    let batch = work.batch()?;
+    for round in 0..3 {
+        let t = Instant::now();
+        batch.validate()?;
+        let validate = t.elapsed();
+        let t = Instant::now();
+        let chunks = mmsb_cuda::layout::plan_chunks(&batch, 16 * 1024, 64 << 20);
+        let plan = t.elapsed();
+        let (mut measure, mut fill) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        let mut out = Vec::new();
+        for range in chunks {
+            let t = Instant::now();
+            let chunk = mmsb_cuda::layout::ChunkPlan::new(&batch, range)?;
+            measure += t.elapsed();
+            out.resize(chunk.layout().total_len.max(out.len()), 0u8);
+            let t = Instant::now();
+            chunk.fill(&batch, &mut out[..chunk.layout().total_len])?;
+            fill += t.elapsed();
+        }
+        println!("round {round}: validate {validate:?} plan_chunks {plan:?} measure {measure:?} fill {fill:?}");
+    }
+    Ok(())
+}
+
+/// World sizes the NCCL scaling section tries (as many as the machine has).
+#[cfg(feature = "nccl")]
+const NCCL_WORLD_SIZES: [usize; 4] = [1, 2, 4, 8];
+
+/// (8) NCCL scaling: 256 Ki pages sharded over 1, 2, 4, 8 GPUs (as many as
+/// exist): upload fold, resident fold (the merge throughput), an all-reduce
+/// of the delta counts, and ownership moves GPU to GPU (to the next rank; a
+/// send to itself with one GPU). Every world size's pages are checked
+/// against the CPU merge.
+#[cfg(feature = "nccl")]
+fn nccl_scaling(quick: bool) -> BenchResult<()> {
+    use mmsb_cuda::nccl::{loaded_nccl_library, nccl_library_present, DeltaCounts, ShardedMerge};
+    if !nccl_library_present() {
+        table("nccl: skipped, no NCCL library (cudarc looks for libnccl.so)".into());
+        return Ok(());
+    }
+    let count = mmsb_cuda::device_count()?;
+    let pages = if quick { 16 * 1024 } else { 256 * 1024 };
+    let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 99);
+    let expected = cpu_reference(&work)?;
+    let bytes = work.bytes_moved();
+    for world in NCCL_WORLD_SIZES.into_iter().filter(|&n| n <= count) {
+        let ordinals: Vec<usize> = (0..world).collect();
+        let mut sharded = ShardedMerge::from_devices(&ordinals, PAGE_LEN, &GpuConfig::default())?;
+        if world == 1 {
+            println!("NCCL library loaded: {:?}", loaded_nccl_library());
+            table(format!("nccl: library loaded {:?}", loaded_nccl_library()));
+        }
+        let batch = work.batch()?;
+        let upload_ms = time_wall(1, 0, || {
+            sharded.fold(&batch)?;
+            Ok(())
+        })?;
+        let fold_ms = time_wall(3, 0, || {
+            sharded.fold(&batch)?;
+            Ok(())
+        })?;
+        let reduce_ms = time_wall(20, 2, || {
+            sharded.all_reduce_counts()?;
+            Ok(())
+        })?;
+        let reduced = sharded.all_reduce_counts()?;
+        let local = sharded
+            .shard_counts()
+            .into_iter()
+            .fold(DeltaCounts::EMPTY, DeltaCounts::combine);
+        if reduced != local {
+            return Err(format!("all-reduce {reduced:?} != local sum {local:?}").into());
+        }
+        let moves: Vec<(PageId, usize)> = (0..pages as u64 / 16)
+            .map(|p| (PageId(p), (sharded.owner(PageId(p)) + 1) % world))
+            .collect();
+        let started = Instant::now();
+        let moved = sharded.move_pages(&moves)?;
+        let move_ms = started.elapsed().as_secs_f64() * 1e3;
+        // One more fold after the moves, then every page back and checked.
+        sharded.fold(&batch)?;
+        let mut out = vec![0xA5u8; work.base.len()];
+        sharded.finish(&mut |page, image| {
+            let at = page.get() as usize * PAGE_LEN;
+            out[at..at + PAGE_LEN].copy_from_slice(image);
+            Ok(())
+        })?;
+        verdict(&format!("nccl world {world} pages"), &out, &expected)?;
+        table(format!(
+            "nccl world {world}: {pages} pages, fold resident {fold_ms:8.2} ms ({:7.1} GB/s), first fold (uploads) {upload_ms:8.1} ms, all-reduce {:6.1} us, move {} pages {move_ms:6.2} ms ({:5.1} GB/s)",
+            gb_per_s(bytes, fold_ms),
+            reduce_ms * 1e3,
+            moves.len(),
+            gb_per_s(moved, move_ms)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_scaling(_quick: bool) -> BenchResult<()> {
+    table("nccl: skipped, gpu_bench was built without the `nccl` feature".into());
     Ok(())
 }

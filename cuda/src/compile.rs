@@ -161,11 +161,25 @@ mod tests {
         let report = ptxas_report(&crate::kernel::source(), "sm_90").unwrap();
         eprintln!("{report}");
         assert!(report.contains(crate::kernel::MERGE_KERNEL), "{report}");
-        for line in report.lines().filter(|l| l.contains("spill stores")) {
-            assert!(
-                line.contains(" 0 bytes spill stores") && line.contains(" 0 bytes spill loads"),
-                "{line}"
-            );
+        // Production kernels must not spill; the bench's register-cap
+        // variants may (that is what they measure).
+        let mut entry = String::new();
+        for line in report.lines() {
+            if let Some(name) = line
+                .split('\'')
+                .nth(1)
+                .filter(|_| line.contains("Compiling entry"))
+            {
+                entry = name.to_string();
+            }
+            if line.contains("spill stores")
+                && !crate::kernel::VARIANT_KERNELS.contains(&entry.as_str())
+            {
+                assert!(
+                    line.contains(" 0 bytes spill stores") && line.contains(" 0 bytes spill loads"),
+                    "{entry}: {line}"
+                );
+            }
         }
     }
 

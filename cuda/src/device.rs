@@ -13,6 +13,11 @@
 //! the host prepares chunk `i`, the device copies and folds the chunks before
 //! it, and PCIe carries one chunk in and another out at the same time.
 //!
+//! A device may also keep a page mirror ([`DeviceMerger::mirror_open`] ..
+//! [`DeviceMerger::mirror_finish`]): pages stay in device memory between
+//! batches, so a run of batches (recovery's windows) uploads each page once,
+//! ships only deltas per batch, and downloads each page once at the end.
+//!
 //! Contract on failure: a device may have written some chunks back before it
 //! failed, but every byte of every image then holds either its base value or
 //! the value of some prefix of its chain folded in order. Folding a chain is
@@ -21,10 +26,13 @@
 //! is drained before [`DeviceMerger::merge`] returns, on success or failure,
 //! so no copy touches the batch afterwards.
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::c_void;
 use std::ops::Range;
 
 use mmsb_engine::merge::MergeBatch;
+use mmsb_wal::PageId;
 use rayon::prelude::*;
 
 use crate::compile::compile_cubin;
@@ -35,7 +43,10 @@ use crate::driver::{
 };
 use crate::emulate::Tiles;
 use crate::error::GpuError;
-use crate::kernel::{self, Job, BASELINE_KERNEL, BLOCK_THREADS, MERGE_KERNEL, PERSISTENT_KERNEL};
+use crate::kernel::{
+    self, Job, BASELINE_KERNEL, BLOCK_THREADS, MERGE_KERNEL, PERSISTENT_KERNEL, V2_KERNEL,
+    VARIANT_KERNELS,
+};
 use crate::layout::{plan_chunks, ChunkPlan, ChunkView};
 use crate::persistent::Persistent;
 use crate::probe::{probe, DeviceInfo};
@@ -68,6 +79,93 @@ pub trait DeviceMerger: Send {
 
     /// Arms (or clears) a forced failure for the next merges.
     fn set_fault(&mut self, fault: Option<FaultInjection>);
+
+    /// Starts a page mirror of `page_len`-byte pages: pages stay on the
+    /// device between [`Self::mirror_fold`] calls (see
+    /// `mmsb_engine::merge::MergeSession`). Drops any previous mirror.
+    fn mirror_open(&mut self, page_len: usize) -> Result<(), GpuError> {
+        let _ = page_len;
+        Err(GpuError::Unsupported(format!(
+            "{} keeps no page mirror",
+            self.name()
+        )))
+    }
+
+    /// Folds an already validated batch into the mirror: a page the mirror
+    /// holds is folded from its mirrored image (the batch's is ignored); a
+    /// new one is uploaded from the batch first. The batch's images are
+    /// left as they were.
+    fn mirror_fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
+        let _ = batch;
+        Err(GpuError::Unsupported("no page mirror is open".into()))
+    }
+
+    /// Hands every mirrored page, in the order first seen, to `sink`, then
+    /// drops the mirror.
+    fn mirror_finish(&mut self, sink: &mut MirrorSink<'_>) -> Result<(), GpuError> {
+        let _ = sink;
+        Err(GpuError::Unsupported("no page mirror is open".into()))
+    }
+
+    /// Drops the mirror, if any, and its device memory.
+    fn mirror_close(&mut self) {}
+}
+
+/// Where a page mirror hands each page and its image when it finishes.
+pub type MirrorSink<'a> = dyn FnMut(PageId, &[u8]) -> Result<(), GpuError> + 'a;
+
+/// Which slot of a page mirror holds each page, and the reverse.
+#[derive(Debug, Default)]
+struct MirrorIndex {
+    page_len: usize,
+    slots: HashMap<PageId, u32>,
+    /// Slot → page; `None` for a slot whose page moved away.
+    pages: Vec<Option<PageId>>,
+}
+
+impl MirrorIndex {
+    fn new(page_len: usize) -> Self {
+        MirrorIndex {
+            page_len,
+            ..MirrorIndex::default()
+        }
+    }
+
+    /// Slots of the batch's pages (new pages get the next free slots, in
+    /// batch order) and the batch slots of the new pages.
+    fn assign(&mut self, batch: &MergeBatch<'_>) -> Result<(Vec<u32>, Vec<usize>), GpuError> {
+        if batch.page_len() != self.page_len {
+            return Err(GpuError::Unsupported(format!(
+                "a batch of {}-byte pages in a mirror of {}-byte pages",
+                batch.page_len(),
+                self.page_len
+            )));
+        }
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut new = Vec::new();
+        for (index, &page_id) in batch.page_ids().iter().enumerate() {
+            let slot = match self.slots.entry(page_id) {
+                Entry::Occupied(entry) => *entry.get(),
+                Entry::Vacant(entry) => {
+                    let slot = u32::try_from(self.pages.len()).map_err(|_| {
+                        GpuError::Unsupported("more than 2^32 pages in a mirror".into())
+                    })?;
+                    entry.insert(slot);
+                    self.pages.push(Some(page_id));
+                    new.push(index);
+                    slot
+                }
+            };
+            slots.push(slot);
+        }
+        Ok((slots, new))
+    }
+}
+
+/// A device page mirror: the index and one device buffer of page slots.
+struct Mirror {
+    index: MirrorIndex,
+    images: Option<DeviceBuffer>,
 }
 
 /// Device buffers of one chunk, however they were obtained.
@@ -127,6 +225,7 @@ struct InFlight {
 struct Lane {
     in_flight: Option<InFlight>,
     kept: Option<ChunkBuffers>,
+    mirror_meta: Option<DeviceBuffer>,
     meta_staging: Option<PinnedBuffer>,
     image_staging: Option<PinnedBuffer>,
     stream: Stream,
@@ -139,6 +238,7 @@ struct Lane {
 /// pool, module and context they depend on.
 pub struct CudaMerger {
     persistent: Option<Persistent>,
+    mirror: Option<Mirror>,
     lanes: Vec<Lane>,
     pool: Option<MemPool>,
     module: Module,
@@ -185,6 +285,8 @@ impl CudaMerger {
             merge: MERGE_KERNEL,
             persistent: PERSISTENT_KERNEL,
             baseline: BASELINE_KERNEL,
+            v2: V2_KERNEL,
+            variants: &VARIANT_KERNELS,
         };
         let module = Module::load(&ctx, &cubin, names)?;
         let lane_count = match config.launch {
@@ -196,6 +298,7 @@ impl CudaMerger {
                 Ok(Lane {
                     in_flight: None,
                     kept: None,
+                    mirror_meta: None,
                     meta_staging: None,
                     image_staging: None,
                     stream: Stream::new(&ctx)?,
@@ -212,6 +315,7 @@ impl CudaMerger {
         let name = merger_name(config);
         Ok(CudaMerger {
             persistent: None,
+            mirror: None,
             lanes,
             pool,
             module,
@@ -242,12 +346,21 @@ impl CudaMerger {
     /// Blocks for one launch of `mmsb_merge` over `pages` pages: as many as
     /// can be resident at once, at most one per page.
     pub fn grid_for(&self, pages: usize) -> Result<u32, GpuError> {
-        let per_sm = self
-            .module
-            .occupancy(KernelId::Merge, BLOCK_THREADS, 0)?
-            .max(1);
+        self.grid_of(KernelId::Merge, pages)
+    }
+
+    /// Blocks for one launch of `kernel` (any but the baseline and the
+    /// resident kernel) over `pages` pages.
+    pub fn grid_of(&self, kernel: KernelId, pages: usize) -> Result<u32, GpuError> {
+        let per_sm = self.blocks_per_sm(kernel)?.max(1);
         let full = per_sm.saturating_mul(self.info.multiprocessors).max(1);
         Ok(full.min(u32::try_from(pages).unwrap_or(u32::MAX)).max(1))
+    }
+
+    /// Resident blocks per multiprocessor of `kernel` (its static shared
+    /// memory and registers decide).
+    pub fn blocks_per_sm(&self, kernel: KernelId) -> Result<u32, GpuError> {
+        self.module.occupancy(kernel, BLOCK_THREADS, 0)
     }
 
     /// Queues one `mmsb_merge` launch of `job` on `stream`.
@@ -257,7 +370,44 @@ impl CudaMerger {
     /// describes, alive until the stream passed the launch.
     pub unsafe fn launch_job(&self, job: &Job, grid: u32, stream: &Stream) -> Result<(), GpuError> {
         // SAFETY: forwarded contract.
-        unsafe { self.launch_kernel(KernelId::Merge, job, grid, 0, stream) }
+        unsafe { self.launch_with(KernelId::Merge, job, 0, grid, stream) }
+    }
+
+    /// Queues one launch of `kernel` (`Merge`, `V2` or a `Variant`) over
+    /// `job`, whose page `i` lives in image slot `slots[i]` when `slots` is
+    /// a device address (pipelined kernels only), else in slot `i`.
+    ///
+    /// # Safety
+    /// As [`Self::launch_job`]; `slots`, when not 0, holds `job.pages`
+    /// `u32` slot indices, each inside the image buffer.
+    pub unsafe fn launch_with(
+        &self,
+        kernel: KernelId,
+        job: &Job,
+        slots: u64,
+        grid: u32,
+        stream: &Stream,
+    ) -> Result<(), GpuError> {
+        let mut job = *job;
+        let mut slots = slots;
+        let mut two: [*mut c_void; 2] = [
+            (&mut job as *mut Job).cast(),
+            (&mut slots as *mut u64).cast(),
+        ];
+        // SAFETY: `Merge` and the variants take (Job, const u32*), `V2`
+        // takes (Job); forwarded contract for the addresses.
+        unsafe {
+            match kernel {
+                KernelId::Merge | KernelId::Variant(_) => {
+                    self.module
+                        .launch(kernel, grid, BLOCK_THREADS, 0, stream, &mut two)
+                }
+                KernelId::V2 => self.launch_kernel(kernel, &job, grid, 0, stream),
+                _ => Err(GpuError::Unsupported(format!(
+                    "{kernel:?} is not launched with launch_with"
+                ))),
+            }
+        }
     }
 
     /// Grid and dynamic shared memory of the baseline kernel for `pages`
@@ -627,6 +777,342 @@ impl CudaMerger {
     }
 }
 
+/// Pages per upload or download piece of a mirror (bounded by the chunk's
+/// image bytes).
+fn mirror_piece_pages(config: &GpuConfig, page_len: usize) -> usize {
+    (config.max_chunk_image_bytes / page_len.max(1)).max(1)
+}
+
+impl CudaMerger {
+    /// Makes the mirror's device buffer hold at least `pages` slots, keeping
+    /// the slots below `kept` (grows by half again, copying on the device).
+    fn mirror_reserve(&mut self, pages: usize, kept: usize) -> Result<(), GpuError> {
+        let mirror = self
+            .mirror
+            .as_mut()
+            .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
+        let page_len = mirror.index.page_len;
+        let need = pages.saturating_mul(page_len);
+        if mirror.images.as_ref().is_some_and(|b| b.len() >= need) {
+            return Ok(());
+        }
+        let want = need.max(mirror.images.as_ref().map_or(0, |b| b.len() + b.len() / 2));
+        let fresh = match DeviceBuffer::alloc(&self.ctx, want) {
+            Ok(buffer) => buffer,
+            Err(_) => DeviceBuffer::alloc(&self.ctx, need)?,
+        };
+        if let Some(old) = mirror.images.take() {
+            let stream = &self.lanes[0].stream;
+            // SAFETY: both buffers hold `kept` slots; synchronized below
+            // before the old buffer is freed.
+            unsafe { stream.copy_on_device(fresh.ptr(), old.ptr(), kept * page_len)? };
+            stream.synchronize()?;
+        }
+        mirror.images = Some(fresh);
+        Ok(())
+    }
+
+    /// Uploads the batch's new pages (batch slots `new`) into mirror slots
+    /// `first..first + new.len()`, through the lanes' pinned staging.
+    fn mirror_upload(
+        &mut self,
+        batch: &MergeBatch<'_>,
+        new: &[usize],
+        first: usize,
+    ) -> Result<u64, GpuError> {
+        let page_len = batch.page_len();
+        let per_piece = mirror_piece_pages(&self.config, page_len);
+        let base = self.mirror_images_ptr()?;
+        let lanes = self.lanes.len();
+        for (k, piece) in new.chunks(per_piece).enumerate() {
+            let lane = k % lanes;
+            self.lanes[lane].stream.synchronize()?;
+            let bytes = piece.len() * page_len;
+            self.ensure_pinned(lane, bytes, |l| &mut l.image_staging)?;
+            let lane_ref = &mut self.lanes[lane];
+            let staging = lane_ref
+                .image_staging
+                .as_mut()
+                .ok_or_else(|| GpuError::Unsupported("image staging buffer".into()))?;
+            staging.as_mut_slice()[..bytes]
+                .par_chunks_mut(page_len)
+                .zip(piece.par_iter())
+                .try_for_each(|(to, &slot)| match batch.page(slot) {
+                    Some(from) => {
+                        to.copy_from_slice(from);
+                        Ok(())
+                    }
+                    None => Err(GpuError::Unsupported(format!("batch slot {slot}"))),
+                })?;
+            let at = base + ((first + k * per_piece) * page_len) as u64;
+            // SAFETY: the mirror holds `first + new.len()` slots (reserved);
+            // the staging is not touched again before this lane is synchronized.
+            unsafe {
+                lane_ref
+                    .stream
+                    .copy_to_device(at, &staging.as_slice()[..bytes])?
+            };
+        }
+        Ok((new.len() * page_len) as u64)
+    }
+
+    /// The open mirror's slot of `page`, if it holds it.
+    pub fn mirror_slot(&self, page: PageId) -> Option<u32> {
+        self.mirror.as_ref()?.index.slots.get(&page).copied()
+    }
+
+    /// Device address of mirror slot `slot` (valid until the mirror grows).
+    pub fn mirror_slot_ptr(&self, slot: u32) -> Option<u64> {
+        let mirror = self.mirror.as_ref()?;
+        let buffer = mirror.images.as_ref()?;
+        let at = slot as u64 * mirror.index.page_len as u64;
+        (at + mirror.index.page_len as u64 <= buffer.len() as u64).then(|| buffer.ptr() + at)
+    }
+
+    /// Gives `page` a fresh slot in the open mirror, whose image the caller
+    /// then fills by a device-to-device transfer; returns the slot. A page
+    /// the mirror held already is re-mapped and its old slot left empty
+    /// (its bytes stay until the caller copied them). May grow the mirror,
+    /// which moves every slot: read addresses only after the last adopt.
+    pub fn mirror_adopt(&mut self, page: PageId) -> Result<u32, GpuError> {
+        let slot = {
+            let mirror = self
+                .mirror
+                .as_mut()
+                .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
+            let slot = u32::try_from(mirror.index.pages.len())
+                .map_err(|_| GpuError::Unsupported("more than 2^32 pages in a mirror".into()))?;
+            if let Some(old) = mirror.index.slots.insert(page, slot) {
+                if let Some(entry) = mirror.index.pages.get_mut(old as usize) {
+                    *entry = None;
+                }
+            }
+            mirror.index.pages.push(Some(page));
+            slot
+        };
+        self.mirror_reserve(slot as usize + 1, slot as usize)?;
+        Ok(slot)
+    }
+
+    /// Drops `page` from the open mirror (it moved to another device); its
+    /// slot stays empty. Returns whether the mirror held it.
+    pub fn mirror_release(&mut self, page: PageId) -> bool {
+        let Some(mirror) = self.mirror.as_mut() else {
+            return false;
+        };
+        match mirror.index.slots.remove(&page) {
+            Some(slot) => {
+                if let Some(entry) = mirror.index.pages.get_mut(slot as usize) {
+                    *entry = None;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pages the open mirror holds.
+    pub fn mirror_len(&self) -> usize {
+        self.mirror.as_ref().map_or(0, |m| m.index.slots.len())
+    }
+
+    fn mirror_images_ptr(&self) -> Result<u64, GpuError> {
+        self.mirror
+            .as_ref()
+            .and_then(|m| m.images.as_ref())
+            .map(DeviceBuffer::ptr)
+            .ok_or_else(|| GpuError::Unsupported("page mirror has no device buffer".into()))
+    }
+
+    /// Waits for every lane's stream.
+    fn sync_lanes(&self) -> Result<(), GpuError> {
+        for lane in &self.lanes {
+            lane.stream.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// Ships one chunk's meta region and slot list on `lane` and launches
+    /// the kernel over the mirror.
+    fn mirror_chunk(
+        &mut self,
+        lane: usize,
+        batch: &MergeBatch<'_>,
+        plan: &ChunkPlan,
+        slots: &[u32],
+    ) -> Result<u64, GpuError> {
+        let layout = *plan.layout();
+        let slots_at = crate::layout::align16(layout.total_len);
+        let total = slots_at + 4 * slots.len();
+        self.lanes[lane].stream.synchronize()?;
+        self.ensure_pinned(lane, total, |l| &mut l.meta_staging)?;
+        if self.lanes[lane]
+            .mirror_meta
+            .as_ref()
+            .is_none_or(|b| b.len() < total)
+        {
+            self.lanes[lane].mirror_meta = None;
+            let buffer = self.alloc(lane, grow(total))?;
+            self.lanes[lane].mirror_meta = Some(buffer);
+        }
+        let images = self.mirror_images_ptr()?;
+        let fail = self.take_fault(FaultInjection::FailLaunch);
+        let grid = if fail {
+            0
+        } else {
+            self.grid_for(layout.pages)?
+        };
+        let lane_ref = &mut self.lanes[lane];
+        let staging = lane_ref
+            .meta_staging
+            .as_mut()
+            .ok_or_else(|| GpuError::Unsupported("meta staging buffer".into()))?;
+        let out = staging.as_mut_slice();
+        plan.fill(batch, &mut out[..layout.total_len])?;
+        for (to, slot) in out[slots_at..total].chunks_exact_mut(4).zip(slots) {
+            to.copy_from_slice(&slot.to_le_bytes());
+        }
+        let meta = lane_ref
+            .mirror_meta
+            .as_ref()
+            .ok_or_else(|| GpuError::Unsupported("mirror meta buffer".into()))?;
+        let job = Job {
+            images,
+            meta: meta.ptr(),
+            pages: layout.pages as u32,
+            page_len: batch.page_len() as u32,
+            runs_offset: layout.runs_offset as u32,
+            payload_offset: layout.payload_offset as u32,
+        };
+        // SAFETY: the device meta buffer holds `total` bytes; the staging
+        // stays untouched until this lane is synchronized again.
+        unsafe {
+            lane_ref
+                .stream
+                .copy_to_device(meta.ptr(), &staging.as_slice()[..total])?
+        };
+        let stream = &self.lanes[lane].stream;
+        // SAFETY: the meta buffer stays alive until the lane is synchronized
+        // (it is replaced only after a synchronize); the slots all lie in
+        // the mirror (assigned and reserved before).
+        unsafe {
+            self.launch_with(
+                KernelId::Merge,
+                &job,
+                job.meta + slots_at as u64,
+                grid,
+                stream,
+            )?
+        };
+        Ok(total as u64)
+    }
+
+    fn mirror_fold_inner(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
+        self.ctx.bind()?;
+        let mirror = self
+            .mirror
+            .as_mut()
+            .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
+        let first = mirror.index.pages.len();
+        let (slots, new) = mirror.index.assign(batch)?;
+        let total = mirror.index.pages.len();
+        self.mirror_reserve(total, first)?;
+        let mut stats = DeviceStats {
+            image_bytes: self.mirror_upload(batch, &new, first)?,
+            ..DeviceStats::default()
+        };
+        // New pages must be on the device before any chunk folds them.
+        self.sync_lanes()?;
+        let chunks = plan_chunks(
+            batch,
+            self.config.max_chunk_pages,
+            self.config.max_chunk_meta_bytes,
+        );
+        for (index, range) in chunks.into_iter().enumerate() {
+            let lane = index % self.lanes.len();
+            let plan = ChunkPlan::new(batch, range.clone())?;
+            stats.meta_bytes += self.mirror_chunk(lane, batch, &plan, &slots[range])?;
+            stats.chunks += 1;
+        }
+        // The next fold may touch the same pages from another lane.
+        self.sync_lanes()?;
+        Ok(stats)
+    }
+
+    fn mirror_finish_inner(&mut self, sink: &mut MirrorSink<'_>) -> Result<(), GpuError> {
+        self.ctx.bind()?;
+        let (page_len, count) = match &self.mirror {
+            Some(m) => (m.index.page_len, m.index.pages.len()),
+            None => return Err(GpuError::Unsupported("no page mirror is open".into())),
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        let base = self.mirror_images_ptr()?;
+        let per_piece = mirror_piece_pages(&self.config, page_len);
+        let lanes = self.lanes.len();
+        let mut pending: VecDeque<(usize, Range<usize>)> = VecDeque::new();
+        let pieces: Vec<Range<usize>> = (0..count)
+            .step_by(per_piece)
+            .map(|start| start..(start + per_piece).min(count))
+            .collect();
+        for (k, range) in pieces.into_iter().enumerate() {
+            let lane = k % lanes;
+            if pending.len() == lanes {
+                if let Some((done_lane, done)) = pending.pop_front() {
+                    self.mirror_deliver(done_lane, done, sink)?;
+                }
+            }
+            let bytes = range.len() * page_len;
+            self.ensure_pinned(lane, bytes, |l| &mut l.image_staging)?;
+            let lane_ref = &mut self.lanes[lane];
+            let staging = lane_ref
+                .image_staging
+                .as_mut()
+                .ok_or_else(|| GpuError::Unsupported("image staging buffer".into()))?;
+            // SAFETY: the mirror holds `count` slots; the staging is read
+            // only after this lane is synchronized (mirror_deliver).
+            unsafe {
+                lane_ref.stream.copy_to_host(
+                    &mut staging.as_mut_slice()[..bytes],
+                    base + (range.start * page_len) as u64,
+                )?
+            };
+            pending.push_back((lane, range));
+        }
+        while let Some((lane, range)) = pending.pop_front() {
+            self.mirror_deliver(lane, range, sink)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for `lane`'s download of mirror slots `range` and hands them out.
+    fn mirror_deliver(
+        &mut self,
+        lane: usize,
+        range: Range<usize>,
+        sink: &mut MirrorSink<'_>,
+    ) -> Result<(), GpuError> {
+        self.lanes[lane].stream.synchronize()?;
+        let mirror = self
+            .mirror
+            .as_ref()
+            .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
+        let page_len = mirror.index.page_len;
+        let staging = self.lanes[lane]
+            .image_staging
+            .as_ref()
+            .ok_or_else(|| GpuError::Unsupported("image staging buffer".into()))?;
+        let images = staging.as_slice()[..range.len() * page_len].chunks_exact(page_len);
+        for (page_id, image) in mirror.index.pages[range].iter().zip(images) {
+            if let Some(page_id) = page_id {
+                sink(*page_id, image)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl DeviceMerger for CudaMerger {
     fn name(&self) -> &str {
         &self.name
@@ -651,6 +1137,41 @@ impl DeviceMerger for CudaMerger {
 
     fn set_fault(&mut self, fault: Option<FaultInjection>) {
         self.fault = fault;
+    }
+
+    fn mirror_open(&mut self, page_len: usize) -> Result<(), GpuError> {
+        if page_len == 0 || page_len > mmsb_wal::delta::MAX_PAGE_LEN {
+            return Err(GpuError::Unsupported(format!("page length {page_len}")));
+        }
+        // The resident kernel runs jobs of its own; it must not sit on the
+        // device while mirror kernels run.
+        self.stop_persistent()?;
+        self.mirror = Some(Mirror {
+            index: MirrorIndex::new(page_len),
+            images: None,
+        });
+        Ok(())
+    }
+
+    fn mirror_fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
+        let outcome = self.mirror_fold_inner(batch);
+        if outcome.is_err() {
+            // Leave no copy or kernel running on buffers that may go away.
+            let _ = self.sync_lanes();
+        }
+        outcome
+    }
+
+    fn mirror_finish(&mut self, sink: &mut MirrorSink<'_>) -> Result<(), GpuError> {
+        let outcome = self.mirror_finish_inner(sink);
+        let synced = self.sync_lanes();
+        self.mirror = None;
+        outcome.and(synced)
+    }
+
+    fn mirror_close(&mut self) {
+        let _ = self.sync_lanes();
+        self.mirror = None;
     }
 }
 
@@ -700,6 +1221,8 @@ pub struct SimulatedDevice {
     /// Shared-memory tiles of the emulated kernel (tiny ones drive pages
     /// down the kernel's large path).
     pub tiles: Tiles,
+    /// The simulated page mirror: its index and its slots' images.
+    mirror: Option<(MirrorIndex, Vec<u8>)>,
 }
 
 impl SimulatedDevice {
@@ -710,6 +1233,7 @@ impl SimulatedDevice {
             fail_after_chunks: 0,
             max_chunk_pages: max_chunk_pages.max(1),
             tiles: Tiles::KERNEL,
+            mirror: None,
         }
     }
 }
@@ -761,5 +1285,83 @@ impl DeviceMerger for SimulatedDevice {
 
     fn set_fault(&mut self, fault: Option<FaultInjection>) {
         self.fault = fault;
+    }
+
+    fn mirror_open(&mut self, page_len: usize) -> Result<(), GpuError> {
+        self.mirror = Some((MirrorIndex::new(page_len), Vec::new()));
+        Ok(())
+    }
+
+    /// Gathers the batch's pages from the mirror (new ones from the batch),
+    /// folds them with the kernel's twin chunk by chunk, and scatters them
+    /// back; an armed fault fires before anything changes.
+    fn mirror_fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
+        match self.fault.take() {
+            Some(FaultInjection::OutOfMemory) => {
+                return Err(GpuError::OutOfMemory {
+                    call: "cuMemAlloc (simulated)",
+                    bytes: batch.images().len() as u64,
+                })
+            }
+            Some(FaultInjection::FailLaunch) => {
+                return Err(GpuError::Driver {
+                    call: "cuLaunchKernel (simulated)",
+                    code: 719,
+                    name: "CUDA_ERROR_LAUNCH_FAILED".into(),
+                })
+            }
+            other => self.fault = other,
+        }
+        let (index, images) = self
+            .mirror
+            .as_mut()
+            .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
+        let page_len = batch.page_len();
+        let (slots, new) = index.assign(batch)?;
+        for &slot in &new {
+            let page = batch
+                .page(slot)
+                .ok_or_else(|| GpuError::Unsupported(format!("batch slot {slot}")))?;
+            images.extend_from_slice(page);
+        }
+        let mut stats = DeviceStats::default();
+        for range in plan_chunks(batch, self.max_chunk_pages.max(1), usize::MAX) {
+            let plan = ChunkPlan::new(batch, range.clone())?;
+            let mut meta = vec![0u8; plan.layout().total_len];
+            plan.fill(batch, &mut meta)?;
+            let view = ChunkView::new(*plan.layout(), &meta)?;
+            let mut work = Vec::with_capacity(range.len() * page_len);
+            for &slot in &slots[range.clone()] {
+                let at = slot as usize * page_len;
+                work.extend_from_slice(&images[at..at + page_len]);
+            }
+            crate::emulate::fold_chunk_with(&mut work, page_len, &view, self.tiles);
+            for (&slot, page) in slots[range].iter().zip(work.chunks_exact(page_len)) {
+                let at = slot as usize * page_len;
+                images[at..at + page_len].copy_from_slice(page);
+            }
+            stats.chunks += 1;
+            stats.meta_bytes += meta.len() as u64;
+        }
+        stats.image_bytes = (new.len() * page_len) as u64;
+        Ok(stats)
+    }
+
+    fn mirror_finish(&mut self, sink: &mut MirrorSink<'_>) -> Result<(), GpuError> {
+        let (index, images) = self
+            .mirror
+            .take()
+            .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
+        let pages = images.chunks_exact(index.page_len.max(1));
+        for (page_id, image) in index.pages.iter().zip(pages) {
+            if let Some(page_id) = page_id {
+                sink(*page_id, image)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mirror_close(&mut self) {
+        self.mirror = None;
     }
 }

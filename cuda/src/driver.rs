@@ -701,6 +701,11 @@ pub enum KernelId {
     Persistent,
     /// The previous one-job-per-launch kernel (bench comparison only).
     Baseline,
+    /// Kernel v2, one page at a time per block (bench comparison only).
+    V2,
+    /// `mmsb_merge` under another register cap: index into
+    /// [`KernelNames::variants`] (bench comparison only).
+    Variant(usize),
 }
 
 /// Names of the module's kernels.
@@ -712,6 +717,10 @@ pub struct KernelNames<'a> {
     pub persistent: &'a str,
     /// Name of [`KernelId::Baseline`].
     pub baseline: &'a str,
+    /// Name of [`KernelId::V2`].
+    pub v2: &'a str,
+    /// Names of [`KernelId::Variant`] `0..`.
+    pub variants: &'a [&'a str],
 }
 
 /// A loaded module and its merge kernels.
@@ -721,6 +730,8 @@ pub struct Module {
     merge: sys::CUfunction,
     persistent: sys::CUfunction,
     baseline: sys::CUfunction,
+    v2: sys::CUfunction,
+    variants: Vec<sys::CUfunction>,
 }
 
 // SAFETY: module and function handles are usable from any thread with the
@@ -742,19 +753,31 @@ impl Module {
             merge: ptr::null_mut(),
             persistent: ptr::null_mut(),
             baseline: ptr::null_mut(),
+            v2: ptr::null_mut(),
+            variants: Vec::new(),
         };
         module.merge = module.function(names.merge)?;
         module.persistent = module.function(names.persistent)?;
         module.baseline = module.function(names.baseline)?;
+        module.v2 = module.function(names.v2)?;
+        module.variants = names
+            .variants
+            .iter()
+            .map(|name| module.function(name))
+            .collect::<Result<_, _>>()?;
         Ok(module)
     }
 
-    fn handle(&self, kernel: KernelId) -> sys::CUfunction {
-        match kernel {
+    fn handle(&self, kernel: KernelId) -> Result<sys::CUfunction, GpuError> {
+        Ok(match kernel {
             KernelId::Merge => self.merge,
             KernelId::Persistent => self.persistent,
             KernelId::Baseline => self.baseline,
-        }
+            KernelId::V2 => self.v2,
+            KernelId::Variant(index) => *self.variants.get(index).ok_or_else(|| {
+                GpuError::Unsupported(format!("no kernel variant {index} in the module"))
+            })?,
+        })
     }
 
     fn function(&self, name: &str) -> Result<sys::CUfunction, GpuError> {
@@ -765,7 +788,7 @@ impl Module {
 
     /// Lets `function` use up to `bytes` of dynamic shared memory.
     pub fn allow_shared(&self, kernel: KernelId, bytes: usize) -> Result<(), GpuError> {
-        let function = self.handle(kernel);
+        let function = self.handle(kernel)?;
         self.ctx.bind()?;
         let bytes =
             i32::try_from(bytes).map_err(|_| GpuError::Unsupported("shared memory".into()))?;
@@ -789,7 +812,7 @@ impl Module {
         threads: u32,
         shared: usize,
     ) -> Result<u32, GpuError> {
-        let function = self.handle(kernel);
+        let function = self.handle(kernel)?;
         self.ctx.bind()?;
         // SAFETY: `function` belongs to this loaded module.
         let blocks = unsafe {
@@ -814,7 +837,7 @@ impl Module {
         stream: &Stream,
         params: &mut [*mut c_void],
     ) -> Result<(), GpuError> {
-        let function = self.handle(kernel);
+        let function = self.handle(kernel)?;
         // SAFETY: forwarded contract.
         unsafe {
             result::launch_kernel(

@@ -5,6 +5,12 @@
 //! exactly like [`mmsb_engine::merge::CpuMerge`], and it backs
 //! [`crate::SimulatedDevice`]. A read the kernel would make outside its
 //! buffers (shared stage or meta region) fails a debug assertion here.
+//!
+//! It models the per-page arithmetic, which kernel v2 and v3 share; v3's
+//! scheduling (the two-deep page pipeline, the warp ballot that skips runs
+//! missing a warp's span) changes which loads overlap, not which runs reach
+//! a chunk or in what order, and is checked on the GPU by the bench's
+//! `correct` section against the CPU merge.
 
 use crate::kernel::{PAYLOAD_TILE_BYTES, RUN_TILE, STAGE_MARGIN_BYTES};
 use crate::layout::{ChunkView, GpuRun, CHUNK_BYTES};

@@ -1,23 +1,20 @@
 //! The merge kernels' CUDA C source and the job record they read.
 //!
-//! Algorithm of `mmsb_merge` (identical to [`crate::emulate::fold_chunk`],
+//! Per-page algorithm (v2 and v3 alike; [`crate::emulate::fold_chunk`] is
 //! its CPU twin, which is what the CPU-side tests check): one thread block
 //! merges one page at a time (grid-stride over the chunk's pages).
 //!
-//! 1. Every thread loads its page descriptor (one 16-byte load, the same
-//!    address for the whole block) and, at once, its own 16-byte chunk of the
-//!    page image into registers.
+//! 1. Every thread holds its own 16-byte chunk of the page image in
+//!    registers.
 //! 2. Staged path (the page has at most [`RUN_TILE`] runs and its payload
-//!    fits [`PAYLOAD_TILE_BYTES`]): the block copies the page's run
-//!    descriptors and its whole payload window into shared memory with
-//!    coalesced 8- and 16-byte loads, all in flight together, then one
-//!    barrier. Each thread then walks the run list in order and merges every
-//!    run that overlaps its chunk into the registers, reading the source from
-//!    shared memory: a run covering the whole chunk with a co-aligned source
-//!    is one 16-byte shared load; otherwise each of the chunk's four 32-bit
-//!    words that the run touches is built from two aligned shared words with
-//!    a funnel shift and merged under a byte mask. Finally the chunk is
-//!    stored with one 16-byte store.
+//!    fits [`PAYLOAD_TILE_BYTES`]): the page's run descriptors and its whole
+//!    payload window sit in shared memory. Each thread walks the run list in
+//!    order and merges every run that overlaps its chunk into the registers,
+//!    reading the source from shared memory: a run covering the whole chunk
+//!    with a co-aligned source is one 16-byte shared load; otherwise each of
+//!    the chunk's four 32-bit words that the run touches is built from two
+//!    aligned shared words with a funnel shift and merged under a byte mask.
+//!    Finally the chunk is stored with one 16-byte store.
 //! 3. Large path (more runs or more payload): the run list is staged in
 //!    tiles; the source words are read from global memory instead, with the
 //!    same word arithmetic.
@@ -25,17 +22,26 @@
 //! Each byte has one writer (the thread that owns its chunk), which applies
 //! the runs in list order (epoch order): later epochs win, no races, no
 //! per-run barriers. Global memory sees each page read once and written
-//! once, each payload byte read once, and only wide coalesced accesses: no
-//! load depends on another load except through the page descriptor, so the
-//! kernel keeps many loads in flight (the previous kernel, kept as
-//! `mmsb_merge_baseline` for the bench, copied unaligned run edges byte by
-//! byte from global memory, one dependent load after another).
+//! once, each payload byte read once, and only wide coalesced accesses.
 //!
-//! `mmsb_merge` runs one job per launch; `mmsb_merge_persistent` stays
-//! resident and takes jobs from a queue in mapped host memory (see
-//! [`crate::persistent`]). Global loads use `ld.global.cg` (`__ldcg`, L2
-//! only) so that a resident kernel never sees stale L1 lines of buffers the
-//! host refilled between jobs.
+//! `mmsb_merge` (v3) adds, around that per-page work: a two-deep page
+//! pipeline (the next page's runs and payload copied into a second shared
+//! stage by `cp.async`, and its image chunks loaded into registers, while
+//! the current page folds; descriptors three pages ahead in a shared ring),
+//! a warp-filtered run walk (a ballot over 32 runs at a time keeps only the
+//! runs that touch the warp's 512 bytes; the same runs in the same order
+//! reach each thread, so results are those of the plain walk), and a slot
+//! array for device page mirrors (page `i` of a job in image slot
+//! `slots[i]`). `mmsb_merge_v2` (one page at a time, plain walk),
+//! `mmsb_merge_baseline` (v1: run edges copied byte by byte from global
+//! memory) and the register-cap variants [`VARIANT_KERNELS`] stay for the
+//! bench's comparison.
+//!
+//! `mmsb_merge` runs one job per launch; `mmsb_merge_persistent` (v2 page
+//! fold) stays resident and takes jobs from a queue in mapped host memory
+//! (see [`crate::persistent`]). Global loads use `ld.global.cg` (`__ldcg`,
+//! L2 only) so that a resident kernel never sees stale L1 lines of buffers
+//! the host refilled between jobs; `cp.async.cg` bypasses L1 too.
 
 use crate::layout::CHUNK_BYTES;
 
@@ -47,7 +53,7 @@ pub const RUN_TILE: usize = 256;
 
 /// Most payload bytes of a page staged in shared memory (its 16-aligned
 /// window); pages with more take the large path.
-pub const PAYLOAD_TILE_BYTES: usize = 12 * 1024;
+pub const PAYLOAD_TILE_BYTES: usize = 8 * 1024;
 
 /// Bytes of slack before and after the staged payload: the kernel reads the
 /// aligned words around a run's first and last bytes.
@@ -70,6 +76,17 @@ pub const PERSISTENT_KERNEL: &str = "mmsb_merge_persistent";
 
 /// Name of the previous kernel, kept so that the bench can compare.
 pub const BASELINE_KERNEL: &str = "mmsb_merge_baseline";
+
+/// Name of kernel v2 (one page at a time per block), kept for the bench.
+pub const V2_KERNEL: &str = "mmsb_merge_v2";
+
+/// Bench-only variants of `mmsb_merge` under other register caps, in the
+/// order of [`crate::driver::KernelId::Variant`]'s index.
+pub const VARIANT_KERNELS: [&str; 2] = ["mmsb_merge_b4", "mmsb_merge_b6"];
+
+/// Blocks per multiprocessor `mmsb_merge` is compiled for
+/// (`__launch_bounds__` minimum: caps its registers at 64 K / (256 × this)).
+pub const MERGE_MIN_BLOCKS: u32 = 5;
 
 /// One merge job as the kernels read it (32 bytes, `repr(C)`, mirrored by
 /// `struct Job` in the CUDA source).
@@ -107,7 +124,8 @@ pub fn source() -> String {
         "#define CHUNK {CHUNK_BYTES}u\n#define RUN_TILE {RUN_TILE}u\n\
          #define PAYLOAD_TILE {PAYLOAD_TILE_BYTES}u\n#define MARGIN {STAGE_MARGIN_BYTES}u\n\
          #define BASELINE_RUN_TILE {BASELINE_RUN_TILE}u\n#define BLOCK_THREADS {BLOCK_THREADS}u\n\
-         #define QUEUE_DEPTH {QUEUE_DEPTH}u\n#define QUIT_PAGES 0x{QUIT_PAGES:X}u\n{KERNEL_BODY}"
+         #define QUEUE_DEPTH {QUEUE_DEPTH}u\n#define QUIT_PAGES 0x{QUIT_PAGES:X}u\n\
+         #define MERGE_MIN_BLOCKS {MERGE_MIN_BLOCKS}\n{KERNEL_BODY}"
     )
 }
 
@@ -332,10 +350,10 @@ __device__ __forceinline__ void merge_page(const Job& job, u32 page, const uint4
     __syncthreads(); /* the next page restages shared memory */
 }
 
-/* One job: blocks stride over the pages; thread 0 loads the next page's
-   descriptor while the current page's loads are in flight, so each page
-   costs one round of dependent loads, not two. */
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) mmsb_merge(Job job) {
+/* Kernel v2 (kept for the bench's comparison): blocks stride over the
+   pages; thread 0 loads the next page's descriptor while the current page's
+   loads are in flight, so each page costs one round of dependent loads. */
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) mmsb_merge_v2(Job job) {
     __shared__ Stage st;
     __shared__ uint4 descs[2];
     const uint4* desc_of = (const uint4*)job.meta;
@@ -353,6 +371,241 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) mmsb_merge(Job job) 
         }
         merge_page(job, page, descs[i & 1u], st, pf);
     }
+}
+
+/* ---- Kernel v3: pipelined pages, warp-filtered run walk. ---- */
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u64 a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (u32)a;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(smem_addr(dst)), "l"(src)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+__device__ __forceinline__ void cp_async_wait_prev() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+__device__ __forceinline__ bool page_is_staged(const uint4 d) {
+    const u32 ws = d.z & ~(CHUNK - 1u);
+    const u32 span = ((d.z + d.w + CHUNK - 1u) & ~(CHUNK - 1u)) - ws;
+    return d.y <= RUN_TILE && span <= PAYLOAD_TILE;
+}
+
+/* Starts copying page d's run descriptors and payload window into st
+   (cp.async: no registers, completes in the background). Large pages are
+   not staged here: their fold stages run tiles itself. */
+__device__ __forceinline__ void stage_async(const Job& job, const uint4 d, Stage& st) {
+    if (d.y == 0u || !page_is_staged(d)) return;
+    const u8* meta = (const u8*)job.meta;
+    const uint2* runs = (const uint2*)(meta + job.runs_offset) + d.x;
+    for (u32 i = threadIdx.x; i < d.y; i += BLOCK_THREADS) cp_async8(&st.runs[i], runs + i);
+    const u32 ws = d.z & ~(CHUNK - 1u);
+    const u32 span = ((d.z + d.w + CHUNK - 1u) & ~(CHUNK - 1u)) - ws;
+    const uint4* from = (const uint4*)(meta + job.payload_offset + ws);
+    for (u32 i = threadIdx.x; i < span / CHUNK; i += BLOCK_THREADS) {
+        cp_async16(&st.payload[MARGIN / CHUNK + i], from + i);
+    }
+}
+
+/* Applies one run to the chunk v at page offset lo (the v2 loop body). */
+template <class Src>
+__device__ __forceinline__ void apply_one(uint4& v, u32 lo, const uint2 r, const Src& src) {
+    typedef typename Src::Pos Pos;
+    const u32 hi = lo + CHUNK;
+    const u32 a = r.y & 0xFFFFu;
+    const u32 b = a + (r.y >> 16) + 1u;
+    if (a >= hi || b <= lo) return;
+    const Pos p0 = (Pos)r.x + src.base + (Pos)lo - (Pos)a;
+    if (a <= lo && b >= hi && (p0 & 15) == 0) {
+        v = src.vec(p0);
+        return;
+    }
+    const int s = (int)umax(a, lo) - (int)lo;
+    const int e = (int)umin(b, hi) - (int)lo;
+    merge_word(v.x, 0, s, e, p0, src);
+    merge_word(v.y, 1, s, e, p0, src);
+    merge_word(v.z, 2, s, e, p0, src);
+    merge_word(v.w, 3, s, e, p0, src);
+}
+
+/* Applies runs[0..n) in order to the warp's 32 chunks [wlo, whi) (byte
+   offsets): lane k tests run t + k against the warp's span, a ballot keeps
+   the runs that touch it, and the warp walks only those, in list order.
+   Every lane of the warp must call it; `mine` says whether v is a chunk. */
+template <class Src>
+__device__ __forceinline__ void apply_runs_warp(uint4& v, u32 lo, bool mine, u32 wlo, u32 whi,
+                                                const uint2* runs, u32 n, const Src& src) {
+    const u32 lane = threadIdx.x & 31u;
+    for (u32 t = 0; t < n; t += 32u) {
+        bool hit = false;
+        if (t + lane < n) {
+            const uint2 r = runs[t + lane];
+            const u32 a = r.y & 0xFFFFu;
+            const u32 b = a + (r.y >> 16) + 1u;
+            hit = a < whi && b > wlo;
+        }
+        u32 m = __ballot_sync(0xFFFFFFFFu, hit);
+        while (m != 0u) {
+            const u32 j = (u32)__ffs(m) - 1u;
+            m &= m - 1u;
+            if (mine) apply_one(v, lo, runs[t + j], src);
+        }
+    }
+}
+
+/* Large pages (more runs or payload than a stage holds): run tiles staged
+   one after another, sources read from global memory. */
+__device__ __forceinline__ void fold_large_v3(const Job& job, u8* img, const uint4 d, Stage& st,
+                                           uint4 first) {
+    const u32 page_len = job.page_len;
+    const u32 chunks = (page_len + CHUNK - 1u) / CHUNK;
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp_first = threadIdx.x & ~31u;
+    const u8* meta = (const u8*)job.meta;
+    const uint2* runs = (const uint2*)(meta + job.runs_offset) + d.x;
+    GlobalSrc src;
+    src.payload = meta + job.payload_offset;
+    src.base = 0;
+    for (u32 t = 0; t < d.y; t += RUN_TILE) {
+        const u32 n = umin(RUN_TILE, d.y - t);
+        __syncthreads();
+        for (u32 i = threadIdx.x; i < n; i += BLOCK_THREADS) st.runs[i] = __ldcg(runs + t + i);
+        __syncthreads();
+        for (u32 base = warp_first; base < chunks; base += BLOCK_THREADS) {
+            const u32 c = base + lane;
+            const bool mine = c < chunks;
+            uint4 v = first;
+            if ((t != 0u || base != warp_first) && mine) v = load_chunk(img, c * CHUNK, page_len);
+            const u32 whi = umin(base + 32u, chunks) * CHUNK;
+            apply_runs_warp(v, c * CHUNK, mine, base * CHUNK, whi, st.runs, n, src);
+            if (mine) store_chunk(img, c * CHUNK, page_len, v);
+        }
+    }
+}
+
+/* Folds a page whose stage (if staged) is complete and visible; `first` is
+   this thread's first chunk, loaded ahead. Loops are warp-uniform. */
+__device__ __forceinline__ void fold_page_v3(const Job& job, u8* img, const uint4 d, Stage& st,
+                                             uint4 first) {
+    const u32 page_len = job.page_len;
+    const u32 chunks = (page_len + CHUNK - 1u) / CHUNK;
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp_first = threadIdx.x & ~31u;
+    if (page_is_staged(d)) {
+        SharedSrc src;
+        src.words = (const u32*)st.payload;
+        src.base = MARGIN - (d.z & ~(CHUNK - 1u));
+        for (u32 base = warp_first; base < chunks; base += BLOCK_THREADS) {
+            const u32 c = base + lane;
+            const bool mine = c < chunks;
+            uint4 v = first;
+            if (base != warp_first && mine) v = load_chunk(img, c * CHUNK, page_len);
+            const u32 whi = umin(base + 32u, chunks) * CHUNK;
+            apply_runs_warp(v, c * CHUNK, mine, base * CHUNK, whi, st.runs, d.y, src);
+            if (mine) store_chunk(img, c * CHUNK, page_len, v);
+        }
+        return;
+    }
+    fold_large_v3(job, img, d, st, first);
+}
+
+__device__ __forceinline__ u8* page_image(const Job& job, u32 slot) {
+    return (u8*)job.images + (u64)slot * job.page_len;
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(dst)), "l"(src)
+                 : "memory");
+}
+
+/* One job, pages pipelined two deep per block: while the block folds page i
+   (its stage complete), the runs and payload of page i + 1 stream into the
+   other stage by cp.async and its image chunks into registers; descriptors
+   (and mirror slots) run three pages ahead through a ring of four, also by
+   cp.async, so no register holds them across a fold. `slots` maps a job
+   page to its image slot (a device page mirror), or is null: page i is
+   slot i. */
+__device__ __forceinline__ void merge_pipelined(const Job& job, const u32* slots) {
+    __shared__ Stage st[2];
+    __shared__ uint4 descs[4];
+    __shared__ u32 sslot[4];
+    const uint4* desc_of = (const uint4*)job.meta;
+    const u32 tid = threadIdx.x;
+    const u32 chunks = (job.page_len + CHUNK - 1u) / CHUNK;
+    u32 page = blockIdx.x;
+    if (page >= job.pages) return;
+    if (tid == 0u) {
+        for (u32 k = 0; k < 3u; ++k) {
+            const u32 p = page + k * gridDim.x;
+            if (p < job.pages) {
+                descs[k] = __ldcg(desc_of + p);
+                sslot[k] = slots != 0 ? __ldcg(slots + p) : p;
+            }
+        }
+    }
+    __syncthreads();
+    stage_async(job, descs[0], st[0]);
+    cp_async_commit();
+    uint4 cur = make_uint4(0u, 0u, 0u, 0u);
+    if (descs[0].y != 0u && tid < chunks) {
+        cur = load_chunk(page_image(job, sslot[0]), tid * CHUNK, job.page_len);
+    }
+    for (u32 i = 0;; ++i) {
+        __syncthreads(); /* ring slot (i+1)&3 visible; st[(i+1)&1] free */
+        const u32 next = page + gridDim.x;
+        const bool has_next = next < job.pages;
+        uint4 nimg = make_uint4(0u, 0u, 0u, 0u);
+        if (has_next) {
+            const uint4 dn = descs[(i + 1u) & 3u];
+            stage_async(job, dn, st[(i + 1u) & 1u]);
+            if (dn.y != 0u && tid < chunks) {
+                nimg = load_chunk(page_image(job, sslot[(i + 1u) & 3u]), tid * CHUNK, job.page_len);
+            }
+        }
+        const u32 ahead = page + 3u * gridDim.x;
+        if (tid == 0u && ahead < job.pages) {
+            cp_async16(&descs[(i + 3u) & 3u], desc_of + ahead);
+            if (slots != 0) {
+                cp_async4(&sslot[(i + 3u) & 3u], slots + ahead);
+            } else {
+                sslot[(i + 3u) & 3u] = ahead;
+            }
+        }
+        cp_async_commit();
+        cp_async_wait_prev(); /* this thread's copies for page i landed */
+        __syncthreads();      /* everyone's did */
+        const uint4 d = descs[i & 3u];
+        if (d.y != 0u) fold_page_v3(job, page_image(job, sslot[i & 3u]), d, st[i & 1u], cur);
+        if (!has_next) break;
+        page = next;
+        cur = nimg;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MERGE_MIN_BLOCKS)
+mmsb_merge(Job job, const u32* slots) {
+    merge_pipelined(job, slots);
+}
+
+/* The same kernel under other register caps (bench variants). */
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, 4)
+mmsb_merge_b4(Job job, const u32* slots) {
+    merge_pipelined(job, slots);
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, 6)
+mmsb_merge_b6(Job job, const u32* slots) {
+    merge_pipelined(job, slots);
 }
 
 /* ---- The previous kernel, kept for comparison in the bench. ---- */
@@ -543,7 +796,7 @@ mod tests {
         assert!(src.contains(&format!("#define RUN_TILE {RUN_TILE}u")));
         assert!(src.contains(&format!("#define PAYLOAD_TILE {PAYLOAD_TILE_BYTES}u")));
         assert!(src.contains("QUIT_PAGES 0xFFFFFFFFu"));
-        for name in [MERGE_KERNEL, PERSISTENT_KERNEL, BASELINE_KERNEL] {
+        for name in [MERGE_KERNEL, PERSISTENT_KERNEL, BASELINE_KERNEL, V2_KERNEL] {
             assert!(src.contains(name));
         }
     }

@@ -16,8 +16,10 @@
 //! Modules: [`layout`] (flat chunk format), [`kernel`] (CUDA source, job
 //! record), [`emulate`] (the kernel's CPU twin), [`compile`] (NVRTC),
 //! [`driver`] (owned CUDA objects), [`persistent`] (resident kernel and its
-//! queue), [`device`] (the device mergers), [`merge`] (the backend and its
-//! fallback), [`bench`] (measurement helpers for the GPU bench).
+//! queue), [`device`] (the device mergers and their page mirrors), [`merge`]
+//! (the backend, its fallback and its merge sessions), [`mod@bench`]
+//! (measurement helpers for the GPU bench), and with the cargo feature
+//! `nccl`, `nccl` (pages sharded over several GPUs through NCCL).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -31,6 +33,8 @@ pub mod error;
 pub mod kernel;
 pub mod layout;
 pub mod merge;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod persistent;
 pub mod probe;
 
@@ -39,4 +43,4 @@ pub use device::{CudaMerger, DeviceMerger, DeviceStats, SimulatedDevice};
 pub use emulate::Tiles;
 pub use error::GpuError;
 pub use merge::{FallbackRecord, GpuMerge, GpuStatus};
-pub use probe::{driver_library_present, nvrtc_library_present, probe, DeviceInfo};
+pub use probe::{device_count, driver_library_present, nvrtc_library_present, probe, DeviceInfo};

@@ -13,14 +13,20 @@
 //!
 //! Correctness of the fallback after a partial device merge rests on the
 //! idempotence of folding (see [`crate::device`]).
+//!
+//! Sessions ([`MergeBackend::open_session`]) keep pages in the device's page
+//! mirror across batches. A session cannot fall back batch by batch (the
+//! pages live on the device), so a failed fold or finish is an error; the
+//! engine then replays the whole TLog on the CPU.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mmsb_engine::merge::{CpuMerge, MergeBackend, MergeBatch, MergeStats};
+use mmsb_engine::merge::{CpuMerge, MergeBackend, MergeBatch, MergeSession, MergeStats, PageSink};
 use mmsb_engine::Error;
-use parking_lot::Mutex;
+use mmsb_wal::PageId;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::config::{FaultInjection, GpuConfig};
 use crate::device::{CudaMerger, DeviceMerger};
@@ -55,6 +61,8 @@ pub struct GpuMerge {
     gpu_batches: AtomicU64,
     fallbacks: AtomicU64,
     last_fallback: Mutex<Option<FallbackRecord>>,
+    session_fold_nanos: AtomicU64,
+    session_finish_nanos: AtomicU64,
 }
 
 impl std::fmt::Debug for GpuMerge {
@@ -95,6 +103,8 @@ impl GpuMerge {
             gpu_batches: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             last_fallback: Mutex::new(None),
+            session_fold_nanos: AtomicU64::new(0),
+            session_finish_nanos: AtomicU64::new(0),
         }
     }
 
@@ -108,6 +118,8 @@ impl GpuMerge {
             gpu_batches: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             last_fallback: Mutex::new(None),
+            session_fold_nanos: AtomicU64::new(0),
+            session_finish_nanos: AtomicU64::new(0),
         }
     }
 
@@ -132,6 +144,15 @@ impl GpuMerge {
     /// Batches that fell back to the CPU after a device failure.
     pub fn fallback_count(&self) -> u64 {
         self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Time spent in merge sessions so far: in folds (validation, host
+    /// layout, uploads, kernels) and in finishing (downloads, the sink).
+    pub fn session_time(&self) -> (Duration, Duration) {
+        (
+            Duration::from_nanos(self.session_fold_nanos.load(Ordering::Relaxed)),
+            Duration::from_nanos(self.session_finish_nanos.load(Ordering::Relaxed)),
+        )
     }
 
     /// The latest fallback, if any.
@@ -195,6 +216,28 @@ impl MergeBackend for GpuMerge {
         &self.name
     }
 
+    /// A session over a device page mirror, holding the device for its
+    /// whole life (other batches wait). `None` when there is no device or
+    /// the mirror cannot start (then the caller merges batch by batch).
+    fn open_session(&self, page_len: usize) -> Result<Option<Box<dyn MergeSession + '_>>, Error> {
+        let mut guard = self.device.lock();
+        let Some(device) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let opened = catch_unwind(AssertUnwindSafe(|| device.mirror_open(page_len)))
+            .unwrap_or_else(|_| Err(GpuError::Disabled("panic while opening a mirror".into())));
+        match opened {
+            Ok(()) => Ok(Some(Box::new(GpuSession {
+                owner: self,
+                device: guard,
+            }))),
+            Err(error) => {
+                tracing::warn!(%error, "GPU page mirror unavailable; merging batch by batch");
+                Ok(None)
+            }
+        }
+    }
+
     fn merge_batch(&self, batch: &mut MergeBatch<'_>) -> Result<MergeStats, Error> {
         // A bad batch is the caller's error, on any backend: no fallback.
         let stats = batch.validate()?;
@@ -205,5 +248,106 @@ impl MergeBackend for GpuMerge {
             self.cpu.merge_batch(batch)?;
         }
         Ok(stats)
+    }
+}
+
+/// A [`MergeSession`] over the device's page mirror ([`GpuMerge::open_session`]).
+///
+/// On a device failure the session reports an error (the engine then replays
+/// on the CPU) and, unless the failure is transient, retires the device as a
+/// failed batch does.
+struct GpuSession<'a> {
+    owner: &'a GpuMerge,
+    device: MutexGuard<'a, Option<Box<dyn DeviceMerger>>>,
+}
+
+impl GpuSession<'_> {
+    /// Records a device failure (retiring the device unless transient) and
+    /// turns it into the engine's error.
+    fn failed(&mut self, error: GpuError) -> Error {
+        let retire = !error.is_transient();
+        if retire {
+            if let Some(mut device) = self.device.take() {
+                device.mirror_close();
+            }
+            *self.owner.cpu_reason.lock() = Some(format!("retired after: {error}"));
+        } else if let Some(device) = self.device.as_mut() {
+            device.mirror_close();
+        }
+        tracing::warn!(%error, retired = retire, "GPU merge session failed");
+        self.owner.fallbacks.fetch_add(1, Ordering::Relaxed);
+        *self.owner.last_fallback.lock() = Some(FallbackRecord {
+            error: error.clone(),
+            detect_to_cpu_start: Duration::ZERO,
+            device_retired: retire,
+        });
+        session_error(error)
+    }
+}
+
+fn add_nanos(counter: &AtomicU64, since: Instant) {
+    let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(nanos, Ordering::Relaxed);
+}
+
+fn session_error(error: GpuError) -> Error {
+    Error::io("GPU merge session", std::io::Error::other(error))
+}
+
+impl MergeSession for GpuSession<'_> {
+    fn fold(&mut self, batch: &mut MergeBatch<'_>) -> Result<MergeStats, Error> {
+        let stats = batch.validate()?;
+        if batch.is_empty() {
+            return Ok(stats);
+        }
+        let Some(device) = self.device.as_mut() else {
+            return Err(session_error(GpuError::Disabled(
+                "the device was retired".into(),
+            )));
+        };
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| device.mirror_fold(batch)))
+            .unwrap_or_else(|_| Err(GpuError::Disabled("panic in the GPU merge".into())));
+        add_nanos(&self.owner.session_fold_nanos, started);
+        match outcome {
+            Ok(_) => {
+                self.owner.gpu_batches.fetch_add(1, Ordering::Relaxed);
+                Ok(stats)
+            }
+            Err(error) => Err(self.failed(error)),
+        }
+    }
+
+    fn finish(mut self: Box<Self>, sink: &mut PageSink<'_>) -> Result<(), Error> {
+        let Some(device) = self.device.as_mut() else {
+            return Err(session_error(GpuError::Disabled(
+                "the device was retired".into(),
+            )));
+        };
+        // The sink's own error is kept aside: it is the caller's, not the device's.
+        let mut sink_error = None;
+        let mut forward = |page_id: PageId, image: &[u8]| match sink(page_id, image) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                sink_error = Some(error);
+                Err(GpuError::Unsupported("the session's sink failed".into()))
+            }
+        };
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| device.mirror_finish(&mut forward)))
+            .unwrap_or_else(|_| Err(GpuError::Disabled("panic in the GPU merge".into())));
+        add_nanos(&self.owner.session_finish_nanos, started);
+        if let Some(error) = sink_error {
+            return Err(error);
+        }
+        outcome.map_err(|error| self.failed(error))
+    }
+}
+
+impl Drop for GpuSession<'_> {
+    fn drop(&mut self) {
+        if let Some(device) = self.device.as_mut() {
+            device.mirror_close();
+        }
     }
 }

@@ -62,6 +62,16 @@ impl DeviceInfo {
     }
 }
 
+/// Number of CUDA devices (0 when the driver has none); errors without libcuda.
+pub fn device_count() -> Result<usize, GpuError> {
+    if !driver_library_present() {
+        return Err(GpuError::NoDriver);
+    }
+    result::init().ctx("cuInit", 0)?;
+    let count = result::device::get_count().ctx("cuDeviceGetCount", 0)?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
 /// Loads the driver, initializes it and reads device `ordinal`'s properties.
 /// Errors: [`GpuError::NoDriver`] without libcuda, [`GpuError::NoDevice`] when
 /// the ordinal does not exist, [`GpuError::Driver`] for any failed call.

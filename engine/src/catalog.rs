@@ -91,9 +91,17 @@ pub fn remove<P: PageWrite>(
         .transpose()
 }
 
+/// Most catalog entries reserved up front, whatever count the meta page claims.
+const CATALOG_PREALLOC_ENTRIES_MAX: usize = 1024;
+
 /// Every table, in name order.
 pub fn list<P: PageRead>(pages: &P, catalog: &TreeHeader) -> Result<Vec<(String, TableEntry)>> {
-    let mut tables = Vec::with_capacity(catalog.len as usize);
+    // The count comes from disk: a damaged meta page must not make us reserve
+    // gigabytes (fuzz/RESULTS.md, finding 1). Grow as entries really arrive.
+    let reserve = usize::try_from(catalog.len)
+        .unwrap_or(usize::MAX)
+        .min(CATALOG_PREALLOC_ENTRIES_MAX);
+    let mut tables = Vec::with_capacity(reserve);
     for entry in btree::iter(pages, catalog)? {
         let (name, value) = entry?;
         let name = String::from_utf8(name.to_vec())
@@ -101,4 +109,10 @@ pub fn list<P: PageRead>(pages: &P, catalog: &TreeHeader) -> Result<Vec<(String,
         tables.push((name, TableEntry::decode(&value)?));
     }
     Ok(tables)
+}
+
+/// Decodes one catalog value (a [`TableEntry`]), for the tolerant catalog
+/// walk of `mmsb check` and salvage.
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<TableEntry> {
+    TableEntry::decode(bytes)
 }

@@ -4,13 +4,19 @@
 //! Files of a database at `PATH`:
 //! - `PATH`: the data file (header page, meta page, data pages);
 //! - `PATH-tlog/`: the TLog segments;
-//! - `PATH-dwb`: the double-write file of the last checkpoint.
+//! - `PATH-dwb`: the double-write file of the last checkpoint;
+//! - `PATH-manifest`: the checkpoint manifest (per-page CRC table, SHA-256).
 //!
-//! Recovery: pick the newest valid header slot, copy a complete double-write
-//! image back into place (repairing a torn write-back), open the TLog (which
-//! cuts a torn tail), and replay every commit after the checkpoint epoch.
-//! Deltas set bytes to absolute values, so replaying a commit onto a page
-//! that already holds it is harmless.
+//! Recovery: pick the newest valid header slot, load the manifest that
+//! matches it into the page file's CRC table (or rebuild the table from the
+//! pages when the manifest is missing or damaged), copy a complete
+//! double-write image back into place (repairing a torn write-back), open the
+//! TLog (which cuts a torn tail), and replay every commit after the
+//! checkpoint epoch. Deltas set bytes to absolute values, so replaying a
+//! commit onto a page that already holds it is harmless. A page that fails
+//! its checks is rebuilt from its double-write copy, or from zeros when the
+//! TLog deltas since the checkpoint cover every byte of it; otherwise the
+//! open fails naming it.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mmsb_wal::codec::CodecConfig;
+use mmsb_wal::manifest::{CheckpointManifest, MANIFEST_FORMAT_VERSION};
 use mmsb_wal::record::CommitRecord;
 use mmsb_wal::storage::{FileStorage, Storage, StorageFile};
 use mmsb_wal::tlog::{CommitTicket, Durability, TLog, TLogConfig};
@@ -28,8 +35,12 @@ use mmsb_wal::{CommitEpoch, Delta, PageId, WalError};
 use parking_lot::{ArcMutexGuard, Condvar, Mutex, RawMutex};
 
 use crate::error::{Error, Result};
+use crate::eviction::{Evictor, DEFAULT_BACKPRESSURE_MAX_WAIT_MS, SYSTEM_SAMPLE_INTERVAL_MS};
+use crate::memory::{
+    default_memory_budget_bytes, BoundedMapReads, MemoryBudget, MIN_MEMORY_BUDGET_BYTES,
+};
 use crate::merge::{
-    ChainEntry, CpuMerge, MergeBackend, MergeBatch, MergeKernel, MAX_MERGE_THREADS,
+    ChainEntry, CpuMerge, MergeBackend, MergeBatch, MergeKernel, MergeSession, MAX_MERGE_THREADS,
 };
 use crate::meta::{Meta, META_PAGE};
 use crate::metrics::{timed, Metrics, MetricsSnapshot};
@@ -115,6 +126,27 @@ pub struct Options {
     /// Decoded delta bytes recovery gathers into one merge window (a window
     /// also ends at [`REPLAY_WINDOW_MAX_PAGES`] pages).
     pub replay_window_bytes: usize,
+    /// Read every data page at open and check it against its trailer and the
+    /// manifest's CRC table (repairing what can be repaired); the open fails
+    /// naming every damaged page. Off by default: pages are always verified
+    /// when they are read.
+    pub verify_pages_on_open: bool,
+    /// Bytes the engine may hold in memory for pages: materialized page
+    /// images, their delta chains and dirty pages (each entry with a fixed
+    /// overhead; see ARCHITECTURE.md). Cold clean pages are evicted to stay
+    /// within it and commits wait (back-pressure) when they would pass it; a
+    /// commit that cannot fit fails with [`Error::MemoryBudgetExceeded`]. At
+    /// least [`MIN_MEMORY_BUDGET_BYTES`]; default
+    /// [`crate::default_memory_budget_bytes`]: a quarter of the machine's
+    /// memory, at least 1 GiB.
+    pub memory_budget_bytes: u64,
+    /// Longest a commit waits for memory (back-pressure) before it fails
+    /// with [`Error::MemoryBudgetExceeded`].
+    pub backpressure_max_wait_ms: u64,
+    /// Lower the budget in force while the machine (or the process's cgroup)
+    /// runs short of memory: the worker reads `/proc/meminfo` and cgroup
+    /// `memory.max`/`memory.current` once a second. Off by default.
+    pub follow_system_memory: bool,
 }
 
 /// Backends are shown by name (`Options` is `Debug`).
@@ -142,6 +174,10 @@ impl Default for Options {
             merge_backend: None,
             gpu_merge_min_pages: DEFAULT_GPU_MERGE_MIN_PAGES,
             replay_window_bytes: REPLAY_WINDOW_DELTA_BYTES,
+            verify_pages_on_open: false,
+            memory_budget_bytes: default_memory_budget_bytes(),
+            backpressure_max_wait_ms: DEFAULT_BACKPRESSURE_MAX_WAIT_MS,
+            follow_system_memory: false,
         }
     }
 }
@@ -149,6 +185,12 @@ impl Default for Options {
 impl Options {
     /// Opens (or creates) the database at `path` with these options.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Database> {
+        if self.memory_budget_bytes < MIN_MEMORY_BUDGET_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "memory_budget_bytes of {} is below the minimum of {MIN_MEMORY_BUDGET_BYTES} bytes",
+                self.memory_budget_bytes
+            )));
+        }
         Database::open_with(path.as_ref(), self.clone())
     }
 }
@@ -197,16 +239,23 @@ pub(crate) struct Shared {
     checkpoint_lock: Mutex<()>,
     durable_page_count: AtomicU64,
     /// Pages changed since the last checkpoint → epoch of their newest change.
-    dirty: Mutex<BTreeMap<PageId, CommitEpoch>>,
+    pub(crate) dirty: Mutex<BTreeMap<PageId, CommitEpoch>>,
     /// Pages whose delta chains could not be folded yet (a reader pins them).
     pending_fold: Mutex<PageSet>,
     tlog_bytes_at_checkpoint: AtomicU64,
+    /// The manifest on disk is missing, damaged or does not match the
+    /// header: the next checkpoint writes one even with nothing dirty.
+    manifest_stale: AtomicBool,
     poisoned: AtomicBool,
     pub(crate) metrics: Metrics,
     /// Footprints of recent table commits, for conflict checks.
     pub(crate) commit_log: Mutex<CommitLog>,
     zero_page: Arc<[u8]>,
     worker_signal: WorkerSignal,
+    /// The memory budget and its reservations (see `memory`).
+    pub(crate) memory: MemoryBudget,
+    /// The CLOCK hand and write-back requests (see `eviction`).
+    pub(crate) evictor: Evictor,
 }
 
 #[derive(Debug, Default)]
@@ -376,22 +425,43 @@ impl Drop for DatabaseInner {
     }
 }
 
-/// Opens the data file, repairing torn write-back from the double-write file,
-/// or creates it when it is empty or its creation never completed.
+/// The data file as [`open_or_create_data_file`] left it.
+struct OpenedDataFile {
+    page_file: PageFile,
+    header: FileHeader,
+    /// Pages copied back from the double-write file.
+    restored: usize,
+    /// No valid manifest matching the header was found.
+    manifest_stale: bool,
+}
+
+/// Opens the data file (loading its manifest, repairing torn write-back
+/// from the double-write file), or creates it when it is empty or its
+/// creation never completed.
 fn open_or_create_data_file(
     storage: &Arc<dyn Storage>,
     file: Arc<dyn StorageFile>,
     path: &Path,
     options: &Options,
     tlog: &TLog,
-) -> Result<(PageFile, FileHeader, usize)> {
+) -> Result<OpenedDataFile> {
     let file_len = file.len().map_err(|err| Error::io("stat data file", err))?;
     if file_len > 0 {
         let opened = PageFile::open(Arc::clone(storage), Arc::clone(&file), path).and_then(
             |(page_file, header)| {
+                let manifest = load_manifest(storage.as_ref(), path, &page_file, &header)?;
                 let restored = page_file.restore_double_write()?;
+                let manifest_stale = manifest != ManifestState::Loaded;
+                if manifest_stale {
+                    rebuild_manifest_table(&page_file, &header, &manifest, path)?;
+                }
                 Meta::decode(&page_file.read_page(META_PAGE)?)?;
-                Ok((page_file, header, restored))
+                Ok(OpenedDataFile {
+                    page_file,
+                    header,
+                    restored,
+                    manifest_stale,
+                })
             },
         );
         match opened {
@@ -413,7 +483,105 @@ fn open_or_create_data_file(
         options.page_size,
         &meta_page,
     )?;
-    Ok((page_file, header, 0))
+    Ok(OpenedDataFile {
+        page_file,
+        header,
+        restored: 0,
+        manifest_stale: true,
+    })
+}
+
+/// What [`load_manifest`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum ManifestState {
+    /// Valid and matching the header; its CRC table is installed.
+    Loaded,
+    /// No manifest file.
+    Missing,
+    /// Present but damaged or not matching the header: why.
+    Invalid(String),
+}
+
+/// Reads the checkpoint manifest and, when it is valid and matches the
+/// header, installs its CRC table in the page file. An I/O error fails the
+/// open; damage is reported as [`ManifestState::Invalid`].
+fn load_manifest(
+    storage: &dyn Storage,
+    path: &Path,
+    page_file: &PageFile,
+    header: &FileHeader,
+) -> Result<ManifestState> {
+    let manifest = match CheckpointManifest::read(storage, path) {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => return Ok(ManifestState::Missing),
+        Err(WalError::Io { context, source }) => return Err(Error::Io { context, source }),
+        Err(err) => return Ok(ManifestState::Invalid(err.to_string())),
+    };
+    if let Err(reason) = manifest_matches_header(&manifest, header) {
+        return Ok(ManifestState::Invalid(reason));
+    }
+    page_file.install_crc_table(manifest.page_crcs, manifest.checkpoint_epoch);
+    Ok(ManifestState::Loaded)
+}
+
+/// A checkpoint writes its manifest before it moves the header, so the
+/// manifest names either the header's checkpoint or the next one (whose
+/// pages were all synced before a crash kept the header from moving).
+fn manifest_matches_header(
+    manifest: &CheckpointManifest,
+    header: &FileHeader,
+) -> Result<(), String> {
+    let same = manifest.checkpoint_seq == header.checkpoint_seq
+        && manifest.checkpoint_epoch == header.checkpoint_epoch
+        && manifest.page_count == header.page_count;
+    let next = Some(manifest.checkpoint_seq) == header.checkpoint_seq.checked_add(1)
+        && manifest.checkpoint_epoch >= header.checkpoint_epoch
+        && manifest.page_count >= header.page_count;
+    if manifest.page_size == header.page_size && (same || next) {
+        return Ok(());
+    }
+    Err(format!(
+        "manifest (checkpoint {} at {}, {} pages of {} bytes) does not match the header \
+         (checkpoint {} at {}, {} pages of {} bytes)",
+        manifest.checkpoint_seq,
+        manifest.checkpoint_epoch,
+        manifest.page_count,
+        manifest.page_size,
+        header.checkpoint_seq,
+        header.checkpoint_epoch,
+        header.page_count,
+        header.page_size,
+    ))
+}
+
+/// Without a usable manifest, the CRC table is rebuilt from the pages'
+/// own trailers (the next checkpoint writes a new manifest). A database that
+/// never checkpointed has no manifest yet; anything else is reported.
+fn rebuild_manifest_table(
+    page_file: &PageFile,
+    header: &FileHeader,
+    manifest: &ManifestState,
+    path: &Path,
+) -> Result<()> {
+    let damaged = page_file.rebuild_crc_table(header.page_count, header.checkpoint_epoch)?;
+    let manifest_file = mmsb_wal::manifest_path(path);
+    match manifest {
+        ManifestState::Missing if header.checkpoint_seq == 0 => {}
+        ManifestState::Missing => tracing::warn!(
+            manifest = %manifest_file.display(),
+            "the checkpoint manifest is missing; rebuilt its CRC table from the page trailers"
+        ),
+        ManifestState::Invalid(reason) => tracing::warn!(
+            manifest = %manifest_file.display(),
+            %reason,
+            "the checkpoint manifest is damaged; rebuilt its CRC table from the page trailers"
+        ),
+        ManifestState::Loaded => {}
+    }
+    if !damaged.is_empty() {
+        tracing::warn!(pages = ?damaged, "pages fail their trailer check while the manifest is rebuilt");
+    }
+    Ok(())
 }
 
 /// Refuses, before anything is created beside it, a file that does not
@@ -478,6 +646,9 @@ impl Shared {
             return Err(Error::DatabaseLocked(path.to_path_buf()));
         }
         refuse_foreign_file(file.as_ref(), path)?;
+        // Reads past a share of the budget bypass the map (RSS): see `memory`.
+        let file: Arc<dyn StorageFile> =
+            Arc::new(BoundedMapReads::new(file, options.memory_budget_bytes));
         let tlog = TLog::open(
             Arc::clone(&storage),
             TLogConfig {
@@ -487,8 +658,12 @@ impl Shared {
                 ..TLogConfig::new(tlog_dir(path))
             },
         )?;
-        let (page_file, header, restored) =
-            open_or_create_data_file(&storage, file, path, &options, &tlog)?;
+        let OpenedDataFile {
+            page_file,
+            header,
+            restored,
+            manifest_stale,
+        } = open_or_create_data_file(&storage, file, path, &options, &tlog)?;
         let page_len = page_file.page_len();
         let shared = Shared {
             path: path.to_path_buf(),
@@ -504,11 +679,18 @@ impl Shared {
             dirty: Mutex::default(),
             pending_fold: Mutex::default(),
             tlog_bytes_at_checkpoint: AtomicU64::new(0),
+            manifest_stale: AtomicBool::new(manifest_stale),
             poisoned: AtomicBool::new(false),
             metrics: Metrics::default(),
             commit_log: Mutex::default(),
             zero_page: Arc::from(vec![0u8; page_len]),
             worker_signal: WorkerSignal::default(),
+            memory: MemoryBudget::new(options.memory_budget_bytes),
+            evictor: Evictor::new(
+                options.backpressure_max_wait_ms,
+                options.follow_system_memory,
+                !options.background_workers,
+            ),
             page_file,
             options,
         };
@@ -517,7 +699,11 @@ impl Shared {
         shared.snapshots.publish(last_epoch);
         // The meta page must decode, or nothing else can be trusted.
         Meta::decode(&shared.read_page_latest(META_PAGE)?)?;
+        if shared.options.verify_pages_on_open {
+            shared.verify_all_pages()?;
+        }
         Metrics::add(&shared.metrics.double_write_pages_restored, restored as u64);
+        Metrics::add(&shared.metrics.pages_repaired, restored as u64);
         Metrics::add(
             &shared.metrics.recovery_micros,
             started.elapsed().as_micros() as u64,
@@ -527,14 +713,46 @@ impl Shared {
 
     /// Applies every logged commit after `checkpoint_epoch`; returns the last epoch.
     ///
+    /// With a merge backend that offers a [`MergeSession`] (a GPU keeping
+    /// pages resident), the windows from the first one of at least
+    /// `options.gpu_merge_min_pages` pages on are folded in that session and
+    /// the pages come back once, at the end. If the session fails, the whole
+    /// TLog is replayed again on the CPU (folding in place), so a backend
+    /// failure never fails recovery.
+    fn replay(&self, checkpoint_epoch: CommitEpoch) -> Result<CommitEpoch> {
+        let (last, replayed, commits) = match self.replay_pass(checkpoint_epoch, true) {
+            Ok(done) => done,
+            Err(ReplayFailure::Session(error)) => {
+                tracing::warn!(%error, "merge session failed; replaying the TLog again on the CPU");
+                self.replay_pass(checkpoint_epoch, false)
+                    .map_err(ReplayFailure::into_error)?
+            }
+            Err(ReplayFailure::Other(error)) => return Err(error),
+        };
+        Metrics::add(&self.metrics.recovered_commits, commits);
+        for (page_id, image) in replayed {
+            self.pages.insert_clean(page_id, Arc::from(image));
+        }
+        Ok(last)
+    }
+
+    /// One pass over the TLog: the last epoch, the replayed pages and the
+    /// commits replayed.
+    ///
     /// Decoded commits are gathered in windows (bounded by
     /// `options.replay_window_bytes` and [`REPLAY_WINDOW_MAX_PAGES`]); each
     /// window becomes one [`MergeBatch`] (every page it touches, with its
-    /// deltas in epoch order) folded by [`Shared::merge_replay_batch`]. A
-    /// page's base image is read when the page is first seen, so errors
-    /// surface in log order as before.
-    fn replay(&self, checkpoint_epoch: CommitEpoch) -> Result<CommitEpoch> {
+    /// deltas in epoch order) folded by [`Shared::merge_replay_batch`] or the
+    /// session. A page's base image is read when the page is first seen, so
+    /// errors surface in log order as before. Without `use_backend` (or
+    /// without a backend) deltas are folded in place as they are decoded.
+    fn replay_pass(
+        &self,
+        checkpoint_epoch: CommitEpoch,
+        use_backend: bool,
+    ) -> std::result::Result<ReplayedPages, ReplayFailure> {
         let mut last = checkpoint_epoch;
+        let mut commits = 0u64;
         let page_len = self.page_len();
         // No reader exists yet: pages are folded in plain buffers and
         // handed to the page table once, at the end.
@@ -542,27 +760,40 @@ impl Shared {
         // With a merge backend, deltas are gathered into windows and merged
         // as batches (large ones on the backend); without one they are folded
         // in place as they are decoded.
-        let windowed = self.options.merge_backend.is_some();
+        let windowed = use_backend && self.options.merge_backend.is_some();
         let mut window = ReplayWindow::default();
         let mut cpu = ReplayCpu::default();
+        let mut session = ReplaySession::Untried;
         let mut dirty = self.dirty.lock();
+        // Pages that failed their checks: rebuilt from zeros if the deltas
+        // replayed onto them cover every byte.
+        let mut damaged: BTreeMap<PageId, DamagedPage> = BTreeMap::new();
         let mut frames = self.tlog.replay(checkpoint_epoch)?;
         while let Some(frame) = frames.next_frame() {
             let (epoch, payload) = frame?;
             if Some(epoch) != last.checked_next() {
                 return Err(Error::Corrupted(format!(
                     "the TLog jumps from {last} to {epoch}: commits are missing"
-                )));
+                ))
+                .into());
             }
             let record = CommitRecord::decode(payload, page_len)?;
             for delta in record.deltas {
                 let page_id = delta.page_id();
                 let page = match replayed.entry(page_id) {
                     Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(entry) => {
-                        entry.insert(self.load_page_for_replay(page_id)?.to_vec())
-                    }
+                    Entry::Vacant(entry) => match self.load_page_for_replay(page_id) {
+                        Ok(image) => entry.insert(image.to_vec()),
+                        Err(err) if err.is_corruption() => {
+                            damaged.insert(page_id, DamagedPage::new(page_len, err));
+                            entry.insert(vec![0u8; page_len])
+                        }
+                        Err(err) => return Err(err.into()),
+                    },
                 };
+                if let Some(damage) = damaged.get_mut(&page_id) {
+                    damage.cover(&delta);
+                }
                 dirty.insert(page_id, epoch);
                 if windowed {
                     window.push(epoch, delta)?;
@@ -572,26 +803,107 @@ impl Shared {
                     MergeKernel::best().apply_delta(page, &delta)?;
                 }
             }
-            Metrics::bump(&self.metrics.recovered_commits);
+            commits += 1;
             last = epoch;
             if window.is_full(self.options.replay_window_bytes) {
-                self.merge_window(std::mem::take(&mut window), &mut replayed, &mut cpu)?;
+                let full = std::mem::take(&mut window);
+                self.merge_window(full, &mut replayed, &mut cpu, &mut session)?;
             }
         }
-        self.merge_window(window, &mut replayed, &mut cpu)?;
-        for (page_id, image) in replayed {
-            self.pages.insert_clean(page_id, Arc::from(image));
+        self.merge_window(window, &mut replayed, &mut cpu, &mut session)?;
+        if let ReplaySession::Open(open) = session {
+            let mut sink = |page_id: PageId, image: &[u8]| match replayed.get_mut(&page_id) {
+                Some(slot) if slot.len() == image.len() => {
+                    slot.copy_from_slice(image);
+                    Ok(())
+                }
+                _ => Err(replay_bookkeeping(page_id)),
+            };
+            open.finish(&mut sink).map_err(ReplayFailure::Session)?;
         }
-        Ok(last)
+        self.settle_damaged_pages(damaged)?;
+        Ok((last, replayed, commits))
     }
 
-    /// Folds one window's deltas into the replayed page images.
-    fn merge_window(
-        &self,
+    /// Counts the damaged pages replay rebuilt from zeros (their deltas
+    /// covered every byte; they stay dirty, so the next checkpoint rewrites
+    /// them), or fails naming every page that could not be rebuilt.
+    fn settle_damaged_pages(&self, damaged: BTreeMap<PageId, DamagedPage>) -> Result<()> {
+        let mut lost = Vec::new();
+        for (page_id, damage) in damaged {
+            if damage.is_fully_covered() {
+                tracing::warn!(%page_id, error = %damage.error, "rebuilt a damaged page from the TLog deltas that cover all of it");
+                Metrics::bump(&self.metrics.pages_repaired);
+            } else {
+                lost.push(format!(
+                    "{} (its TLog deltas since the checkpoint cover {} of {} bytes)",
+                    damage.error,
+                    damage.covered_bytes,
+                    damage.covered.len()
+                ));
+            }
+        }
+        if lost.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Corrupted(format!(
+            "{} damaged page(s) cannot be rebuilt: {}",
+            lost.len(),
+            lost.join("; ")
+        )))
+    }
+
+    /// Reads every data page on disk that recovery did not already load and
+    /// checks it (trailer and manifest CRC), repairing from the double-write
+    /// file where possible; fails naming every damaged page.
+    fn verify_all_pages(&self) -> Result<()> {
+        let mut damaged = Vec::new();
+        for id in 1..self.durable_page_count() {
+            let page_id = PageId(id);
+            if self.is_page_in_memory(page_id) {
+                continue; // loaded (and checked) or rebuilt by recovery
+            }
+            match self.page_file.read_page(page_id) {
+                Ok(_) => {}
+                Err(err) if err.is_corruption() => {
+                    if let Err(err) = self.repair_from_double_write(page_id, err) {
+                        damaged.push(err.to_string());
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Corrupted(format!(
+            "{} damaged page(s): {}",
+            damaged.len(),
+            damaged.join("; ")
+        )))
+    }
+
+    /// After `err` (a corruption) reading `page_id`: its payload rebuilt from
+    /// the double-write file, or `err` when there is no usable copy.
+    fn repair_from_double_write(&self, page_id: PageId, err: Error) -> Result<Vec<u8>> {
+        match self.page_file.repair_from_double_write(page_id)? {
+            Some(payload) => {
+                Metrics::bump(&self.metrics.pages_repaired);
+                Ok(payload)
+            }
+            None => Err(err),
+        }
+    }
+
+    /// Folds one window's deltas into the replayed page images (or into the
+    /// merge session, which then holds the window's pages).
+    fn merge_window<'s>(
+        &'s self,
         window: ReplayWindow,
         replayed: &mut HashMap<PageId, Vec<u8>>,
         cpu: &mut ReplayCpu,
-    ) -> Result<()> {
+        session: &mut ReplaySession<'s>,
+    ) -> std::result::Result<(), ReplayFailure> {
         if window.pages.is_empty() {
             return Ok(());
         }
@@ -600,18 +912,32 @@ impl Shared {
         for page_id in &window.pages {
             let (base, chain) = match (replayed.get(page_id), window.chains.get(page_id)) {
                 (Some(base), Some(chain)) => (base, chain),
-                _ => return Err(replay_bookkeeping(*page_id)),
+                _ => return Err(replay_bookkeeping(*page_id).into()),
             };
             let entries = chain
                 .iter()
                 .map(|(epoch, delta)| ChainEntry::new(*epoch, delta));
             batch.push_page(*page_id, base, entries)?;
         }
+        if let (ReplaySession::Untried, Some(backend)) = (&session, &self.options.merge_backend) {
+            if batch.len() >= self.options.gpu_merge_min_pages {
+                *session = match backend.open_session(self.page_len()) {
+                    Ok(Some(open)) => ReplaySession::Open(open),
+                    Ok(None) => ReplaySession::Unavailable,
+                    Err(error) => return Err(ReplayFailure::Session(error)),
+                };
+            }
+        }
+        if let ReplaySession::Open(open) = session {
+            // The session keeps the pages; `replayed` gets them at the end.
+            open.fold(&mut batch).map_err(ReplayFailure::Session)?;
+            return Ok(());
+        }
         self.merge_replay_batch(&mut batch, cpu)?;
         for (slot, page_id) in window.pages.iter().enumerate() {
             match (replayed.get_mut(page_id), batch.page(slot)) {
                 (Some(image), Some(merged)) => image.copy_from_slice(merged),
-                _ => return Err(replay_bookkeeping(*page_id)),
+                _ => return Err(replay_bookkeeping(*page_id).into()),
             }
         }
         Ok(())
@@ -645,7 +971,15 @@ impl Shared {
     }
 
     fn load_from_disk(&self, page_id: PageId) -> Result<Arc<[u8]>> {
-        let image: Arc<[u8]> = Arc::from(self.page_file.read_page(page_id)?);
+        // Read and verify into a pooled scratch frame, then the one copy
+        // into the cache image.
+        let image: Arc<[u8]> = match self.page_file.read_page_frame(page_id) {
+            Ok(frame) => Arc::from(&frame[..]),
+            Err(err) if err.is_corruption() => {
+                Arc::from(self.repair_from_double_write(page_id, err)?)
+            }
+            Err(err) => return Err(err),
+        };
         Metrics::bump(&self.metrics.pages_read_from_disk);
         Ok(image)
     }
@@ -675,12 +1009,22 @@ impl Shared {
             // Allocated since the last checkpoint and never written: zeros.
             return Ok(self.zero_page());
         }
-        let image = self.load_from_disk(page_id)?;
-        // Another thread may have loaded (or a writer installed) it meanwhile.
-        self.pages.insert_clean(page_id, image);
-        self.pages
-            .read(page_id, snapshot)?
-            .ok_or_else(|| Error::Corrupted(format!("internal: {page_id} vanished after load")))
+        let image = match self.load_from_disk(page_id) {
+            Ok(image) => image,
+            Err(err) if err.is_corruption() => {
+                // A checkpoint may have been writing the page while it was
+                // read: the page is then in memory (a writer changed it, and
+                // this reader's snapshot pins the change). Else read again.
+                if let Some(image) = self.pages.read(page_id, snapshot)? {
+                    return Ok(image);
+                }
+                self.load_from_disk(page_id)?
+            }
+            Err(err) => return Err(err),
+        };
+        // Another thread may have loaded (or a writer installed) it
+        // meanwhile; that entry wins.
+        self.cache_loaded(page_id, image, snapshot)
     }
 
     /// The newest installed version (what the writer builds on).
@@ -730,6 +1074,8 @@ impl Shared {
         if pages.is_empty() {
             return Ok(None);
         }
+        // Room for what the install adds, held until it is in the accounting.
+        let _room = self.admit_commit(&pages)?;
         let epoch = writer
             .last_epoch
             .checked_next()
@@ -813,6 +1159,17 @@ impl Shared {
         self.fold(pending)
     }
 
+    /// Wakes the background worker.
+    pub(crate) fn wake_worker(&self) {
+        self.worker_signal.wake.notify_all();
+    }
+
+    /// Writes dirty pages back (a checkpoint) so that eviction may drop
+    /// them: the route of a commit that needs room when no worker runs.
+    pub(crate) fn write_back_for_memory(&self) -> Result<()> {
+        self.checkpoint().map(|_| ())
+    }
+
     pub(crate) fn wake_merge_worker(&self) {
         if !self.pending_fold.lock().is_empty() {
             self.worker_signal.wake.notify_all();
@@ -840,7 +1197,8 @@ impl Shared {
     fn checkpoint_at(&self, epoch: CommitEpoch) -> Result<CheckpointStats> {
         let previous = *self.header.lock();
         let dirty: Vec<PageId> = self.dirty.lock().keys().copied().collect();
-        if dirty.is_empty() && previous.checkpoint_epoch == epoch {
+        let manifest_stale = self.manifest_stale.load(Ordering::Acquire);
+        if dirty.is_empty() && previous.checkpoint_epoch == epoch && !manifest_stale {
             return Ok(CheckpointStats {
                 epoch,
                 pages_written: 0,
@@ -860,7 +1218,7 @@ impl Shared {
             .collect();
         page_ids.sort_unstable();
         page_ids.dedup();
-        for chunk in page_ids.chunks(CHECKPOINT_CHUNK_PAGES) {
+        for chunk in page_ids.chunks(self.checkpoint_chunk_pages(CHECKPOINT_CHUNK_PAGES)) {
             written += self.write_back_chunk(seq, chunk, epoch)?;
         }
         let header = FileHeader {
@@ -869,6 +1227,9 @@ impl Shared {
             page_count: meta.page_count,
             ..previous
         };
+        // The manifest goes first: a crash before the header moves leaves a
+        // manifest one checkpoint ahead, whose pages are all synced already.
+        self.write_manifest(&header)?;
         self.page_file.write_header(&header)?;
         Metrics::bump(&self.metrics.data_fsyncs);
         *self.header.lock() = header;
@@ -886,14 +1247,40 @@ impl Shared {
         })
     }
 
+    /// Writes the manifest of the checkpoint `header` describes (the CRC
+    /// table covers every page: each was written by this checkpoint or an
+    /// earlier one) atomically: temp file, fsync, rename, fsync directory.
+    fn write_manifest(&self, header: &FileHeader) -> Result<()> {
+        let page_crcs = self.page_file.crc_table(header.page_count).ok_or_else(|| {
+            Error::Corrupted(format!(
+                "internal: the CRC table does not cover {} pages",
+                header.page_count
+            ))
+        })?;
+        let manifest = CheckpointManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            page_size: header.page_size,
+            checkpoint_seq: header.checkpoint_seq,
+            checkpoint_epoch: header.checkpoint_epoch,
+            page_count: header.page_count,
+            page_crcs,
+        };
+        manifest.write_atomically(self.options.storage.as_ref(), &self.path)?;
+        self.page_file
+            .trust_crc_table_through(header.checkpoint_epoch);
+        self.manifest_stale.store(false, Ordering::Release);
+        Metrics::add(&self.metrics.data_fsyncs, 2);
+        Ok(())
+    }
+
     /// Seals the pages as of `epoch`, writes them to the double-write file,
     /// then in place, then syncs.
     fn write_back_chunk(&self, seq: u64, chunk: &[PageId], epoch: CommitEpoch) -> Result<usize> {
-        let page_size = self.page_file.page_size() as usize;
         let mut sealed = Vec::with_capacity(chunk.len());
         for &page_id in chunk {
             let image = self.read_page_at(page_id, epoch)?;
-            let mut page = vec![0u8; page_size];
+            // A pooled scratch frame (fully overwritten by the seal).
+            let mut page = self.page_file.frames().alloc_or_unpooled();
             seal_page(page_id, &image, epoch, &mut page);
             sealed.push((page_id, page));
         }
@@ -926,12 +1313,21 @@ impl Shared {
             recovery_micros: load(&m.recovery_micros),
             recovered_commits: load(&m.recovered_commits),
             double_write_pages_restored: load(&m.double_write_pages_restored),
+            pages_repaired: load(&m.pages_repaired),
             tlog_torn_bytes_cut: tlog.torn_tail_bytes_cut,
             pages_in_memory: load(&self.pages.stats().pages),
             pinned_version_bytes: load(&self.pages.stats().pinned_bytes),
             live_snapshots: live_snapshots as u64,
             folds: load(&m.folds),
             conflicts: load(&m.conflicts),
+            cache_bytes: self.pages.resident_bytes(),
+            peak_cache_bytes: load(&self.pages.stats().peak_resident_bytes),
+            budget_bytes: self.memory.effective_bytes(),
+            evictions: load(&m.evictions),
+            pages_evicted: load(&m.pages_evicted),
+            bytes_evicted: load(&m.bytes_evicted),
+            backpressure_waits: load(&m.backpressure_waits),
+            backpressure_wait_ns: load(&m.backpressure_wait_ns),
             commit_stages: m.stage_snapshot(),
         }
     }
@@ -1013,6 +1409,91 @@ impl ReplayCpu {
     }
 }
 
+/// What one replay pass gives: the last epoch, the replayed page images and
+/// the commits replayed.
+type ReplayedPages = (CommitEpoch, HashMap<PageId, Vec<u8>>, u64);
+
+/// Recovery's merge session: not asked for yet, open, or not offered.
+enum ReplaySession<'s> {
+    /// No window has been large enough to ask the backend yet.
+    Untried,
+    /// The backend holds the pages of every window since it opened.
+    Open(Box<dyn MergeSession + 's>),
+    /// The backend keeps no pages: windows go through `merge_batch`.
+    Unavailable,
+}
+
+/// Why a replay pass stopped: its merge session failed (replay again
+/// without it), or anything else (recovery fails).
+enum ReplayFailure {
+    Session(Error),
+    Other(Error),
+}
+
+impl ReplayFailure {
+    fn into_error(self) -> Error {
+        match self {
+            ReplayFailure::Session(error) | ReplayFailure::Other(error) => error,
+        }
+    }
+}
+
+impl From<Error> for ReplayFailure {
+    fn from(error: Error) -> Self {
+        ReplayFailure::Other(error)
+    }
+}
+
+impl From<mmsb_wal::DeltaError> for ReplayFailure {
+    fn from(error: mmsb_wal::DeltaError) -> Self {
+        ReplayFailure::Other(error.into())
+    }
+}
+
+impl From<WalError> for ReplayFailure {
+    fn from(error: WalError) -> Self {
+        ReplayFailure::Other(error.into())
+    }
+}
+
+/// A page that failed its checks during replay: which of its bytes the
+/// replayed deltas have written so far.
+#[derive(Debug)]
+struct DamagedPage {
+    /// Why the page on disk was rejected.
+    error: Error,
+    covered: Vec<bool>,
+    covered_bytes: usize,
+}
+
+impl DamagedPage {
+    fn new(page_len: usize, error: Error) -> Self {
+        DamagedPage {
+            error,
+            covered: vec![false; page_len],
+            covered_bytes: 0,
+        }
+    }
+
+    /// Marks the bytes `delta` writes.
+    fn cover(&mut self, delta: &Delta) {
+        for run in delta.runs() {
+            let end = run.end().min(self.covered.len());
+            let start = (run.offset as usize).min(end);
+            for byte in &mut self.covered[start..end] {
+                if !*byte {
+                    *byte = true;
+                    self.covered_bytes += 1;
+                }
+            }
+        }
+    }
+
+    fn is_fully_covered(&self) -> bool {
+        self.covered_bytes == self.covered.len()
+    }
+}
+
 /// A replay page whose bookkeeping went missing: a bug, reported as an error.
 fn replay_bookkeeping(page_id: PageId) -> Error {
     Error::Corrupted(format!("internal: replay lost track of {page_id}"))
@@ -1031,6 +1512,8 @@ fn spawn_workers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
 }
 
 fn worker_loop(shared: Weak<Shared>, interval: Duration) {
+    let sample_interval = Duration::from_millis(SYSTEM_SAMPLE_INTERVAL_MS);
+    let mut last_sample: Option<Instant> = None;
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -1048,10 +1531,107 @@ fn worker_loop(shared: Weak<Shared>, interval: Duration) {
         if let Err(err) = shared.fold_pending() {
             tracing::error!(error = %err, "merge worker failed");
         }
-        if shared.checkpoint_due() && !shared.poisoned.load(Ordering::Acquire) {
+        // Dirty pages past their share of the memory budget are written
+        // back too, so that eviction may drop them.
+        let writeback = shared.writeback_due();
+        if (writeback || shared.checkpoint_due()) && !shared.poisoned.load(Ordering::Acquire) {
             if let Err(err) = shared.checkpoint() {
                 tracing::error!(error = %err, "background checkpoint failed");
             }
         }
+        let sample = last_sample.is_none_or(|at| at.elapsed() >= sample_interval);
+        if sample {
+            last_sample = Some(Instant::now());
+        }
+        shared.memory_pass(sample);
+    }
+}
+
+#[cfg(test)]
+mod manifest_and_repair_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(seq: u64, epoch: u64, page_count: u64) -> FileHeader {
+        FileHeader {
+            page_size: 4096,
+            checkpoint_seq: seq,
+            checkpoint_epoch: CommitEpoch(epoch),
+            page_count,
+        }
+    }
+
+    fn manifest(seq: u64, epoch: u64, page_count: u64) -> CheckpointManifest {
+        CheckpointManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            page_size: 4096,
+            checkpoint_seq: seq,
+            checkpoint_epoch: CommitEpoch(epoch),
+            page_count,
+            page_crcs: vec![0; page_count as usize - 1],
+        }
+    }
+
+    #[test]
+    fn the_manifest_of_the_same_or_the_next_checkpoint_is_accepted() {
+        let head = header(4, 40, 10);
+        assert!(manifest_matches_header(&manifest(4, 40, 10), &head).is_ok());
+        assert!(manifest_matches_header(&manifest(5, 52, 12), &head).is_ok());
+        assert!(manifest_matches_header(&manifest(5, 40, 10), &head).is_ok());
+    }
+
+    #[test]
+    fn any_other_manifest_is_refused() {
+        let head = header(4, 40, 10);
+        for other in [
+            manifest(3, 30, 10),
+            manifest(4, 41, 10),
+            manifest(4, 40, 11),
+            manifest(5, 39, 10),
+            manifest(5, 52, 9),
+            manifest(6, 60, 12),
+            CheckpointManifest {
+                page_size: 8192,
+                ..manifest(4, 40, 10)
+            },
+        ] {
+            assert!(manifest_matches_header(&other, &head).is_err(), "{other:?}");
+        }
+    }
+
+    proptest! {
+        /// Coverage of a damaged page agrees with a byte-set model, whatever
+        /// the runs (overlapping, adjacent, at the end of the page).
+        #[test]
+        fn damaged_page_coverage_matches_a_model(
+            writes in proptest::collection::vec((0usize..256, 1usize..64), 0..24),
+        ) {
+            let page_len = 256;
+            let mut damage = DamagedPage::new(page_len, Error::Corrupted("test".into()));
+            let mut model = vec![false; page_len];
+            for (offset, len) in writes {
+                let len = len.min(page_len - offset);
+                let mut delta = Delta::new(PageId(3));
+                delta.write(offset, &vec![7u8; len]).unwrap();
+                damage.cover(&delta);
+                model[offset..offset + len].fill(true);
+            }
+            let covered = model.iter().filter(|&&b| b).count();
+            prop_assert_eq!(damage.covered_bytes, covered);
+            prop_assert_eq!(damage.is_fully_covered(), covered == page_len);
+        }
+    }
+
+    #[test]
+    fn a_page_written_whole_is_fully_covered() {
+        let mut damage = DamagedPage::new(100, Error::Corrupted("test".into()));
+        let mut first = Delta::new(PageId(3));
+        first.write(0, &[1u8; 60]).unwrap();
+        damage.cover(&first);
+        assert!(!damage.is_fully_covered());
+        let mut second = Delta::new(PageId(3));
+        second.write(40, &[2u8; 60]).unwrap();
+        damage.cover(&second);
+        assert!(damage.is_fully_covered());
     }
 }

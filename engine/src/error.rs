@@ -62,6 +62,23 @@ pub enum Error {
     /// A table of that name already exists.
     #[error("table {0:?} already exists")]
     TableExists(String),
+    /// Back-pressure gave up: a commit needed `needed_bytes` of memory that
+    /// the budget (`Options::memory_budget_bytes`, or less while the machine
+    /// is short of memory) could not make room for within
+    /// `Options::backpressure_max_wait_ms`, because live snapshots pin the
+    /// rest or because the transaction alone is larger than the budget.
+    /// Nothing was written; retrying may succeed once snapshots end
+    /// (unless the transaction is larger than the budget: split it).
+    #[error(
+        "memory budget exceeded: the commit needs {needed_bytes} bytes and the budget of \
+         {budget_bytes} bytes (Options::memory_budget_bytes) has no more room"
+    )]
+    MemoryBudgetExceeded {
+        /// The budget in force.
+        budget_bytes: u64,
+        /// Bytes the commit needed.
+        needed_bytes: u64,
+    },
 }
 
 impl Error {

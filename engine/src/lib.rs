@@ -4,21 +4,32 @@
 //! - [`page_file`]: the data file, page trailers with CRC32, header slots, double-write file.
 //! - `meta`: the meta page (allocation high-water mark, free list, catalog root).
 //! - `page_table`: in-memory page versions (base + delta chain + head) per page.
+//! - `memory`: the memory budget, its reservations, machine memory pressure, pread page loads.
+//! - `eviction`: CLOCK eviction of clean pages, write-back requests, commit back-pressure.
 //! - `snapshots`: live snapshots, the visible epoch, the fold limit.
 //! - `db`: open and recovery, the commit path, checkpoints, background workers.
 //! - `txn`: read and write transactions over pages.
 //! - `catalog`: table name → table id and B+tree header.
 //! - `mvcc`: table transactions, isolation levels, conflict checks.
+//! - [`alloc`]: page-frame pools (page-sized buffers) with a lock-free fast path.
 //! - [`btree`]: B+tree tables over pages.
 //! - [`merge`]: CPU delta merge kernels.
+//! - `check`: `mmsb check`, read-only verification of a closed database.
+//! - `salvage`: `mmsb check --repair`, copies what is intact into a new database.
 //!
 //! This crate knows nothing of SQL or CUDA.
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod btree;
 mod catalog;
+mod check;
 mod db;
 mod error;
+mod eviction;
+#[doc(hidden)]
+pub mod fuzz_hooks;
+mod memory;
 pub mod merge;
 mod meta;
 mod metrics;
@@ -27,12 +38,22 @@ pub mod page_access;
 pub mod page_file;
 mod page_hash;
 mod page_table;
+mod salvage;
 mod snapshots;
 mod txn;
 
+pub use alloc::{PageFrame, PageFramePool, PoolConfig, PoolStats};
 pub use catalog::MAX_TABLE_NAME_BYTES;
+pub use check::{
+    check_database, Area, CheckOptions, CheckPhase, CheckProgress, CheckReport, CheckSummary,
+    Finding, Location, Severity,
+};
 pub use db::{CheckpointStats, Database, Options, MAX_CONFLICT_RETRIES};
 pub use error::{Error, Result};
+pub use eviction::DEFAULT_BACKPRESSURE_MAX_WAIT_MS;
+pub use memory::{
+    default_memory_budget_bytes, DEFAULT_MEMORY_BUDGET_BYTES, MIN_MEMORY_BUDGET_BYTES,
+};
 pub use metrics::{CommitStageNanos, MetricsSnapshot};
 pub use mmsb_wal::tlog::Durability;
 pub use mmsb_wal::{CommitEpoch, PageId};
@@ -40,6 +61,10 @@ pub use mvcc::{
     ByteView, IsolationLevel, Range, ReadOnlyTable, ReadTransaction, Savepoint, Table, Transaction,
 };
 pub use page_access::{PageRead, PageRef, PageWrite};
+pub use salvage::{
+    salvage, LostRange, SalvageOptions, SalvageReport, TableSalvage, SALVAGE_BATCH_BYTES,
+    SALVAGE_BATCH_ROWS,
+};
 /// The snapshot registry, exposed only to the loom model tests
 /// (`engine/tests/loom_snapshot_registry.rs`, built with `--cfg loom`).
 #[cfg(loom)]

@@ -19,8 +19,14 @@ pub struct Metrics {
     pub(crate) recovery_micros: AtomicU64,
     pub(crate) recovered_commits: AtomicU64,
     pub(crate) double_write_pages_restored: AtomicU64,
+    pub(crate) pages_repaired: AtomicU64,
     pub(crate) folds: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) pages_evicted: AtomicU64,
+    pub(crate) bytes_evicted: AtomicU64,
+    pub(crate) backpressure_waits: AtomicU64,
+    pub(crate) backpressure_wait_ns: AtomicU64,
     pub(crate) stages: StageCounters,
 }
 
@@ -128,6 +134,10 @@ pub struct MetricsSnapshot {
     pub recovered_commits: u64,
     /// Pages repaired from the double-write file at the last open.
     pub double_write_pages_restored: u64,
+    /// Damaged pages rebuilt since open (from the double-write file, or
+    /// from zeros plus TLog deltas that cover every byte), each also logged
+    /// with `tracing::warn`.
+    pub pages_repaired: u64,
     /// Torn-tail bytes the TLog cut at the last open.
     pub tlog_torn_bytes_cut: u64,
     /// Pages held in memory (gauge).
@@ -140,6 +150,24 @@ pub struct MetricsSnapshot {
     pub folds: u64,
     /// Transactions refused at commit with `Error::Conflict`.
     pub conflicts: u64,
+    /// Bytes the page table is charged now against the memory budget:
+    /// page images, delta chains and per-entry overhead (gauge).
+    pub cache_bytes: u64,
+    /// Highest `cache_bytes` since open (gauge).
+    pub peak_cache_bytes: u64,
+    /// Memory budget in force (gauge): `Options::memory_budget_bytes`, lower
+    /// while `follow_system_memory` finds the machine short of memory.
+    pub budget_bytes: u64,
+    /// Eviction sweeps that dropped at least one page.
+    pub evictions: u64,
+    /// Pages dropped from memory by eviction.
+    pub pages_evicted: u64,
+    /// Bytes those pages were charged.
+    pub bytes_evicted: u64,
+    /// Commits that had to wait for memory (back-pressure).
+    pub backpressure_waits: u64,
+    /// Nanoseconds commits spent waiting for memory.
+    pub backpressure_wait_ns: u64,
     /// Where commit time went, per pipeline stage.
     pub commit_stages: CommitStageNanos,
 }

@@ -11,6 +11,12 @@
 //!   id, the payload, the magic and the epoch, so a page written to the wrong
 //!   place, a zeroed page and a flipped bit are all detected.
 //!
+//! It also keeps the in-memory table of every page's trailer CRC (4 bytes a
+//! page) that the checkpoint manifest persists: every write updates it, and
+//! every read checks the page against it, so a page that verifies on its own
+//! but is not the image last written there (a lost or misdirected write) is
+//! caught too.
+//!
 //! This module knows nothing of transactions, versions or the TLog.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +24,9 @@ use std::sync::Arc;
 
 use mmsb_wal::storage::{Storage, StorageFile};
 use mmsb_wal::{CommitEpoch, PageId};
+use parking_lot::RwLock;
 
+use crate::alloc::{PageFrame, PageFramePool, PoolConfig};
 use crate::error::{Error, Result};
 
 /// Magic at the start of each header slot.
@@ -172,6 +180,72 @@ pub struct PageFile {
     dwb_path: PathBuf,
     dir: PathBuf,
     page_size: u32,
+    crcs: RwLock<CrcTable>,
+    /// Scratch frames for reads and write-back (see [`SCRATCH_FRAMES_BYTES_MAX`]).
+    frames: PageFramePool,
+}
+
+/// The most memory the page file's scratch frame pool keeps (read buffers,
+/// checkpoint write-back buffers); past it, scratch frames come from the heap.
+pub const SCRATCH_FRAMES_BYTES_MAX: usize = 16 << 20;
+
+/// Frames per thread-cache magazine of the scratch pool: a reader uses one
+/// frame at a time, so each thread keeps at most 16 idle (64 KiB at 4 KiB).
+const SCRATCH_MAGAZINE_FRAMES: usize = 8;
+
+/// Trailer CRC of every page as last written, and the epoch up to which the
+/// table is authoritative.
+#[derive(Debug, Default)]
+struct CrcTable {
+    /// `crcs[i]` belongs to page `i + 1`; pages past the end, and entries
+    /// of [`UNKNOWN_CRC`], are checked against their own trailer only.
+    crcs: Vec<u32>,
+    /// A page sealed at a later epoch than this (by a checkpoint that never
+    /// completed before a crash) is accepted even when its CRC differs:
+    /// replay from the header's epoch makes it right.
+    trusted_through: CommitEpoch,
+}
+
+/// A CRC table entry that says nothing (a page never written through this
+/// table, or one that was damaged when the table was rebuilt). A page whose
+/// real CRC is 0 (one in 2^32) is thereby checked by its trailer alone.
+pub const UNKNOWN_CRC: u32 = 0;
+
+impl CrcTable {
+    fn slot(page_id: PageId) -> Option<usize> {
+        usize::try_from(page_id.get().checked_sub(1)?).ok()
+    }
+
+    /// Whether a self-consistent page with this CRC and epoch is the image
+    /// the table expects; `Err` says why not.
+    fn accepts(&self, page_id: PageId, crc: u32, epoch: CommitEpoch) -> Result<(), String> {
+        let expected = Self::slot(page_id).and_then(|slot| self.crcs.get(slot).copied());
+        match expected {
+            Some(expected)
+                if expected != UNKNOWN_CRC && expected != crc && epoch <= self.trusted_through =>
+            {
+                Err(format!(
+                    "{page_id} holds CRC {crc:#010x} sealed at {epoch}, \
+                 the manifest expects {expected:#010x} (a lost or misplaced write)"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&mut self, page_id: PageId, crc: u32) {
+        if let Some(slot) = Self::slot(page_id) {
+            if self.crcs.len() <= slot {
+                self.crcs.resize(slot + 1, UNKNOWN_CRC);
+            }
+            self.crcs[slot] = crc;
+        }
+    }
+}
+
+/// The stored trailer CRC of a sealed page.
+pub fn sealed_crc(page: &[u8]) -> u32 {
+    read_u32(page, page.len() - PAGE_TRAILER_LEN)
 }
 
 impl PageFile {
@@ -185,7 +259,7 @@ impl PageFile {
         meta: &[u8],
     ) -> Result<(PageFile, FileHeader)> {
         validate_page_size(page_size)?;
-        let page_file = PageFile::new(storage, file, path, page_size);
+        let page_file = PageFile::new(storage, file, path, page_size)?;
         let header = FileHeader {
             page_size,
             checkpoint_seq: 0,
@@ -221,7 +295,10 @@ impl PageFile {
             )));
         }
         let header = read_best_header(file.as_ref())?;
-        Ok((PageFile::new(storage, file, path, header.page_size), header))
+        Ok((
+            PageFile::new(storage, file, path, header.page_size)?,
+            header,
+        ))
     }
 
     fn new(
@@ -229,7 +306,12 @@ impl PageFile {
         file: Arc<dyn StorageFile>,
         path: &Path,
         page_size: u32,
-    ) -> Self {
+    ) -> Result<Self> {
+        let frames = PageFramePool::new(PoolConfig {
+            frame_bytes: page_size as usize,
+            max_frames: (SCRATCH_FRAMES_BYTES_MAX / page_size.max(1) as usize).max(1),
+            magazine_frames: SCRATCH_MAGAZINE_FRAMES,
+        })?;
         // A bare file name ("app.mmsb") has an empty parent: the current directory.
         let dir = path
             .parent()
@@ -240,13 +322,20 @@ impl PageFile {
             .map(|n| n.to_os_string())
             .unwrap_or_default();
         dwb_name.push("-dwb");
-        PageFile {
+        Ok(PageFile {
             file,
             storage,
             dwb_path: dir.join(dwb_name),
             dir,
             page_size,
-        }
+            crcs: RwLock::default(),
+            frames,
+        })
+    }
+
+    /// The pool of page-sized scratch frames (reads, write-back buffers).
+    pub fn frames(&self) -> &PageFramePool {
+        &self.frames
     }
 
     /// Bytes per page.
@@ -263,21 +352,124 @@ impl PageFile {
         page_id.get() * u64::from(self.page_size)
     }
 
-    /// Reads and verifies a data page; returns its payload.
+    /// Reads and verifies a data page (its trailer, and its CRC against the
+    /// table the manifest persists); returns its payload.
     pub fn read_page(&self, page_id: PageId) -> Result<Vec<u8>> {
-        let mut page = vec![0u8; self.page_size as usize];
-        self.file
-            .read_exact_at(&mut page, self.offset_of(page_id))
-            .map_err(|err| {
-                if err.kind() == std::io::ErrorKind::UnexpectedEof {
-                    Error::Corrupted(format!("{page_id} lies past the end of the data file"))
-                } else {
-                    Error::io(format!("read {page_id}"), err)
-                }
-            })?;
-        verify_page(page_id, &page).map_err(Error::Corrupted)?;
+        self.read_page_frame(page_id).map(|page| page.to_vec())
+    }
+
+    /// [`read_page`](Self::read_page) into a pooled scratch frame (no
+    /// allocation), truncated to the payload.
+    pub fn read_page_frame(&self, page_id: PageId) -> Result<PageFrame> {
+        let offset = self.offset_of(page_id);
+        let mut page = self.frames.alloc_or_unpooled();
+        self.file.read_exact_at(&mut page, offset).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::Corrupted(format!(
+                    "{page_id} (byte {offset}) lies past the end of the data file"
+                ))
+            } else {
+                Error::io(format!("read {page_id}"), err)
+            }
+        })?;
+        self.check_sealed(page_id, &page)
+            .map_err(|reason| Error::Corrupted(format!("{reason} (data file byte {offset})")))?;
         page.truncate(self.page_len());
         Ok(page)
+    }
+
+    /// Verifies a sealed page's trailer and that the CRC table accepts it.
+    fn check_sealed(&self, page_id: PageId, page: &[u8]) -> Result<(), String> {
+        let epoch = verify_page(page_id, page)?;
+        let crc = sealed_crc(page);
+        let verdict = self.crcs.read().accepts(page_id, crc, epoch);
+        if verdict.is_ok() {
+            // A page of an interrupted later checkpoint becomes what is expected.
+            self.record_crc_if_changed(page_id, crc);
+        }
+        verdict
+    }
+
+    fn record_crc_if_changed(&self, page_id: PageId, crc: u32) {
+        let slot = CrcTable::slot(page_id);
+        let known = slot.and_then(|slot| self.crcs.read().crcs.get(slot).copied());
+        if known != Some(crc) {
+            self.crcs.write().record(page_id, crc);
+        }
+    }
+
+    /// Rebuilds a page that fails verification from its copy in the
+    /// double-write file, when that copy verifies and is the image the CRC
+    /// table expects (or newer); writes it back in place and syncs. Returns
+    /// the payload, or `None` when the file holds no usable copy.
+    pub fn repair_from_double_write(&self, page_id: PageId) -> Result<Option<Vec<u8>>> {
+        let copies = self.double_write_pages()?;
+        let Some((_, sealed)) = copies.into_iter().find(|(id, _)| *id == page_id) else {
+            return Ok(None);
+        };
+        if self.check_sealed(page_id, &sealed).is_err() {
+            return Ok(None);
+        }
+        tracing::warn!(%page_id, "repairing a damaged page from the double-write file");
+        self.write_sealed(page_id, &sealed)?;
+        self.sync("sync repaired page")?;
+        let mut payload = sealed;
+        payload.truncate(self.page_len());
+        Ok(Some(payload))
+    }
+
+    /// Makes `crcs` (trailer CRCs of pages `1..=crcs.len()`, from a checkpoint
+    /// manifest of `epoch`) the table reads are checked against.
+    pub fn install_crc_table(&self, crcs: Vec<u32>, epoch: CommitEpoch) {
+        *self.crcs.write() = CrcTable {
+            crcs,
+            trusted_through: epoch,
+        };
+    }
+
+    /// Rebuilds the CRC table from the trailers of pages `1..page_count` on
+    /// disk (when the manifest is missing or damaged), trusting each page's
+    /// own trailer. Pages that fail their trailer get [`UNKNOWN_CRC`] (and
+    /// still fail when read). Returns the pages that failed.
+    pub fn rebuild_crc_table(&self, page_count: u64, epoch: CommitEpoch) -> Result<Vec<PageId>> {
+        *self.crcs.write() = CrcTable {
+            crcs: Vec::new(),
+            trusted_through: epoch,
+        };
+        let mut crcs = Vec::new();
+        let mut damaged = Vec::new();
+        let mut page = vec![0u8; self.page_size as usize];
+        for id in 1..page_count {
+            let page_id = PageId(id);
+            let read = self.file.read_exact_at(&mut page, self.offset_of(page_id));
+            match read {
+                Ok(()) if verify_page(page_id, &page).is_ok() => crcs.push(sealed_crc(&page)),
+                Ok(()) => {
+                    damaged.push(page_id);
+                    crcs.push(UNKNOWN_CRC);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    damaged.push(page_id);
+                    crcs.push(UNKNOWN_CRC);
+                }
+                Err(err) => return Err(Error::io(format!("read {page_id}"), err)),
+            }
+        }
+        self.install_crc_table(crcs, epoch);
+        Ok(damaged)
+    }
+
+    /// Trailer CRCs of pages `1..page_count` as last written (what a new
+    /// manifest records); `None` when the table does not cover them all.
+    pub fn crc_table(&self, page_count: u64) -> Option<Vec<u32>> {
+        let len = usize::try_from(page_count.checked_sub(1)?).ok()?;
+        self.crcs.read().crcs.get(..len).map(<[u32]>::to_vec)
+    }
+
+    /// Moves the epoch through which the CRC table is authoritative (after a
+    /// checkpoint wrote a manifest of it).
+    pub fn trust_crc_table_through(&self, epoch: CommitEpoch) {
+        self.crcs.write().trusted_through = epoch;
     }
 
     /// Seals and writes one data page (not synced).
@@ -285,16 +477,20 @@ impl PageFile {
         debug_assert!(page_id.get() >= 1, "page 0 is the header");
         let mut page = vec![0u8; self.page_size as usize];
         seal_page(page_id, payload, epoch, &mut page);
-        self.write(&page, self.offset_of(page_id), "write back page")
+        self.write_sealed(page_id, &page)
     }
 
-    /// Writes one already sealed page in place (not synced).
+    /// Writes one already sealed page in place (not synced) and records its
+    /// CRC in the table.
     pub fn write_sealed(&self, page_id: PageId, sealed: &[u8]) -> Result<()> {
         debug_assert_eq!(sealed.len(), self.page_size as usize);
         debug_assert!(
             verify_page(page_id, sealed).is_ok(),
             "writing an unsealed page"
         );
+        // Recorded first: a failed write leaves the page unknown either way,
+        // and the database refuses writes until it is reopened.
+        self.crcs.write().record(page_id, sealed_crc(sealed));
         self.write(sealed, self.offset_of(page_id), "write back page")
     }
 
@@ -318,15 +514,16 @@ impl PageFile {
 
     /// Writes sealed page images to the double-write file and syncs it, so a
     /// torn in-place write that follows can be repaired from it.
-    pub fn write_double_write(
+    pub fn write_double_write<P: AsRef<[u8]>>(
         &self,
         checkpoint_seq: u64,
-        pages: &[(PageId, Vec<u8>)],
+        pages: &[(PageId, P)],
     ) -> Result<()> {
         let page_size = self.page_size as usize;
         let entry_len = 8 + page_size;
         let mut buf = vec![0u8; DWB_HEADER_LEN + pages.len() * entry_len];
         for (index, (page_id, sealed)) in pages.iter().enumerate() {
+            let sealed = sealed.as_ref();
             debug_assert_eq!(sealed.len(), page_size);
             let at = DWB_HEADER_LEN + index * entry_len;
             buf[at..at + 8].copy_from_slice(&page_id.get().to_le_bytes());
@@ -390,21 +587,48 @@ impl PageFile {
             // An intact page holds either the old or the new image; replay
             // from the header's checkpoint makes both right. Only a torn or
             // damaged page needs its double-write copy.
-            if self.read_page(*page_id).is_ok() {
+            if self.read_page(*page_id).is_ok() || self.check_sealed(*page_id, sealed).is_err() {
                 continue;
             }
             tracing::warn!(%page_id, "repairing a damaged page from the double-write file");
-            self.write(
-                sealed,
-                self.offset_of(*page_id),
-                "restore page from double-write file",
-            )?;
+            self.write_sealed(*page_id, sealed)?;
             restored += 1;
         }
         if restored > 0 {
             self.sync("sync restored pages")?;
         }
         Ok(restored)
+    }
+
+    /// The sealed pages of a complete double-write file (empty when there is
+    /// none, or it is torn), for `mmsb check` and salvage. Never writes.
+    pub(crate) fn double_write_pages(&self) -> Result<Vec<(PageId, Vec<u8>)>> {
+        let exists = self
+            .storage
+            .exists(&self.dwb_path)
+            .map_err(|err| Error::io("stat double-write file", err))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let dwb = self
+            .storage
+            .open_file(&self.dwb_path, false)
+            .map_err(|err| Error::io("open double-write file", err))?;
+        let len = dwb
+            .len()
+            .map_err(|err| Error::io("stat double-write file", err))?;
+        let Some(len) = usize::try_from(len).ok().filter(|&l| l >= DWB_HEADER_LEN) else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; len];
+        dwb.read_exact_at(&mut buf, 0)
+            .map_err(|err| Error::io("read double-write file", err))?;
+        Ok(self
+            .parse_double_write(&buf)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(page_id, sealed)| (page_id, sealed.to_vec()))
+            .collect())
     }
 
     /// The entries of a complete, checksummed double-write image.
@@ -433,6 +657,21 @@ impl PageFile {
         }
         Some(pages)
     }
+}
+
+/// Both header slots as they are on disk, for `mmsb check`: each slot's byte
+/// offset and its decoded header, or why it is invalid. Never writes.
+pub(crate) fn inspect_header_slots(
+    file: &dyn StorageFile,
+) -> Result<Vec<(u64, Result<FileHeader, String>)>> {
+    let mut slots = Vec::with_capacity(HEADER_SLOT_OFFSETS.len());
+    for offset in HEADER_SLOT_OFFSETS {
+        let mut slot = [0u8; HEADER_SLOT_LEN];
+        file.read_exact_at(&mut slot, offset)
+            .map_err(|err| Error::io("read header slot", err))?;
+        slots.push((offset, FileHeader::decode(&slot)));
+    }
+    Ok(slots)
 }
 
 /// Reads both header slots and returns the valid one with the highest sequence.
@@ -528,6 +767,26 @@ mod tests {
     }
 
     #[test]
+    fn reads_go_through_one_recycled_scratch_frame() {
+        let (_storage, page_file, _) = new_file(4096);
+        let first = page_file.read_page_frame(PageId(1)).unwrap();
+        assert_eq!(first.len(), 4096 - PAGE_TRAILER_LEN);
+        assert_eq!(&first[..], &page_file.read_page(PageId(1)).unwrap()[..]);
+        let address = first.as_ptr();
+        drop(first);
+        for _ in 0..10 {
+            let again = page_file.read_page_frame(PageId(1)).unwrap();
+            assert_eq!(again.as_ptr(), address, "the scratch frame is reused");
+        }
+        let stats = page_file.frames().stats();
+        assert!(
+            stats.frames_allocated <= SCRATCH_MAGAZINE_FRAMES,
+            "{stats:?}"
+        );
+        assert_eq!(stats.grow_batches, 1, "reads allocate no new frames");
+    }
+
+    #[test]
     fn zeroed_and_misplaced_pages_are_detected() {
         let (storage, page_file, _) = new_file(4096);
         let path = Path::new("/db/test.mmsb");
@@ -587,6 +846,115 @@ mod tests {
         storage.set_file_bytes(dwb, bytes);
         assert_eq!(page_file.restore_double_write().unwrap(), 0);
         assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![7u8; 4080]);
+    }
+
+    fn sealed(page_id: PageId, byte: u8, epoch: u64) -> Vec<u8> {
+        let mut page = vec![0u8; 4096];
+        seal_page(page_id, &vec![byte; 4080], CommitEpoch(epoch), &mut page);
+        page
+    }
+
+    #[test]
+    fn writes_keep_the_crc_table_current() {
+        let (_, page_file, _) = new_file(4096);
+        let meta_crc = page_file.crc_table(2).unwrap()[0];
+        let page = sealed(PageId(3), 9, 4);
+        page_file.write_sealed(PageId(3), &page).unwrap();
+        let table = page_file.crc_table(4).unwrap();
+        assert_eq!(table, vec![meta_crc, UNKNOWN_CRC, sealed_crc(&page)]);
+        assert_eq!(page_file.crc_table(5), None, "page 4 was never written");
+    }
+
+    #[test]
+    fn gaps_in_the_crc_table_check_pages_by_their_trailer_only() {
+        let (_, page_file, _) = new_file(4096);
+        page_file.install_crc_table(Vec::new(), CommitEpoch::ZERO);
+        page_file
+            .write_sealed(PageId(5), &sealed(PageId(5), 3, 0))
+            .unwrap();
+        assert_eq!(page_file.crc_table(2).unwrap(), vec![UNKNOWN_CRC]);
+        assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![7u8; 4080]);
+        assert_eq!(page_file.read_page(PageId(5)).unwrap(), vec![3u8; 4080]);
+    }
+
+    #[test]
+    fn a_stale_but_sealed_page_is_rejected_by_the_crc_table() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        let old = sealed(PageId(2), 1, 3);
+        let new = sealed(PageId(2), 2, 5);
+        page_file.write_sealed(PageId(2), &old).unwrap();
+        page_file.write_sealed(PageId(2), &new).unwrap();
+        page_file.trust_crc_table_through(CommitEpoch(5));
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[2 * 4096..3 * 4096].copy_from_slice(&old); // the newer write was lost
+        storage.set_file_bytes(path, bytes);
+        let err = page_file.read_page(PageId(2)).unwrap_err();
+        assert!(
+            err.to_string().contains("manifest expects") && err.to_string().contains("8192"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_page_newer_than_the_trusted_epoch_is_accepted_and_recorded() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        let old = sealed(PageId(2), 1, 3);
+        page_file.write_sealed(PageId(2), &old).unwrap();
+        let table = page_file.crc_table(3).unwrap();
+        page_file.install_crc_table(table, CommitEpoch(3));
+        // An interrupted later checkpoint wrote epoch 7 before a crash.
+        let newer = sealed(PageId(2), 2, 7);
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[2 * 4096..3 * 4096].copy_from_slice(&newer);
+        storage.set_file_bytes(path, bytes);
+        assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![2u8; 4080]);
+        assert_eq!(page_file.crc_table(3).unwrap()[1], sealed_crc(&newer));
+    }
+
+    #[test]
+    fn rebuilding_the_crc_table_reports_damaged_pages() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        page_file
+            .write_sealed(PageId(2), &sealed(PageId(2), 4, 1))
+            .unwrap();
+        page_file
+            .write_sealed(PageId(3), &sealed(PageId(3), 5, 1))
+            .unwrap();
+        let expected = page_file.crc_table(4).unwrap();
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[3 * 4096 + 9] ^= 1;
+        storage.set_file_bytes(path, bytes);
+        let damaged = page_file.rebuild_crc_table(5, CommitEpoch(1)).unwrap();
+        assert_eq!(damaged, vec![PageId(3), PageId(4)]);
+        assert_eq!(page_file.crc_table(3).unwrap(), expected[..2].to_vec());
+    }
+
+    #[test]
+    fn repair_from_double_write_refuses_a_copy_the_table_does_not_expect() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        let current = sealed(PageId(1), 8, 2);
+        page_file.write_sealed(PageId(1), &current).unwrap();
+        page_file.trust_crc_table_through(CommitEpoch(2));
+        // The double-write file holds an older image of page 1.
+        page_file
+            .write_double_write(1, &[(PageId(1), sealed(PageId(1), 6, 1))])
+            .unwrap();
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[4096 + 3] ^= 1;
+        storage.set_file_bytes(path, bytes);
+        assert_eq!(page_file.repair_from_double_write(PageId(1)).unwrap(), None);
+        page_file
+            .write_double_write(2, &[(PageId(1), current.clone())])
+            .unwrap();
+        assert_eq!(
+            page_file.repair_from_double_write(PageId(1)).unwrap(),
+            Some(vec![8u8; 4080])
+        );
+        assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![8u8; 4080]);
     }
 
     #[test]

@@ -160,8 +160,10 @@ fn decode_stored_row(
     Ok(())
 }
 
-/// A row callback: (primary key, row) → keep going?
-type RowSink<'a> = dyn FnMut(&[u8], Vec<Value>) -> Result<bool> + 'a;
+/// A row callback: (primary key, row) → keep going? The row buffer is the
+/// scan's own and is reused for the next row: a sink that keeps the row
+/// takes it (`std::mem::take`), one that only reads it leaves it.
+type RowSink<'a> = dyn FnMut(&[u8], &mut Vec<Value>) -> Result<bool> + 'a;
 
 /// Calls `sink` with each row of the source that passes its filter, in the
 /// access path's order, until it returns false.
@@ -173,13 +175,13 @@ fn scan_source(
 ) -> Result<()> {
     if let Some(derived) = &source.derived {
         let (_, rows) = run_select(tx, derived, params)?;
-        'rows: for row in rows {
+        'rows: for mut row in rows {
             for cond in &source.filter {
                 if !cond.eval_condition(&row, params)? {
                     continue 'rows;
                 }
             }
-            if !sink(&[], row)? {
+            if !sink(&[], &mut row)? {
                 break;
             }
         }
@@ -266,7 +268,7 @@ fn scan_source(
                     continue;
                 };
                 decode_stored_row(schema, &bytes, source.needed.as_deref(), &mut row)?;
-                if passes(&row)? && !sink(&key, std::mem::take(&mut row))? {
+                if passes(&row)? && !sink(&key, &mut row)? {
                     break;
                 }
             }
@@ -284,7 +286,7 @@ fn scan_source(
              -> Result<bool> {
                 let (key, bytes) = entry?;
                 decode_stored_row(schema, &bytes, source.needed.as_deref(), &mut row)?;
-                Ok(!passes(&row)? || sink(&key, std::mem::take(&mut row))?)
+                Ok(!passes(&row)? || sink(&key, &mut row)?)
             };
             if source.reverse {
                 for entry in iter.rev() {
@@ -347,7 +349,7 @@ fn join_key(values: impl Iterator<Item = Result<Value>>) -> Result<Option<Vec<u8
 fn materialize(tx: &mut Transaction, source: &Source, params: &[Value]) -> Result<Materialized> {
     let mut rows = Vec::new();
     scan_source(tx, source, params, &mut |_, row| {
-        rows.push(row);
+        rows.push(std::mem::take(row));
         Ok(true)
     })?;
     let hash = if source.hash_keys.is_empty() {
@@ -475,9 +477,9 @@ struct Sink<'p> {
 }
 
 impl<'p> Sink<'p> {
-    fn push(&mut self, row: Vec<Value>) -> Result<bool> {
+    fn push(&mut self, row: &[Value]) -> Result<bool> {
         if let Some(filter) = &self.plan.filter {
-            if !filter.eval_condition(&row, self.params)? {
+            if !filter.eval_condition(row, self.params)? {
                 return Ok(true);
             }
         }
@@ -493,7 +495,7 @@ impl<'p> Sink<'p> {
                 } else {
                     groups.key.clear();
                     for g in &agg.group_by {
-                        encode_key_value(g.eval_cow(&row, self.params)?.as_ref(), &mut groups.key);
+                        encode_key_value(g.eval_cow(row, self.params)?.as_ref(), &mut groups.key);
                     }
                     match groups.index.get(groups.key.as_slice()) {
                         Some(&i) => i,
@@ -501,7 +503,7 @@ impl<'p> Sink<'p> {
                             let values: Vec<Value> = agg
                                 .group_by
                                 .iter()
-                                .map(|g| g.eval(&row, self.params))
+                                .map(|g| g.eval(row, self.params))
                                 .collect::<Result<_>>()?;
                             groups
                                 .groups
@@ -516,7 +518,7 @@ impl<'p> Sink<'p> {
                 let accumulators = &mut groups.groups[slot].1;
                 for (call, acc) in agg.calls.iter().zip(accumulators.iter_mut()) {
                     match &call.arg {
-                        Some(arg) => acc.feed(call, arg.eval_cow(&row, self.params)?.as_ref())?,
+                        Some(arg) => acc.feed(call, arg.eval_cow(row, self.params)?.as_ref())?,
                         None => acc.feed(call, &Value::Boolean(true))?,
                     }
                 }
@@ -527,7 +529,7 @@ impl<'p> Sink<'p> {
                     .plan
                     .projection
                     .iter()
-                    .map(|e| e.eval(&row, self.params))
+                    .map(|e| e.eval(row, self.params))
                     .collect::<Result<Vec<_>>>()?;
                 self.out.push(projected);
                 Ok(self.stop_after.is_none_or(|n| self.out.len() < n))
@@ -614,11 +616,12 @@ pub fn run_select(tx: &mut Transaction, plan: &SelectPlan, params: &[Value]) -> 
     };
     match plan.sources.first() {
         None => {
-            sink.push(Vec::new())?;
+            sink.push(&[])?;
         }
         Some(first) => {
-            let mut emit =
-                |_: &[u8], row: Vec<Value>| join_rows(plan, &joined, 1, row, params, &mut sink);
+            let mut emit = |_: &[u8], row: &mut Vec<Value>| {
+                join_rows(plan, &joined, 1, row, params, &mut sink)
+            };
             scan_source(tx, first, params, &mut emit)?;
         }
     }
@@ -767,7 +770,7 @@ fn join_rows(
     plan: &SelectPlan,
     joined: &[Materialized],
     level: usize,
-    row: Vec<Value>,
+    row: &[Value],
     params: &[Value],
     sink: &mut Sink<'_>,
 ) -> Result<bool> {
@@ -782,7 +785,7 @@ fn join_rows(
                 source
                     .hash_keys
                     .iter()
-                    .map(|(left, _)| left.eval(&row, params)),
+                    .map(|(left, _)| left.eval(row, params)),
             )?;
             match key.and_then(|k| hash.get(&k)) {
                 Some(hits) => Box::new(hits.iter().map(|&i| &table.rows[i])),
@@ -802,14 +805,14 @@ fn join_rows(
             }
         }
         matched = true;
-        if !join_rows(plan, joined, level + 1, combined, params, sink)? {
+        if !join_rows(plan, joined, level + 1, &combined, params, sink)? {
             return Ok(false);
         }
     }
     if !matched && source.join == JoinKind::Left {
-        let mut combined = row;
+        let mut combined = row.to_vec();
         combined.resize(combined.len() + source.schema.columns.len(), Value::Null);
-        return join_rows(plan, joined, level + 1, combined, params, sink);
+        return join_rows(plan, joined, level + 1, &combined, params, sink);
     }
     Ok(true)
 }
@@ -958,7 +961,7 @@ pub fn build_index(tx: &mut Transaction, schema: &TableSchema, def: &IndexDef) -
     let mut rows = Vec::new();
     let source = full_scan_source(schema);
     scan_source(tx, &source, &[], &mut |key, row| {
-        rows.push((key.to_vec(), row));
+        rows.push((key.to_vec(), std::mem::take(row)));
         Ok(true)
     })?;
     let mut index = tx.open_table(&schema.index_table(def))?;
@@ -1127,7 +1130,7 @@ fn matching_rows(
 ) -> Result<Vec<(Vec<u8>, Vec<Value>)>> {
     let mut out = Vec::new();
     scan_source(tx, source, params, &mut |key, row| {
-        out.push((key.to_vec(), row));
+        out.push((key.to_vec(), std::mem::take(row)));
         Ok(true)
     })?;
     Ok(out)

@@ -2,6 +2,7 @@
 //! (line editing, history, dot-commands) and a script runner that stops at
 //! the first error with its file, line and message.
 
+pub mod check;
 pub mod output;
 
 use std::io::Write as _;

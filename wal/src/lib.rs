@@ -20,3 +20,5 @@ pub mod tlog;
 pub use codec::{CodecConfig, CodecError, CodecMode};
 pub use record::{CommitRecord, EncodeStats};
 pub use tlog::{CommitTicket, Durability, Replay, TLog, TLogConfig, TLogStats};
+pub mod manifest;
+pub use manifest::{manifest_path, CheckpointManifest};

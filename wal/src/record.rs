@@ -192,7 +192,8 @@ fn compress_body(
     let body_len = out.len() - body_start;
     let applies = body_len >= config.record_zstd_min_bytes
         && body_len <= MAX_ZSTD_BODY_BYTES
-        && zstd_entry_bytes * 2 < body_len;
+        && zstd_entry_bytes * 2 < body_len
+        && !codec::looks_incompressible(&out[body_start..]);
     if !applies {
         return Ok(false);
     }

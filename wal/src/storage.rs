@@ -62,6 +62,12 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn try_lock_exclusive(&self) -> io::Result<bool> {
         Ok(true)
     }
+    /// Like [`StorageFile::read_exact_at`], but never through a memory map
+    /// (a `pread` where the backend maps the file), so that the bytes read do
+    /// not stay in the process's resident set. The default is `read_exact_at`.
+    fn read_exact_at_unmapped(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -200,6 +206,10 @@ impl StorageFile for MappedFile {
         let mut guard = self.map.write();
         *guard = None;
         self.file.set_len(len)
+    }
+
+    fn read_exact_at_unmapped(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
     }
 
     fn try_lock_exclusive(&self) -> io::Result<bool> {

@@ -15,6 +15,7 @@
 //!
 //! The byte layout is documented in `docs/format-btree.md`.
 
+mod apply;
 mod cell;
 mod check;
 mod cursor;
@@ -26,6 +27,7 @@ mod overflow;
 mod remove;
 #[cfg(test)]
 mod tests;
+mod walk;
 
 use std::ops::RangeBounds;
 
@@ -34,12 +36,14 @@ use mmsb_wal::PageId;
 use crate::error::{Error, Result};
 use crate::page_access::{PageRead, PageWrite};
 
+pub use apply::BatchWriter;
 pub use check::TreeStats;
 pub use cursor::{KeyGuard, PageSlice, RangeIter, ValueGuard};
 pub use format::{
     FORMAT_VERSION, KIND_BRANCH, KIND_LEAF, KIND_OVERFLOW, MAX_KEY_BYTES, MAX_PAGE_LEN,
     MAX_TREE_HEIGHT, MAX_VALUE_BYTES, MIN_PAGE_LEN,
 };
+pub(crate) use walk::{walk_tolerant, LostPage};
 
 /// What the catalog stores per table to find its tree (see
 /// [`TreeHeader::encode`]). Persisted by the caller after every change.

@@ -85,6 +85,38 @@ pub trait MergeBackend: Send + Sync {
 
     /// Folds every chain of `batch` into its page image.
     fn merge_batch(&self, batch: &mut MergeBatch<'_>) -> Result<MergeStats, Error>;
+
+    /// Opens a [`MergeSession`] that keeps pages between batches (a GPU
+    /// keeps them resident in device memory), for a run of batches such as
+    /// recovery's windows. `None`, the default, means the backend keeps no
+    /// pages: callers then merge batch by batch with [`Self::merge_batch`].
+    fn open_session(&self, page_len: usize) -> Result<Option<Box<dyn MergeSession + '_>>, Error> {
+        let _ = page_len;
+        Ok(None)
+    }
+}
+
+/// Where [`MergeSession::finish`] hands each page and its final image.
+pub type PageSink<'a> = dyn FnMut(PageId, &[u8]) -> Result<(), Error> + 'a;
+
+/// A run of folds whose pages stay with the backend between batches: each
+/// page's image crosses to the backend once (the first batch that has it)
+/// and comes back once ([`MergeSession::finish`]).
+///
+/// Contract: for a page that an earlier [`MergeSession::fold`] of the same
+/// session already held, the session's own image is the base and the
+/// batch's image is ignored; after a fold the batch's images are
+/// unspecified. `finish` hands out every page the session holds, with its
+/// base image folded with every chain given to it, in epoch order, bit for
+/// bit as [`Delta::apply`] would. After any error the session's pages are
+/// lost: the caller redoes the whole run another way.
+pub trait MergeSession {
+    /// Folds `batch`'s chains into the session's pages (validating the
+    /// batch first, as [`MergeBackend::merge_batch`] does).
+    fn fold(&mut self, batch: &mut MergeBatch<'_>) -> Result<MergeStats, Error>;
+
+    /// Ends the session, giving `sink` every page it holds and its image.
+    fn finish(self: Box<Self>, sink: &mut PageSink<'_>) -> Result<(), Error>;
 }
 
 /// Checks one page's chain: every delta belongs to `page_id` and fits in

@@ -24,8 +24,8 @@ use mmsb_wal::CommitEpoch;
 pub(crate) enum KeySpace {
     /// Table names: creating or dropping a table writes its name here.
     Catalog,
-    /// The keys of one table, by name.
-    Table(String),
+    /// The keys of one table, by name (shared: cloning it allocates nothing).
+    Table(Arc<str>),
 }
 
 /// The keys one commit wrote in one key space.
@@ -33,7 +33,8 @@ pub(crate) enum KeySpace {
 pub(crate) struct SpaceWrites {
     /// Every key of the space changed (the table was dropped or recreated).
     pub whole: bool,
-    pub keys: BTreeSet<Vec<u8>>,
+    /// Keys shared with the writing transaction's buffer (no copy per key).
+    pub keys: BTreeSet<Arc<[u8]>>,
 }
 
 impl SpaceWrites {
@@ -93,19 +94,65 @@ pub(crate) struct ReadSet {
 const MAX_READS_PER_SPACE: usize = 100_000;
 
 impl ReadSet {
+    /// The reads of `space`, created empty on first use.
+    fn space_reads(&mut self, space: &KeySpace) -> &mut Vec<ReadDependency> {
+        // Cloning a space is cheap: a unit or a shared name.
+        self.reads.entry(space.clone()).or_default()
+    }
+
     pub fn record(&mut self, space: &KeySpace, read: ReadDependency) {
-        let reads = self.reads.entry(space.clone()).or_default();
+        let reads = self.space_reads(space);
         if reads.len() >= MAX_READS_PER_SPACE {
-            reads.clear();
-            reads.push(ReadDependency::Range(Bound::Unbounded, Bound::Unbounded));
+            widen(reads);
             return;
         }
         reads.push(read);
     }
 
+    /// Records a read of one key; a repeat of the space's last read (a table
+    /// opened once per statement, a key read twice in a row) is not stored
+    /// again, and the key is copied only when stored.
+    pub fn record_key(&mut self, space: &KeySpace, key: &[u8]) {
+        let reads = self.space_reads(space);
+        match reads.last() {
+            Some(ReadDependency::Key(last)) if last.as_slice() == key => return,
+            // The last read covers the whole space (a scan, or widened).
+            Some(ReadDependency::Range(Bound::Unbounded, Bound::Unbounded)) => return,
+            _ => {}
+        }
+        if reads.len() >= MAX_READS_PER_SPACE {
+            widen(reads);
+            return;
+        }
+        reads.push(ReadDependency::Key(key.to_vec()));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.reads.is_empty()
     }
+
+    /// Reads recorded in `space`.
+    #[cfg(test)]
+    pub fn reads_in(&self, space: &KeySpace) -> usize {
+        self.reads.get(space).map_or(0, Vec::len)
+    }
+}
+
+/// Replaces every read of a space by one read of the whole space.
+fn widen(reads: &mut Vec<ReadDependency>) {
+    reads.clear();
+    reads.push(ReadDependency::Range(Bound::Unbounded, Bound::Unbounded));
+}
+
+/// Whether two key sets share a key: probes the larger set with the
+/// smaller one's keys.
+fn keys_meet(a: &SpaceWrites, b: &SpaceWrites) -> bool {
+    let (small, large) = if a.keys.len() <= b.keys.len() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    small.keys.iter().any(|key| large.keys.contains(key))
 }
 
 /// Footprints of recent commits, oldest first.
@@ -171,9 +218,7 @@ impl CommitLog {
                 let Some(their_space) = theirs.get(space) else {
                     continue;
                 };
-                let meets = mine.whole
-                    || their_space.whole
-                    || mine.keys.iter().any(|key| their_space.keys.contains(key));
+                let meets = mine.whole || their_space.whole || keys_meet(mine, their_space);
                 if meets {
                     return Some(ConflictReason {
                         epoch: *epoch,
@@ -220,7 +265,7 @@ mod tests {
 
     fn footprint(keys: &[&[u8]]) -> CommitFootprint {
         let mut writes = SpaceWrites::default();
-        writes.keys.extend(keys.iter().map(|k| k.to_vec()));
+        writes.keys.extend(keys.iter().map(|k| Arc::from(*k)));
         CommitFootprint::from([(space(), writes)])
     }
 
@@ -261,10 +306,40 @@ mod tests {
     }
 
     #[test]
+    fn repeated_key_reads_are_stored_once_and_whole_reads_absorb_keys() {
+        let mut reads = ReadSet::default();
+        reads.record_key(&space(), b"a");
+        reads.record_key(&space(), b"a");
+        reads.record_key(&space(), b"b");
+        assert_eq!(reads.reads_in(&space()), 2);
+        reads.record(
+            &space(),
+            ReadDependency::Range(Bound::Unbounded, Bound::Unbounded),
+        );
+        reads.record_key(&space(), b"c");
+        assert_eq!(reads.reads_in(&space()), 3);
+        let mut log = CommitLog::default();
+        log.record(CommitEpoch(2), footprint(&[b"c"]));
+        assert!(log.read_conflict(CommitEpoch(1), &reads).is_some());
+    }
+
+    #[test]
+    fn key_reads_past_the_limit_widen_to_the_whole_space() {
+        let mut reads = ReadSet::default();
+        for i in 0..=MAX_READS_PER_SPACE as u32 {
+            reads.record_key(&space(), &i.to_be_bytes());
+        }
+        assert_eq!(reads.reads_in(&space()), 1);
+        let mut log = CommitLog::default();
+        log.record(CommitEpoch(2), footprint(&[b"anything"]));
+        assert!(log.read_conflict(CommitEpoch(1), &reads).is_some());
+    }
+
+    #[test]
     fn inverted_ranges_meet_nothing() {
         let writes = SpaceWrites {
             whole: false,
-            keys: BTreeSet::from([b"k".to_vec()]),
+            keys: BTreeSet::from([Arc::from(&b"k"[..])]),
         };
         assert!(!writes.meets_range(
             &Bound::Included(b"z".to_vec()),

@@ -12,6 +12,7 @@
 //!
 //! A [`ReadTransaction`] is a read-only snapshot: it never conflicts.
 
+mod buffer;
 mod conflict;
 mod range;
 mod view;
@@ -29,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::metrics::timed;
 use crate::txn::{PageReadTransaction, PageWriteTransaction};
 
+use buffer::{Put, WriteBuffer};
 pub(crate) use conflict::CommitLog;
 use conflict::{CommitFootprint, KeySpace, ReadDependency, ReadSet, SpaceWrites};
 pub use range::Range;
@@ -64,8 +66,9 @@ struct TableWrites {
     created: bool,
     /// The table as of the snapshot is dropped by this transaction.
     dropped: bool,
-    /// Key → new value, or `None` for a removal.
-    entries: BTreeMap<Vec<u8>, Option<Arc<[u8]>>>,
+    /// Key → new value, or `None` for a removal. Keys are shared with the
+    /// undo log and the commit footprint (one allocation per written key).
+    entries: WriteBuffer,
     /// Entries added minus entries removed, as this transaction sees it.
     len_delta: i64,
 }
@@ -78,7 +81,7 @@ impl TableWrites {
     fn footprint(&self) -> SpaceWrites {
         SpaceWrites {
             whole: self.created || self.dropped,
-            keys: self.entries.keys().cloned().collect(),
+            keys: self.entries.keys().map(Arc::clone).collect(),
         }
     }
 }
@@ -87,15 +90,20 @@ impl TableWrites {
 #[derive(Debug)]
 enum Undo {
     /// Restore one buffered entry (`None`: the key was not buffered).
+    ///
+    /// The write read the key's old value (it returned it), but records no
+    /// read dependency: while the key is in the write set, the write-write
+    /// check covers every commit a key read would meet. Rolling the write
+    /// back records the read (SERIALIZABLE).
     Entry {
-        table: String,
-        key: Vec<u8>,
+        table: Arc<str>,
+        key: Arc<[u8]>,
         previous: Option<Option<Arc<[u8]>>>,
         len_delta: i64,
     },
     /// Restore a table's whole buffer (`None`: the table was not touched).
     Table {
-        table: String,
+        table: Arc<str>,
         previous: Option<TableWrites>,
     },
 }
@@ -113,7 +121,7 @@ pub struct Transaction {
     start_epoch: CommitEpoch,
     /// Catalog entries as of `snapshot`, cached per name.
     catalog_cache: HashMap<String, Option<TableEntry>>,
-    tables: BTreeMap<String, TableWrites>,
+    tables: BTreeMap<Arc<str>, TableWrites>,
     reads: ReadSet,
     undo: Vec<Undo>,
 }
@@ -173,6 +181,22 @@ impl Transaction {
         }
     }
 
+    /// Records a read of one key (SERIALIZABLE only); copies the key only
+    /// when it is stored.
+    fn record_key_read(&mut self, space: &KeySpace, key: &[u8]) {
+        if self.isolation == IsolationLevel::Serializable {
+            self.reads.record_key(space, key);
+        }
+    }
+
+    /// The shared name under which `name`'s writes are buffered, or a new one.
+    fn shared_name(&self, name: &str) -> Arc<str> {
+        match self.tables.get_key_value(name) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => Arc::from(name),
+        }
+    }
+
     /// The table's catalog entry as of the snapshot.
     fn snapshot_entry(&mut self, name: &str) -> Result<Option<TableEntry>> {
         if let Some(entry) = self.catalog_cache.get(name) {
@@ -185,10 +209,7 @@ impl Transaction {
 
     /// Whether the table exists as this transaction sees it.
     fn table_exists(&mut self, name: &str) -> Result<bool> {
-        self.record_read(
-            KeySpace::Catalog,
-            ReadDependency::Key(name.as_bytes().to_vec()),
-        );
+        self.record_key_read(&KeySpace::Catalog, name.as_bytes());
         if let Some(writes) = self.tables.get(name) {
             return Ok(writes.exists());
         }
@@ -219,8 +240,10 @@ impl Transaction {
                 writes.len_delta = 0;
             });
         }
+        let name = self.shared_name(name);
         Ok(Table {
-            name: name.to_owned(),
+            space: KeySpace::Table(Arc::clone(&name)),
+            name,
             tx: self,
         })
     }
@@ -261,13 +284,17 @@ impl Transaction {
         let mut names: Vec<String> = catalog::list(&self.snapshot, &self.snapshot.meta().catalog)?
             .into_iter()
             .map(|(name, _)| name)
-            .filter(|name| self.tables.get(name).is_none_or(TableWrites::exists))
+            .filter(|name| {
+                self.tables
+                    .get(name.as_str())
+                    .is_none_or(TableWrites::exists)
+            })
             .collect();
         names.extend(
             self.tables
                 .iter()
                 .filter(|(_, writes)| writes.created)
-                .map(|(name, _)| name.clone()),
+                .map(|(name, _)| name.to_string()),
         );
         names.sort();
         names.dedup();
@@ -276,11 +303,12 @@ impl Transaction {
 
     fn change_table(&mut self, name: &str, change: impl FnOnce(&mut TableWrites)) {
         let previous = self.tables.get(name).cloned();
+        let table = self.shared_name(name);
         self.undo.push(Undo::Table {
-            table: name.to_owned(),
+            table: Arc::clone(&table),
             previous,
         });
-        change(self.tables.entry(name.to_owned()).or_default());
+        change(self.tables.entry(table).or_default());
     }
 
     /// Marks a point to roll back to.
@@ -310,10 +338,16 @@ impl Transaction {
                     if let Some(writes) = self.tables.get_mut(&table) {
                         writes.len_delta -= len_delta;
                         match previous {
-                            Some(value) => writes.entries.insert(key, value),
-                            None => writes.entries.remove(&key),
-                        };
+                            Some(value) => {
+                                writes.entries.put(Arc::clone(&key), value, |_| Ok(()))?;
+                            }
+                            None => {
+                                writes.entries.remove(&key);
+                            }
+                        }
                     }
+                    // The undone write had read the key (see `Undo::Entry`).
+                    self.record_key_read(&KeySpace::Table(table), &key);
                 }
                 Some(Undo::Table { table, previous }) => match previous {
                     Some(writes) => {
@@ -389,7 +423,7 @@ impl Transaction {
                     .entry(KeySpace::Catalog)
                     .or_default()
                     .keys
-                    .insert(name.as_bytes().to_vec());
+                    .insert(Arc::from(name.as_bytes()));
             }
             if writes.created || writes.dropped || !writes.entries.is_empty() {
                 footprint.insert(KeySpace::Table(name.clone()), writes.footprint());
@@ -456,14 +490,13 @@ impl Transaction {
                     )))
                 }
             };
-            for (key, value) in &writes.entries {
+            // In key order, mostly without a descent per key.
+            let mut writer =
+                btree::BatchWriter::new(crate::page_access::PageRead::page_len(&*pages))?;
+            for (key, value) in writes.entries.iter() {
                 match value {
-                    Some(value) => {
-                        btree::insert(pages, &mut entry.tree, key, value)?;
-                    }
-                    None => {
-                        btree::remove(pages, &mut entry.tree, key)?;
-                    }
+                    Some(value) => writer.insert(pages, &mut entry.tree, key, value)?,
+                    None => writer.remove(pages, &mut entry.tree, key)?,
                 }
             }
             catalog::store(pages, &mut catalog_tree, name, &entry)?;
@@ -476,7 +509,9 @@ impl Transaction {
 /// A table inside a [`Transaction`].
 pub struct Table<'t> {
     tx: &'t mut Transaction,
-    name: String,
+    name: Arc<str>,
+    /// `KeySpace::Table(name)`, built once.
+    space: KeySpace,
 }
 
 impl std::fmt::Debug for Table<'_> {
@@ -533,10 +568,7 @@ impl Table<'_> {
     /// The value under `key` as this transaction sees it.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<ByteView>> {
         self.tx.begin_statement()?;
-        self.tx.record_read(
-            KeySpace::Table(self.name.clone()),
-            ReadDependency::Key(key.to_vec()),
-        );
+        self.tx.record_key_read(&self.space, key);
         self.lookup(key)
     }
 
@@ -544,7 +576,7 @@ impl Table<'_> {
         if let Some(slot) = self
             .tx
             .tables
-            .get(&self.name)
+            .get(&*self.name)
             .and_then(|w| w.entries.get(key))
         {
             return Ok(slot
@@ -569,20 +601,46 @@ impl Table<'_> {
         self.write(key, None)
     }
 
+    /// Buffers one write with a single search of the buffer; only a key
+    /// not yet buffered is looked up in the snapshot's tree (for the old
+    /// value and the length change).
     fn write(&mut self, key: &[u8], value: Option<Arc<[u8]>>) -> Result<Option<ByteView>> {
         self.tx.begin_statement()?;
-        self.tx.record_read(
-            KeySpace::Table(self.name.clone()),
-            ReadDependency::Key(key.to_vec()),
-        );
-        let old = self.lookup(key)?;
-        let len_delta = i64::from(value.is_some()) - i64::from(old.is_some());
-        let writes = self.tx.tables.entry(self.name.clone()).or_default();
-        let previous = writes.entries.insert(key.to_vec(), value);
+        let base = self.tx.base_tree(&self.name)?;
+        let tx = &mut *self.tx;
+        if !tx.tables.contains_key(&*self.name) {
+            tx.tables
+                .insert(Arc::clone(&self.name), TableWrites::default());
+        }
+        let Some(writes) = tx.tables.get_mut(&*self.name) else {
+            return Err(Error::InvalidArgument(format!(
+                "write buffer of table {:?} vanished",
+                self.name
+            )));
+        };
+        let key: Arc<[u8]> = Arc::from(key);
+        let is_some = value.is_some();
+        let snapshot = &tx.snapshot;
+        let put = writes.entries.put(Arc::clone(&key), value, |key| {
+            Ok(match base {
+                Some(tree) => btree::get(snapshot, &tree, key)?.map(ByteView::from_page),
+                None => None,
+            })
+        })?;
+        let (old, previous) = match put {
+            Put::Replaced(previous) => {
+                let old = previous
+                    .as_ref()
+                    .map(|old| ByteView::shared(Arc::clone(old)));
+                (old, Some(previous))
+            }
+            Put::Added(old) => (old, None),
+        };
+        let len_delta = i64::from(is_some) - i64::from(old.is_some());
         writes.len_delta += len_delta;
-        self.tx.undo.push(Undo::Entry {
-            table: self.name.clone(),
-            key: key.to_vec(),
+        tx.undo.push(Undo::Entry {
+            table: Arc::clone(&self.name),
+            key,
             previous,
             len_delta,
         });
@@ -595,7 +653,7 @@ impl Table<'_> {
         let upper = bounds.end_bound().cloned();
         self.tx.begin_statement()?;
         self.tx.record_read(
-            KeySpace::Table(self.name.clone()),
+            self.space.clone(),
             ReadDependency::Range(owned_bound(lower), owned_bound(upper)),
         );
         if is_inverted(&lower, &upper) {
@@ -609,8 +667,8 @@ impl Table<'_> {
         };
         let buffer = tx
             .tables
-            .get(&self.name)
-            .map(|writes| writes.entries.range::<[u8], _>((lower, upper)));
+            .get(&*self.name)
+            .map(|writes| writes.entries.range(lower, upper));
         Ok(Range::new(tree_iter, buffer))
     }
 
@@ -633,11 +691,11 @@ impl Table<'_> {
     pub fn len(&mut self) -> Result<u64> {
         self.tx.begin_statement()?;
         self.tx.record_read(
-            KeySpace::Table(self.name.clone()),
+            self.space.clone(),
             ReadDependency::Range(Bound::Unbounded, Bound::Unbounded),
         );
         let base = self.tx.base_tree(&self.name)?.map_or(0, |tree| tree.len);
-        let delta = self.tx.tables.get(&self.name).map_or(0, |w| w.len_delta);
+        let delta = self.tx.tables.get(&*self.name).map_or(0, |w| w.len_delta);
         Ok(base.saturating_add_signed(delta))
     }
 
@@ -782,4 +840,118 @@ pub(crate) fn commit_batch(
             Outcome::Pending(pending) => shared.finish_commit(pending),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mmsb_wal::storage::MemStorage;
+
+    use super::IsolationLevel;
+    use crate::{Database, Error, Options};
+
+    fn memory_db() -> Database {
+        Options {
+            storage: Arc::new(MemStorage::new()),
+            checkpoint_on_close: false,
+            ..Options::default()
+        }
+        .open("/mvcc/db.mmsb")
+        .expect("open a memory database")
+    }
+
+    fn put(db: &Database, key: &[u8], value: &[u8]) {
+        let mut tx = db.begin_write().expect("begin");
+        tx.open_table("t")
+            .expect("open")
+            .insert(key, value)
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+
+    /// T1 writes `k` (reading its old value), rolls the write back, writes
+    /// another key; T2 commits a write to `k`; T1 then commits.
+    fn rolled_back_write_then_commit(
+        level: IsolationLevel,
+    ) -> crate::Result<mmsb_wal::CommitEpoch> {
+        let db = memory_db();
+        put(&db, b"k", b"1");
+        let mut t1 = db.begin(level).expect("begin t1");
+        let savepoint = t1.savepoint();
+        let old = t1.open_table("t")?.insert(b"k", b"2")?;
+        assert_eq!(
+            old.as_deref(),
+            Some(&b"1"[..]),
+            "insert returns the old value"
+        );
+        t1.rollback_to(&savepoint)?;
+        t1.open_table("t")?.insert(b"z", b"9")?;
+        put(&db, b"k", b"3");
+        t1.commit()
+    }
+
+    #[test]
+    fn a_rolled_back_write_still_counts_as_a_read_under_serializable() {
+        let result = rolled_back_write_then_commit(IsolationLevel::Serializable);
+        assert!(matches!(result, Err(Error::Conflict(_))), "{result:?}");
+    }
+
+    #[test]
+    fn a_rolled_back_write_is_no_conflict_under_repeatable_read() {
+        let result = rolled_back_write_then_commit(IsolationLevel::RepeatableRead);
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[test]
+    fn a_buffered_write_conflicts_without_a_recorded_read() {
+        for level in [IsolationLevel::RepeatableRead, IsolationLevel::Serializable] {
+            let db = memory_db();
+            put(&db, b"k", b"1");
+            let mut t1 = db.begin(level).expect("begin t1");
+            t1.open_table("t")
+                .and_then(|mut t| t.insert(b"k", b"2"))
+                .expect("insert");
+            // No read of the table was recorded (only opening it reads the catalog).
+            assert_eq!(t1.reads.reads_in(&super::KeySpace::Table("t".into())), 0);
+            put(&db, b"k", b"3");
+            let result = t1.commit();
+            assert!(
+                matches!(result, Err(Error::Conflict(_))),
+                "{level:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn writes_return_the_value_they_replace_and_keep_len() {
+        let db = memory_db();
+        put(&db, b"a", b"base");
+        let mut tx = db.begin_write().expect("begin");
+        let mut t = tx.open_table("t").expect("open");
+        assert_eq!(
+            t.insert(b"a", b"x").expect("insert").as_deref(),
+            Some(&b"base"[..])
+        );
+        assert_eq!(
+            t.insert(b"a", b"y").expect("insert").as_deref(),
+            Some(&b"x"[..])
+        );
+        assert_eq!(t.insert(b"b", b"z").expect("insert"), None);
+        assert_eq!(t.len().expect("len"), 2);
+        assert_eq!(t.remove(b"a").expect("remove").as_deref(), Some(&b"y"[..]));
+        assert_eq!(t.remove(b"a").expect("remove"), None);
+        assert_eq!(t.len().expect("len"), 1);
+        let keys: Vec<Vec<u8>> = t
+            .iter()
+            .expect("iter")
+            .map(|e| e.expect("entry").0.to_vec())
+            .collect();
+        assert_eq!(keys, vec![b"b".to_vec()]);
+        tx.commit().expect("commit");
+        let read = db.begin_read().expect("read");
+        let table = read.open_table("t").expect("open");
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.get(b"b").expect("get").as_deref(), Some(&b"z"[..]));
+    }
 }

@@ -3,7 +3,6 @@
 //! win on equal keys; a buffered removal hides the key). Iterates from both
 //! ends.
 
-use std::collections::btree_map;
 use std::sync::Arc;
 
 use crate::btree::{KeyGuard, RangeIter, ValueGuard};
@@ -12,9 +11,8 @@ use crate::mvcc::view::ByteView;
 use crate::txn::PageReadTransaction;
 
 type TreeItem = (KeyGuard, ValueGuard);
-type BufferItem<'a> = (&'a Vec<u8>, &'a Option<Arc<[u8]>>);
-/// A range over a transaction's buffered writes of one table.
-pub(crate) type BufferRange<'a> = btree_map::Range<'a, Vec<u8>, Option<Arc<[u8]>>>;
+type BufferItem<'a> = (&'a Arc<[u8]>, &'a Option<Arc<[u8]>>);
+pub(crate) use super::buffer::BufferRange;
 
 /// Entries of a table in key order, from either end.
 pub struct Range<'a> {
@@ -109,7 +107,7 @@ impl<'a> Range<'a> {
             (Some(_), None) => Some(Pick::Tree),
             (None, Some(_)) => Some(Pick::Buffer),
             (Some((tree_key, _)), Some((buffer_key, _))) => {
-                let order = tree_key[..].cmp(buffer_key.as_slice());
+                let order = tree_key[..].cmp(&buffer_key[..]);
                 let order = if forward { order } else { order.reverse() };
                 Some(match order {
                     std::cmp::Ordering::Less => Pick::Tree,
@@ -151,7 +149,7 @@ impl<'a> Range<'a> {
             if let Some(value) = value {
                 let key = match tree_item {
                     Some((tree_key, _)) => ByteView::from_page(tree_key),
-                    None => ByteView::shared(Arc::from(key.as_slice())),
+                    None => ByteView::shared(Arc::clone(key)),
                 };
                 return Some(Ok((key, ByteView::shared(Arc::clone(value)))));
             }

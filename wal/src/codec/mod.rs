@@ -9,7 +9,9 @@
 //!
 //! [`CodecMode::Adaptive`] picks per delta: the raw size is computed, the RLE
 //! encoding is built, zstd is tried only when the raw encoding is at least
-//! [`CodecConfig::zstd_min_bytes`] long, and the smallest candidate wins.
+//! [`CodecConfig::zstd_min_bytes`] long and a sample of it does not look
+//! incompressible (`sample`: high byte entropy and no repeats, as random
+//! keys and values are), and the smallest candidate wins.
 //!
 //! Decoding validates every count, length, offset and varint against the
 //! input's size and the caller's page length limit before using it; a
@@ -21,6 +23,7 @@
 mod build;
 mod raw;
 mod rle;
+mod sample;
 mod wire;
 mod zstd_frame;
 
@@ -28,6 +31,7 @@ use crate::delta::Delta;
 use crate::error::WalError;
 use crate::ids::PageId;
 
+pub(crate) use sample::looks_incompressible;
 pub(crate) use wire::{put_varint, varint_len, Reader};
 pub(crate) use zstd_frame::{compress as zstd_compress, decompress as zstd_decompress};
 
@@ -303,7 +307,12 @@ fn encode_adaptive(
         best = (DeltaEncoding::Raw, raw_len);
     }
     if raw_len >= config.zstd_min_bytes {
-        compress_raw(delta, config.zstd_level, scratch)?;
+        scratch.raw.clear();
+        raw::encode(delta, &mut scratch.raw);
+        if looks_incompressible(&scratch.raw) {
+            return Ok(best.0);
+        }
+        zstd_frame::compress(&scratch.raw, config.zstd_level, &mut scratch.compressed)?;
         if zstd_entry_len(scratch) < best.1 {
             out.truncate(start);
             write_zstd(out, scratch);

@@ -1,5 +1,6 @@
 //! Tests of the B+tree against an in-memory page store.
 
+mod batch;
 mod corrupt;
 mod mem;
 mod model;

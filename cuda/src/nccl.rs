@@ -1,0 +1,552 @@
+//! Merging over several GPUs of one process through NCCL (cargo feature
+//! `nccl`): [`ShardedMerge`].
+//!
+//! - One communicator over N GPUs, made by cudarc's `Comm::from_devices`
+//!   (one rank per GPU, all driven from this thread, collectives grouped).
+//! - Pages are partitioned across the GPUs: a page belongs to rank
+//!   `page_id % world_size` unless [`ShardedMerge::move_pages`] moved it.
+//!   Each GPU keeps the pages it owns resident in its own page mirror (the
+//!   same mirror `GpuMerge::open_session` uses).
+//! - [`ShardedMerge::fold`] routes each page's chain to the GPU that owns the
+//!   page: the batch is split by owner and the GPUs fold their parts at once
+//!   (one host thread per GPU).
+//! - Moving a page's ownership copies its image GPU to GPU (NCCL send on the
+//!   old owner, receive into a fresh mirror slot on the new one). A move to
+//!   the rank that already owns the page still goes through NCCL (a send to
+//!   itself): that keeps the transfer path in use with a world size of 1.
+//! - [`ShardedMerge::all_reduce_counts`] aggregates each GPU's delta
+//!   statistics (pages, deltas, runs, bytes: sums; epochs: min and max)
+//!   into one view with two NCCL all-reduces.
+//!
+//! NCCL is loaded at run time by cudarc, which looks for `libnccl.so` (and
+//! `libnccl.so.<CUDA major>`), not the pip wheel's `libnccl.so.2`:
+//! [`nccl_library_present`] says whether one loads, and
+//! [`loaded_nccl_library`] which file did (scripts/gpu-scaling.sh links a
+//! `libnccl.so` to a wheel's `libnccl.so.2` when no `libnccl.so` exists).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::safe::{
+    CudaContext, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop,
+};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::nccl::safe::{Comm, ReduceOp};
+use mmsb_engine::merge::{ChainEntry, MergeBatch};
+use mmsb_wal::PageId;
+
+use crate::config::GpuConfig;
+use crate::device::{CudaMerger, DeviceMerger, MirrorSink};
+use crate::error::GpuError;
+use crate::probe::{driver_library_present, probe};
+
+/// Per-GPU delta statistics, and their aggregate over the communicator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeltaCounts {
+    /// Pages folded (a page counts once per fold that touches it).
+    pub pages: u64,
+    /// Deltas folded.
+    pub deltas: u64,
+    /// Runs folded.
+    pub runs: u64,
+    /// Bytes the deltas wrote.
+    pub bytes: u64,
+    /// Lowest commit epoch folded (`u64::MAX` when none).
+    pub min_epoch: u64,
+    /// Highest commit epoch folded (0 when none).
+    pub max_epoch: u64,
+}
+
+impl DeltaCounts {
+    /// Nothing folded yet.
+    pub const EMPTY: DeltaCounts = DeltaCounts {
+        pages: 0,
+        deltas: 0,
+        runs: 0,
+        bytes: 0,
+        min_epoch: u64::MAX,
+        max_epoch: 0,
+    };
+
+    /// Adds one page's chain.
+    fn add_chain(&mut self, chain: &[ChainEntry<'_>]) {
+        self.pages += 1;
+        for entry in chain {
+            self.deltas += 1;
+            self.runs += entry.delta.run_count() as u64;
+            self.bytes += entry.delta.changed_len() as u64;
+            self.min_epoch = self.min_epoch.min(entry.epoch.get());
+            self.max_epoch = self.max_epoch.max(entry.epoch.get());
+        }
+    }
+
+    /// Both counts together, as an all-reduce would give them.
+    pub fn combine(self, other: DeltaCounts) -> DeltaCounts {
+        DeltaCounts {
+            pages: self.pages + other.pages,
+            deltas: self.deltas + other.deltas,
+            runs: self.runs + other.runs,
+            bytes: self.bytes + other.bytes,
+            min_epoch: self.min_epoch.min(other.min_epoch),
+            max_epoch: self.max_epoch.max(other.max_epoch),
+        }
+    }
+}
+
+/// Whether an NCCL library loads (cudarc's names: `libnccl.so`, ...).
+pub fn nccl_library_present() -> bool {
+    // SAFETY: only tries to open the library; never calls into it.
+    unsafe { cudarc::nccl::sys::is_culib_present() }
+}
+
+/// The NCCL file this process has loaded, read from `/proc/self/maps`.
+pub fn loaded_nccl_library() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.contains("libnccl"))
+        .map(str::to_string)
+}
+
+fn nccl_error(call: &'static str, error: cudarc::nccl::result::NcclError) -> GpuError {
+    GpuError::Disabled(format!("{call} failed: {error:?}"))
+}
+
+fn driver_error(call: &'static str, error: cudarc::driver::DriverError) -> GpuError {
+    GpuError::Disabled(format!("{call} failed: {error:?}"))
+}
+
+/// The pages of `batch` that `rank` owns (`owners[slot]`), as a batch of
+/// their own (built on the rank's host thread: ranks copy in parallel).
+fn part_of<'a>(
+    batch: &MergeBatch<'a>,
+    owners: &[usize],
+    rank: usize,
+) -> Result<MergeBatch<'a>, GpuError> {
+    let mine = owners.iter().filter(|&&r| r == rank).count();
+    let mut part = MergeBatch::with_capacity(batch.page_len(), mine, mine * 8)
+        .map_err(|e| GpuError::Unsupported(e.to_string()))?;
+    for (slot, &page) in batch.page_ids().iter().enumerate() {
+        if owners[slot] != rank {
+            continue;
+        }
+        let (Some(base), Some(chain)) = (batch.page(slot), batch.chain(slot)) else {
+            return Err(GpuError::Unsupported(format!("batch slot {slot}")));
+        };
+        part.push_page(page, base, chain.iter().copied())
+            .map_err(|e| GpuError::Unsupported(e.to_string()))?;
+    }
+    Ok(part)
+}
+
+/// Raw device bytes seen as a cudarc slice, so that NCCL can read or write
+/// a page mirror's slot. The caller orders the stream against other work.
+struct RawBytes<'a> {
+    ptr: CUdeviceptr,
+    len: usize,
+    stream: &'a Arc<CudaStream>,
+}
+
+impl DeviceSlice<u8> for RawBytes<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.stream
+    }
+}
+
+impl DevicePtr<u8> for RawBytes<'_> {
+    fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Sync(None))
+    }
+}
+
+impl DevicePtrMut<u8> for RawBytes<'_> {
+    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Sync(None))
+    }
+}
+
+/// One GPU of the communicator: its merger (with its page mirror open) and
+/// what it has folded.
+struct Shard {
+    merger: CudaMerger,
+    counts: DeltaCounts,
+}
+
+/// Pages partitioned over N GPUs, each folding the deltas of the pages it
+/// owns (see the module docs).
+///
+/// Field order is drop order: communicators go before the mergers' contexts.
+pub struct ShardedMerge {
+    comms: Vec<Comm>,
+    shards: Vec<Shard>,
+    /// Pages whose owner is not the default `page_id % world_size`.
+    moved: HashMap<PageId, usize>,
+    page_len: usize,
+}
+
+impl std::fmt::Debug for ShardedMerge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedMerge")
+            .field("world_size", &self.world_size())
+            .field("page_len", &self.page_len)
+            .field("moved", &self.moved.len())
+            .finish()
+    }
+}
+
+impl ShardedMerge {
+    /// One communicator over the GPUs `ordinals` (distinct, at least one),
+    /// each with a merger built from `config` (its `ordinal` replaced) and a
+    /// page mirror of `page_len`-byte pages.
+    pub fn from_devices(
+        ordinals: &[usize],
+        page_len: usize,
+        config: &GpuConfig,
+    ) -> Result<Self, GpuError> {
+        if ordinals.is_empty() {
+            return Err(GpuError::Unsupported("no GPU given".into()));
+        }
+        if !driver_library_present() {
+            return Err(GpuError::NoDriver);
+        }
+        if !nccl_library_present() {
+            return Err(GpuError::Disabled(
+                "no NCCL library (cudarc looks for libnccl.so)".into(),
+            ));
+        }
+        let mut shards = Vec::with_capacity(ordinals.len());
+        let mut streams = Vec::with_capacity(ordinals.len());
+        for &ordinal in ordinals {
+            probe(ordinal)?;
+            let mut merger = CudaMerger::new(&GpuConfig {
+                ordinal,
+                ..config.clone()
+            })?;
+            merger.mirror_open(page_len)?;
+            let ctx = CudaContext::new(ordinal).map_err(|e| driver_error("CudaContext::new", e))?;
+            streams.push(
+                ctx.new_stream()
+                    .map_err(|e| driver_error("new_stream", e))?,
+            );
+            shards.push(Shard {
+                merger,
+                counts: DeltaCounts::EMPTY,
+            });
+        }
+        let comms = Comm::from_devices(streams).map_err(|e| nccl_error("ncclCommInitAll", e))?;
+        Ok(ShardedMerge {
+            comms,
+            shards,
+            moved: HashMap::new(),
+            page_len,
+        })
+    }
+
+    /// GPUs in the communicator.
+    pub fn world_size(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The rank (GPU index) that owns `page`.
+    pub fn owner(&self, page: PageId) -> usize {
+        match self.moved.get(&page) {
+            Some(&rank) => rank,
+            None => (page.get() % self.world_size() as u64) as usize,
+        }
+    }
+
+    /// Pages each GPU's mirror holds.
+    pub fn resident_pages(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.merger.mirror_len()).collect()
+    }
+
+    /// This process's own view of each GPU's counts (what the all-reduce
+    /// aggregates).
+    pub fn shard_counts(&self) -> Vec<DeltaCounts> {
+        self.shards.iter().map(|s| s.counts).collect()
+    }
+
+    /// Folds `batch`: each page's chain goes to the GPU that owns the page
+    /// (new pages are uploaded there from the batch; resident ones fold from
+    /// their mirrored image). The GPUs work at once, one host thread each.
+    /// Returns what this fold did, over all GPUs.
+    pub fn fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeltaCounts, GpuError> {
+        batch
+            .validate()
+            .map_err(|e| GpuError::Unsupported(format!("invalid batch: {e}")))?;
+        if batch.page_len() != self.page_len {
+            return Err(GpuError::Unsupported(format!(
+                "a batch of {}-byte pages for mirrors of {}-byte pages",
+                batch.page_len(),
+                self.page_len
+            )));
+        }
+        let owners: Vec<usize> = batch.page_ids().iter().map(|&p| self.owner(p)).collect();
+        let mut counts = vec![DeltaCounts::EMPTY; self.world_size()];
+        for (slot, &rank) in owners.iter().enumerate() {
+            counts[rank].add_chain(batch.chain(slot).unwrap_or(&[]));
+        }
+        let single_owner = owners.windows(2).all(|w| w[0] == w[1]);
+        let world = self.world_size();
+        let outcomes: Vec<Result<(), GpuError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .shards
+                .iter_mut()
+                .enumerate()
+                .map(|(rank, shard)| {
+                    let owners = &owners;
+                    scope.spawn(move || {
+                        if !owners.contains(&rank) {
+                            return Ok(());
+                        }
+                        if single_owner {
+                            // Every page is this GPU's (always so with one
+                            // GPU): fold the batch as it is, no copy.
+                            return shard.merger.mirror_fold(batch).map(|_| ());
+                        }
+                        let part = part_of(batch, owners, rank)?;
+                        shard.merger.mirror_fold(&part).map(|_| ())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(GpuError::Disabled("shard thread panicked".into())))
+                })
+                .collect()
+        });
+        debug_assert_eq!(outcomes.len(), world);
+        let mut total = DeltaCounts::EMPTY;
+        for ((shard, counts), outcome) in self.shards.iter_mut().zip(counts).zip(outcomes) {
+            outcome?;
+            shard.counts = shard.counts.combine(counts);
+            total = total.combine(counts);
+        }
+        Ok(total)
+    }
+
+    /// Moves each `(page, new_owner)`: the page's image goes from its
+    /// owner's mirror to a fresh slot in `new_owner`'s, GPU to GPU through
+    /// NCCL (one group of sends and receives). Pages no GPU holds yet only
+    /// change owner. Returns the bytes transferred.
+    pub fn move_pages(&mut self, moves: &[(PageId, usize)]) -> Result<u64, GpuError> {
+        let world = self.world_size();
+        if let Some(&(page, rank)) = moves.iter().find(|(_, rank)| *rank >= world) {
+            return Err(GpuError::Unsupported(format!(
+                "{page} cannot move to rank {rank} of {world}"
+            )));
+        }
+        // (page, from, to, source slot): pages some GPU holds move by copy;
+        // the others only change owner.
+        let mut plan = Vec::new();
+        for &(page, to) in moves {
+            let from = self.owner(page);
+            match self.shards[from].merger.mirror_slot(page) {
+                Some(slot) => plan.push((page, from, to, slot)),
+                None => {
+                    self.moved.insert(page, to);
+                }
+            }
+        }
+        if plan.is_empty() {
+            return Ok(0);
+        }
+        // Every destination slot first (adopting may grow a mirror, which
+        // moves its slots), then the addresses.
+        let mut slots = Vec::with_capacity(plan.len());
+        for &(page, _, to, _) in &plan {
+            slots.push(self.shards[to].merger.mirror_adopt(page)?);
+        }
+        let mut transfers = Vec::with_capacity(plan.len());
+        for (&(page, from, to, old), &new) in plan.iter().zip(&slots) {
+            let address = |rank: usize, slot: u32| {
+                self.shards[rank]
+                    .merger
+                    .mirror_slot_ptr(slot)
+                    .ok_or_else(|| GpuError::Unsupported(format!("mirror slot {slot} of {page}")))
+            };
+            transfers.push((page, from, to, address(from, old)?, address(to, new)?));
+        }
+        let page_len = self.page_len;
+        cudarc::nccl::result::group_start().map_err(|e| nccl_error("ncclGroupStart", e))?;
+        let mut queued = Ok(());
+        for &(_, from, to, src, dst) in &transfers {
+            let send = RawBytes {
+                ptr: src,
+                len: page_len,
+                stream: &self.comms[from].stream(),
+            };
+            if let Err(e) = self.comms[from].send(&send, to as i32) {
+                queued = Err(nccl_error("ncclSend", e));
+                break;
+            }
+            let stream = self.comms[to].stream();
+            let mut recv = RawBytes {
+                ptr: dst,
+                len: page_len,
+                stream: &stream,
+            };
+            if let Err(e) = self.comms[to].recv(&mut recv, from as i32) {
+                queued = Err(nccl_error("ncclRecv", e));
+                break;
+            }
+        }
+        let ended = cudarc::nccl::result::group_end().map_err(|e| nccl_error("ncclGroupEnd", e));
+        queued?;
+        ended?;
+        self.sync_comms()?;
+        for &(page, from, to, _, _) in &transfers {
+            if from != to {
+                self.shards[from].merger.mirror_release(page);
+            }
+            self.moved.insert(page, to);
+        }
+        Ok((transfers.len() * page_len) as u64)
+    }
+
+    fn sync_comms(&self) -> Result<(), GpuError> {
+        for comm in &self.comms {
+            comm.stream()
+                .synchronize()
+                .map_err(|e| driver_error("cuStreamSynchronize", e))?;
+        }
+        Ok(())
+    }
+
+    /// Every GPU's counts aggregated through NCCL: sums of pages, deltas,
+    /// runs and bytes (one all-reduce), the lowest and highest epoch (one
+    /// all-reduce of maxima over `[max_epoch, !min_epoch]`).
+    pub fn all_reduce_counts(&mut self) -> Result<DeltaCounts, GpuError> {
+        let mut sums = Vec::with_capacity(self.comms.len());
+        let mut maxima = Vec::with_capacity(self.comms.len());
+        for (comm, shard) in self.comms.iter().zip(&self.shards) {
+            let c = shard.counts;
+            let stream = comm.stream();
+            let sum_in = stream
+                .clone_htod(&[c.pages, c.deltas, c.runs, c.bytes])
+                .map_err(|e| driver_error("memcpy_stod", e))?;
+            let max_in = stream
+                .clone_htod(&[c.max_epoch, !c.min_epoch])
+                .map_err(|e| driver_error("memcpy_stod", e))?;
+            let sum_out = stream
+                .alloc_zeros::<u64>(4)
+                .map_err(|e| driver_error("alloc_zeros", e))?;
+            let max_out = stream
+                .alloc_zeros::<u64>(2)
+                .map_err(|e| driver_error("alloc_zeros", e))?;
+            sums.push((sum_in, sum_out));
+            maxima.push((max_in, max_out));
+        }
+        cudarc::nccl::result::group_start().map_err(|e| nccl_error("ncclGroupStart", e))?;
+        let mut queued = Ok(());
+        for ((comm, (sum_in, sum_out)), (max_in, max_out)) in self
+            .comms
+            .iter()
+            .zip(sums.iter_mut())
+            .zip(maxima.iter_mut())
+        {
+            let outcome = comm
+                .all_reduce(sum_in, sum_out, &ReduceOp::Sum)
+                .and_then(|_| comm.all_reduce(max_in, max_out, &ReduceOp::Max));
+            if let Err(e) = outcome {
+                queued = Err(nccl_error("ncclAllReduce", e));
+                break;
+            }
+        }
+        let ended = cudarc::nccl::result::group_end().map_err(|e| nccl_error("ncclGroupEnd", e));
+        queued?;
+        ended?;
+        let stream = self.comms[0].stream();
+        let sum = stream
+            .clone_dtoh(&sums[0].1)
+            .map_err(|e| driver_error("memcpy_dtov", e))?;
+        let max = stream
+            .clone_dtoh(&maxima[0].1)
+            .map_err(|e| driver_error("memcpy_dtov", e))?;
+        self.sync_comms()?;
+        match (sum.as_slice(), max.as_slice()) {
+            ([pages, deltas, runs, bytes], [max_epoch, not_min]) => Ok(DeltaCounts {
+                pages: *pages,
+                deltas: *deltas,
+                runs: *runs,
+                bytes: *bytes,
+                min_epoch: !*not_min,
+                max_epoch: *max_epoch,
+            }),
+            _ => Err(GpuError::Unsupported("all-reduce result size".into())),
+        }
+    }
+
+    /// Ends the mirrors: hands every page, from the GPU that owns it, to `sink`.
+    pub fn finish(mut self, sink: &mut MirrorSink<'_>) -> Result<(), GpuError> {
+        for shard in &mut self.shards {
+            shard.merger.mirror_finish(sink)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_combine_like_an_all_reduce() {
+        let a = DeltaCounts {
+            pages: 2,
+            deltas: 5,
+            runs: 9,
+            bytes: 100,
+            min_epoch: 7,
+            max_epoch: 20,
+        };
+        let b = DeltaCounts {
+            pages: 1,
+            deltas: 1,
+            runs: 2,
+            bytes: 8,
+            min_epoch: 3,
+            max_epoch: 9,
+        };
+        let both = a.combine(b);
+        assert_eq!(
+            both,
+            DeltaCounts {
+                pages: 3,
+                deltas: 6,
+                runs: 11,
+                bytes: 108,
+                min_epoch: 3,
+                max_epoch: 20
+            }
+        );
+        assert_eq!(DeltaCounts::EMPTY.combine(a), a);
+    }
+
+    #[test]
+    fn no_nccl_is_loaded_before_a_communicator_exists() {
+        // Probing opens and closes the library; only a live communicator
+        // keeps it mapped (cudarc keeps it for the process once used).
+        let _ = nccl_library_present();
+        if let Some(path) = loaded_nccl_library() {
+            assert!(path.contains("libnccl"), "{path}");
+        }
+    }
+
+    #[test]
+    fn without_a_gpu_or_nccl_the_communicator_is_refused() {
+        if driver_library_present() && nccl_library_present() && probe(0).is_ok() {
+            println!("skipped: a GPU and NCCL are present (tests/nccl.rs covers them)");
+            return;
+        }
+        let refused = ShardedMerge::from_devices(&[0], 4096, &GpuConfig::default());
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(ShardedMerge::from_devices(&[], 4096, &GpuConfig::default()).is_err());
+    }
+}

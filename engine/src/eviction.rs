@@ -1,0 +1,419 @@
+//! Eviction and back-pressure: the CLOCK hand over the page table's
+//! shards, direct eviction on the paths that need room, the background pass
+//! the worker runs, and commit admission that waits (bounded by
+//! `Options::backpressure_max_wait_ms`) and then fails with
+//! [`Error::MemoryBudgetExceeded`].
+//!
+//! Policy:
+//! - Only clean entries are evicted: not in the dirty map (the data file
+//!   holds them as they are) and with an empty delta chain (no live snapshot
+//!   needs an older version). A page loaded again later is valid for every
+//!   live snapshot, because a snapshot older than the page's last change
+//!   keeps that change in the chain, and so the entry in memory.
+//! - Dirty pages get clean by a checkpoint (the whole route through the
+//!   double-write file), which the worker runs when dirty pages pass
+//!   [`DIRTY_WRITEBACK_PERCENT`] of the budget or when an admission asks.
+//! - The worker evicts down to [`EVICT_LOW_WATERMARK_PERCENT`] once the
+//!   table passes [`EVICT_HIGH_WATERMARK_PERCENT`]; a thread that needs
+//!   room and finds none evicts directly (at least [`DIRECT_EVICT_MIN_PERCENT`]
+//!   of the budget at a time).
+//! - A page load that finds no room even then is returned to its reader
+//!   without being cached (readers never wait). A commit that finds no room
+//!   waits for the worker; when the wait passes its bound it fails.
+//!
+//! Lock order: the dirty map, then one page-table shard (as in commit's install).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mmsb_wal::{CommitEpoch, PageId};
+
+use crate::db::Shared;
+use crate::error::{Error, Result};
+use crate::memory::{self, Reservation};
+use crate::metrics::Metrics;
+use crate::page_file::PAGE_TRAILER_LEN;
+use crate::page_table::{Evicted, InstallPins, PageTable, SHARD_COUNT};
+use crate::txn::ChangedPage;
+
+/// Default of `Options::backpressure_max_wait_ms`: how long a commit waits
+/// for room before it fails with [`Error::MemoryBudgetExceeded`].
+pub const DEFAULT_BACKPRESSURE_MAX_WAIT_MS: u64 = 10_000;
+
+/// The worker starts evicting when the table holds this share of the budget.
+pub(crate) const EVICT_HIGH_WATERMARK_PERCENT: u64 = 90;
+
+/// ... and evicts down to this share.
+pub(crate) const EVICT_LOW_WATERMARK_PERCENT: u64 = 75;
+
+/// The worker writes dirty pages back (a checkpoint) when they pass this
+/// share of the budget.
+pub(crate) const DIRTY_WRITEBACK_PERCENT: u64 = 25;
+
+/// Direct eviction frees at least this share of the budget at a time, so
+/// that a burst of misses does not sweep once per page.
+pub(crate) const DIRECT_EVICT_MIN_PERCENT: u64 = 2;
+
+/// Most of the budget one checkpoint round's sealed page copies may take.
+pub(crate) const CHECKPOINT_BUFFER_PERCENT: u64 = 10;
+
+/// Fewest pages a checkpoint round writes, however small the budget.
+const MIN_CHECKPOINT_CHUNK_PAGES: usize = 16;
+
+/// Longest single sleep of a commit waiting for room (it re-checks after).
+const BACKPRESSURE_POLL_MS: u64 = 5;
+
+/// How often the worker samples the machine's memory (when asked to).
+pub(crate) const SYSTEM_SAMPLE_INTERVAL_MS: u64 = 1000;
+
+/// The CLOCK hand and the requests between threads and the worker.
+#[derive(Debug)]
+pub(crate) struct Evictor {
+    /// Next shard the hand visits.
+    hand: AtomicUsize,
+    /// An admission found dirty pages in its way: the worker should write back.
+    writeback_requested: AtomicBool,
+    max_wait: Duration,
+    /// Whether the worker lowers the budget when the machine runs short.
+    follow_system: bool,
+    /// No background worker runs: a commit needing room writes back itself.
+    inline_writeback: bool,
+}
+
+impl Evictor {
+    /// An evictor whose commits wait at most `max_wait_ms`; with
+    /// `inline_writeback` (no background worker) they write back themselves.
+    pub(crate) fn new(max_wait_ms: u64, follow_system: bool, inline_writeback: bool) -> Self {
+        Evictor {
+            hand: AtomicUsize::new(0),
+            writeback_requested: AtomicBool::new(false),
+            max_wait: Duration::from_millis(max_wait_ms),
+            follow_system,
+            inline_writeback,
+        }
+    }
+
+    /// Whether the worker samples the machine's memory.
+    pub(crate) fn follows_system(&self) -> bool {
+        self.follow_system
+    }
+}
+
+/// A commit's room under the budget, and its entries pinned against
+/// eviction, both held until the commit is installed (or failed).
+#[derive(Debug)]
+pub(crate) struct CommitRoom<'a> {
+    _reservation: Reservation<'a>,
+    _pins: InstallPins<'a>,
+}
+
+/// `percent` of `bytes`.
+fn share(bytes: u64, percent: u64) -> u64 {
+    bytes / 100 * percent
+}
+
+impl Shared {
+    /// Sweeps shards from the hand until `want_bytes` are freed or two
+    /// revolutions found nothing more (the first may only clear bits).
+    pub(crate) fn evict(&self, want_bytes: u64) -> Evicted {
+        let mut total = Evicted::default();
+        for _ in 0..2 * SHARD_COUNT {
+            if total.bytes >= want_bytes {
+                break;
+            }
+            let shard = self.evictor.hand.fetch_add(1, Ordering::Relaxed);
+            let dirty = self.dirty.lock();
+            let evicted = self
+                .pages
+                .evict_shard(shard, want_bytes - total.bytes, |id| {
+                    dirty.contains_key(&id)
+                });
+            drop(dirty);
+            total.pages += evicted.pages;
+            total.bytes += evicted.bytes;
+        }
+        if total.pages > 0 {
+            Metrics::bump(&self.metrics.evictions);
+            Metrics::add(&self.metrics.pages_evicted, total.pages);
+            Metrics::add(&self.metrics.bytes_evicted, total.bytes);
+            self.memory.notify_freed();
+        }
+        total
+    }
+
+    /// Reserves `bytes`, evicting directly when there is no room; `None`
+    /// when even that leaves none.
+    fn reserve_evicting(&self, bytes: u64) -> Option<Reservation<'_>> {
+        let resident = || self.pages.resident_bytes();
+        if let Some(reservation) = self.memory.try_reserve(resident, bytes) {
+            return Some(reservation);
+        }
+        let batch = share(self.memory.effective_bytes(), DIRECT_EVICT_MIN_PERCENT);
+        self.evict(bytes.max(batch));
+        self.memory.try_reserve(resident, bytes)
+    }
+
+    /// Puts a page just read from disk into the table, when the budget has
+    /// room, and returns it as of `snapshot`. Without room the page is
+    /// returned uncached (unless another thread put it in meanwhile, which
+    /// then wins: it may hold versions the disk image does not).
+    pub(crate) fn cache_loaded(
+        &self,
+        page_id: PageId,
+        image: Arc<[u8]>,
+        snapshot: CommitEpoch,
+    ) -> Result<Arc<[u8]>> {
+        let cost = PageTable::clean_entry_bytes(image.len());
+        match self.reserve_evicting(cost) {
+            Some(_reservation) => self.pages.insert_clean_and_read(page_id, image, snapshot),
+            None => {
+                self.request_writeback();
+                Ok(self.pages.read(page_id, snapshot)?.unwrap_or(image))
+            }
+        }
+    }
+
+    /// Admits a commit of `pages`: reserves the most its install can add,
+    /// evicting directly, then asking the worker to write dirty pages back
+    /// and waiting (back-pressure) for at most `backpressure_max_wait_ms`.
+    /// Hold the room until the install is done.
+    pub(crate) fn admit_commit(&self, pages: &[ChangedPage]) -> Result<CommitRoom<'_>> {
+        let deltas = pages.iter().map(|page| &*page.delta);
+        let (needed, pins) = self.pages.install_growth_bound(self.page_len(), deltas);
+        let reservation = self.reserve_for_commit(needed)?;
+        Ok(CommitRoom {
+            _reservation: reservation,
+            _pins: pins,
+        })
+    }
+
+    /// Reserves `needed` bytes for a commit (see [`Shared::admit_commit`]).
+    fn reserve_for_commit(&self, needed: u64) -> Result<Reservation<'_>> {
+        let budget = self.memory.effective_bytes();
+        if needed > budget {
+            return Err(Error::MemoryBudgetExceeded {
+                budget_bytes: budget,
+                needed_bytes: needed,
+            });
+        }
+        if let Some(reservation) = self.reserve_evicting(needed) {
+            return Ok(reservation);
+        }
+        let started = Instant::now();
+        let deadline = started + self.evictor.max_wait;
+        let outcome = loop {
+            if self.evictor.inline_writeback {
+                if let Err(err) = self.write_back_for_memory() {
+                    break Err(err);
+                }
+            } else {
+                self.request_writeback();
+            }
+            if let Some(reservation) = self.reserve_evicting(needed) {
+                break Ok(reservation);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break Err(Error::MemoryBudgetExceeded {
+                    budget_bytes: self.memory.effective_bytes(),
+                    needed_bytes: needed,
+                });
+            }
+            let poll = Duration::from_millis(BACKPRESSURE_POLL_MS);
+            self.memory.wait_for_room((deadline - now).min(poll));
+        };
+        Metrics::bump(&self.metrics.backpressure_waits);
+        Metrics::add(
+            &self.metrics.backpressure_wait_ns,
+            started.elapsed().as_nanos() as u64,
+        );
+        outcome
+    }
+
+    /// Pages a checkpoint writes per double-write round: `default_pages`,
+    /// fewer when that would pass [`CHECKPOINT_BUFFER_PERCENT`] of the budget
+    /// (the round's sealed copies are held outside the page table).
+    pub(crate) fn checkpoint_chunk_pages(&self, default_pages: usize) -> usize {
+        let page_size = (self.page_len() + PAGE_TRAILER_LEN) as u64;
+        let pages = share(self.memory.configured_bytes(), CHECKPOINT_BUFFER_PERCENT) / page_size;
+        usize::try_from(pages)
+            .unwrap_or(usize::MAX)
+            .max(MIN_CHECKPOINT_CHUNK_PAGES)
+            .min(default_pages)
+            .max(1)
+    }
+
+    /// Asks the worker to write dirty pages back and wakes it.
+    fn request_writeback(&self) {
+        self.evictor
+            .writeback_requested
+            .store(true, Ordering::Relaxed);
+        self.wake_worker();
+    }
+
+    /// Whether the worker should checkpoint to make dirty pages evictable:
+    /// dirty pages pass [`DIRTY_WRITEBACK_PERCENT`] of the budget, or an
+    /// admission asked (the request is consumed).
+    pub(crate) fn writeback_due(&self) -> bool {
+        let dirty_bytes = self.dirty.lock().len() as u64 * self.page_len() as u64;
+        let requested = self
+            .evictor
+            .writeback_requested
+            .swap(false, Ordering::Relaxed);
+        requested || dirty_bytes >= share(self.memory.effective_bytes(), DIRTY_WRITEBACK_PERCENT)
+    }
+
+    /// The worker's memory pass: follows the machine's memory when asked
+    /// to, then evicts down to the low watermark once past the high one.
+    pub(crate) fn memory_pass(&self, sample_system: bool) {
+        if sample_system && self.evictor.follows_system() {
+            let effective = memory::effective_budget_bytes(
+                self.memory.configured_bytes(),
+                self.pages.resident_bytes(),
+                memory::system_headroom_bytes(),
+            );
+            self.memory.set_effective_bytes(effective);
+        }
+        let budget = self.memory.effective_bytes();
+        let resident = self.pages.resident_bytes();
+        if resident > share(budget, EVICT_HIGH_WATERMARK_PERCENT) {
+            self.evict(resident - share(budget, EVICT_LOW_WATERMARK_PERCENT));
+        }
+        self.memory.notify_freed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MIN_MEMORY_BUDGET_BYTES;
+    use crate::page_access::{PageRead, PageWrite};
+    use crate::{Database, Options};
+    use mmsb_wal::storage::MemStorage;
+
+    fn small_db(workers: bool, max_wait_ms: u64) -> Database {
+        Options {
+            storage: Arc::new(MemStorage::new()),
+            memory_budget_bytes: MIN_MEMORY_BUDGET_BYTES,
+            backpressure_max_wait_ms: max_wait_ms,
+            background_workers: workers,
+            worker_interval_ms: 2,
+            ..Options::default()
+        }
+        .open("/budget.mmsb")
+        .unwrap()
+    }
+
+    /// Allocates `count` pages in commits of `per_commit`, each filled with
+    /// a pattern of its id.
+    fn fill(db: &Database, count: usize, per_commit: usize) -> Vec<PageId> {
+        let mut ids = Vec::new();
+        for _ in 0..count / per_commit {
+            let mut tx = db.begin_page_write().unwrap();
+            for _ in 0..per_commit {
+                let id = tx.allocate_page().unwrap();
+                tx.page_mut(id).unwrap().fill(id.get() as u8);
+                ids.push(id);
+            }
+            tx.commit().unwrap();
+        }
+        ids
+    }
+
+    #[test]
+    fn pages_beyond_the_budget_are_evicted_and_read_back_right() {
+        let db = small_db(false, 100);
+        // 4 MiB of pages under a 1 MiB budget.
+        let ids = fill(&db, 1024, 16);
+        let read = db.begin_page_read().unwrap();
+        for id in &ids {
+            let page = read.read_page(*id).unwrap();
+            assert!(page.iter().all(|&b| b == id.get() as u8), "{id}");
+        }
+        let metrics = db.metrics();
+        assert!(metrics.pages_evicted > 0, "{metrics:?}");
+        assert!(
+            metrics.peak_cache_bytes <= MIN_MEMORY_BUDGET_BYTES,
+            "{metrics:?}"
+        );
+        assert_eq!(metrics.budget_bytes, MIN_MEMORY_BUDGET_BYTES);
+    }
+
+    #[test]
+    fn a_transaction_larger_than_the_budget_fails_naming_the_limit() {
+        let db = small_db(true, 100);
+        let mut tx = db.begin_page_write().unwrap();
+        for _ in 0..300 {
+            let id = tx.allocate_page().unwrap();
+            tx.page_mut(id).unwrap().fill(7);
+        }
+        let err = tx.commit().unwrap_err();
+        match &err {
+            Error::MemoryBudgetExceeded {
+                budget_bytes,
+                needed_bytes,
+            } => {
+                assert_eq!(*budget_bytes, MIN_MEMORY_BUDGET_BYTES);
+                assert!(needed_bytes > budget_bytes);
+            }
+            other => panic!("expected MemoryBudgetExceeded, got {other:?}"),
+        }
+        assert!(err.to_string().contains("memory_budget_bytes"), "{err}");
+        // Nothing was written, and smaller commits still go through.
+        assert_eq!(fill(&db, 4, 4).len(), 4);
+    }
+
+    #[test]
+    fn a_pinned_snapshot_turns_into_backpressure_not_growth() {
+        let db = small_db(true, 30);
+        let ids = fill(&db, 64, 16);
+        let reader = db.begin_page_read().unwrap();
+        let mut refused = None;
+        'rounds: for round in 0..200u32 {
+            for chunk in ids.chunks(16) {
+                let mut tx = db.begin_page_write().unwrap();
+                for id in chunk {
+                    tx.write(*id, (round as usize * 8) % 4000, &round.to_le_bytes())
+                        .unwrap();
+                }
+                if let Err(err) = tx.commit() {
+                    refused = Some(err);
+                    break 'rounds;
+                }
+            }
+        }
+        assert!(
+            matches!(refused, Some(Error::MemoryBudgetExceeded { .. })),
+            "{refused:?}"
+        );
+        for id in &ids {
+            let page = reader.read_page(*id).unwrap();
+            assert!(page.iter().all(|&b| b == id.get() as u8), "{id}");
+        }
+        let metrics = db.metrics();
+        assert!(metrics.backpressure_waits > 0, "{metrics:?}");
+        assert!(
+            metrics.peak_cache_bytes <= MIN_MEMORY_BUDGET_BYTES,
+            "{metrics:?}"
+        );
+        drop(reader);
+        // Once the snapshot ends, its versions fold away and writes resume.
+        let mut resumed = false;
+        for _ in 0..100 {
+            let mut tx = db.begin_page_write().unwrap();
+            tx.write(ids[0], 0, b"after").unwrap();
+            if tx.commit().is_ok() {
+                resumed = true;
+                break;
+            }
+        }
+        assert!(resumed, "{:?}", db.metrics());
+    }
+
+    #[test]
+    fn shares_are_taken_of_the_budget() {
+        assert_eq!(share(1000, 25), 250);
+        assert_eq!(share(u64::MAX, 100), u64::MAX / 100 * 100);
+    }
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# NCCL scaling run of the GPU merge (issue 10), on the device machine, from
+# the repository root:
+#
+#   bash scripts/gpu-scaling.sh [PATH_TO_gpu_bench]   (default: .gpu-bin/gpu_bench)
+#
+# The bench must be built with the `nccl` feature (see docs/gpu.md):
+#   cargo build --release -p mmsb-cuda --features nccl --example gpu_bench
+# It shards 256 Ki pages over 1, 2, 4, 8 GPUs (as many as the machine has)
+# and prints merge throughput, all-reduce latency and GPU-to-GPU move
+# bandwidth per world size. If .gpu-bin/nccl_test (the `nccl` integration
+# test binary) is there, it runs too. Logs go under $OUT.
+set -uo pipefail
+
+BIN=${1:-.gpu-bin/gpu_bench}
+OUT=${OUT:-/tmp/gpu-scaling-out}
+mkdir -p "$OUT"
+LOG="$OUT/scaling.log"
+: >"$LOG"
+
+# Keep NVLink multicast off (workplace rule).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64; do
+    if compgen -G "$dir/libnvrtc.so*" >/dev/null; then
+        export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
+        break
+    fi
+done
+
+# cudarc opens "libnccl.so" (or libnccl.so.<CUDA major>), never the pip
+# wheel's "libnccl.so.2": list what exists, and when the loader finds no
+# libnccl.so, point one at a libnccl.so.2.
+{
+    echo "# NCCL libraries known to the loader:"
+    ldconfig -p 2>/dev/null | grep -i nccl || echo "(none)"
+    echo "# NCCL files on disk:"
+    find /usr /opt /lib -name 'libnccl.so*' 2>/dev/null | head -20
+} 2>&1 | tee -a "$LOG"
+if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so '; then
+    found=""
+    for dir in ${LD_LIBRARY_PATH//:/ }; do
+        [ -e "$dir/libnccl.so" ] && found="$dir/libnccl.so" && break
+    done
+    if [ -z "$found" ]; then
+        wheel=$(find /usr /opt -name 'libnccl.so.2' 2>/dev/null | head -1)
+        if [ -n "$wheel" ]; then
+            mkdir -p /tmp/nccl-link
+            ln -sf "$wheel" /tmp/nccl-link/libnccl.so
+            export LD_LIBRARY_PATH="/tmp/nccl-link:${LD_LIBRARY_PATH:-}"
+            echo "# linked /tmp/nccl-link/libnccl.so -> $wheel" | tee -a "$LOG"
+        fi
+    fi
+fi
+
+{
+    echo "# gpu-scaling $(date -u +%FT%TZ)  binary: $BIN"
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv
+    nvidia-smi topo -m
+} 2>&1 | tee -a "$LOG"
+
+status=0
+for entry in correct:70 nccl:300; do
+    section=${entry%%:*}
+    limit=${entry##*:}
+    echo "=== section $section (timeout ${limit}s)" | tee -a "$LOG"
+    timeout --kill-after=5 "$limit" "$BIN" "$section" >>"$LOG" 2>&1 || status=1
+done
+if [ -x .gpu-bin/nccl_test ]; then
+    echo "=== nccl integration test" | tee -a "$LOG"
+    timeout 120 .gpu-bin/nccl_test --nocapture --test-threads=1 >>"$LOG" 2>&1 || status=1
+fi
+if [ -x .gpu-bin/session_test ]; then
+    echo "=== session integration test" | tee -a "$LOG"
+    timeout 120 .gpu-bin/session_test --nocapture --test-threads=1 >>"$LOG" 2>&1 || status=1
+fi
+
+grep '^TABLE|' "$LOG" | cut -c7- >"$OUT/scaling-summary.txt"
+echo "==================== NCCL scaling (full log: $LOG)"
+grep -E '^(NCCL|ok|MISMATCH|SECTION|test |world size|skipped|# linked|test result)' "$LOG" | tail -n 40
+echo "--------------------"
+cat "$OUT/scaling-summary.txt"
+exit $status
