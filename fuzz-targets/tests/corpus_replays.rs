@@ -71,7 +71,6 @@ fn run_all(name: &str, files: &[PathBuf]) -> usize {
 /// with `cargo test -p mmsb-fuzz-targets -- --ignored` once the fix lands,
 /// then drop the `open-` prefix from the file name.
 #[test]
-#[ignore = "open engine bug: catalog::list preallocates the entry count a damaged meta page claims (fuzz/RESULTS.md, finding 1)"]
 fn open_regressions() {
     mmsb_fuzz_targets::set_skip_known_bugs(false);
     for (name, _) in TARGETS {
