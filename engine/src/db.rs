@@ -1323,6 +1323,7 @@ impl Shared {
             cache_bytes: self.pages.resident_bytes(),
             peak_cache_bytes: load(&self.pages.stats().peak_resident_bytes),
             budget_bytes: self.memory.effective_bytes(),
+            write_buffer_bytes: self.memory.transaction_bytes(),
             evictions: load(&m.evictions),
             pages_evicted: load(&m.pages_evicted),
             bytes_evicted: load(&m.bytes_evicted),

@@ -108,6 +108,10 @@ pub(crate) struct CommitRoom<'a> {
     _pins: InstallPins<'a>,
 }
 
+/// Rounds of waiting for room a write-buffer charge makes before it fails
+/// (other threads may take the room between the wait and the charge).
+const WRITE_BUFFER_CHARGE_ATTEMPTS_MAX: usize = 3;
+
 /// `percent` of `bytes`.
 fn share(bytes: u64, percent: u64) -> u64 {
     bytes / 100 * percent
@@ -152,6 +156,37 @@ impl Shared {
         let batch = share(self.memory.effective_bytes(), DIRECT_EVICT_MIN_PERCENT);
         self.evict(bytes.max(batch));
         self.memory.try_reserve(resident, bytes)
+    }
+
+    /// Charges `bytes` of a transaction's write buffer against the budget,
+    /// evicting directly and then, like a commit, waiting for write-back
+    /// (back-pressure, at most `backpressure_max_wait_ms`).
+    /// `own_bytes`: what this transaction's buffer already holds; a buffer
+    /// that would pass the whole budget fails at once.
+    pub(crate) fn charge_write_buffer(&self, own_bytes: u64, bytes: u64) -> Result<()> {
+        let budget = self.memory.effective_bytes();
+        let needed = own_bytes.saturating_add(bytes);
+        if needed > budget {
+            return Err(Error::MemoryBudgetExceeded {
+                budget_bytes: budget,
+                needed_bytes: needed,
+            });
+        }
+        let resident = || self.pages.resident_bytes();
+        if self.memory.try_charge_transaction_bytes(resident, bytes) {
+            return Ok(());
+        }
+        for _ in 0..WRITE_BUFFER_CHARGE_ATTEMPTS_MAX {
+            // Waits for room as a commit would, then takes it for the buffer.
+            drop(self.reserve_for_commit(bytes)?);
+            if self.memory.try_charge_transaction_bytes(resident, bytes) {
+                return Ok(());
+            }
+        }
+        Err(Error::MemoryBudgetExceeded {
+            budget_bytes: self.memory.effective_bytes(),
+            needed_bytes: bytes,
+        })
     }
 
     /// Puts a page just read from disk into the table, when the budget has
@@ -362,6 +397,41 @@ mod tests {
         assert!(err.to_string().contains("memory_budget_bytes"), "{err}");
         // Nothing was written, and smaller commits still go through.
         assert_eq!(fill(&db, 4, 4).len(), 4);
+    }
+
+    #[test]
+    fn a_write_buffer_larger_than_the_budget_fails_at_the_write_and_gives_back_its_charge() {
+        let db = small_db(true, 100);
+        let value = vec![5u8; 4000];
+        let mut tx = db.begin_write().unwrap();
+        let mut table = tx.create_table("t").unwrap();
+        let mut refused = None;
+        for key in 0..1000u32 {
+            if let Err(err) = table.insert(&key.to_be_bytes(), &value) {
+                refused = Some((key, err));
+                break;
+            }
+        }
+        let (key, err) = refused.expect("a 4 MB buffer under a 1 MiB budget is refused");
+        assert!(
+            matches!(err, Error::MemoryBudgetExceeded { .. }),
+            "expected MemoryBudgetExceeded, got {err:?}"
+        );
+        assert!(err.to_string().contains("memory_budget_bytes"), "{err}");
+        // Refused before the buffer reached the budget: about 1 MiB / 4 KiB.
+        assert!((100..=260).contains(&key), "refused at write {key}");
+        assert!(db.metrics().write_buffer_bytes > 0);
+        drop(tx);
+        assert_eq!(db.metrics().write_buffer_bytes, 0, "charge given back");
+        // Smaller transactions still go through and are charged while open.
+        let mut tx = db.begin_write().unwrap();
+        tx.create_table("t").unwrap().insert(b"k", &value).unwrap();
+        assert!(db.metrics().write_buffer_bytes >= 4000);
+        tx.commit().unwrap();
+        assert_eq!(db.metrics().write_buffer_bytes, 0);
+        let read = db.begin_read().unwrap();
+        let got = read.open_table("t").unwrap().get(b"k").unwrap().unwrap();
+        assert_eq!(&got[..], &value[..]);
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub(crate) struct MemoryBudget {
     effective_bytes: AtomicU64,
     /// Bytes reserved and not yet released; the lock also serialises admission.
     reserved_bytes: Mutex<u64>,
+    /// Bytes held by the write buffers of open transactions (changed only
+    /// under the `reserved_bytes` lock, read by admission under it too).
+    transaction_bytes: AtomicU64,
     /// Signalled when reservations are released or memory is freed.
     freed: Condvar,
 }
@@ -103,6 +106,7 @@ impl MemoryBudget {
             configured_bytes,
             effective_bytes: AtomicU64::new(configured_bytes),
             reserved_bytes: Mutex::new(0),
+            transaction_bytes: AtomicU64::new(0),
             freed: Condvar::new(),
         }
     }
@@ -138,7 +142,10 @@ impl MemoryBudget {
         bytes: u64,
     ) -> Option<Reservation<'_>> {
         let mut reserved = self.reserved_bytes.lock();
-        let total = resident().saturating_add(*reserved).saturating_add(bytes);
+        let total = resident()
+            .saturating_add(*reserved)
+            .saturating_add(self.transaction_bytes.load(Ordering::Relaxed))
+            .saturating_add(bytes);
         if total > self.effective_bytes() {
             return None;
         }
@@ -147,6 +154,48 @@ impl MemoryBudget {
             budget: self,
             bytes,
         })
+    }
+
+    /// Charges `bytes` of a transaction's write buffer when
+    /// `resident() + reserved + transaction bytes + bytes` fits the budget;
+    /// `false` (nothing charged) otherwise. Undone by
+    /// [`MemoryBudget::release_transaction_bytes`].
+    pub(crate) fn try_charge_transaction_bytes(
+        &self,
+        resident: impl FnOnce() -> u64,
+        bytes: u64,
+    ) -> bool {
+        let reserved = self.reserved_bytes.lock();
+        let held = self.transaction_bytes.load(Ordering::Relaxed);
+        let total = resident()
+            .saturating_add(*reserved)
+            .saturating_add(held)
+            .saturating_add(bytes);
+        if total > self.effective_bytes() {
+            return false;
+        }
+        self.transaction_bytes
+            .store(held + bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// Gives back `bytes` a transaction's write buffer was charged.
+    pub(crate) fn release_transaction_bytes(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let reserved = self.reserved_bytes.lock();
+        let held = self.transaction_bytes.load(Ordering::Relaxed);
+        debug_assert!(held >= bytes, "write buffer bytes released twice");
+        self.transaction_bytes
+            .store(held.saturating_sub(bytes), Ordering::Relaxed);
+        drop(reserved);
+        self.freed.notify_all();
+    }
+
+    /// Bytes held by the write buffers of open transactions.
+    pub(crate) fn transaction_bytes(&self) -> u64 {
+        self.transaction_bytes.load(Ordering::Relaxed)
     }
 
     /// Waits up to `timeout` for memory to be freed (or a reservation released).
@@ -372,6 +421,21 @@ mod tests {
             effective_budget_bytes(gib, 0, Some(0)),
             MIN_MEMORY_BUDGET_BYTES
         );
+    }
+
+    #[test]
+    fn write_buffers_and_reservations_share_the_budget() {
+        let budget = MemoryBudget::new(8 << 20);
+        assert!(budget.try_charge_transaction_bytes(|| 2 << 20, 4 << 20));
+        assert_eq!(budget.transaction_bytes(), 4 << 20);
+        assert!(
+            budget.try_reserve(|| 2 << 20, 3 << 20).is_none(),
+            "2 resident + 4 buffered + 3 > 8"
+        );
+        assert!(!budget.try_charge_transaction_bytes(|| 2 << 20, 3 << 20));
+        budget.release_transaction_bytes(4 << 20);
+        assert_eq!(budget.transaction_bytes(), 0);
+        assert!(budget.try_reserve(|| 2 << 20, 3 << 20).is_some());
     }
 
     #[test]

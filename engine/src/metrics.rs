@@ -158,6 +158,9 @@ pub struct MetricsSnapshot {
     /// Memory budget in force (gauge): `Options::memory_budget_bytes`, lower
     /// while `follow_system_memory` finds the machine short of memory.
     pub budget_bytes: u64,
+    /// Bytes the write buffers of open transactions are charged against
+    /// the budget (gauge).
+    pub write_buffer_bytes: u64,
     /// Eviction sweeps that dropped at least one page.
     pub evictions: u64,
     /// Pages dropped from memory by eviction.

@@ -126,7 +126,8 @@ pub fn csv(rows: &Rows) -> String {
     out
 }
 
-fn json_string(s: &str) -> String {
+/// A JSON string literal (quotes and escapes), shared by every JSON printer.
+pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -124,6 +124,34 @@ pub struct Transaction {
     tables: BTreeMap<Arc<str>, TableWrites>,
     reads: ReadSet,
     undo: Vec<Undo>,
+    /// What the write buffer is charged against the memory budget.
+    buffer_charge: BufferCharge,
+}
+
+/// Bookkeeping bytes of one buffered write beside its key and value: the
+/// shared key and value allocations, the buffer's map node and the undo
+/// entry (an upper estimate).
+const WRITE_BUFFER_ENTRY_OVERHEAD_BYTES: u64 = 160;
+
+/// Bytes of a transaction's write buffer charged against the memory
+/// budget; given back when the transaction ends (commit, rollback, drop).
+/// A key written twice is charged twice: the charge errs high.
+struct BufferCharge {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl Drop for BufferCharge {
+    fn drop(&mut self) {
+        self.shared.memory.release_transaction_bytes(self.bytes);
+    }
+}
+
+/// What one buffered write of `key_len` and `value_len` bytes is charged.
+fn write_buffer_cost(key_len: usize, value_len: usize) -> u64 {
+    (key_len as u64)
+        .saturating_add(value_len as u64)
+        .saturating_add(WRITE_BUFFER_ENTRY_OVERHEAD_BYTES)
 }
 
 impl std::fmt::Debug for Transaction {
@@ -140,6 +168,10 @@ impl Transaction {
     pub(crate) fn begin(shared: Arc<Shared>, isolation: IsolationLevel) -> Result<Self> {
         shared.check_writable()?;
         let snapshot = PageReadTransaction::begin(Arc::clone(&shared))?;
+        let buffer_charge = BufferCharge {
+            shared: Arc::clone(&shared),
+            bytes: 0,
+        };
         Ok(Transaction {
             start_epoch: snapshot.snapshot(),
             id: NEXT_TRANSACTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -150,6 +182,7 @@ impl Transaction {
             tables: BTreeMap::new(),
             reads: ReadSet::default(),
             undo: Vec::new(),
+            buffer_charge,
         })
     }
 
@@ -608,6 +641,10 @@ impl Table<'_> {
         self.tx.begin_statement()?;
         let base = self.tx.base_tree(&self.name)?;
         let tx = &mut *self.tx;
+        let cost = write_buffer_cost(key.len(), value.as_ref().map_or(0, |v| v.len()));
+        tx.shared
+            .charge_write_buffer(tx.buffer_charge.bytes, cost)?;
+        tx.buffer_charge.bytes += cost;
         if !tx.tables.contains_key(&*self.name) {
             tx.tables
                 .insert(Arc::clone(&self.name), TableWrites::default());
