@@ -48,6 +48,9 @@ impl QueryError {
             QueryError::SerializationFailure(_) => "40001",
             QueryError::Engine(err) if err.is_corruption() => "XX001",
             QueryError::Engine(mmsb_engine::Error::TooLarge { .. }) => "54000",
+            // PostgreSQL's out_of_memory: the statement needed more than
+            // `Options::memory_budget_bytes` allows.
+            QueryError::Engine(mmsb_engine::Error::MemoryBudgetExceeded { .. }) => "53200",
             QueryError::Engine(_) => "58030",
         }
     }
@@ -161,5 +164,16 @@ mod tests {
         assert!(err.to_string().contains("40001"));
         let io = QueryError::from(mmsb_engine::Error::Poisoned);
         assert!(!io.is_retryable());
+    }
+
+    #[test]
+    fn a_full_memory_budget_is_out_of_memory() {
+        let err = QueryError::from(mmsb_engine::Error::MemoryBudgetExceeded {
+            budget_bytes: 1 << 20,
+            needed_bytes: 2 << 20,
+        });
+        assert_eq!(err.sqlstate(), "53200");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("memory_budget_bytes"), "{err}");
     }
 }
