@@ -159,7 +159,12 @@ pub fn seal_page(page_id: PageId, payload: &[u8], epoch: CommitEpoch, out: &mut 
 
 /// Checks a whole sealed page; returns the epoch it was written at.
 pub fn verify_page(page_id: PageId, page: &[u8]) -> Result<CommitEpoch, String> {
-    let page_len = page.len() - PAGE_TRAILER_LEN;
+    let Some(page_len) = page.len().checked_sub(PAGE_TRAILER_LEN) else {
+        return Err(format!(
+            "{page_id}: {} bytes cannot hold a {PAGE_TRAILER_LEN}-byte page trailer",
+            page.len()
+        ));
+    };
     let stored_crc = read_u32(page, page_len);
     let magic = read_u32(page, page_len + 4);
     let epoch = CommitEpoch(read_u64(page, page_len + 8));
@@ -748,6 +753,15 @@ mod tests {
         storage.set_file_bytes(path, bytes);
         let file = storage.open_file(path, false).unwrap();
         assert_eq!(read_best_header(file.as_ref()).unwrap(), header);
+    }
+
+    #[test]
+    fn slices_too_short_for_a_trailer_are_refused_not_a_panic() {
+        for len in 0..PAGE_TRAILER_LEN {
+            let err = verify_page(PageId(3), &vec![0u8; len]).unwrap_err();
+            assert!(err.contains("cannot hold"), "{err}");
+        }
+        assert!(verify_page(PageId(3), &[0u8; PAGE_TRAILER_LEN]).is_err());
     }
 
     #[test]

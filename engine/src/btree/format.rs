@@ -25,6 +25,10 @@ pub const MAX_KEY_BYTES: usize = 2048;
 pub const MAX_VALUE_BYTES: usize = 256 << 20;
 /// Most levels a tree may have; deeper headers or pages are corrupt.
 pub const MAX_TREE_HEIGHT: u8 = 32;
+/// Most bytes reserved up front for a key or value read from overflow
+/// pages: the length comes from a cell on disk, so a damaged cell must not
+/// cost an allocation of up to [`MAX_VALUE_BYTES`] before its chain fails.
+pub(crate) const OVERFLOW_PREALLOC_BYTES_MAX: usize = 1 << 20;
 /// Smallest usable page length the tree accepts. mmsb's page sizes give
 /// 4080..=65520; smaller lengths exist so tests can build deep trees cheaply.
 pub const MIN_PAGE_LEN: usize = 256;

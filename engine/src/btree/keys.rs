@@ -41,7 +41,7 @@ pub(crate) fn load_key<P: PageRead>(
     geo: &Geometry,
     key: &KeyRef<'_>,
 ) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(key.len);
+    let mut out = Vec::with_capacity(key.len.min(super::format::OVERFLOW_PREALLOC_BYTES_MAX));
     out.extend_from_slice(key.local);
     if let Some(first) = key.overflow {
         read_chain(pages, geo, first, key.len - key.local.len(), &mut out)?;

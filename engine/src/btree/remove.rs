@@ -141,7 +141,7 @@ fn take_chain<P: PageWrite>(
     first: PageId,
     len: usize,
 ) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::with_capacity(len.min(super::format::OVERFLOW_PREALLOC_BYTES_MAX));
     super::overflow::read_chain(pages, geo, first, len, &mut out)?;
     free_chain(pages, geo, first, len)?;
     Ok(out)

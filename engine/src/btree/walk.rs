@@ -168,7 +168,7 @@ impl<P: PageRead> Walker<'_, P> {
         lo: Option<&[u8]>,
         hi: Option<&[u8]>,
     ) -> Result<Option<Vec<u8>>> {
-        let mut full = Vec::with_capacity(key.len);
+        let mut full = Vec::with_capacity(key.len.min(OVERFLOW_PREALLOC_BYTES_MAX));
         full.extend_from_slice(key.local);
         if let Some(first) = key.overflow {
             let len = key.len - key.local.len();
@@ -188,7 +188,7 @@ impl<P: PageRead> Walker<'_, P> {
             let value = match cell.value {
                 ValueLoc::Inline { start, end } => node.bytes()[start..end].to_vec(),
                 ValueLoc::Overflow { first, len } => {
-                    let mut value = Vec::with_capacity(len);
+                    let mut value = Vec::with_capacity(len.min(OVERFLOW_PREALLOC_BYTES_MAX));
                     // A lost value loses exactly its key: [key, key ++ 0).
                     let next = [key.as_slice(), &[0]].concat();
                     let only = (Some(key.as_slice()), Some(next.as_slice()));
