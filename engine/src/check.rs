@@ -1134,14 +1134,25 @@ fn check_structure(
     };
     image.set_page_count(meta.page_count);
     summary.page_count = meta.page_count;
-    let Ok(owner_len) = usize::try_from(meta.page_count) else {
-        return Err(Error::Corrupted(format!(
-            "meta page count {} does not fit in memory",
+    // The count comes from the meta page: reserve fallibly, so an absurd
+    // count is a finding, not an aborted process.
+    let mut owner = Vec::new();
+    let reserved = usize::try_from(meta.page_count)
+        .ok()
+        .filter(|&len| owner.try_reserve_exact(len).is_ok());
+    let Some(owner_len) = reserved else {
+        let location = sink.at_page(Some(META_PAGE), Some(image.offset_of(META_PAGE)));
+        let message = format!(
+            "the meta page counts {} pages, more than a page map can be made for: \
+             no table, tree or free list can be checked",
             meta.page_count
-        )));
+        );
+        sink.push(Severity::Error, Area::Meta, location, message);
+        return Ok(());
     };
+    owner.resize(owner_len, 0u32);
     let mut owners = Owners {
-        owner: vec![0u32; owner_len],
+        owner,
         trees: Vec::new(),
     };
     let (tables, catalog_intact) = check_catalog(image, &meta, &mut owners, sink)?;

@@ -49,6 +49,9 @@ const HEADER_SLOT_LEN: usize = 64;
 const TRAILER_MAGIC: u32 = 0x5041_4745; // "PAGE"
 /// Mixed into every page CRC so that an all-zero page never checks out.
 const PAGE_CRC_SEED: u32 = 0x6d6d_7362; // "mmsb"
+/// Most pages past the end of the data file that rebuilding the CRC table
+/// records as damaged one by one; a header claiming more is refused.
+const REBUILD_MISSING_PAGES_MAX: u64 = 1 << 20;
 /// Magic at the start of the double-write file.
 const DWB_MAGIC: [u8; 8] = *b"MMSBDWB1";
 /// Bytes of the double-write file header.
@@ -437,6 +440,19 @@ impl PageFile {
     /// own trailer. Pages that fail their trailer get [`UNKNOWN_CRC`] (and
     /// still fail when read). Returns the pages that failed.
     pub fn rebuild_crc_table(&self, page_count: u64, epoch: CommitEpoch) -> Result<Vec<PageId>> {
+        // The header is written only after its pages are synced, so a count
+        // far past the file's end is damage, not a reason to loop (and grow
+        // a table) for as many pages as a crafted header claims.
+        let file_pages = self
+            .file
+            .len()
+            .map_err(|err| Error::io("stat data file", err))?
+            / u64::from(self.page_size);
+        if page_count > file_pages.saturating_add(REBUILD_MISSING_PAGES_MAX) {
+            return Err(Error::Corrupted(format!(
+                "the header counts {page_count} pages but the data file holds {file_pages}"
+            )));
+        }
         *self.crcs.write() = CrcTable {
             crcs: Vec::new(),
             trusted_through: epoch,
@@ -925,6 +941,16 @@ mod tests {
         storage.set_file_bytes(path, bytes);
         assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![2u8; 4080]);
         assert_eq!(page_file.crc_table(3).unwrap()[1], sealed_crc(&newer));
+    }
+
+    #[test]
+    fn a_header_counting_far_more_pages_than_the_file_holds_is_refused() {
+        let (_storage, page_file, _) = new_file(4096);
+        let err = page_file
+            .rebuild_crc_table(1 << 40, CommitEpoch(1))
+            .unwrap_err();
+        assert!(err.is_corruption(), "{err:?}");
+        assert!(err.to_string().contains("data file holds"), "{err}");
     }
 
     #[test]
