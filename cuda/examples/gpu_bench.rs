@@ -1238,6 +1238,7 @@ fn nccl_scaling(quick: bool) -> BenchResult<()> {
     let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 99);
     let expected = cpu_reference(&work)?;
     let bytes = work.bytes_moved();
+    let mut one_gpu_ms = None;
     for world in NCCL_WORLD_SIZES.into_iter().filter(|&n| n <= count) {
         let ordinals: Vec<usize> = (0..world).collect();
         let mut sharded = ShardedMerge::from_devices(&ordinals, PAGE_LEN, &GpuConfig::default())?;
@@ -1250,10 +1251,13 @@ fn nccl_scaling(quick: bool) -> BenchResult<()> {
             sharded.fold(&batch)?;
             Ok(())
         })?;
-        let fold_ms = time_wall(3, 0, || {
+        let fold_ms = time_wall(5, 0, || {
             sharded.fold(&batch)?;
             Ok(())
         })?;
+        // The same fold's host side alone (plans, slot lookups, packing into
+        // ordinary memory; no driver call), on the same cores.
+        let host_ms = host_prepare_ms(&batch, world)?;
         let reduce_ms = time_wall(20, 2, || {
             sharded.all_reduce_counts()?;
             Ok(())
@@ -1288,8 +1292,61 @@ fn nccl_scaling(quick: bool) -> BenchResult<()> {
             moves.len(),
             gb_per_s(moved, move_ms)
         ));
+        let base_ms = *one_gpu_ms.get_or_insert(fold_ms);
+        // throughput_N / (N x throughput_1) = fold_1 / (N x fold_N).
+        let ratio = base_ms / (world as f64 * fold_ms);
+        println!("world size {world}: fold {fold_ms:.2} ms, host side alone {host_ms:.2} ms, {ratio:.2}x linear");
+        table(format!(
+            "nccl scaling world {world}: fold resident {fold_ms:8.2} ms ({:7.1} GB/s), host side alone {host_ms:7.2} ms, vs 1 GPU {base_ms:8.2} ms: {ratio:.2}x linear (bar 0.80x)",
+            gb_per_s(bytes, fold_ms)
+        ));
     }
     Ok(())
+}
+
+/// Median host side of one resident fold over `world` ranks, no driver
+/// call: each rank's thread plans its pages (`ShardPlan`), looks up their
+/// mirror slots and packs every chunk into ordinary memory, as
+/// `ShardedMerge::fold` does before its uploads (`benches/shard_prepare.rs`
+/// times the same on any machine).
+#[cfg(feature = "nccl")]
+fn host_prepare_ms(batch: &MergeBatch<'_>, world: usize) -> BenchResult<f64> {
+    use mmsb_cuda::shard::{home_rank, packed_len, ChunkLimits, MirrorIndex, ShardPlan};
+    let mut ranks: Vec<(MirrorIndex, Vec<u8>)> = (0..world)
+        .map(|_| (MirrorIndex::new(batch.page_len()), Vec::new()))
+        .collect();
+    let prepare =
+        |rank: usize, (index, staging): &mut (MirrorIndex, Vec<u8>)| -> Result<(), GpuError> {
+            let limits = ChunkLimits::default();
+            let plan = if world == 1 {
+                ShardPlan::whole(batch, limits)?
+            } else {
+                ShardPlan::for_rank(batch, rank, |p| home_rank(p, world), limits)?
+            };
+            let (slots, _) = index.assign(batch, &plan)?;
+            for (at, range) in plan.chunks().iter().enumerate() {
+                let chunk = plan.chunk(at)?;
+                let len = packed_len(chunk.layout());
+                if staging.len() < len {
+                    staging.resize(len, 0);
+                }
+                plan.pack(batch, &chunk, &slots[range.clone()], &mut staging[..len])?;
+            }
+            Ok(())
+        };
+    time_wall(5, 1, || {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ranks
+                .iter_mut()
+                .enumerate()
+                .map(|(rank, state)| scope.spawn(move || prepare(rank, state)))
+                .collect();
+            for handle in handles {
+                handle.join().map_err(|_| "rank thread panicked")??;
+            }
+            Ok(())
+        })
+    })
 }
 
 #[cfg(not(feature = "nccl"))]

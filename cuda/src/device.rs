@@ -26,8 +26,7 @@
 //! is drained before [`DeviceMerger::merge`] returns, on success or failure,
 //! so no copy touches the batch afterwards.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::ops::Range;
 
@@ -50,6 +49,7 @@ use crate::kernel::{
 use crate::layout::{plan_chunks, ChunkPlan, ChunkView};
 use crate::persistent::Persistent;
 use crate::probe::{probe, DeviceInfo};
+use crate::shard::{packed_len, slots_offset, ChunkLimits, MirrorIndex, ShardPlan};
 
 /// Shared memory a block gets without opting in.
 const DEFAULT_SHARED_LIMIT_BYTES: usize = 48 * 1024;
@@ -91,12 +91,29 @@ pub trait DeviceMerger: Send {
         )))
     }
 
-    /// Folds an already validated batch into the mirror: a page the mirror
-    /// holds is folded from its mirrored image (the batch's is ignored); a
-    /// new one is uploaded from the batch first. The batch's images are
-    /// left as they were.
+    /// How this device cuts a mirror fold into chunks (what callers pass
+    /// to the [`ShardPlan`]s they build for [`Self::mirror_fold_plan`]).
+    fn chunk_limits(&self) -> ChunkLimits {
+        ChunkLimits::default()
+    }
+
+    /// Folds a batch into the mirror: a page the mirror holds is folded
+    /// from its mirrored image (the batch's is ignored); a new one is
+    /// uploaded from the batch first. The batch's images are left as they
+    /// were. Every chain is checked (in parallel) before the device sees it.
     fn mirror_fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
-        let _ = batch;
+        let plan = ShardPlan::whole(batch, self.chunk_limits())?;
+        self.mirror_fold_plan(batch, &plan)
+    }
+
+    /// As [`Self::mirror_fold`], for the pages of `batch` that `plan` (built
+    /// over this very batch) covers, chunk by chunk as `plan` cut them.
+    fn mirror_fold_plan(
+        &mut self,
+        batch: &MergeBatch<'_>,
+        plan: &ShardPlan,
+    ) -> Result<DeviceStats, GpuError> {
+        let _ = (batch, plan);
         Err(GpuError::Unsupported("no page mirror is open".into()))
     }
 
@@ -113,54 +130,6 @@ pub trait DeviceMerger: Send {
 
 /// Where a page mirror hands each page and its image when it finishes.
 pub type MirrorSink<'a> = dyn FnMut(PageId, &[u8]) -> Result<(), GpuError> + 'a;
-
-/// Which slot of a page mirror holds each page, and the reverse.
-#[derive(Debug, Default)]
-struct MirrorIndex {
-    page_len: usize,
-    slots: HashMap<PageId, u32>,
-    /// Slot → page; `None` for a slot whose page moved away.
-    pages: Vec<Option<PageId>>,
-}
-
-impl MirrorIndex {
-    fn new(page_len: usize) -> Self {
-        MirrorIndex {
-            page_len,
-            ..MirrorIndex::default()
-        }
-    }
-
-    /// Slots of the batch's pages (new pages get the next free slots, in
-    /// batch order) and the batch slots of the new pages.
-    fn assign(&mut self, batch: &MergeBatch<'_>) -> Result<(Vec<u32>, Vec<usize>), GpuError> {
-        if batch.page_len() != self.page_len {
-            return Err(GpuError::Unsupported(format!(
-                "a batch of {}-byte pages in a mirror of {}-byte pages",
-                batch.page_len(),
-                self.page_len
-            )));
-        }
-        let mut slots = Vec::with_capacity(batch.len());
-        let mut new = Vec::new();
-        for (index, &page_id) in batch.page_ids().iter().enumerate() {
-            let slot = match self.slots.entry(page_id) {
-                Entry::Occupied(entry) => *entry.get(),
-                Entry::Vacant(entry) => {
-                    let slot = u32::try_from(self.pages.len()).map_err(|_| {
-                        GpuError::Unsupported("more than 2^32 pages in a mirror".into())
-                    })?;
-                    entry.insert(slot);
-                    self.pages.push(Some(page_id));
-                    new.push(index);
-                    slot
-                }
-            };
-            slots.push(slot);
-        }
-        Ok((slots, new))
-    }
-}
 
 /// A device page mirror: the index and one device buffer of page slots.
 struct Mirror {
@@ -791,7 +760,7 @@ impl CudaMerger {
             .mirror
             .as_mut()
             .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
-        let page_len = mirror.index.page_len;
+        let page_len = mirror.index.page_len();
         let need = pages.saturating_mul(page_len);
         if mirror.images.as_ref().is_some_and(|b| b.len() >= need) {
             return Ok(());
@@ -858,15 +827,16 @@ impl CudaMerger {
 
     /// The open mirror's slot of `page`, if it holds it.
     pub fn mirror_slot(&self, page: PageId) -> Option<u32> {
-        self.mirror.as_ref()?.index.slots.get(&page).copied()
+        self.mirror.as_ref()?.index.get(page)
     }
 
     /// Device address of mirror slot `slot` (valid until the mirror grows).
     pub fn mirror_slot_ptr(&self, slot: u32) -> Option<u64> {
         let mirror = self.mirror.as_ref()?;
         let buffer = mirror.images.as_ref()?;
-        let at = slot as u64 * mirror.index.page_len as u64;
-        (at + mirror.index.page_len as u64 <= buffer.len() as u64).then(|| buffer.ptr() + at)
+        let page_len = mirror.index.page_len() as u64;
+        let at = slot as u64 * page_len;
+        (at + page_len <= buffer.len() as u64).then(|| buffer.ptr() + at)
     }
 
     /// Gives `page` a fresh slot in the open mirror, whose image the caller
@@ -875,21 +845,12 @@ impl CudaMerger {
     /// (its bytes stay until the caller copied them). May grow the mirror,
     /// which moves every slot: read addresses only after the last adopt.
     pub fn mirror_adopt(&mut self, page: PageId) -> Result<u32, GpuError> {
-        let slot = {
-            let mirror = self
-                .mirror
-                .as_mut()
-                .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
-            let slot = u32::try_from(mirror.index.pages.len())
-                .map_err(|_| GpuError::Unsupported("more than 2^32 pages in a mirror".into()))?;
-            if let Some(old) = mirror.index.slots.insert(page, slot) {
-                if let Some(entry) = mirror.index.pages.get_mut(old as usize) {
-                    *entry = None;
-                }
-            }
-            mirror.index.pages.push(Some(page));
-            slot
-        };
+        let slot = self
+            .mirror
+            .as_mut()
+            .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?
+            .index
+            .adopt(page)?;
         self.mirror_reserve(slot as usize + 1, slot as usize)?;
         Ok(slot)
     }
@@ -897,23 +858,14 @@ impl CudaMerger {
     /// Drops `page` from the open mirror (it moved to another device); its
     /// slot stays empty. Returns whether the mirror held it.
     pub fn mirror_release(&mut self, page: PageId) -> bool {
-        let Some(mirror) = self.mirror.as_mut() else {
-            return false;
-        };
-        match mirror.index.slots.remove(&page) {
-            Some(slot) => {
-                if let Some(entry) = mirror.index.pages.get_mut(slot as usize) {
-                    *entry = None;
-                }
-                true
-            }
-            None => false,
-        }
+        self.mirror
+            .as_mut()
+            .is_some_and(|mirror| mirror.index.release(page))
     }
 
     /// Pages the open mirror holds.
     pub fn mirror_len(&self) -> usize {
-        self.mirror.as_ref().map_or(0, |m| m.index.slots.len())
+        self.mirror.as_ref().map_or(0, |m| m.index.len())
     }
 
     fn mirror_images_ptr(&self) -> Result<u64, GpuError> {
@@ -938,12 +890,13 @@ impl CudaMerger {
         &mut self,
         lane: usize,
         batch: &MergeBatch<'_>,
-        plan: &ChunkPlan,
+        plan: &ShardPlan,
+        chunk: &ChunkPlan,
         slots: &[u32],
     ) -> Result<u64, GpuError> {
-        let layout = *plan.layout();
-        let slots_at = crate::layout::align16(layout.total_len);
-        let total = slots_at + 4 * slots.len();
+        let layout = *chunk.layout();
+        let slots_at = slots_offset(&layout);
+        let total = packed_len(&layout);
         self.lanes[lane].stream.synchronize()?;
         self.ensure_pinned(lane, total, |l| &mut l.meta_staging)?;
         if self.lanes[lane]
@@ -967,11 +920,7 @@ impl CudaMerger {
             .meta_staging
             .as_mut()
             .ok_or_else(|| GpuError::Unsupported("meta staging buffer".into()))?;
-        let out = staging.as_mut_slice();
-        plan.fill(batch, &mut out[..layout.total_len])?;
-        for (to, slot) in out[slots_at..total].chunks_exact_mut(4).zip(slots) {
-            to.copy_from_slice(&slot.to_le_bytes());
-        }
+        plan.pack(batch, chunk, slots, &mut staging.as_mut_slice()[..total])?;
         let meta = lane_ref
             .mirror_meta
             .as_ref()
@@ -1007,15 +956,19 @@ impl CudaMerger {
         Ok(total as u64)
     }
 
-    fn mirror_fold_inner(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
+    fn mirror_fold_inner(
+        &mut self,
+        batch: &MergeBatch<'_>,
+        plan: &ShardPlan,
+    ) -> Result<DeviceStats, GpuError> {
         self.ctx.bind()?;
         let mirror = self
             .mirror
             .as_mut()
             .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
-        let first = mirror.index.pages.len();
-        let (slots, new) = mirror.index.assign(batch)?;
-        let total = mirror.index.pages.len();
+        let first = mirror.index.slot_count();
+        let (slots, new) = mirror.index.assign(batch, plan)?;
+        let total = mirror.index.slot_count();
         self.mirror_reserve(total, first)?;
         let mut stats = DeviceStats {
             image_bytes: self.mirror_upload(batch, &new, first)?,
@@ -1023,15 +976,13 @@ impl CudaMerger {
         };
         // New pages must be on the device before any chunk folds them.
         self.sync_lanes()?;
-        let chunks = plan_chunks(
-            batch,
-            self.config.max_chunk_pages,
-            self.config.max_chunk_meta_bytes,
-        );
-        for (index, range) in chunks.into_iter().enumerate() {
+        for (index, range) in plan.chunks().iter().enumerate() {
             let lane = index % self.lanes.len();
-            let plan = ChunkPlan::new(batch, range.clone())?;
-            stats.meta_bytes += self.mirror_chunk(lane, batch, &plan, &slots[range])?;
+            let chunk = plan.chunk(index)?;
+            let chunk_slots = slots
+                .get(range.clone())
+                .ok_or_else(|| GpuError::Unsupported(format!("chunk {index} of the plan")))?;
+            stats.meta_bytes += self.mirror_chunk(lane, batch, plan, &chunk, chunk_slots)?;
             stats.chunks += 1;
         }
         // The next fold may touch the same pages from another lane.
@@ -1042,7 +993,7 @@ impl CudaMerger {
     fn mirror_finish_inner(&mut self, sink: &mut MirrorSink<'_>) -> Result<(), GpuError> {
         self.ctx.bind()?;
         let (page_len, count) = match &self.mirror {
-            Some(m) => (m.index.page_len, m.index.pages.len()),
+            Some(m) => (m.index.page_len(), m.index.slot_count()),
             None => return Err(GpuError::Unsupported("no page mirror is open".into())),
         };
         if count == 0 {
@@ -1098,13 +1049,14 @@ impl CudaMerger {
             .mirror
             .as_ref()
             .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
-        let page_len = mirror.index.page_len;
+        let page_len = mirror.index.page_len();
         let staging = self.lanes[lane]
             .image_staging
             .as_ref()
             .ok_or_else(|| GpuError::Unsupported("image staging buffer".into()))?;
         let images = staging.as_slice()[..range.len() * page_len].chunks_exact(page_len);
-        for (page_id, image) in mirror.index.pages[range].iter().zip(images) {
+        let pages = mirror.index.pages().get(range).unwrap_or(&[]);
+        for (page_id, image) in pages.iter().zip(images) {
             if let Some(page_id) = page_id {
                 sink(*page_id, image)?;
             }
@@ -1153,8 +1105,19 @@ impl DeviceMerger for CudaMerger {
         Ok(())
     }
 
-    fn mirror_fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
-        let outcome = self.mirror_fold_inner(batch);
+    fn chunk_limits(&self) -> ChunkLimits {
+        ChunkLimits {
+            max_pages: self.config.max_chunk_pages,
+            max_meta_bytes: self.config.max_chunk_meta_bytes,
+        }
+    }
+
+    fn mirror_fold_plan(
+        &mut self,
+        batch: &MergeBatch<'_>,
+        plan: &ShardPlan,
+    ) -> Result<DeviceStats, GpuError> {
+        let outcome = self.mirror_fold_inner(batch, plan);
         if outcome.is_err() {
             // Leave no copy or kernel running on buffers that may go away.
             let _ = self.sync_lanes();
@@ -1292,10 +1255,21 @@ impl DeviceMerger for SimulatedDevice {
         Ok(())
     }
 
-    /// Gathers the batch's pages from the mirror (new ones from the batch),
+    fn chunk_limits(&self) -> ChunkLimits {
+        ChunkLimits {
+            max_pages: self.max_chunk_pages.max(1),
+            max_meta_bytes: usize::MAX,
+        }
+    }
+
+    /// Gathers the plan's pages from the mirror (new ones from the batch),
     /// folds them with the kernel's twin chunk by chunk, and scatters them
     /// back; an armed fault fires before anything changes.
-    fn mirror_fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
+    fn mirror_fold_plan(
+        &mut self,
+        batch: &MergeBatch<'_>,
+        plan: &ShardPlan,
+    ) -> Result<DeviceStats, GpuError> {
         match self.fault.take() {
             Some(FaultInjection::OutOfMemory) => {
                 return Err(GpuError::OutOfMemory {
@@ -1317,7 +1291,7 @@ impl DeviceMerger for SimulatedDevice {
             .as_mut()
             .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
         let page_len = batch.page_len();
-        let (slots, new) = index.assign(batch)?;
+        let (slots, new) = index.assign(batch, plan)?;
         for &slot in &new {
             let page = batch
                 .page(slot)
@@ -1325,20 +1299,28 @@ impl DeviceMerger for SimulatedDevice {
             images.extend_from_slice(page);
         }
         let mut stats = DeviceStats::default();
-        for range in plan_chunks(batch, self.max_chunk_pages.max(1), usize::MAX) {
-            let plan = ChunkPlan::new(batch, range.clone())?;
-            let mut meta = vec![0u8; plan.layout().total_len];
-            plan.fill(batch, &mut meta)?;
-            let view = ChunkView::new(*plan.layout(), &meta)?;
+        for (chunk_index, range) in plan.chunks().iter().enumerate() {
+            let chunk = plan.chunk(chunk_index)?;
+            let mut meta = vec![0u8; chunk.layout().total_len];
+            plan.fill(batch, &chunk, &mut meta)?;
+            let view = ChunkView::new(*chunk.layout(), &meta)?;
+            let chunk_slots = slots
+                .get(range.clone())
+                .ok_or_else(|| GpuError::Unsupported(format!("chunk {chunk_index}")))?;
             let mut work = Vec::with_capacity(range.len() * page_len);
-            for &slot in &slots[range.clone()] {
+            for &slot in chunk_slots {
                 let at = slot as usize * page_len;
-                work.extend_from_slice(&images[at..at + page_len]);
+                let image = images
+                    .get(at..at + page_len)
+                    .ok_or_else(|| GpuError::Unsupported(format!("mirror slot {slot}")))?;
+                work.extend_from_slice(image);
             }
             crate::emulate::fold_chunk_with(&mut work, page_len, &view, self.tiles);
-            for (&slot, page) in slots[range].iter().zip(work.chunks_exact(page_len)) {
+            for (&slot, page) in chunk_slots.iter().zip(work.chunks_exact(page_len)) {
                 let at = slot as usize * page_len;
-                images[at..at + page_len].copy_from_slice(page);
+                if let Some(image) = images.get_mut(at..at + page_len) {
+                    image.copy_from_slice(page);
+                }
             }
             stats.chunks += 1;
             stats.meta_bytes += meta.len() as u64;
@@ -1352,8 +1334,8 @@ impl DeviceMerger for SimulatedDevice {
             .mirror
             .take()
             .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
-        let pages = images.chunks_exact(index.page_len.max(1));
-        for (page_id, image) in index.pages.iter().zip(pages) {
+        let pages = images.chunks_exact(index.page_len().max(1));
+        for (page_id, image) in index.pages().iter().zip(pages) {
             if let Some(page_id) = page_id {
                 sink(*page_id, image)?;
             }

@@ -34,7 +34,7 @@
 
 use std::ops::Range;
 
-use mmsb_engine::merge::MergeBatch;
+use mmsb_engine::merge::{ChainEntry, MergeBatch};
 use rayon::prelude::*;
 
 use crate::error::GpuError;
@@ -242,21 +242,99 @@ fn page_meta_bound(batch: &MergeBatch<'_>, slot: usize) -> usize {
 
 /// What one page adds to a chunk: its runs and its payload bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct PageSize {
-    runs: usize,
-    payload_len: usize,
-    useful: usize,
+pub(crate) struct PageSize {
+    /// Runs of the page's whole chain.
+    pub(crate) runs: usize,
+    /// Payload bytes, co-alignment padding included.
+    pub(crate) payload_len: usize,
+    /// Payload bytes the deltas write (padding excluded).
+    pub(crate) useful: usize,
 }
 
-/// Walks page `slot`'s runs in kernel order, calling `on_run(cursor, offset,
+impl PageSize {
+    /// An upper bound of the meta bytes the page adds to any chunk (its
+    /// descriptor, its run descriptors, its payload rounded up to 16).
+    pub(crate) fn meta_bound(self) -> usize {
+        PAGE_DESC_BYTES + self.runs * RUN_DESC_BYTES + align16(self.payload_len)
+    }
+}
+
+/// Which batch slot each position of a chunk plan stands for: the batch's
+/// own slots, or a list of them (one shard's pages, routed by index so that
+/// the batch is never copied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotMap<'s> {
+    /// Position `p` is batch slot `p`.
+    Identity,
+    /// Position `p` is batch slot `list[p]`.
+    List(&'s [u32]),
+}
+
+impl SlotMap<'_> {
+    /// The batch slot at `position` (`None` past the end of a list).
+    pub fn slot(self, position: usize) -> Option<usize> {
+        match self {
+            SlotMap::Identity => Some(position),
+            SlotMap::List(list) => list.get(position).map(|&slot| slot as usize),
+        }
+    }
+}
+
+/// An invalid batch, as the GPU path reports it.
+pub(crate) fn invalid_batch(what: String) -> GpuError {
+    GpuError::Unsupported(format!("invalid batch: {what}"))
+}
+
+/// Checks page `slot`'s chain as `MergeBatch::validate` does (every delta is
+/// the page's own and fits in the batch's pages; epochs strictly increase)
+/// and measures it, in one walk. Pages are independent, so callers check
+/// and measure them in parallel.
+pub(crate) fn measure_checked(batch: &MergeBatch<'_>, slot: usize) -> Result<PageSize, GpuError> {
+    let (Some(&page_id), Some(chain)) = (batch.page_ids().get(slot), batch.chain(slot)) else {
+        return Err(invalid_batch(format!("no slot {slot}")));
+    };
+    let page_len = batch.page_len();
+    let mut previous = None;
+    for entry in chain {
+        let owner = entry.delta.page_id();
+        if owner != page_id {
+            return Err(invalid_batch(format!(
+                "a delta of {owner} in the chain of {page_id}"
+            )));
+        }
+        if previous.is_some_and(|epoch| entry.epoch <= epoch) {
+            return Err(invalid_batch(format!(
+                "the chain of {page_id} is not in strictly increasing epoch order"
+            )));
+        }
+        if entry.delta.extent() > page_len {
+            return Err(invalid_batch(format!(
+                "a delta of {page_id} ends at byte {} of a {page_len}-byte page",
+                entry.delta.extent()
+            )));
+        }
+        previous = Some(entry.epoch);
+    }
+    Ok(walk_chain(chain, |_, _, _| {}))
+}
+
+/// Walks page `slot`'s runs in kernel order (see [`walk_chain`]).
+fn walk_page<F>(batch: &MergeBatch<'_>, slot: usize, on_run: F) -> PageSize
+where
+    F: FnMut(usize, u32, &[u8]),
+{
+    walk_chain(batch.chain(slot).unwrap_or(&[]), on_run)
+}
+
+/// Walks a chain's runs in kernel order, calling `on_run(cursor, offset,
 /// bytes)` with each run's payload position relative to the page's payload
 /// start. Returns the page's size.
-fn walk_page<F>(batch: &MergeBatch<'_>, slot: usize, mut on_run: F) -> PageSize
+fn walk_chain<F>(chain: &[ChainEntry<'_>], mut on_run: F) -> PageSize
 where
     F: FnMut(usize, u32, &[u8]),
 {
     let mut size = PageSize::default();
-    for entry in batch.chain(slot).unwrap_or(&[]) {
+    for entry in chain {
         for run in entry.delta.runs() {
             let len = run.bytes.len();
             size.payload_len += padding_for(size.payload_len, run.offset as usize, len);
@@ -288,9 +366,22 @@ impl ChunkPlan {
             .with_min_len(PAGES_PER_TASK)
             .map(|slot| walk_page(batch, slot, |_, _, _| {}))
             .collect();
+        Self::from_sizes(slots, &sizes)
+    }
+
+    /// The plan of chunk positions `slots` from their pages' sizes, measured
+    /// before (`sizes[i]` is position `slots.start + i`): no page is walked.
+    pub(crate) fn from_sizes(slots: Range<usize>, sizes: &[PageSize]) -> Result<Self, GpuError> {
+        if sizes.len() != slots.len() {
+            return Err(GpuError::Unsupported(format!(
+                "{} page sizes for a chunk of {} pages",
+                sizes.len(),
+                slots.len()
+            )));
+        }
         let mut descs = Vec::with_capacity(sizes.len());
         let (mut runs, mut cursor, mut useful) = (0usize, 0usize, 0usize);
-        for size in &sizes {
+        for size in sizes {
             descs.push(PageDesc {
                 first_run: to_u32(runs, "runs")?,
                 run_count: to_u32(size.runs, "runs")?,
@@ -342,6 +433,18 @@ impl ChunkPlan {
     /// region never carries stale data. Errors when `out` is too short, or
     /// when a run is out of the format's range (offset or length past 64 KiB).
     pub fn fill(&self, batch: &MergeBatch<'_>, out: &mut [u8]) -> Result<(), GpuError> {
+        self.fill_mapped(batch, SlotMap::Identity, out)
+    }
+
+    /// As [`Self::fill`], with the chunk's positions standing for the batch
+    /// slots `map` gives (the plan must have been measured through the same
+    /// map).
+    pub fn fill_mapped(
+        &self,
+        batch: &MergeBatch<'_>,
+        map: SlotMap<'_>,
+        out: &mut [u8],
+    ) -> Result<(), GpuError> {
         let layout = &self.layout;
         if out.len() < layout.total_len {
             return Err(GpuError::Unsupported(format!(
@@ -378,14 +481,18 @@ impl ChunkPlan {
             .zip(self.slots.clone().into_par_iter())
             .zip(self.descs.par_iter())
             .with_min_len(PAGES_PER_TASK)
-            .try_for_each(|((((desc_out, runs_out), payload_out), slot), desc)| {
+            .try_for_each(|((((desc_out, runs_out), payload_out), position), desc)| {
+                let slot = map
+                    .slot(position)
+                    .ok_or_else(|| GpuError::Unsupported(format!("no slot at {position}")))?;
                 desc.encode(desc_out);
                 fill_page(batch, slot, desc, runs_out, payload_out)
             })
     }
 }
 
-/// Writes one page's run descriptors and payload.
+/// Writes one page's run descriptors and payload; only the padding between
+/// runs (and after the last) is zeroed, so every payload byte is written once.
 fn fill_page(
     batch: &MergeBatch<'_>,
     slot: usize,
@@ -393,32 +500,46 @@ fn fill_page(
     runs_out: &mut [u8],
     payload_out: &mut [u8],
 ) -> Result<(), GpuError> {
-    payload_out.fill(0);
     let mut index = 0usize;
+    let mut written = 0usize;
     let mut failure = None;
     let size = walk_page(batch, slot, |cursor, offset, bytes| {
-        let desc_run = encode_run(desc.payload_start as usize + cursor, offset, bytes.len());
-        match desc_run {
-            Ok(run) => {
-                let mut encoded = [0u8; RUN_DESC_BYTES];
-                run.encode(&mut encoded);
-                let at = index * RUN_DESC_BYTES;
-                runs_out[at..at + RUN_DESC_BYTES].copy_from_slice(&encoded);
-                payload_out[cursor..cursor + bytes.len()].copy_from_slice(bytes);
-            }
-            Err(error) => failure = Some(error),
+        if failure.is_some() {
+            return;
         }
+        let at = index * RUN_DESC_BYTES;
         index += 1;
+        let end = cursor + bytes.len();
+        let run = encode_run(desc.payload_start as usize + cursor, offset, bytes.len());
+        let desc_out = runs_out
+            .get_mut(at..at + RUN_DESC_BYTES)
+            .and_then(|out| <&mut [u8; RUN_DESC_BYTES]>::try_from(out).ok());
+        match (run, desc_out, payload_out.get_mut(written..end)) {
+            (Ok(run), Some(desc_out), Some(gap_and_run)) => {
+                run.encode(desc_out);
+                let (gap, run_out) = gap_and_run.split_at_mut(cursor - written);
+                gap.fill(0);
+                run_out.copy_from_slice(bytes);
+                written = end;
+            }
+            (Err(error), _, _) => failure = Some(error),
+            _ => failure = Some(changed_between()),
+        }
     });
     if let Some(error) = failure {
         return Err(error);
     }
     if size.runs != desc.run_count as usize || size.payload_len != desc.payload_len as usize {
-        return Err(GpuError::Unsupported(
-            "batch changed between measuring and filling its layout".into(),
-        ));
+        return Err(changed_between());
+    }
+    if let Some(tail) = payload_out.get_mut(written..) {
+        tail.fill(0);
     }
     Ok(())
+}
+
+fn changed_between() -> GpuError {
+    GpuError::Unsupported("batch changed between measuring and filling its layout".into())
 }
 
 fn encode_run(payload_offset: usize, page_offset: u32, len: usize) -> Result<GpuRun, GpuError> {

@@ -10,7 +10,7 @@
 //! memory) makes the batch run on [`mmsb_engine::merge::CpuMerge`] instead.
 //!
 //! cudarc is used with dynamic loading: this crate builds and runs on
-//! machines without CUDA, and [`probe`] checks for libcuda / libnvrtc before
+//! machines without CUDA, and [`probe()`] checks for libcuda / libnvrtc before
 //! any driver call, since cudarc panics when a library is missing.
 //!
 //! Modules: [`layout`] (flat chunk format), [`kernel`] (CUDA source, job
@@ -18,7 +18,8 @@
 //! [`driver`] (owned CUDA objects), [`persistent`] (resident kernel and its
 //! queue), [`device`] (the device mergers and their page mirrors), [`merge`]
 //! (the backend, its fallback and its merge sessions), [`mod@bench`]
-//! (measurement helpers for the GPU bench), and with the cargo feature
+//! (measurement helpers for the GPU bench), [`shard`] (the host side of a
+//! mirror fold: routing, checking, chunk planning), and with the cargo feature
 //! `nccl`, `nccl` (pages sharded over several GPUs through NCCL).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -37,6 +38,7 @@ pub mod merge;
 pub mod nccl;
 pub mod persistent;
 pub mod probe;
+pub mod shard;
 
 pub use config::{AllocMode, FaultInjection, GpuConfig, HostStaging, LaunchMode};
 pub use device::{CudaMerger, DeviceMerger, DeviceStats, SimulatedDevice};
@@ -44,3 +46,4 @@ pub use emulate::Tiles;
 pub use error::GpuError;
 pub use merge::{FallbackRecord, GpuMerge, GpuStatus};
 pub use probe::{device_count, driver_library_present, nvrtc_library_present, probe, DeviceInfo};
+pub use shard::{ChunkLimits, DeltaCounts, MirrorIndex, ShardPlan};

@@ -4,12 +4,16 @@
 //! - One communicator over N GPUs, made by cudarc's `Comm::from_devices`
 //!   (one rank per GPU, all driven from this thread, collectives grouped).
 //! - Pages are partitioned across the GPUs: a page belongs to rank
-//!   `page_id % world_size` unless [`ShardedMerge::move_pages`] moved it.
+//!   `(page_id / 64) % world_size` ([`crate::shard::home_rank`]: blocks of
+//!   64 neighbouring pages, for host locality) unless
+//!   [`ShardedMerge::move_pages`] moved it.
 //!   Each GPU keeps the pages it owns resident in its own page mirror (the
 //!   same mirror `GpuMerge::open_session` uses).
 //! - [`ShardedMerge::fold`] routes each page's chain to the GPU that owns the
-//!   page: the batch is split by owner and the GPUs fold their parts at once
-//!   (one host thread per GPU).
+//!   page by index lists over the caller's batch (never a copy): one host
+//!   thread per GPU checks, measures and plans its pages
+//!   ([`crate::shard::ShardPlan`]), then packs, uploads and launches them,
+//!   so the host work is split N ways.
 //! - Moving a page's ownership copies its image GPU to GPU (NCCL send on the
 //!   old owner, receive into a fresh mirror slot on the new one). A move to
 //!   the rank that already owns the page still goes through NCCL (a send to
@@ -24,7 +28,6 @@
 //! [`loaded_nccl_library`] which file did (scripts/gpu-scaling.sh links a
 //! `libnccl.so` to a wheel's `libnccl.so.2` when no `libnccl.so` exists).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::safe::{
@@ -32,66 +35,16 @@ use cudarc::driver::safe::{
 };
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::nccl::safe::{Comm, ReduceOp};
-use mmsb_engine::merge::{ChainEntry, MergeBatch};
+use mmsb_engine::merge::MergeBatch;
 use mmsb_wal::PageId;
+use rustc_hash::FxHashMap;
 
 use crate::config::GpuConfig;
 use crate::device::{CudaMerger, DeviceMerger, MirrorSink};
 use crate::error::GpuError;
 use crate::probe::{driver_library_present, probe};
-
-/// Per-GPU delta statistics, and their aggregate over the communicator.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeltaCounts {
-    /// Pages folded (a page counts once per fold that touches it).
-    pub pages: u64,
-    /// Deltas folded.
-    pub deltas: u64,
-    /// Runs folded.
-    pub runs: u64,
-    /// Bytes the deltas wrote.
-    pub bytes: u64,
-    /// Lowest commit epoch folded (`u64::MAX` when none).
-    pub min_epoch: u64,
-    /// Highest commit epoch folded (0 when none).
-    pub max_epoch: u64,
-}
-
-impl DeltaCounts {
-    /// Nothing folded yet.
-    pub const EMPTY: DeltaCounts = DeltaCounts {
-        pages: 0,
-        deltas: 0,
-        runs: 0,
-        bytes: 0,
-        min_epoch: u64::MAX,
-        max_epoch: 0,
-    };
-
-    /// Adds one page's chain.
-    fn add_chain(&mut self, chain: &[ChainEntry<'_>]) {
-        self.pages += 1;
-        for entry in chain {
-            self.deltas += 1;
-            self.runs += entry.delta.run_count() as u64;
-            self.bytes += entry.delta.changed_len() as u64;
-            self.min_epoch = self.min_epoch.min(entry.epoch.get());
-            self.max_epoch = self.max_epoch.max(entry.epoch.get());
-        }
-    }
-
-    /// Both counts together, as an all-reduce would give them.
-    pub fn combine(self, other: DeltaCounts) -> DeltaCounts {
-        DeltaCounts {
-            pages: self.pages + other.pages,
-            deltas: self.deltas + other.deltas,
-            runs: self.runs + other.runs,
-            bytes: self.bytes + other.bytes,
-            min_epoch: self.min_epoch.min(other.min_epoch),
-            max_epoch: self.max_epoch.max(other.max_epoch),
-        }
-    }
-}
+pub use crate::shard::DeltaCounts;
+use crate::shard::{fold_sharded, home_rank};
 
 /// Whether an NCCL library loads (cudarc's names: `libnccl.so`, ...).
 pub fn nccl_library_present() -> bool {
@@ -116,27 +69,14 @@ fn driver_error(call: &'static str, error: cudarc::driver::DriverError) -> GpuEr
     GpuError::Disabled(format!("{call} failed: {error:?}"))
 }
 
-/// The pages of `batch` that `rank` owns (`owners[slot]`), as a batch of
-/// their own (built on the rank's host thread: ranks copy in parallel).
-fn part_of<'a>(
-    batch: &MergeBatch<'a>,
-    owners: &[usize],
-    rank: usize,
-) -> Result<MergeBatch<'a>, GpuError> {
-    let mine = owners.iter().filter(|&&r| r == rank).count();
-    let mut part = MergeBatch::with_capacity(batch.page_len(), mine, mine * 8)
-        .map_err(|e| GpuError::Unsupported(e.to_string()))?;
-    for (slot, &page) in batch.page_ids().iter().enumerate() {
-        if owners[slot] != rank {
-            continue;
+/// The rank that owns `page`: where it was moved, else its home rank.
+fn owner_of(moved: &FxHashMap<PageId, usize>, world: usize, page: PageId) -> usize {
+    if !moved.is_empty() {
+        if let Some(&rank) = moved.get(&page) {
+            return rank;
         }
-        let (Some(base), Some(chain)) = (batch.page(slot), batch.chain(slot)) else {
-            return Err(GpuError::Unsupported(format!("batch slot {slot}")));
-        };
-        part.push_page(page, base, chain.iter().copied())
-            .map_err(|e| GpuError::Unsupported(e.to_string()))?;
     }
-    Ok(part)
+    home_rank(page, world)
 }
 
 /// Raw device bytes seen as a cudarc slice, so that NCCL can read or write
@@ -183,8 +123,8 @@ struct Shard {
 pub struct ShardedMerge {
     comms: Vec<Comm>,
     shards: Vec<Shard>,
-    /// Pages whose owner is not the default `page_id % world_size`.
-    moved: HashMap<PageId, usize>,
+    /// Pages whose owner is not their home rank.
+    moved: FxHashMap<PageId, usize>,
     page_len: usize,
 }
 
@@ -241,7 +181,7 @@ impl ShardedMerge {
         Ok(ShardedMerge {
             comms,
             shards,
-            moved: HashMap::new(),
+            moved: FxHashMap::default(),
             page_len,
         })
     }
@@ -253,10 +193,7 @@ impl ShardedMerge {
 
     /// The rank (GPU index) that owns `page`.
     pub fn owner(&self, page: PageId) -> usize {
-        match self.moved.get(&page) {
-            Some(&rank) => rank,
-            None => (page.get() % self.world_size() as u64) as usize,
-        }
+        owner_of(&self.moved, self.world_size(), page)
     }
 
     /// Pages each GPU's mirror holds.
@@ -272,12 +209,13 @@ impl ShardedMerge {
 
     /// Folds `batch`: each page's chain goes to the GPU that owns the page
     /// (new pages are uploaded there from the batch; resident ones fold from
-    /// their mirrored image). The GPUs work at once, one host thread each.
+    /// their mirrored image). Each GPU has its own host thread, which picks
+    /// its pages by an index list over `batch` (no copy), checks and
+    /// measures them and plans their chunks (in parallel, on the shared
+    /// rayon pool), then packs, uploads and launches them. No GPU folds
+    /// anything unless every page of the batch passed its checks.
     /// Returns what this fold did, over all GPUs.
     pub fn fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeltaCounts, GpuError> {
-        batch
-            .validate()
-            .map_err(|e| GpuError::Unsupported(format!("invalid batch: {e}")))?;
         if batch.page_len() != self.page_len {
             return Err(GpuError::Unsupported(format!(
                 "a batch of {}-byte pages for mirrors of {}-byte pages",
@@ -285,46 +223,20 @@ impl ShardedMerge {
                 self.page_len
             )));
         }
-        let owners: Vec<usize> = batch.page_ids().iter().map(|&p| self.owner(p)).collect();
-        let mut counts = vec![DeltaCounts::EMPTY; self.world_size()];
-        for (slot, &rank) in owners.iter().enumerate() {
-            counts[rank].add_chain(batch.chain(slot).unwrap_or(&[]));
-        }
-        let single_owner = owners.windows(2).all(|w| w[0] == w[1]);
         let world = self.world_size();
-        let outcomes: Vec<Result<(), GpuError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .shards
-                .iter_mut()
-                .enumerate()
-                .map(|(rank, shard)| {
-                    let owners = &owners;
-                    scope.spawn(move || {
-                        if !owners.contains(&rank) {
-                            return Ok(());
-                        }
-                        if single_owner {
-                            // Every page is this GPU's (always so with one
-                            // GPU): fold the batch as it is, no copy.
-                            return shard.merger.mirror_fold(batch).map(|_| ());
-                        }
-                        let part = part_of(batch, owners, rank)?;
-                        shard.merger.mirror_fold(&part).map(|_| ())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(GpuError::Disabled("shard thread panicked".into())))
-                })
-                .collect()
-        });
-        debug_assert_eq!(outcomes.len(), world);
+        let moved = &self.moved;
+        let owner = |page: PageId| owner_of(moved, world, page);
+        let mut devices: Vec<&mut dyn DeviceMerger> = self
+            .shards
+            .iter_mut()
+            .map(|shard| &mut shard.merger as &mut dyn DeviceMerger)
+            .collect();
+        let outcomes = fold_sharded(&mut devices, batch, &owner);
+        drop(devices);
+        let counts = outcomes?;
+        debug_assert_eq!(counts.len(), world);
         let mut total = DeltaCounts::EMPTY;
-        for ((shard, counts), outcome) in self.shards.iter_mut().zip(counts).zip(outcomes) {
-            outcome?;
+        for (shard, counts) in self.shards.iter_mut().zip(counts) {
             shard.counts = shard.counts.combine(counts);
             total = total.combine(counts);
         }
