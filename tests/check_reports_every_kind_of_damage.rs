@@ -20,8 +20,10 @@ const PAGE_SIZE: usize = 4096;
 const PAGE_LEN: usize = PAGE_SIZE - 16;
 const LEAF_KIND: u8 = 0xB1;
 const ROWS: u64 = 600;
-/// Commits left in the TLog after the checkpoint.
-const LOGGED_COMMITS: u64 = 30;
+/// Commits left in the TLog after the checkpoint: enough (about 70 bytes
+/// of frame each) to fill more than one 4 KiB segment on their own, so the
+/// tests always find a sealed segment.
+const LOGGED_COMMITS: u64 = 80;
 
 fn options() -> Options {
     Options {

@@ -1,34 +1,56 @@
 //! Applying a batch of writes (usually in key order, as a transaction's
 //! write buffer is) without descending from the root for every key.
 //!
-//! [`BatchWriter`] remembers the leaf the last write went to and the key
-//! range that leaf covers (its fences: the separators around it in its
-//! parents). A write whose key lies in that range and that changes only the
-//! leaf — a new inline cell that fits, an inline value replaced by one no
-//! longer, a removal that leaves the leaf above the fill threshold — is done
-//! right there. Anything else (a split, an overflow chain, an underfull
-//! leaf, a key outside the range) goes through the ordinary [`insert`] or
-//! [`remove`], after which the cache is dropped and the next write finds
-//! its leaf afresh. The resulting tree is the same as with one ordinary
-//! call per key: the fast path does exactly what those calls do when no
-//! page but the leaf changes.
+//! [`BatchWriter`] remembers the path to the leaf the last write went to and
+//! the key range each node on it covers (its fences: the separators around
+//! it in its parents). A write whose key lies in the leaf's range and that
+//! changes only the leaf — a new inline cell that fits (and, in the tree's
+//! rightmost leaf, stays under the append fill target of the ordinary
+//! insert), an inline value replaced by one no longer, a removal that leaves
+//! the leaf above the fill threshold — is done right there; a key after the
+//! leaf's last key costs one comparison, not a binary search. A key outside
+//! the leaf is looked up from the deepest cached branch covering it. Anything
+//! else (a split, an overflow chain, an underfull leaf) goes through the
+//! ordinary [`insert`] or [`remove`], after which the path is dropped and
+//! the next write finds its leaf from the root. The resulting tree is the
+//! same as with one ordinary call per key: the fast path does exactly what
+//! those calls do when no page but the leaf changes.
 //!
 //! [`insert`]: super::insert::insert
 //! [`remove`]: super::remove::remove
+
+use std::cmp::Ordering;
 
 use mmsb_wal::PageId;
 
 use super::cell::{leaf_cell_size, leaf_flags, write_leaf_cell, KeySpec, ValueSpec};
 use super::format::{corrupt, read_page, Geometry, MAX_KEY_BYTES, SLOT_BYTES, UNDERFULL_DIVISOR};
-use super::keys::load_key;
+use super::insert::past_append_fill;
+use super::keys::{cmp_key, load_key};
 use super::node::{Node, NodeMut, ValueLoc};
 use super::TreeHeader;
 use crate::error::Result;
-use crate::page_access::PageWrite;
+use crate::page_access::{PageRead, PageWrite};
 
-/// The leaf the last write went to, and the keys it may hold.
+/// [`Node::search`] with a shortcut for in-order loads: a key after the
+/// leaf's last key lands at the end after one comparison.
+fn search_appending<P: PageRead>(
+    pages: &P,
+    geo: &Geometry,
+    node: &Node<'_>,
+    key: &[u8],
+) -> Result<(bool, usize)> {
+    let count = node.count();
+    if count > 0 && cmp_key(pages, geo, &node.key(count - 1)?, key)? == Ordering::Less {
+        return Ok((false, count));
+    }
+    node.search(pages, key)
+}
+
+/// A node on the path to the last written leaf, and the keys its subtree
+/// may hold (its fences: the nearest separators around it in its parents).
 #[derive(Debug)]
-struct CachedLeaf {
+struct CachedNode {
     id: PageId,
     /// Keys `>= lower` (none: no lower bound).
     lower: Option<Vec<u8>>,
@@ -36,7 +58,7 @@ struct CachedLeaf {
     upper: Option<Vec<u8>>,
 }
 
-impl CachedLeaf {
+impl CachedNode {
     fn covers(&self, key: &[u8]) -> bool {
         self.lower.as_deref().is_none_or(|l| l <= key)
             && self.upper.as_deref().is_none_or(|u| key < u)
@@ -46,10 +68,19 @@ impl CachedLeaf {
 /// Applies inserts and removals to one tree, reusing the last leaf's
 /// position (see the module docs). Use one per tree and batch; any order of
 /// keys is correct, ascending order is fast.
+///
+/// The whole root-to-leaf path is kept: a key outside the cached leaf is
+/// looked up from the deepest cached branch that covers it (in an ordered
+/// batch, usually the leaf's parent), not from the root. Only the leaf
+/// changes on the fast paths, so the cached branches stay valid; anything
+/// else drops the path.
 #[derive(Debug)]
 pub struct BatchWriter {
     geo: Geometry,
-    leaf: Option<CachedLeaf>,
+    /// Root first, leaf last; empty when nothing is cached.
+    path: Vec<CachedNode>,
+    /// The tree the path was read from (root and height).
+    tree: (PageId, u8),
     /// Writes done in the cached leaf without a descent (for tests and tuning).
     fast_writes: u64,
 }
@@ -59,7 +90,8 @@ impl BatchWriter {
     pub fn new(page_len: usize) -> Result<Self> {
         Ok(BatchWriter {
             geo: Geometry::new(page_len)?,
-            leaf: None,
+            path: Vec::new(),
+            tree: (PageId(0), 0),
             fast_writes: 0,
         })
     }
@@ -83,7 +115,7 @@ impl BatchWriter {
             self.fast_writes += 1;
             return Ok(());
         }
-        self.leaf = None;
+        self.path.clear();
         super::insert::insert(pages, header, key, value).map(drop)
     }
 
@@ -101,7 +133,7 @@ impl BatchWriter {
             self.fast_writes += 1;
             return Ok(());
         }
-        self.leaf = None;
+        self.path.clear();
         super::remove::remove(pages, header, key).map(drop)
     }
 
@@ -113,38 +145,73 @@ impl BatchWriter {
         header: &TreeHeader,
         key: &[u8],
     ) -> Result<bool> {
-        if self.leaf.as_ref().is_some_and(|leaf| leaf.covers(key)) {
+        let height = usize::from(header.height);
+        if self.tree != (header.root, header.height) {
+            self.path.clear();
+        }
+        if self.path.len() == height && self.path.last().is_some_and(|n| n.covers(key)) {
             return Ok(true);
         }
-        self.leaf = None;
-        header.validate()?;
-        if header.is_empty() {
-            return Ok(false);
+        // Keep the branches whose ranges hold the key (the root holds all).
+        while self.path.last().is_some_and(|n| !n.covers(key)) {
+            self.path.pop();
         }
-        let (mut lower, mut upper) = (None, None);
-        let mut id = header.root;
-        for level in (1..header.height).rev() {
-            let page = read_page(pages, id)?;
-            let node = Node::parse(&page, id, level, &self.geo)?;
-            let pos = node.child_pos_for(pages, key)?;
-            // Deeper separators are tighter than the ones above them.
-            if pos > 0 {
-                lower = Some(load_key(pages, &self.geo, &node.key(pos - 1)?)?);
+        self.path.truncate(height.saturating_sub(1));
+        if self.path.is_empty() {
+            header.validate()?;
+            if header.is_empty() {
+                return Ok(false);
             }
-            if pos < node.count() {
-                upper = Some(load_key(pages, &self.geo, &node.key(pos)?)?);
-            }
-            id = node.child(pos)?;
+            self.tree = (header.root, header.height);
+            self.path.push(CachedNode {
+                id: header.root,
+                lower: None,
+                upper: None,
+            });
         }
-        let leaf = CachedLeaf { id, lower, upper };
-        debug_assert!(leaf.covers(key), "a descent ends in the key's leaf");
-        self.leaf = Some(leaf);
+        while self.path.len() < height {
+            let child = self.child_for(pages, height, key)?;
+            self.path.push(child);
+        }
+        debug_assert!(
+            self.path.last().is_some_and(|n| n.covers(key)),
+            "a descent ends in the key's leaf"
+        );
         Ok(true)
+    }
+
+    /// The child of the deepest cached branch that `key` belongs in, with
+    /// its fences.
+    fn child_for<P: PageRead>(&self, pages: &P, height: usize, key: &[u8]) -> Result<CachedNode> {
+        let depth = self.path.len() - 1;
+        let parent = &self.path[depth];
+        // Levels count up from the leaves (0); the root is at `height - 1`.
+        let level = u8::try_from(height - 1 - depth)
+            .map_err(|_| corrupt(parent.id, "tree deeper than its header says"))?;
+        let page = read_page(pages, parent.id)?;
+        let node = Node::parse(&page, parent.id, level, &self.geo)?;
+        let pos = node.child_pos_for(pages, key)?;
+        // Deeper separators are tighter than the ones above them.
+        let lower = if pos > 0 {
+            Some(load_key(pages, &self.geo, &node.key(pos - 1)?)?)
+        } else {
+            parent.lower.clone()
+        };
+        let upper = if pos < node.count() {
+            Some(load_key(pages, &self.geo, &node.key(pos)?)?)
+        } else {
+            parent.upper.clone()
+        };
+        Ok(CachedNode {
+            id: node.child(pos)?,
+            lower,
+            upper,
+        })
     }
 
     /// The cached leaf's id (set by a successful `locate`).
     fn leaf_id(&self) -> Option<PageId> {
-        self.leaf.as_ref().map(|leaf| leaf.id)
+        self.path.last().map(|leaf| leaf.id)
     }
 
     /// Inserts into the cached leaf when nothing else changes; `false`
@@ -166,10 +233,18 @@ impl BatchWriter {
         let k = KeySpec::with_chain(geo, key, None);
         let v = ValueSpec::Inline(value);
         let new_size = leaf_cell_size(&k, &v);
+        let rightmost = self.path.last().is_some_and(|leaf| leaf.upper.is_none());
         let (found, idx, replace_fits) = {
             let page = read_page(pages, id)?;
             let node = Node::parse(&page, id, 0, geo)?;
-            let (found, idx) = node.search(pages, key)?;
+            let (found, idx) = search_appending(pages, geo, &node, key)?;
+            let count = node.count();
+            if !found && rightmost && idx == count && count > 0 {
+                // The same rule as the ordinary insert's rightmost append.
+                if past_append_fill(node.used(), node.capacity(), new_size) {
+                    return Ok(false);
+                }
+            }
             let replace_fits = found && {
                 let cell = node.leaf_cell(idx)?;
                 cell.key.overflow.is_none()

@@ -1,9 +1,16 @@
 //! Insertion: descend to the leaf, add or replace the cell, split pages that
 //! overflow and grow the root. Splits are balanced by bytes, except at a
 //! page's edge: a key landing after the last (or before the first) cell of a
-//! full page starts a new page of its own, so in-order loads leave full pages.
+//! full page starts a new page of its own and the old page stays full.
 //! The old page of a split only loses cells (a header and slot edit), so the
 //! split's delta is the new page plus a few bytes.
+//!
+//! Appends at the right edge of the tree (a key after every key, as in an
+//! in-order bulk load) start a new rightmost leaf once the last leaf is
+//! filled past `capacity - capacity / APPEND_SLACK_DIVISOR`: loaded leaves
+//! keep room for later random inserts, which then rarely split a leaf (a
+//! 50/50 split leaves two half-full leaves and logs a new page image).
+//! Descending loads still fill leaves (the left edge has no slack rule).
 
 use mmsb_wal::PageId;
 
@@ -15,6 +22,17 @@ use super::overflow::{free_chain, read_chain, rewrite_chain};
 use super::TreeHeader;
 use crate::error::{Error, Result};
 use crate::page_access::{PageRead, PageWrite};
+
+/// Rightmost-leaf appends leave `capacity / APPEND_SLACK_DIVISOR` bytes of
+/// the leaf free (about 12 %) for later inserts into the loaded key range.
+pub(crate) const APPEND_SLACK_DIVISOR: usize = 8;
+
+/// Whether appending a cell of `cell_size` bytes (plus its slot) to a leaf
+/// that uses `used` of its `capacity` bytes passes the append fill target,
+/// so the cell should start a new rightmost leaf instead.
+pub(crate) fn past_append_fill(used: usize, capacity: usize, cell_size: usize) -> bool {
+    used + cell_size + SLOT_BYTES > capacity - capacity / APPEND_SLACK_DIVISOR
+}
 
 /// A page split, reported to the parent.
 #[derive(Debug)]
@@ -65,7 +83,15 @@ pub(crate) fn insert<P: PageWrite>(
         };
         return Ok(None);
     }
-    let (old, split) = insert_rec(pages, &geo, header.root, header.height - 1, key, value)?;
+    let (old, split) = insert_rec(
+        pages,
+        &geo,
+        header.root,
+        header.height - 1,
+        key,
+        value,
+        true,
+    )?;
     if let Some(split) = split {
         grow_root(pages, &geo, header, split)?;
     }
@@ -91,6 +117,8 @@ fn new_root_leaf<P: PageWrite>(
     Ok(id)
 }
 
+/// Inserts below page `id` at `level`; `rightmost` says every page above
+/// (and so `id`) is the last child of its parent.
 fn insert_rec<P: PageWrite>(
     pages: &mut P,
     geo: &Geometry,
@@ -98,17 +126,18 @@ fn insert_rec<P: PageWrite>(
     level: u8,
     key: &[u8],
     value: &[u8],
+    rightmost: bool,
 ) -> Result<(Option<Vec<u8>>, Option<Split>)> {
     if level == 0 {
-        return insert_leaf(pages, geo, id, key, value);
+        return insert_leaf(pages, geo, id, key, value, rightmost);
     }
-    let (pos, child) = {
+    let (pos, child, last) = {
         let page = read_page(pages, id)?;
         let node = Node::parse(&page, id, level, geo)?;
         let pos = node.child_pos_for(pages, key)?;
-        (pos, node.child(pos)?)
+        (pos, node.child(pos)?, pos == node.count())
     };
-    let (old, split) = insert_rec(pages, geo, child, level - 1, key, value)?;
+    let (old, split) = insert_rec(pages, geo, child, level - 1, key, value, rightmost && last)?;
     let split = match split {
         Some(split) => insert_separator(pages, geo, id, level, pos, split)?,
         None => None,
@@ -139,10 +168,12 @@ fn insert_leaf<P: PageWrite>(
     id: PageId,
     key: &[u8],
     value: &[u8],
+    rightmost: bool,
 ) -> Result<(Option<Vec<u8>>, Option<Split>)> {
     let page = read_page(pages, id)?;
     let node = Node::parse(&page, id, 0, geo)?;
     let (found, idx) = node.search(pages, key)?;
+    let (count, used, capacity) = (node.count(), node.used(), node.capacity());
     if found {
         let cell = node.leaf_cell(idx)?;
         let (key_chain, old_size, old_loc) = (cell.key.overflow, cell.size, cell.value);
@@ -163,6 +194,13 @@ fn insert_leaf<P: PageWrite>(
     drop(page);
     let k = store_key(pages, geo, key)?;
     let v = store_value(pages, geo, k.stored_len(), value)?;
+    let appends = rightmost && idx == count && count > 0;
+    if appends && past_append_fill(used, capacity, leaf_cell_size(&k, &v)) {
+        // The new cell alone starts the next rightmost leaf (an edge split).
+        let split = split_node(pages, geo, id, 0, idx, &leaf_cell_vec(&k, &v))?;
+        debug_assert!(!split.new_is_left);
+        return Ok((None, Some(split)));
+    }
     Ok((None, place_leaf_cell(pages, geo, id, idx, &k, &v)?))
 }
 
@@ -341,7 +379,7 @@ pub(crate) fn split_node<P: PageWrite>(
     let s = choose_split(&sizes, new_idx, branch);
     let new_is_left = new_idx < s;
 
-    // The new page's image.
+    // The new page.
     let moved = if new_is_left {
         0..s
     } else if branch {
@@ -349,9 +387,10 @@ pub(crate) fn split_node<P: PageWrite>(
     } else {
         s..n
     };
-    let mut image = vec![0u8; geo.page_len];
+    // Built in place: the old page is only read through `old_ref`.
+    let new_page = pages.allocate_page()?;
     {
-        let mut node = NodeMut::init(&mut image, id, level, geo)?;
+        let mut node = NodeMut::init(pages.page_mut(new_page)?, new_page, level, geo)?;
         if branch {
             let leftmost = if new_is_left {
                 old.child(0)?
@@ -392,15 +431,6 @@ pub(crate) fn split_node<P: PageWrite>(
     };
     drop(old_ref);
 
-    let new_page = pages.allocate_page()?;
-    let dst = pages.page_mut(new_page)?;
-    if dst.len() != image.len() {
-        return Err(corrupt(
-            new_page,
-            format_args!("page has {} bytes", dst.len()),
-        ));
-    }
-    dst.copy_from_slice(&image);
     let mut node = NodeMut::open(pages.page_mut(id)?, id, level, geo)?;
     node.remove_cells(remove)?;
     if let Some(leftmost) = new_leftmost {
@@ -415,7 +445,17 @@ pub(crate) fn split_node<P: PageWrite>(
 
 #[cfg(test)]
 mod tests {
-    use super::choose_split;
+    use super::{choose_split, past_append_fill, APPEND_SLACK_DIVISOR};
+    use crate::btree::format::SLOT_BYTES;
+
+    #[test]
+    fn append_fill_target_leaves_an_eighth_free() {
+        let capacity = 4064;
+        let target = capacity - capacity / APPEND_SLACK_DIVISOR;
+        assert!(!past_append_fill(target - 100 - SLOT_BYTES, capacity, 100));
+        assert!(past_append_fill(target - 99 - SLOT_BYTES, capacity, 100));
+        assert!(!past_append_fill(0, capacity, 1000));
+    }
 
     #[test]
     fn edge_inserts_split_at_the_edge() {
