@@ -26,7 +26,7 @@ use mmsb_wal::manifest::CheckpointManifest;
 use mmsb_wal::record::CommitRecord;
 use mmsb_wal::storage::{FileStorage, Storage, StorageFile};
 use mmsb_wal::tlog::format::{
-    decode_frame_header, frame_crc_matches, parse_segment_file_name, SegmentHeader,
+    decode_frame_header, frame_crc_matches, is_clean_end, parse_segment_file_name, SegmentHeader,
     FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_OVERHEAD_BYTES, SEGMENT_HEADER_BYTES,
 };
 use mmsb_wal::{CommitEpoch, PageId, WalError};
@@ -811,9 +811,10 @@ fn read_at(segment: &SegmentFile, offset: u64, len: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Whether a self-consistent frame starts anywhere in `[from, len)` of the
-/// segment: if not, damage at `from - 1` is a torn tail.
-fn valid_frame_after(segment: &SegmentFile, from: u64) -> Result<bool> {
+/// Whether a self-consistent frame of the segment `owner` starts anywhere in
+/// `[from, len)` of the segment: if not, damage at `from - 1` is a torn tail
+/// (stale frames of a recycled file's earlier life do not count).
+fn valid_frame_after(segment: &SegmentFile, owner: &SegmentHeader, from: u64) -> Result<bool> {
     if from >= segment.len {
         return Ok(false);
     }
@@ -825,6 +826,9 @@ fn valid_frame_after(segment: &SegmentFile, from: u64) -> Result<bool> {
         let Ok(header) = decode_frame_header(&rest[start..]) else {
             continue;
         };
+        if !header.belongs_to(owner) {
+            continue;
+        }
         let Some(frame) = rest.get(start..start + header.frame_len()) else {
             continue;
         };
@@ -892,6 +896,15 @@ impl TlogScan<'_> {
         self.replay_stopped = true;
     }
 
+    /// What the torn header of `segment` would have said: its file's
+    /// number, and a first epoch above every frame before it.
+    fn guessed_header(&self, segment: &SegmentFile) -> SegmentHeader {
+        SegmentHeader {
+            seq: segment.seq,
+            first_epoch: CommitEpoch(self.floor.get().saturating_add(1)),
+        }
+    }
+
     fn torn(&mut self, segment: &SegmentFile, offset: u64, what: &str) {
         let torn = segment.len - offset;
         self.image.tlog.torn_bytes += torn;
@@ -909,7 +922,9 @@ impl TlogScan<'_> {
         let head = read_at(segment, 0, head_len)?;
         let header = match SegmentHeader::decode(&head) {
             Ok(header) => header,
-            Err((0, _)) if is_last && !valid_frame_after(segment, 1)? => {
+            Err((0, _))
+                if is_last && !valid_frame_after(segment, &self.guessed_header(segment), 1)? =>
+            {
                 self.torn(segment, 0, "segment header");
                 return Ok(());
             }
@@ -956,8 +971,13 @@ impl TlogScan<'_> {
                     offset = next;
                 }
                 Err(reason) => {
-                    if is_last && !valid_frame_after(segment, offset + 1)? {
-                        self.torn(segment, offset, "frame");
+                    if is_last && !valid_frame_after(segment, header, offset + 1)? {
+                        // Zeros or a stale frame past the log: preallocated
+                        // or recycled space, the log's clean end.
+                        let rest = read_at(segment, offset, (segment.len - offset) as usize)?;
+                        if !is_clean_end(&rest, header) {
+                            self.torn(segment, offset, "frame");
+                        }
                     } else {
                         self.damage(segment, offset, reason);
                     }
@@ -986,6 +1006,14 @@ impl TlogScan<'_> {
             Ok(h) => h,
             Err(reason) => return Ok(Err(reason)),
         };
+        if !frame_header.belongs_to(header) {
+            return Ok(Err(format!(
+                "frame of {} with segment tag {:#08x} is not part of this segment (tag {:#08x})",
+                frame_header.epoch,
+                frame_header.segment_tag,
+                header.tag()
+            )));
+        }
         let frame_len = frame_header.frame_len() as u64;
         if frame_len > left {
             return Ok(Err(format!(

@@ -16,7 +16,9 @@
 //! commit onto a page that already holds it is harmless. A page that fails
 //! its checks is rebuilt from its double-write copy, or from zeros when the
 //! TLog deltas since the checkpoint cover every byte of it; otherwise the
-//! open fails naming it.
+//! open fails naming it. Replay stays within the memory budget: past half of
+//! it after a commit (or 90% inside one) it checkpoints what it replayed and
+//! drops it (`Shared::checkpoint_replay`).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -35,7 +37,9 @@ use mmsb_wal::{CommitEpoch, Delta, PageId, WalError};
 use parking_lot::{ArcMutexGuard, Condvar, Mutex, RawMutex};
 
 use crate::error::{Error, Result};
-use crate::eviction::{Evictor, DEFAULT_BACKPRESSURE_MAX_WAIT_MS, SYSTEM_SAMPLE_INTERVAL_MS};
+use crate::eviction::{
+    Evictor, PageCopyCharge, DEFAULT_BACKPRESSURE_MAX_WAIT_MS, SYSTEM_SAMPLE_INTERVAL_MS,
+};
 use crate::memory::{
     default_memory_budget_bytes, BoundedMapReads, MemoryBudget, MIN_MEMORY_BUDGET_BYTES,
 };
@@ -67,6 +71,17 @@ pub const REPLAY_WINDOW_MAX_PAGES: usize = 256 * 1024;
 /// batch is merged on the CPU even when a backend is set (the PCIe round
 /// trip costs more than it saves; see docs/gpu.md).
 pub const DEFAULT_GPU_MERGE_MIN_PAGES: usize = 16 * 1024;
+
+/// Recovery checkpoints what it replayed once its buffers hold this share of
+/// the memory budget (checked after each commit; see `Shared::replay_pass`).
+pub(crate) const REPLAY_CHECKPOINT_PERCENT: u64 = 50;
+
+/// ... and at once, part-way through a commit, past this share.
+pub(crate) const REPLAY_CHECKPOINT_HARD_PERCENT: u64 = 90;
+
+/// Most of the memory budget one recovery merge window may hold (with a
+/// merge backend), whatever [`Options::replay_window_bytes`] says.
+pub(crate) const REPLAY_WINDOW_BUDGET_PERCENT: u64 = 20;
 
 /// Windows with fewer pages are merged on the calling thread (no pool).
 const REPLAY_PARALLEL_MIN_PAGES: usize = 256;
@@ -124,7 +139,8 @@ pub struct Options {
     /// batches are merged on the CPU.
     pub gpu_merge_min_pages: usize,
     /// Decoded delta bytes recovery gathers into one merge window (a window
-    /// also ends at [`REPLAY_WINDOW_MAX_PAGES`] pages).
+    /// also ends at [`REPLAY_WINDOW_MAX_PAGES`] pages, and at 20% of
+    /// `memory_budget_bytes`).
     pub replay_window_bytes: usize,
     /// Read every data page at open and check it against its trailer and the
     /// manifest's CRC table (repairing what can be repaired); the open fails
@@ -133,9 +149,11 @@ pub struct Options {
     pub verify_pages_on_open: bool,
     /// Bytes the engine may hold in memory for pages: materialized page
     /// images, their delta chains and dirty pages (each entry with a fixed
-    /// overhead; see ARCHITECTURE.md). Cold clean pages are evicted to stay
-    /// within it and commits wait (back-pressure) when they would pass it; a
-    /// commit that cannot fit fails with [`Error::MemoryBudgetExceeded`]. At
+    /// overhead), open transactions' write buffers and private page copies,
+    /// and recovery's replay buffers (see ARCHITECTURE.md). Cold clean
+    /// pages are evicted to stay within it and commits wait (back-pressure)
+    /// when they would pass it; a commit (or a transaction's buffer or page
+    /// copies) that cannot fit fails with [`Error::MemoryBudgetExceeded`]. At
     /// least [`MIN_MEMORY_BUDGET_BYTES`]; default
     /// [`crate::default_memory_budget_bytes`]: a quarter of the machine's
     /// memory, at least 1 GiB.
@@ -716,20 +734,28 @@ impl Shared {
     /// With a merge backend that offers a [`MergeSession`] (a GPU keeping
     /// pages resident), the windows from the first one of at least
     /// `options.gpu_merge_min_pages` pages on are folded in that session and
-    /// the pages come back once, at the end. If the session fails, the whole
-    /// TLog is replayed again on the CPU (folding in place), so a backend
-    /// failure never fails recovery.
+    /// the pages come back at the end (or at a replay checkpoint). If the
+    /// session fails, the TLog is replayed again on the CPU (folding in
+    /// place) from the newest checkpoint, so a backend failure never fails
+    /// recovery.
     fn replay(&self, checkpoint_epoch: CommitEpoch) -> Result<CommitEpoch> {
         let (last, replayed, commits) = match self.replay_pass(checkpoint_epoch, true) {
             Ok(done) => done,
             Err(ReplayFailure::Session(error)) => {
                 tracing::warn!(%error, "merge session failed; replaying the TLog again on the CPU");
-                self.replay_pass(checkpoint_epoch, false)
+                // A replay checkpoint may have moved the header on.
+                let from = self.header.lock().checkpoint_epoch;
+                self.replay_pass(from, false)
                     .map_err(ReplayFailure::into_error)?
             }
             Err(ReplayFailure::Other(error)) => return Err(error),
         };
         Metrics::add(&self.metrics.recovered_commits, commits);
+        debug_assert_eq!(
+            self.pages.resident_bytes(),
+            0,
+            "replay leaves the table empty"
+        );
         for (page_id, image) in replayed {
             self.pages.insert_clean(page_id, Arc::from(image));
         }
@@ -740,12 +766,19 @@ impl Shared {
     /// commits replayed.
     ///
     /// Decoded commits are gathered in windows (bounded by
-    /// `options.replay_window_bytes` and [`REPLAY_WINDOW_MAX_PAGES`]); each
-    /// window becomes one [`MergeBatch`] (every page it touches, with its
-    /// deltas in epoch order) folded by [`Shared::merge_replay_batch`] or the
-    /// session. A page's base image is read when the page is first seen, so
-    /// errors surface in log order as before. Without `use_backend` (or
-    /// without a backend) deltas are folded in place as they are decoded.
+    /// `options.replay_window_bytes`, [`REPLAY_WINDOW_BUDGET_PERCENT`] of the
+    /// memory budget and [`REPLAY_WINDOW_MAX_PAGES`]); each window becomes
+    /// one [`MergeBatch`] (every page it touches, with its deltas in epoch
+    /// order) folded by [`Shared::merge_replay_batch`] or the session. A
+    /// page's base image is read when the page is first seen, so errors
+    /// surface in log order as before. Without `use_backend` (or without a
+    /// backend) deltas are folded in place as they are decoded.
+    ///
+    /// Memory: once the pass holds [`REPLAY_CHECKPOINT_PERCENT`] of the
+    /// memory budget after a commit (or [`REPLAY_CHECKPOINT_HARD_PERCENT`]
+    /// after any delta), it checkpoints what it replayed
+    /// ([`Shared::checkpoint_replay`]) and drops it, so a TLog larger than
+    /// the budget replays within it.
     fn replay_pass(
         &self,
         checkpoint_epoch: CommitEpoch,
@@ -755,16 +788,24 @@ impl Shared {
         let mut commits = 0u64;
         let page_len = self.page_len();
         // No reader exists yet: pages are folded in plain buffers and
-        // handed to the page table once, at the end.
+        // handed to the page table at a replay checkpoint or at the end.
         let mut replayed: HashMap<PageId, Vec<u8>> = HashMap::new();
         // With a merge backend, deltas are gathered into windows and merged
         // as batches (large ones on the backend); without one they are folded
         // in place as they are decoded.
         let windowed = use_backend && self.options.merge_backend.is_some();
+        let budget = self.memory.effective_bytes();
+        let window_bytes = self.options.replay_window_bytes.min(
+            usize::try_from(budget / 100 * REPLAY_WINDOW_BUDGET_PERCENT).unwrap_or(usize::MAX),
+        );
+        let checkpoint_bytes = budget / 100 * REPLAY_CHECKPOINT_PERCENT;
+        let hard_checkpoint_bytes = budget / 100 * REPLAY_CHECKPOINT_HARD_PERCENT;
         let mut window = ReplayWindow::default();
         let mut cpu = ReplayCpu::default();
         let mut session = ReplaySession::Untried;
-        let mut dirty = self.dirty.lock();
+        // Pages replayed since the last replay checkpoint → epoch of their
+        // newest change; they join `self.dirty` at a checkpoint or the end.
+        let mut dirty: BTreeMap<PageId, CommitEpoch> = BTreeMap::new();
         // Pages that failed their checks: rebuilt from zeros if the deltas
         // replayed onto them cover every byte.
         let mut damaged: BTreeMap<PageId, DamagedPage> = BTreeMap::new();
@@ -780,16 +821,24 @@ impl Shared {
             let record = CommitRecord::decode(payload, page_len)?;
             for delta in record.deltas {
                 let page_id = delta.page_id();
+                let pages_before = replayed.len();
                 let page = match replayed.entry(page_id) {
                     Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(entry) => match self.load_page_for_replay(page_id) {
-                        Ok(image) => entry.insert(image.to_vec()),
-                        Err(err) if err.is_corruption() => {
-                            damaged.insert(page_id, DamagedPage::new(page_len, err));
-                            entry.insert(vec![0u8; page_len])
-                        }
-                        Err(err) => return Err(err.into()),
-                    },
+                    Entry::Vacant(entry) => {
+                        let page = match self.load_page_for_replay(page_id) {
+                            Ok(image) => entry.insert(image.to_vec()),
+                            Err(err) if err.is_corruption() => {
+                                damaged.insert(page_id, DamagedPage::new(page_len, err));
+                                entry.insert(vec![0u8; page_len])
+                            }
+                            Err(err) => return Err(err.into()),
+                        };
+                        // The buffers grow by a page: sample the gauge.
+                        let held =
+                            replay_held_bytes(page_len, pages_before + 1, &window, damaged.len());
+                        self.note_recovery_bytes(held);
+                        page
+                    }
                 };
                 if let Some(damage) = damaged.get_mut(&page_id) {
                     damage.cover(&delta);
@@ -802,27 +851,149 @@ impl Shared {
                     // fastest path on the CPU: no batch copies).
                     MergeKernel::best().apply_delta(page, &delta)?;
                 }
+                // A commit larger than what is left of the budget is
+                // checkpointed part-way (see `checkpoint_replay`).
+                let mut state = ReplayState {
+                    replayed: &mut replayed,
+                    dirty: &mut dirty,
+                    window: &mut window,
+                    damaged: &mut damaged,
+                    cpu: &mut cpu,
+                    session: &mut session,
+                };
+                self.checkpoint_replay_past(hard_checkpoint_bytes, last, &mut state)?;
             }
             commits += 1;
             last = epoch;
-            if window.is_full(self.options.replay_window_bytes) {
+            if window.is_full(window_bytes) {
                 let full = std::mem::take(&mut window);
                 self.merge_window(full, &mut replayed, &mut cpu, &mut session)?;
             }
+            let held = replay_held_bytes(page_len, replayed.len(), &window, damaged.len());
+            self.note_recovery_bytes(held);
+            let mut state = ReplayState {
+                replayed: &mut replayed,
+                dirty: &mut dirty,
+                window: &mut window,
+                damaged: &mut damaged,
+                cpu: &mut cpu,
+                session: &mut session,
+            };
+            self.checkpoint_replay_past(checkpoint_bytes, last, &mut state)?;
         }
         self.merge_window(window, &mut replayed, &mut cpu, &mut session)?;
         if let ReplaySession::Open(open) = session {
-            let mut sink = |page_id: PageId, image: &[u8]| match replayed.get_mut(&page_id) {
-                Some(slot) if slot.len() == image.len() => {
-                    slot.copy_from_slice(image);
-                    Ok(())
-                }
-                _ => Err(replay_bookkeeping(page_id)),
-            };
-            open.finish(&mut sink).map_err(ReplayFailure::Session)?;
+            open.finish(&mut |page_id: PageId, image: &[u8]| {
+                replay_sink(&mut replayed, page_id, image)
+            })
+            .map_err(ReplayFailure::Session)?;
         }
         self.settle_damaged_pages(damaged)?;
+        self.dirty.lock().append(&mut dirty);
         Ok((last, replayed, commits))
+    }
+
+    /// Raises the `recovery_peak_bytes` gauge to `replay_bytes` (what the
+    /// replay buffers hold) plus what the page table holds.
+    fn note_recovery_bytes(&self, replay_bytes: u64) {
+        let held = replay_bytes.saturating_add(self.pages.resident_bytes());
+        self.metrics
+            .recovery_peak_bytes
+            .fetch_max(held, Ordering::Relaxed);
+    }
+
+    /// [`Shared::checkpoint_replay`] through `epoch` when the pass holds at
+    /// least `threshold` bytes, unless a page that failed its checks is not
+    /// yet covered by replayed deltas (sealing it would pass it off as whole:
+    /// the checkpoint waits for its deltas).
+    fn checkpoint_replay_past<'s>(
+        &'s self,
+        threshold: u64,
+        epoch: CommitEpoch,
+        state: &mut ReplayState<'_, 's>,
+    ) -> std::result::Result<(), ReplayFailure> {
+        let held = replay_held_bytes(
+            self.page_len(),
+            state.replayed.len(),
+            state.window,
+            state.damaged.len(),
+        );
+        if held < threshold || !state.damaged.values().all(DamagedPage::is_fully_covered) {
+            return Ok(());
+        }
+        self.note_recovery_bytes(held);
+        self.checkpoint_replay(epoch, state)
+    }
+
+    /// A replay checkpoint: folds every delta read so far into the page
+    /// images (the window, then the session's pages), settles the damaged
+    /// pages (all covered, see the caller), and makes everything replayed
+    /// through `epoch` durable the way a checkpoint does: the images go
+    /// into the page table, [`Shared::checkpoint_at`] writes them through
+    /// the double-write file, then the manifest and the header, and
+    /// truncates the TLog through `epoch`; then the table is emptied. A
+    /// crash at any point leaves the header at this checkpoint or the one
+    /// before, and replay from there rebuilds the same pages (deltas are
+    /// byte-run overwrites applied in epoch order).
+    ///
+    /// Part-way through a commit (`epoch` is then the commit before it,
+    /// complete in the TLog like every frame replay reads), some pages hold
+    /// part of that commit: replay from `epoch` applies all of it again,
+    /// which leaves them exactly as applying it once would, as after a
+    /// crash in the middle of an ordinary checkpoint. Pages of that commit
+    /// stay in the dirty map (their epoch is past `epoch`), so the next
+    /// checkpoint writes them again, read back from the data file.
+    fn checkpoint_replay<'s>(
+        &'s self,
+        epoch: CommitEpoch,
+        state: &mut ReplayState<'_, 's>,
+    ) -> std::result::Result<(), ReplayFailure> {
+        let window = std::mem::take(state.window);
+        self.merge_window(window, state.replayed, state.cpu, state.session)?;
+        if let ReplaySession::Open(open) = std::mem::replace(state.session, ReplaySession::Untried)
+        {
+            let replayed = &mut *state.replayed;
+            open.finish(&mut |page_id: PageId, image: &[u8]| replay_sink(replayed, page_id, image))
+                .map_err(ReplayFailure::Session)?;
+        }
+        self.settle_damaged_pages(std::mem::take(state.damaged))?;
+        let _one_at_a_time = self.checkpoint_lock.lock();
+        // Pages at or past the page count are not written by a checkpoint
+        // (a valid log never has them; a damaged one keeps them replayed).
+        let page_count = match state.replayed.get(&META_PAGE) {
+            Some(image) => Meta::decode(image)?.page_count,
+            None => Meta::decode(&self.load_page_for_replay(META_PAGE)?)?.page_count,
+        };
+        let kept: Vec<PageId> = state
+            .replayed
+            .keys()
+            .copied()
+            .filter(|id| id.get() >= page_count)
+            .collect();
+        let mut kept_pages = HashMap::new();
+        let mut kept_dirty = BTreeMap::new();
+        for page_id in kept {
+            kept_pages.extend(state.replayed.remove_entry(&page_id));
+            kept_dirty.extend(state.dirty.remove_entry(&page_id));
+        }
+        self.pages.clear();
+        self.dirty.lock().append(state.dirty);
+        for (page_id, image) in state.replayed.drain() {
+            self.pages.insert_clean(page_id, Arc::from(image));
+        }
+        let stats = self.checkpoint_at(epoch)?;
+        // The table now holds every replayed page (and what the checkpoint read).
+        self.note_recovery_bytes(0);
+        let cleared = self.pages.clear();
+        tracing::info!(
+            %epoch,
+            pages = stats.pages_written,
+            bytes = cleared.bytes,
+            "recovery checkpointed its replayed pages to stay within the memory budget"
+        );
+        *state.replayed = kept_pages;
+        state.dirty.append(&mut kept_dirty);
+        Ok(())
     }
 
     /// Counts the damaged pages replay rebuilt from zeros (their deltas
@@ -1048,14 +1219,16 @@ impl Shared {
     }
 
     /// The commit path: log and install under the writer lock, release it,
-    /// then wait for durability, publish and fold.
+    /// then wait for durability, publish and fold. `copies`: what the
+    /// transaction's page copies are charged (the admission takes it over).
     pub(crate) fn commit_pages(
         &self,
         mut writer: WriterGuard,
         pages: Vec<ChangedPage>,
+        copies: &mut PageCopyCharge,
         on_installed: impl FnOnce(CommitEpoch),
     ) -> Result<CommitEpoch> {
-        let pending = self.log_and_install(&mut writer, pages, on_installed)?;
+        let pending = self.log_and_install(&mut writer, pages, copies, on_installed)?;
         let last_epoch = writer.last_epoch;
         drop(writer);
         pending.map_or(Ok(last_epoch), |pending| self.finish_commit(pending))
@@ -1063,11 +1236,13 @@ impl Shared {
 
     /// Encodes the deltas as one commit record, appends it to the TLog at
     /// the next epoch and installs the deltas (not yet visible). `None` when
-    /// there is nothing to commit.
+    /// there is nothing to commit. The admission takes over `copies` (see
+    /// [`Shared::admit_commit`]).
     pub(crate) fn log_and_install(
         &self,
         writer: &mut WriterState,
         pages: Vec<ChangedPage>,
+        copies: &mut PageCopyCharge,
         on_installed: impl FnOnce(CommitEpoch),
     ) -> Result<Option<PendingCommit>> {
         self.check_writable()?;
@@ -1075,7 +1250,7 @@ impl Shared {
             return Ok(None);
         }
         // Room for what the install adds, held until it is in the accounting.
-        let _room = self.admit_commit(&pages)?;
+        let _room = self.admit_commit(&pages, copies)?;
         let epoch = writer
             .last_epoch
             .checked_next()
@@ -1312,6 +1487,7 @@ impl Shared {
             checkpoints: load(&m.checkpoints),
             recovery_micros: load(&m.recovery_micros),
             recovered_commits: load(&m.recovered_commits),
+            recovery_peak_bytes: load(&m.recovery_peak_bytes),
             double_write_pages_restored: load(&m.double_write_pages_restored),
             pages_repaired: load(&m.pages_repaired),
             tlog_torn_bytes_cut: tlog.torn_tail_bytes_cut,
@@ -1331,6 +1507,44 @@ impl Shared {
             backpressure_wait_ns: load(&m.backpressure_wait_ns),
             commit_stages: m.stage_snapshot(),
         }
+    }
+}
+
+/// What a replay pass holds between its commits, lent to a replay checkpoint.
+struct ReplayState<'a, 's> {
+    replayed: &'a mut HashMap<PageId, Vec<u8>>,
+    dirty: &'a mut BTreeMap<PageId, CommitEpoch>,
+    window: &'a mut ReplayWindow,
+    damaged: &'a mut BTreeMap<PageId, DamagedPage>,
+    cpu: &'a mut ReplayCpu,
+    session: &'a mut ReplaySession<'s>,
+}
+
+/// Bytes a replay pass holds: `pages` replayed images (each at a clean
+/// page-table entry's charge, which it gets when a checkpoint moves it
+/// there), the window's decoded deltas and the page copies its merge batch
+/// will make, and the coverage maps of `damaged` pages (a byte per page byte).
+fn replay_held_bytes(page_len: usize, pages: usize, window: &ReplayWindow, damaged: usize) -> u64 {
+    let page_bytes = PageTable::clean_entry_bytes(page_len);
+    let window_bytes = window.bytes as u64 + window.pages.len() as u64 * page_len as u64;
+    (pages as u64)
+        .saturating_mul(page_bytes)
+        .saturating_add(window_bytes)
+        .saturating_add(damaged as u64 * page_len as u64)
+}
+
+/// Where a merge session hands a page back: into its replayed image.
+fn replay_sink(
+    replayed: &mut HashMap<PageId, Vec<u8>>,
+    page_id: PageId,
+    image: &[u8],
+) -> Result<()> {
+    match replayed.get_mut(&page_id) {
+        Some(slot) if slot.len() == image.len() => {
+            slot.copy_from_slice(image);
+            Ok(())
+        }
+        _ => Err(replay_bookkeeping(page_id)),
     }
 }
 

@@ -108,6 +108,28 @@ pub(crate) struct CommitRoom<'a> {
     _pins: InstallPins<'a>,
 }
 
+/// Bytes a page transaction's private copy of one page is charged besides
+/// the page itself: its map slot, the `DirtyPage` pair and the copy's `Arc`
+/// header (an upper estimate).
+pub(crate) const PAGE_COPY_OVERHEAD_BYTES: u64 = 96;
+
+/// Bytes an open page-level write transaction is charged against the budget
+/// for its private page copies ([`Shared::charge_page_copy`]). The commit's
+/// admission takes them over: the copies become the heads the install adds,
+/// which the admission reserves ([`Shared::admit_commit`]). What is left
+/// when the transaction ends is given back ([`Shared::release_page_copies`]).
+#[derive(Debug, Default)]
+pub(crate) struct PageCopyCharge {
+    bytes: u64,
+}
+
+impl PageCopyCharge {
+    /// Bytes charged now.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// Rounds of waiting for room a write-buffer charge makes before it fails
 /// (other threads may take the room between the wait and the charge).
 const WRITE_BUFFER_CHARGE_ATTEMPTS_MAX: usize = 3;
@@ -146,16 +168,39 @@ impl Shared {
         total
     }
 
-    /// Reserves `bytes`, evicting directly when there is no room; `None`
-    /// when even that leaves none.
-    fn reserve_evicting(&self, bytes: u64) -> Option<Reservation<'_>> {
+    /// Reserves `bytes` (in place of `transaction_bytes` already charged,
+    /// see [`crate::memory::MemoryBudget::try_reserve_in_place_of`]),
+    /// evicting directly when there is no room; `None` when even that
+    /// leaves none.
+    fn reserve_evicting(&self, bytes: u64, transaction_bytes: u64) -> Option<Reservation<'_>> {
         let resident = || self.pages.resident_bytes();
-        if let Some(reservation) = self.memory.try_reserve(resident, bytes) {
+        let memory = &self.memory;
+        if let Some(reservation) =
+            memory.try_reserve_in_place_of(resident, bytes, transaction_bytes)
+        {
             return Some(reservation);
         }
         let batch = share(self.memory.effective_bytes(), DIRECT_EVICT_MIN_PERCENT);
         self.evict(bytes.max(batch));
-        self.memory.try_reserve(resident, bytes)
+        memory.try_reserve_in_place_of(resident, bytes, transaction_bytes)
+    }
+
+    /// Charges one private page copy to `charge` before a page transaction
+    /// makes it: like a table's write buffer ([`Shared::charge_write_buffer`]),
+    /// evicting directly, then waiting for write-back (back-pressure); a
+    /// transaction whose copies alone would pass the budget fails at once
+    /// with [`Error::MemoryBudgetExceeded`]. Nothing is charged on failure.
+    pub(crate) fn charge_page_copy(&self, charge: &mut PageCopyCharge) -> Result<()> {
+        let cost = self.page_len() as u64 + PAGE_COPY_OVERHEAD_BYTES;
+        self.charge_write_buffer(charge.bytes, cost)?;
+        charge.bytes += cost;
+        Ok(())
+    }
+
+    /// Gives back what `charge` still holds (the transaction ended).
+    pub(crate) fn release_page_copies(&self, charge: &mut PageCopyCharge) {
+        self.memory
+            .release_transaction_bytes(std::mem::take(&mut charge.bytes));
     }
 
     /// Charges `bytes` of a transaction's write buffer against the budget,
@@ -178,7 +223,7 @@ impl Shared {
         }
         for _ in 0..WRITE_BUFFER_CHARGE_ATTEMPTS_MAX {
             // Waits for room as a commit would, then takes it for the buffer.
-            drop(self.reserve_for_commit(bytes)?);
+            drop(self.reserve_for_commit(bytes, 0)?);
             if self.memory.try_charge_transaction_bytes(resident, bytes) {
                 return Ok(());
             }
@@ -200,7 +245,7 @@ impl Shared {
         snapshot: CommitEpoch,
     ) -> Result<Arc<[u8]>> {
         let cost = PageTable::clean_entry_bytes(image.len());
-        match self.reserve_evicting(cost) {
+        match self.reserve_evicting(cost, 0) {
             Some(_reservation) => self.pages.insert_clean_and_read(page_id, image, snapshot),
             None => {
                 self.request_writeback();
@@ -212,19 +257,28 @@ impl Shared {
     /// Admits a commit of `pages`: reserves the most its install can add,
     /// evicting directly, then asking the worker to write dirty pages back
     /// and waiting (back-pressure) for at most `backpressure_max_wait_ms`.
+    /// The reservation takes the place of `copies`, the private page copies
+    /// the transaction was charged for (they become the installed heads,
+    /// which the reservation counts): admitted, `copies` holds nothing.
     /// Hold the room until the install is done.
-    pub(crate) fn admit_commit(&self, pages: &[ChangedPage]) -> Result<CommitRoom<'_>> {
+    pub(crate) fn admit_commit(
+        &self,
+        pages: &[ChangedPage],
+        copies: &mut PageCopyCharge,
+    ) -> Result<CommitRoom<'_>> {
         let deltas = pages.iter().map(|page| &*page.delta);
         let (needed, pins) = self.pages.install_growth_bound(self.page_len(), deltas);
-        let reservation = self.reserve_for_commit(needed)?;
+        let reservation = self.reserve_for_commit(needed, copies.bytes)?;
+        copies.bytes = 0;
         Ok(CommitRoom {
             _reservation: reservation,
             _pins: pins,
         })
     }
 
-    /// Reserves `needed` bytes for a commit (see [`Shared::admit_commit`]).
-    fn reserve_for_commit(&self, needed: u64) -> Result<Reservation<'_>> {
+    /// Reserves `needed` bytes for a commit (see [`Shared::admit_commit`]),
+    /// in place of `transaction_bytes` the committing transaction holds.
+    fn reserve_for_commit(&self, needed: u64, transaction_bytes: u64) -> Result<Reservation<'_>> {
         let budget = self.memory.effective_bytes();
         if needed > budget {
             return Err(Error::MemoryBudgetExceeded {
@@ -232,7 +286,7 @@ impl Shared {
                 needed_bytes: needed,
             });
         }
-        if let Some(reservation) = self.reserve_evicting(needed) {
+        if let Some(reservation) = self.reserve_evicting(needed, transaction_bytes) {
             return Ok(reservation);
         }
         let started = Instant::now();
@@ -245,7 +299,7 @@ impl Shared {
             } else {
                 self.request_writeback();
             }
-            if let Some(reservation) = self.reserve_evicting(needed) {
+            if let Some(reservation) = self.reserve_evicting(needed, transaction_bytes) {
                 break Ok(reservation);
             }
             let now = Instant::now();
@@ -340,15 +394,20 @@ mod tests {
         .unwrap()
     }
 
+    /// The byte page `id` is filled with: never 0, so every page is a delta.
+    fn pattern(id: PageId) -> u8 {
+        (id.get() % 255) as u8 + 1
+    }
+
     /// Allocates `count` pages in commits of `per_commit`, each filled with
-    /// a pattern of its id.
+    /// [`pattern`] of its id.
     fn fill(db: &Database, count: usize, per_commit: usize) -> Vec<PageId> {
         let mut ids = Vec::new();
         for _ in 0..count / per_commit {
             let mut tx = db.begin_page_write().unwrap();
             for _ in 0..per_commit {
                 let id = tx.allocate_page().unwrap();
-                tx.page_mut(id).unwrap().fill(id.get() as u8);
+                tx.page_mut(id).unwrap().fill(pattern(id));
                 ids.push(id);
             }
             tx.commit().unwrap();
@@ -364,7 +423,7 @@ mod tests {
         let read = db.begin_page_read().unwrap();
         for id in &ids {
             let page = read.read_page(*id).unwrap();
-            assert!(page.iter().all(|&b| b == id.get() as u8), "{id}");
+            assert!(page.iter().all(|&b| b == pattern(*id)), "{id}");
         }
         let metrics = db.metrics();
         assert!(metrics.pages_evicted > 0, "{metrics:?}");
@@ -376,14 +435,19 @@ mod tests {
     }
 
     #[test]
-    fn a_transaction_larger_than_the_budget_fails_naming_the_limit() {
+    fn a_page_transaction_copying_more_than_the_budget_fails_and_gives_back_its_charge() {
         let db = small_db(true, 100);
+        let copy_bytes = db.page_len() as u64 + PAGE_COPY_OVERHEAD_BYTES;
         let mut tx = db.begin_page_write().unwrap();
-        for _ in 0..300 {
-            let id = tx.allocate_page().unwrap();
-            tx.page_mut(id).unwrap().fill(7);
+        let mut refused = None;
+        for copied in 0..300u64 {
+            if let Err(err) = tx.allocate_page() {
+                refused = Some((copied, err));
+                break;
+            }
+            assert!(db.metrics().write_buffer_bytes >= copied * copy_bytes);
         }
-        let err = tx.commit().unwrap_err();
+        let (copied, err) = refused.expect("300 page copies under a 1 MiB budget are refused");
         match &err {
             Error::MemoryBudgetExceeded {
                 budget_bytes,
@@ -395,8 +459,50 @@ mod tests {
             other => panic!("expected MemoryBudgetExceeded, got {other:?}"),
         }
         assert!(err.to_string().contains("memory_budget_bytes"), "{err}");
-        // Nothing was written, and smaller commits still go through.
+        // Refused when the copies reached the budget: 1 MiB / 4176 B = 251.
+        let most = MIN_MEMORY_BUDGET_BYTES / copy_bytes;
+        assert!(
+            (most - 8..=most).contains(&copied),
+            "refused after {copied}"
+        );
+        assert!(db.metrics().write_buffer_bytes > 0);
+        drop(tx);
+        assert_eq!(db.metrics().write_buffer_bytes, 0, "charge given back");
+        assert_eq!(
+            db.begin_page_read().unwrap().page_count(),
+            2,
+            "nothing written"
+        );
+        // Smaller transactions commit, and their charge ends with the commit.
         assert_eq!(fill(&db, 4, 4).len(), 4);
+        assert_eq!(db.metrics().write_buffer_bytes, 0);
+        let mut tx = db.begin_page_write().unwrap();
+        let id = tx.allocate_page().unwrap();
+        tx.rollback();
+        assert_eq!(db.metrics().write_buffer_bytes, 0, "rollback gives it back");
+        assert!(db.begin_page_read().unwrap().page_count() <= id.get());
+    }
+
+    #[test]
+    fn a_commit_admission_counts_the_page_copies_once() {
+        // 64 new pages in one commit: copies 64 x 4176 B = 267 KB; the
+        // install adds at most 64 x (160 + 2 x 4080 + 4192) = 801 KB. Counted twice that would
+        // pass the 1 MiB budget; counted once it fits.
+        let db = small_db(false, 100);
+        let ids = fill(&db, 64, 64);
+        assert_eq!(ids.len(), 64);
+        let metrics = db.metrics();
+        assert_eq!(metrics.write_buffer_bytes, 0, "{metrics:?}");
+        assert_eq!(metrics.backpressure_waits, 0, "{metrics:?}");
+        assert!(metrics.peak_cache_bytes <= MIN_MEMORY_BUDGET_BYTES);
+        let read = db.begin_page_read().unwrap();
+        for id in &ids {
+            assert!(read
+                .read_page(*id)
+                .unwrap()
+                .iter()
+                .all(|&b| b == pattern(*id)));
+        }
     }
 
     #[test]
@@ -443,11 +549,12 @@ mod tests {
         'rounds: for round in 0..200u32 {
             for chunk in ids.chunks(16) {
                 let mut tx = db.begin_page_write().unwrap();
-                for id in chunk {
+                // Back-pressure meets the page copies (at the write) or the
+                // install (at the commit).
+                let written = chunk.iter().try_for_each(|id| {
                     tx.write(*id, (round as usize * 8) % 4000, &round.to_le_bytes())
-                        .unwrap();
-                }
-                if let Err(err) = tx.commit() {
+                });
+                if let Err(err) = written.and_then(|()| tx.commit().map(drop)) {
                     refused = Some(err);
                     break 'rounds;
                 }
@@ -459,7 +566,7 @@ mod tests {
         );
         for id in &ids {
             let page = reader.read_page(*id).unwrap();
-            assert!(page.iter().all(|&b| b == id.get() as u8), "{id}");
+            assert!(page.iter().all(|&b| b == pattern(*id)), "{id}");
         }
         let metrics = db.metrics();
         assert!(metrics.backpressure_waits > 0, "{metrics:?}");
@@ -472,8 +579,7 @@ mod tests {
         let mut resumed = false;
         for _ in 0..100 {
             let mut tx = db.begin_page_write().unwrap();
-            tx.write(ids[0], 0, b"after").unwrap();
-            if tx.commit().is_ok() {
+            if tx.write(ids[0], 0, b"after").is_ok() && tx.commit().is_ok() {
                 resumed = true;
                 break;
             }

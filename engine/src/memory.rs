@@ -136,20 +136,42 @@ impl MemoryBudget {
     /// Reserves `bytes` when `resident() + reserved + bytes` fits the budget.
     /// `resident` is read under the admission lock, so a growth whose
     /// reservation is still held is counted at least once.
+    #[cfg(test)]
     pub(crate) fn try_reserve(
         &self,
         resident: impl FnOnce() -> u64,
         bytes: u64,
     ) -> Option<Reservation<'_>> {
+        self.try_reserve_in_place_of(resident, bytes, 0)
+    }
+
+    /// Reserves `bytes` when `resident() + reserved + transaction bytes -
+    /// transaction_bytes + bytes` fits the budget (`resident` read under the
+    /// admission lock, so a growth whose reservation is still held is
+    /// counted at least once). `transaction_bytes`: bytes already charged to
+    /// the transaction this growth comes from (a page transaction's private
+    /// copies, which its commit installs); they are left out of the check
+    /// and, when the reservation is made, given back under the same lock, so
+    /// they are counted once, and never not at all. On failure nothing changes.
+    pub(crate) fn try_reserve_in_place_of(
+        &self,
+        resident: impl FnOnce() -> u64,
+        bytes: u64,
+        transaction_bytes: u64,
+    ) -> Option<Reservation<'_>> {
         let mut reserved = self.reserved_bytes.lock();
+        let held = self.transaction_bytes.load(Ordering::Relaxed);
+        debug_assert!(held >= transaction_bytes, "more handed over than charged");
+        let others = held.saturating_sub(transaction_bytes);
         let total = resident()
             .saturating_add(*reserved)
-            .saturating_add(self.transaction_bytes.load(Ordering::Relaxed))
+            .saturating_add(others)
             .saturating_add(bytes);
         if total > self.effective_bytes() {
             return None;
         }
         *reserved += bytes;
+        self.transaction_bytes.store(others, Ordering::Relaxed);
         Some(Reservation {
             budget: self,
             bytes,
@@ -436,6 +458,35 @@ mod tests {
         budget.release_transaction_bytes(4 << 20);
         assert_eq!(budget.transaction_bytes(), 0);
         assert!(budget.try_reserve(|| 2 << 20, 3 << 20).is_some());
+    }
+
+    #[test]
+    fn a_reservation_in_place_of_transaction_bytes_counts_them_once() {
+        let budget = MemoryBudget::new(8 << 20);
+        assert!(budget.try_charge_transaction_bytes(|| 1 << 20, 4 << 20));
+        // 1 resident + 4 charged + 5 asked > 8, but 4 of the 5 replace the charge.
+        assert!(budget.try_reserve(|| 1 << 20, 5 << 20).is_none());
+        assert!(
+            budget
+                .try_reserve_in_place_of(|| 1 << 20, 8 << 20, 4 << 20)
+                .is_none(),
+            "1 + 8 > 8 even without the charge"
+        );
+        assert_eq!(
+            budget.transaction_bytes(),
+            4 << 20,
+            "a failure changes nothing"
+        );
+        let room = budget.try_reserve_in_place_of(|| 1 << 20, 5 << 20, 4 << 20);
+        assert!(room.is_some());
+        assert_eq!(
+            budget.transaction_bytes(),
+            0,
+            "the charge became the reservation"
+        );
+        assert_eq!(budget.reserved_bytes(), 5 << 20);
+        drop(room);
+        assert_eq!(budget.reserved_bytes(), 0);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub(crate) checkpoints: AtomicU64,
     pub(crate) recovery_micros: AtomicU64,
     pub(crate) recovered_commits: AtomicU64,
+    pub(crate) recovery_peak_bytes: AtomicU64,
     pub(crate) double_write_pages_restored: AtomicU64,
     pub(crate) pages_repaired: AtomicU64,
     pub(crate) folds: AtomicU64,
@@ -132,6 +133,12 @@ pub struct MetricsSnapshot {
     pub recovery_micros: u64,
     /// Commits replayed from the TLog at the last open.
     pub recovered_commits: u64,
+    /// Highest bytes the last open's recovery held (gauge): its replay
+    /// buffers (replayed page images at a page-table entry's charge each,
+    /// the merge window's deltas and batch copies) plus the page table,
+    /// sampled as the buffers grow. Recovery checkpoints its progress to
+    /// keep this within the memory budget (see ARCHITECTURE.md).
+    pub recovery_peak_bytes: u64,
     /// Pages repaired from the double-write file at the last open.
     pub double_write_pages_restored: u64,
     /// Damaged pages rebuilt since open (from the double-write file, or

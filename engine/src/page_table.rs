@@ -469,6 +469,26 @@ impl PageTable {
         evicted
     }
 
+    /// Drops every entry, whatever its state (recovery empties the table
+    /// after each of its checkpoints, when no reader or writer exists yet and
+    /// the data file holds every page); returns what was dropped.
+    pub fn clear(&self) -> Evicted {
+        let mut cleared = Evicted::default();
+        for shard in self.shards.iter() {
+            let mut map = shard.write();
+            cleared.pages += map.len() as u64;
+            cleared.bytes += map.values().map(PageVersions::resident_bytes).sum::<u64>();
+            let pinned: u64 = map.values().map(PageVersions::pinned_bytes).sum();
+            self.stats.pinned_bytes.fetch_sub(pinned, Ordering::Relaxed);
+            map.clear();
+        }
+        self.stats.pages.fetch_sub(cleared.pages, Ordering::Relaxed);
+        self.stats
+            .resident_bytes
+            .fetch_sub(cleared.bytes, Ordering::Relaxed);
+        cleared
+    }
+
     /// Counters of the table.
     pub fn stats(&self) -> &PageTableStats {
         &self.stats
@@ -637,6 +657,33 @@ mod tests {
         assert_eq!(sweep(&table), 0, "pinned for the install");
         drop(pins); // the commit failed: nothing installed
         assert_eq!(sweep(&table), 1);
+    }
+
+    #[test]
+    fn clearing_drops_every_entry_and_its_charge() {
+        let table = PageTable::default();
+        table.insert_clean(PageId(1), image(0));
+        table.insert_clean(PageId(2), image(0));
+        table.install(
+            CommitEpoch(1),
+            delta_to(2, &image(0), &image(2)),
+            image(2),
+            || image(0),
+        );
+        let charged = table.resident_bytes();
+        let cleared = table.clear();
+        assert_eq!(
+            cleared,
+            Evicted {
+                pages: 2,
+                bytes: charged
+            }
+        );
+        assert_eq!(table.resident_bytes(), 0);
+        assert_eq!(table.stats().pages.load(Ordering::Relaxed), 0);
+        assert_eq!(table.stats().pinned_bytes.load(Ordering::Relaxed), 0);
+        assert!(table.read(PageId(2), CommitEpoch(1)).unwrap().is_none());
+        assert_eq!(recount(&table), (0, 0));
     }
 
     #[test]

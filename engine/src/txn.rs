@@ -4,6 +4,11 @@
 //!
 //! One write transaction runs at a time (the writer lock); readers never
 //! wait for it and it never waits for them.
+//!
+//! Memory: each private page copy is charged against the memory budget
+//! before it is made ([`Shared::charge_page_copy`]; back-pressure, then
+//! [`Error::MemoryBudgetExceeded`]); the commit's admission takes the charge
+//! over, and rollback or drop gives it back.
 
 use std::sync::Arc;
 
@@ -11,6 +16,7 @@ use mmsb_wal::{CommitEpoch, Delta, PageId};
 
 use crate::db::{PendingCommit, Shared, WriterGuard};
 use crate::error::{Error, Result};
+use crate::eviction::PageCopyCharge;
 use crate::meta::{self, Meta, META_PAGE};
 use crate::metrics::{timed, Metrics};
 use crate::page_access::{PageRead, PageRef, PageWrite};
@@ -101,12 +107,15 @@ pub struct PageWriteTransaction {
     meta: Meta,
     meta_changed: bool,
     dirty: PageMap<DirtyPage>,
+    /// What the private copies in `dirty` are charged against the budget.
+    copies: PageCopyCharge,
 }
 
 impl std::fmt::Debug for PageWriteTransaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageWriteTransaction")
             .field("dirty_pages", &self.dirty.len())
+            .field("copy_bytes", &self.copies.bytes())
             .field("meta", &self.meta)
             .finish()
     }
@@ -130,6 +139,7 @@ impl PageWriteTransaction {
             meta,
             meta_changed: false,
             dirty: PageMap::default(),
+            copies: PageCopyCharge::default(),
         })
     }
 
@@ -173,6 +183,8 @@ impl PageWriteTransaction {
             } else {
                 self.shared.read_page_latest(id)?
             };
+            // Charged before the copy is made (on its first write).
+            self.shared.charge_page_copy(&mut self.copies)?;
             self.dirty.insert(
                 id,
                 DirtyPage {
@@ -219,7 +231,8 @@ impl PageWriteTransaction {
         }
         let dirty = std::mem::take(&mut self.dirty);
         let pages = timed(&self.shared.metrics.stages.diff_ns, || dirty_deltas(dirty))?;
-        self.shared.commit_pages(writer, pages, on_installed)
+        self.shared
+            .commit_pages(writer, pages, &mut self.copies, on_installed)
     }
 
     /// Logs and installs the commit but keeps the writer lock and does not
@@ -243,7 +256,7 @@ impl PageWriteTransaction {
         let pending =
             timed(&self.shared.metrics.stages.diff_ns, || dirty_deltas(dirty)).and_then(|pages| {
                 self.shared
-                    .log_and_install(&mut writer, pages, on_installed)
+                    .log_and_install(&mut writer, pages, &mut self.copies, on_installed)
             });
         (Some(writer), pending)
     }
@@ -290,6 +303,7 @@ fn dirty_deltas(dirty: PageMap<DirtyPage>) -> Result<Vec<ChangedPage>> {
 impl Drop for PageWriteTransaction {
     fn drop(&mut self) {
         self.end_without_commit();
+        self.shared.release_page_copies(&mut self.copies);
     }
 }
 

@@ -132,7 +132,7 @@ fn write_segments(
         let mut bytes = header.encode().to_vec();
         for frame in frames {
             epoch = next_epoch;
-            encode_commit_frame(&mut bytes, CommitEpoch(epoch), &frame.payload);
+            encode_commit_frame(&mut bytes, seq, CommitEpoch(epoch), &frame.payload);
             written.push((epoch, frame.payload.clone()));
             next_epoch = epoch + 1 + u64::from(frame.epoch_gap % 4);
         }

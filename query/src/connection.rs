@@ -191,6 +191,7 @@ fn run_data_statement(
                 (Some(cache), Some(memo)) => memo.get(&cache.id()).cloned(),
                 _ => None,
             };
+            let was_memoized = memoized.is_some();
             let cached = match (memoized, cache) {
                 (Some(plan), _) => Some(plan),
                 (None, Some(cache)) => cache.lookup(tx)?,
@@ -213,7 +214,7 @@ fn run_data_statement(
                     fresh
                 }
             };
-            if let (Some(cache), Some(memo)) = (cache, memo) {
+            if let (Some(cache), Some(memo), false) = (cache, memo, was_memoized) {
                 memo.insert(cache.id(), Arc::clone(&cached));
             }
             check_param_count(cached.params, params.len())?;

@@ -206,7 +206,17 @@ pub fn put_varint(mut value: u64, out: &mut Vec<u8>) {
 }
 
 /// Reads a LEB128 varint.
+#[inline]
 pub fn get_varint(bytes: &[u8]) -> Result<(u64, &[u8])> {
+    // One byte (values below 128) is the common case in rows.
+    match bytes.split_first() {
+        Some((&byte, rest)) if byte & 0x80 == 0 => Ok((u64::from(byte), rest)),
+        _ => get_varint_long(bytes),
+    }
+}
+
+/// [`get_varint`] for values of two bytes or more.
+fn get_varint_long(bytes: &[u8]) -> Result<(u64, &[u8])> {
     let mut value = 0u64;
     for (i, &byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7F) << (7 * i);
@@ -220,14 +230,28 @@ pub fn get_varint(bytes: &[u8]) -> Result<(u64, &[u8])> {
 /// Encodes a row.
 pub fn encode_row(values: &[Value]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + values.len() * 9);
+    encode_row_into(values.iter(), values.len(), &mut out);
+    out
+}
+
+/// Appends the encoding of a row of `count` values to `out` (a reused
+/// buffer: no allocation once it is large enough).
+pub fn encode_row_into<'v>(
+    values: impl Iterator<Item = &'v Value>,
+    count: usize,
+    out: &mut Vec<u8>,
+) {
     out.push(ROW_FORMAT);
-    put_varint(values.len() as u64, &mut out);
+    put_varint(count as u64, out);
+    let start = out.len();
+    let mut written = 0usize;
     for value in values {
+        written += 1;
         match value {
             Value::Null => out.push(ROW_TAG_NULL),
             Value::Integer(i) => {
                 out.push(ROW_TAG_INTEGER);
-                put_varint(((*i << 1) ^ (*i >> 63)) as u64, &mut out);
+                put_varint(((*i << 1) ^ (*i >> 63)) as u64, out);
             }
             Value::Real(r) => {
                 out.push(ROW_TAG_REAL);
@@ -235,19 +259,20 @@ pub fn encode_row(values: &[Value]) -> Vec<u8> {
             }
             Value::Text(s) => {
                 out.push(ROW_TAG_TEXT);
-                put_varint(s.len() as u64, &mut out);
+                put_varint(s.len() as u64, out);
                 out.extend_from_slice(s.as_bytes());
             }
             Value::Blob(b) => {
                 out.push(ROW_TAG_BLOB);
-                put_varint(b.len() as u64, &mut out);
+                put_varint(b.len() as u64, out);
                 out.extend_from_slice(b);
             }
             Value::Boolean(false) => out.push(ROW_TAG_FALSE),
             Value::Boolean(true) => out.push(ROW_TAG_TRUE),
         }
     }
-    out
+    debug_assert_eq!(written, count, "row column count");
+    debug_assert!(out.len() >= start + written);
 }
 
 /// Decodes a row into `out` (cleared first).
@@ -256,7 +281,8 @@ pub fn decode_row_into(bytes: &[u8], out: &mut Vec<Value>) -> Result<()> {
 }
 
 /// Decodes a row into `out` (cleared first); columns whose `mask` entry is
-/// false (or past its end) are left NULL without being materialised.
+/// false (or past its end) are left NULL without being materialised, and
+/// columns after the last wanted one are not parsed at all.
 pub fn decode_row_masked(bytes: &[u8], mask: Option<&[bool]>, out: &mut Vec<Value>) -> Result<()> {
     out.clear();
     let (&format, rest) = bytes.split_first().ok_or_else(|| truncated("row"))?;
@@ -269,52 +295,105 @@ pub fn decode_row_masked(bytes: &[u8], mask: Option<&[bool]>, out: &mut Vec<Valu
     if count > rest.len() as u64 {
         return Err(QueryError::corrupted("row column count exceeds its bytes"));
     }
-    for column in 0..count as usize {
-        let (&tag, tail) = rest.split_first().ok_or_else(|| truncated("row"))?;
+    let count = count as usize;
+    // `count` is at most the row's length: reserving it is bounded.
+    out.reserve(count);
+    // Columns past the last wanted one are not parsed at all: they read as
+    // NULL (their bytes are covered by the page checksum all the same).
+    let parsed = match mask {
+        None => count,
+        Some(m) => m.iter().rposition(|&w| w).map_or(0, |last| last + 1),
+    };
+    for column in 0..count.min(parsed) {
+        let wanted = mask.is_none_or(|m| m[column]);
+        let (value, tail) = decode_row_value(rest, wanted).map_err(RowFault::error)?;
         rest = tail;
-        let wanted = mask.is_none_or(|m| m.get(column).copied().unwrap_or(false));
-        let value = match tag {
-            ROW_TAG_NULL => Value::Null,
-            ROW_TAG_INTEGER => {
-                let (raw, tail) = get_varint(rest)?;
-                rest = tail;
-                Value::Integer(((raw >> 1) as i64) ^ -((raw & 1) as i64))
-            }
-            ROW_TAG_REAL => {
-                let (word, tail) = split_array::<8>(rest, "row")?;
-                rest = tail;
-                Value::Real(f64::from_le_bytes(word))
-            }
-            ROW_TAG_TEXT | ROW_TAG_BLOB => {
-                let (len, tail) = get_varint(rest)?;
-                let len = usize::try_from(len).map_err(|_| truncated("row"))?;
-                if tail.len() < len {
-                    return Err(truncated("row"));
-                }
-                let (data, tail) = tail.split_at(len);
-                rest = tail;
-                if !wanted {
-                    Value::Null
-                } else if tag == ROW_TAG_TEXT {
-                    Value::Text(
-                        std::str::from_utf8(data)
-                            .map_err(|_| QueryError::corrupted("row text is not UTF-8"))?
-                            .to_owned(),
-                    )
-                } else {
-                    Value::Blob(data.to_vec())
-                }
-            }
-            ROW_TAG_FALSE => Value::Boolean(false),
-            ROW_TAG_TRUE => Value::Boolean(true),
-            other => return Err(QueryError::corrupted(format!("unknown row tag {other}"))),
-        };
-        out.push(if wanted { value } else { Value::Null });
+        out.push(value);
     }
-    if !rest.is_empty() {
+    if parsed < count {
+        for _ in parsed..count {
+            out.push(Value::Null);
+        }
+    } else if !rest.is_empty() {
         return Err(QueryError::corrupted("trailing bytes after a row"));
     }
     Ok(())
+}
+
+/// What is wrong with a stored row value: a small `Copy` type, so the hot
+/// decoding loop moves no error payloads; [`RowFault::error`] builds the
+/// error off the hot path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowFault {
+    /// The row ends inside a value.
+    Truncated,
+    /// A varint longer than 10 bytes or cut short.
+    BadVarint,
+    /// A value tag this version does not know.
+    UnknownTag(u8),
+    /// TEXT bytes that are not UTF-8.
+    NotUtf8,
+}
+
+impl RowFault {
+    #[cold]
+    fn error(self) -> QueryError {
+        match self {
+            RowFault::Truncated => truncated("row"),
+            RowFault::BadVarint => QueryError::corrupted("bad varint"),
+            RowFault::UnknownTag(tag) => QueryError::corrupted(format!("unknown row tag {tag}")),
+            RowFault::NotUtf8 => QueryError::corrupted("row text is not UTF-8"),
+        }
+    }
+}
+
+/// [`get_varint`] for the row decoder.
+#[inline]
+fn row_varint(bytes: &[u8]) -> std::result::Result<(u64, &[u8]), RowFault> {
+    match bytes.split_first() {
+        Some((&byte, rest)) if byte & 0x80 == 0 => Ok((u64::from(byte), rest)),
+        _ => get_varint_long(bytes).map_err(|_| RowFault::BadVarint),
+    }
+}
+
+/// Decodes one tagged row value from the front of `bytes`; an unwanted
+/// value is checked and skipped, and reads as NULL (no allocation).
+#[inline]
+fn decode_row_value(bytes: &[u8], wanted: bool) -> std::result::Result<(Value, &[u8]), RowFault> {
+    let (&tag, rest) = bytes.split_first().ok_or(RowFault::Truncated)?;
+    let keep = |value: Value| if wanted { value } else { Value::Null };
+    Ok(match tag {
+        ROW_TAG_NULL => (Value::Null, rest),
+        ROW_TAG_INTEGER => {
+            let (raw, rest) = row_varint(rest)?;
+            let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            (keep(Value::Integer(value)), rest)
+        }
+        ROW_TAG_REAL => {
+            let (word, rest) = rest.split_first_chunk::<8>().ok_or(RowFault::Truncated)?;
+            (keep(Value::Real(f64::from_le_bytes(*word))), rest)
+        }
+        ROW_TAG_TEXT | ROW_TAG_BLOB => {
+            let (len, tail) = row_varint(rest)?;
+            let len = usize::try_from(len).map_err(|_| RowFault::Truncated)?;
+            if tail.len() < len {
+                return Err(RowFault::Truncated);
+            }
+            let (data, rest) = tail.split_at(len);
+            let value = if !wanted {
+                Value::Null
+            } else if tag == ROW_TAG_TEXT {
+                let text = std::str::from_utf8(data).map_err(|_| RowFault::NotUtf8)?;
+                Value::Text(text.to_owned())
+            } else {
+                Value::Blob(data.to_vec())
+            };
+            (value, rest)
+        }
+        ROW_TAG_FALSE => (keep(Value::Boolean(false)), rest),
+        ROW_TAG_TRUE => (keep(Value::Boolean(true)), rest),
+        other => return Err(RowFault::UnknownTag(other)),
+    })
 }
 
 #[cfg(test)]
@@ -367,11 +446,48 @@ mod tests {
         }
 
         #[test]
+        fn masked_rows_are_full_rows_with_unwanted_columns_null(
+            row in proptest::collection::vec((0u8..5).prop_flat_map(value_of_type), 0..8),
+            mask in proptest::collection::vec(any::<bool>(), 0..10),
+        ) {
+            let mut back = Vec::new();
+            decode_row_masked(&encode_row(&row), Some(&mask), &mut back)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let want: Vec<Value> = row
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if mask.get(i).copied().unwrap_or(false) { v.clone() } else { Value::Null })
+                .collect();
+            prop_assert_eq!(back, want);
+        }
+
+        #[test]
         fn garbage_rows_error_instead_of_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..32)) {
             let mut out = Vec::new();
             let _ = decode_row_into(&bytes, &mut out);
             let _ = decode_key(&bytes);
         }
+    }
+
+    #[test]
+    fn columns_after_the_last_wanted_one_are_not_parsed() {
+        let row = encode_row(&[
+            Value::Integer(300),
+            Value::Text("skipped".into()),
+            Value::Integer(-7),
+        ]);
+        let mut out = Vec::new();
+        decode_row_masked(&row, Some(&[true]), &mut out).expect("decode");
+        assert_eq!(out, vec![Value::Integer(300), Value::Null, Value::Null]);
+        // A bad tag in a wanted column is still an error...
+        let mut bad = row.clone();
+        bad[2] = 0x7F;
+        assert!(decode_row_masked(&bad, Some(&[true]), &mut out).is_err());
+        // ...and so are trailing bytes when every column is parsed.
+        let mut long = row;
+        long.push(0);
+        assert!(decode_row_masked(&long, None, &mut out).is_err());
+        assert!(decode_row_masked(&long, Some(&[false, false, true]), &mut out).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use mmsb_engine::Transaction;
 
 use crate::catalog::{IndexDef, TableSchema};
 use crate::encoding::{
-    decode_key, decode_row_masked, encode_key, encode_key_value, encode_row, prefix_end,
+    decode_key, decode_row_masked, encode_key, encode_key_value, encode_row_into, prefix_end,
 };
 use crate::error::{QueryError, Result};
 use crate::expr::Expr;
@@ -278,27 +278,20 @@ fn scan_source(
                 KeyRange::Range(lo, hi) => (lo, hi),
                 _ => (Bound::Unbounded, Bound::Unbounded),
             };
-            let iter = data.range((as_slice_bound(&lo), as_slice_bound(&hi)))?;
-            let mut visit = |entry: mmsb_engine::Result<(
-                mmsb_engine::ByteView,
-                mmsb_engine::ByteView,
-            )>|
-             -> Result<bool> {
+            let mut iter = data.range((as_slice_bound(&lo), as_slice_bound(&hi)))?;
+            // Entries are lent from the pinned leaf: no copy or reference
+            // count per row.
+            loop {
+                let entry = if source.reverse {
+                    iter.next_back_entry()
+                } else {
+                    iter.next_entry()
+                };
+                let Some(entry) = entry else { break };
                 let (key, bytes) = entry?;
-                decode_stored_row(schema, &bytes, source.needed.as_deref(), &mut row)?;
-                Ok(!passes(&row)? || sink(&key, &mut row)?)
-            };
-            if source.reverse {
-                for entry in iter.rev() {
-                    if !visit(entry)? {
-                        break;
-                    }
-                }
-            } else {
-                for entry in iter {
-                    if !visit(entry)? {
-                        break;
-                    }
+                decode_stored_row(schema, bytes, source.needed.as_deref(), &mut row)?;
+                if passes(&row)? && !sink(key, &mut row)? {
+                    break;
                 }
             }
         }
@@ -821,26 +814,53 @@ fn join_rows(
 fn check_row(schema: &TableSchema, row: &mut [Value]) -> Result<()> {
     for (value, column) in row.iter_mut().zip(&schema.columns) {
         let v = std::mem::replace(value, Value::Null).coerce_to(column.ty)?;
-        if v.is_null() && column.not_null {
-            return Err(QueryError::sql(
-                "23502",
-                format!(
-                    "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
-                    column.name, schema.name
-                ),
-            ));
-        }
-        if let (Value::Text(s), Some(max)) = (&v, column.max_chars) {
-            if s.chars().count() > max as usize {
-                return Err(QueryError::sql(
-                    "22001",
-                    format!("value too long for type character varying({max})"),
-                ));
-            }
-        }
+        check_constraints(schema, column, &v)?;
         *value = v;
     }
     Ok(())
+}
+
+/// NOT NULL and VARCHAR(n) of one value already of the column's type.
+fn check_constraints(
+    schema: &TableSchema,
+    column: &crate::catalog::ColumnDef,
+    value: &Value,
+) -> Result<()> {
+    if value.is_null() && column.not_null {
+        return Err(QueryError::sql(
+            "23502",
+            format!(
+                "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                column.name, schema.name
+            ),
+        ));
+    }
+    if let (Value::Text(s), Some(max)) = (value, column.max_chars) {
+        // Bytes bound characters from above: most values skip the count.
+        if s.len() > max as usize && s.chars().count() > max as usize {
+            return Err(QueryError::sql(
+                "22001",
+                format!("value too long for type character varying({max})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_row`] for one borrowed value: converted (copied) only when its
+/// type is not the column's.
+fn check_cow<'a>(
+    schema: &TableSchema,
+    column: &crate::catalog::ColumnDef,
+    value: std::borrow::Cow<'a, Value>,
+) -> Result<std::borrow::Cow<'a, Value>> {
+    let value = match value.data_type() {
+        None => value,
+        Some(ty) if ty == column.ty => value,
+        Some(_) => std::borrow::Cow::Owned(value.into_owned().coerce_to(column.ty)?),
+    };
+    check_constraints(schema, column, &value)?;
+    Ok(value)
 }
 
 fn primary_key(schema: &TableSchema, row: &[Value]) -> Vec<u8> {
@@ -873,6 +893,9 @@ fn index_entry(def: &IndexDef, row: &[Value], pk: &[u8]) -> Vec<u8> {
 }
 
 /// One row change of a statement: (primary key, row) before and after.
+/// An UPDATE keeps the old row's values only when the table has an index
+/// (nothing else reads them); a DELETE keeps them only for an index or
+/// RETURNING (else just the filter's columns).
 struct Change {
     old: Option<(Vec<u8>, Vec<Value>)>,
     new: Option<(Vec<u8>, Vec<Value>)>,
@@ -914,7 +937,8 @@ fn duplicate(
 
 /// Applies a statement's changes: every removal first, then every insert,
 /// so uniqueness holds for the statement as a whole. Each engine table is
-/// opened once per phase.
+/// opened once per phase. Old rows were read by this statement, so their
+/// keys are written as known present (no second lookup in the engine).
 fn apply_changes(tx: &mut Transaction, schema: &TableSchema, changes: &[Change]) -> Result<()> {
     for def in &schema.indexes {
         let mut index = tx.open_table(&schema.index_table(def))?;
@@ -929,13 +953,17 @@ fn apply_changes(tx: &mut Transaction, schema: &TableSchema, changes: &[Change])
         let mut data = tx.open_table(&data_name)?;
         for change in changes.iter().filter(|c| c.moves_key()) {
             if let (Some((pk, _)), _) = (&change.old, &change.new) {
-                data.remove(pk)?;
+                data.remove_known(pk)?;
             }
         }
+        let mut encoded = Vec::with_capacity(INITIAL_ROW_BYTES);
         for change in changes {
             if let Some((pk, row)) = &change.new {
-                let previous = data.insert(pk, &encode_row(row))?;
-                if previous.is_some() && change.moves_key() {
+                encoded.clear();
+                encode_row_into(row.iter(), row.len(), &mut encoded);
+                if !change.moves_key() {
+                    data.overwrite_known(pk, &encoded)?;
+                } else if data.insert(pk, &encoded)?.is_some() {
                     let constraint = format!("{}_pkey", schema.name);
                     return Err(duplicate(&constraint, schema, &schema.primary_key, row));
                 }
@@ -1060,6 +1088,14 @@ pub fn run_insert(
     params: &[Value],
 ) -> Result<(u64, Option<RowSet>)> {
     let schema = &plan.table;
+    if let InsertSource::Values(rows) = &plan.source {
+        if plan.returning.is_none() && schema.indexes.is_empty() {
+            return Ok((
+                insert_values_direct(tx, schema, &plan.columns, rows, params)?,
+                None,
+            ));
+        }
+    }
     let sources: Vec<Vec<Option<Value>>> = match &plan.source {
         InsertSource::Values(rows) => rows
             .iter()
@@ -1122,18 +1158,144 @@ pub fn run_insert(
     Ok((count, returning))
 }
 
+/// NULL, to borrow.
+static NULL: Value = Value::Null;
+
+/// Starting capacity of the reused key buffer of a write.
+const INITIAL_KEY_BYTES: usize = 64;
+
+/// Starting capacity of the reused row buffer of a write.
+const INITIAL_ROW_BYTES: usize = 256;
+
+/// INSERT ... VALUES into a table without indexes, without RETURNING: each
+/// row is evaluated (borrowing parameters and literals), checked and
+/// encoded into reused buffers, then written; no row of owned values is
+/// built. Rows are written one by one, so a duplicate key is reported at
+/// the first row that repeats one (as PostgreSQL does).
+fn insert_values_direct(
+    tx: &mut Transaction,
+    schema: &TableSchema,
+    columns: &[usize],
+    rows: &[Vec<Option<Expr>>],
+    params: &[Value],
+) -> Result<u64> {
+    debug_assert!(schema.indexes.is_empty());
+    let mut next_id = match schema.has_rowid() && !rows.is_empty() {
+        true => Some(reserve_rowids(tx, schema, rows.len())?),
+        false => None,
+    };
+    let width = schema.columns.len();
+    let mut data = tx.open_table(&schema.data_table())?;
+    let mut values: Vec<std::borrow::Cow<'_, Value>> = Vec::with_capacity(width);
+    // Sized for a typical row: most statements never grow them.
+    let mut key = Vec::with_capacity(INITIAL_KEY_BYTES);
+    let mut encoded = Vec::with_capacity(INITIAL_ROW_BYTES);
+    for row in rows {
+        values.clear();
+        values.extend(
+            schema
+                .columns
+                .iter()
+                .map(|c| std::borrow::Cow::Borrowed(&c.default)),
+        );
+        for (&column, e) in columns.iter().zip(row) {
+            if let (Some(e), Some(slot)) = (e, values.get_mut(column)) {
+                *slot = e.eval_cow(&[], params)?;
+            }
+        }
+        for (value, column) in values.iter_mut().zip(&schema.columns) {
+            let taken = std::mem::replace(value, std::borrow::Cow::Borrowed(&NULL));
+            *value = check_cow(schema, column, taken)?;
+        }
+        key.clear();
+        match &mut next_id {
+            Some(id) => {
+                encode_key_value(&Value::Integer(*id), &mut key);
+                *id = id
+                    .checked_add(1)
+                    .ok_or_else(|| QueryError::out_of_range("rowid out of range"))?;
+            }
+            None => {
+                for &c in &schema.primary_key {
+                    encode_key_value(&values[c], &mut key);
+                }
+            }
+        }
+        encoded.clear();
+        encode_row_into(values.iter().map(|v| &**v), width, &mut encoded);
+        if data.insert(&key, &encoded)?.is_some() {
+            let row: Vec<Value> = values.iter().map(|v| v.as_ref().clone()).collect();
+            let constraint = format!("{}_pkey", schema.name);
+            return Err(duplicate(&constraint, schema, &schema.primary_key, &row));
+        }
+    }
+    Ok(rows.len() as u64)
+}
+
 /// Collects (key, row) of the rows a statement's source and WHERE select.
+/// A full scan decodes only the columns its filter reads to test a row,
+/// and the whole row only for a row that passes (when `full_rows`; else
+/// the row holds just the filter's columns).
 fn matching_rows(
     tx: &mut Transaction,
     source: &Source,
     params: &[Value],
+    full_rows: bool,
 ) -> Result<Vec<(Vec<u8>, Vec<Value>)>> {
     let mut out = Vec::new();
+    if matches!(source.access, Access::FullScan) && source.derived.is_none() {
+        scan_all_for_write(tx, source, params, full_rows, &mut out)?;
+        return Ok(out);
+    }
     scan_source(tx, source, params, &mut |key, row| {
         out.push((key.to_vec(), std::mem::take(row)));
         Ok(true)
     })?;
     Ok(out)
+}
+
+/// The full-scan case of [`matching_rows`].
+fn scan_all_for_write(
+    tx: &mut Transaction,
+    source: &Source,
+    params: &[Value],
+    full_rows: bool,
+    out: &mut Vec<(Vec<u8>, Vec<Value>)>,
+) -> Result<()> {
+    let schema = &source.schema;
+    let mut filter_columns = Vec::new();
+    for cond in &source.filter {
+        cond.columns(&mut filter_columns);
+    }
+    let mut mask = vec![false; schema.columns.len()];
+    for c in filter_columns {
+        if let Some(slot) = mask.get_mut(c) {
+            *slot = true;
+        }
+    }
+    let mut data = tx.open_table(&schema.data_table())?;
+    let mut range = data.range::<std::ops::RangeFull>(..)?;
+    let mut row = Vec::with_capacity(schema.columns.len());
+    while let Some(entry) = range.next_entry() {
+        let (key, bytes) = entry?;
+        decode_stored_row(schema, bytes, Some(&mask), &mut row)?;
+        let mut passes = true;
+        for cond in &source.filter {
+            if !cond.eval_condition(&row, params)? {
+                passes = false;
+                break;
+            }
+        }
+        if !passes {
+            continue;
+        }
+        if full_rows {
+            decode_stored_row(schema, bytes, None, &mut row)?;
+        }
+        out.push((key.to_vec(), std::mem::take(&mut row)));
+        row.reserve(schema.columns.len());
+    }
+    Ok(())
 }
 
 /// Runs an UPDATE; returns the row count and the RETURNING rows.
@@ -1143,18 +1305,34 @@ pub fn run_update(
     params: &[Value],
 ) -> Result<(u64, Option<RowSet>)> {
     let schema = &plan.source.schema;
-    let matches = matching_rows(tx, &plan.source, params)?;
+    let matches = matching_rows(tx, &plan.source, params, true)?;
+    // Only index maintenance reads the old row after the new one is made.
+    let keep_old = !schema.indexes.is_empty();
+    let moves_key = !schema.has_rowid()
+        && plan
+            .assignments
+            .iter()
+            .any(|(c, _)| schema.primary_key.contains(c));
     let mut changes = Vec::with_capacity(matches.len());
+    let mut assigned = Vec::with_capacity(plan.assignments.len());
     for (key, old) in matches {
-        let mut new = old.clone();
-        for (column, e) in &plan.assignments {
-            new[*column] = e.eval(&old, params)?;
+        assigned.clear();
+        for (_, e) in &plan.assignments {
+            assigned.push(e.eval(&old, params)?);
+        }
+        let (old, mut new) = if keep_old {
+            (old.clone(), old)
+        } else {
+            (Vec::new(), old)
+        };
+        for ((column, _), value) in plan.assignments.iter().zip(assigned.drain(..)) {
+            new[*column] = value;
         }
         check_row(schema, &mut new)?;
-        let new_key = if schema.has_rowid() {
-            key.clone()
-        } else {
+        let new_key = if moves_key {
             primary_key(schema, &new)
+        } else {
+            key.clone()
         };
         changes.push(Change {
             old: Some((key, old)),
@@ -1172,7 +1350,9 @@ pub fn run_delete(
     params: &[Value],
 ) -> Result<(u64, Option<RowSet>)> {
     let schema = &plan.source.schema;
-    let changes: Vec<Change> = matching_rows(tx, &plan.source, params)?
+    // Rows are read whole only when an index or RETURNING needs them.
+    let full_rows = plan.returning.is_some() || !plan.source.schema.indexes.is_empty();
+    let changes: Vec<Change> = matching_rows(tx, &plan.source, params, full_rows)?
         .into_iter()
         .map(|old| Change {
             old: Some(old),

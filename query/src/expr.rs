@@ -71,6 +71,14 @@ impl BinOp {
         )
     }
 
+    /// Whether this is `+ - * / %`.
+    pub fn is_arithmetic(self) -> bool {
+        matches!(
+            self,
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod
+        )
+    }
+
     /// The comparison with its operands swapped (`a < b` ⇔ `b > a`).
     pub fn flipped(self) -> BinOp {
         match self {
@@ -507,6 +515,13 @@ impl Expr {
             Expr::Param(i) => params.get(*i).map(Cow::Borrowed).ok_or_else(|| {
                 QueryError::sql("08P01", format!("no value for parameter ${}", i + 1))
             }),
+            // Arithmetic inside a condition (`id % 10 = 0`) stays out of
+            // the general `eval`.
+            Expr::Binary(op, a, b) if op.is_arithmetic() => Ok(Cow::Owned(binary_cow(
+                *op,
+                a.eval_cow(row, params)?,
+                b.eval_cow(row, params)?,
+            )?)),
             other => other.eval(row, params).map(Cow::Owned),
         }
     }
@@ -564,7 +579,9 @@ impl Expr {
                 a.eval_cow(row, params)?.as_ref(),
                 b.eval_cow(row, params)?.as_ref(),
             ),
-            Expr::Binary(op, a, b) => binary(*op, a.eval(row, params)?, b.eval(row, params)?),
+            Expr::Binary(op, a, b) => {
+                binary_cow(*op, a.eval_cow(row, params)?, b.eval_cow(row, params)?)
+            }
             Expr::IsNull(e, negated) => {
                 Ok(Value::Boolean(e.eval(row, params)?.is_null() != *negated))
             }
@@ -686,6 +703,14 @@ impl Expr {
 
     /// Evaluates a condition: true only for TRUE (NULL counts as false).
     pub fn eval_condition(&self, row: &[Value], params: &[Value]) -> Result<bool> {
+        // A comparison, the usual filter, is decided without building its
+        // boolean value; the operands are borrowed where they can be.
+        if let Expr::Binary(op, a, b) = self {
+            if op.is_comparison() {
+                let (x, y) = (a.eval_cow(row, params)?, b.eval_cow(row, params)?);
+                return Ok(x.sql_cmp(&y)?.is_some_and(|o| comparison_holds(*op, o)));
+            }
+        }
         Ok(truth(&self.eval(row, params)?)? == Some(true))
     }
 
@@ -752,15 +777,31 @@ pub fn compare(op: BinOp, a: &Value, b: &Value) -> Result<Value> {
     debug_assert!(op.is_comparison());
     Ok(match a.sql_cmp(b)? {
         None => Value::Null,
-        Some(o) => Value::Boolean(match op {
-            BinOp::Eq => o == Ordering::Equal,
-            BinOp::NotEq => o != Ordering::Equal,
-            BinOp::Lt => o == Ordering::Less,
-            BinOp::LtEq => o != Ordering::Greater,
-            BinOp::Gt => o == Ordering::Greater,
-            _ => o != Ordering::Less,
-        }),
+        Some(o) => Value::Boolean(comparison_holds(op, o)),
     })
+}
+
+/// Whether comparison `op` holds between operands ordered `o`.
+fn comparison_holds(op: BinOp, o: Ordering) -> bool {
+    match op {
+        BinOp::Eq => o == Ordering::Equal,
+        BinOp::NotEq => o != Ordering::Equal,
+        BinOp::Lt => o == Ordering::Less,
+        BinOp::LtEq => o != Ordering::Greater,
+        BinOp::Gt => o == Ordering::Greater,
+        _ => o != Ordering::Less,
+    }
+}
+
+/// [`binary`] on borrowed operands: integer arithmetic, the common case,
+/// copies neither.
+fn binary_cow(op: BinOp, a: Cow<'_, Value>, b: Cow<'_, Value>) -> Result<Value> {
+    if let (Value::Integer(x), Value::Integer(y)) = (a.as_ref(), b.as_ref()) {
+        if op.is_arithmetic() {
+            return integer_arith(op, *x, *y);
+        }
+    }
+    binary(op, a.into_owned(), b.into_owned())
 }
 
 /// Applies a (non-logical) binary operator.

@@ -39,6 +39,8 @@ mod parse;
 mod plan;
 mod rows;
 mod value;
+#[cfg(test)]
+mod write_tests;
 
 pub use catalog::{
     ColumnDef, IndexDef, TableSchema, MAX_COLUMNS, MAX_IDENTIFIER_BYTES, SCHEMA_TABLE,

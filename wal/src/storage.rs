@@ -469,8 +469,17 @@ impl StorageFile for MemFile {
     fn sync_data(&self) -> io::Result<()> {
         self.alive()?;
         let mut state = self.data.state.lock();
-        state.durable = state.current.clone();
-        state.unsynced.clear();
+        // Replay the unsynced operations onto the durable image: O(bytes
+        // written since the last sync), not O(file) as a clone would be (a
+        // preallocated TLog segment made that clone dominate every commit).
+        let ops = std::mem::take(&mut state.unsynced);
+        for op in ops {
+            apply_op(&mut state.durable, op, None);
+        }
+        debug_assert!(
+            state.durable == state.current,
+            "sync must make durable == current"
+        );
         Ok(())
     }
 

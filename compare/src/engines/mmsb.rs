@@ -194,13 +194,17 @@ impl KvReader for MmsbReader<'_> {
 
     fn scan(&mut self, start: &[u8], limit: usize) -> Result<ScanSummary> {
         let mut summary = ScanSummary::default();
-        let range = self
+        let mut range = self
             .table
             .range(start..)
             .map_err(Error::engine(NAME, "range"))?;
-        for entry in range.take(limit) {
+        // Entries lent from the pinned leaf page, valid until the next call.
+        for _ in 0..limit {
+            let Some(entry) = range.next_entry() else {
+                break;
+            };
             let (key, value) = entry.map_err(Error::engine(NAME, "range next"))?;
-            summary.add(&key, &value);
+            summary.add(key, value);
         }
         Ok(summary)
     }

@@ -364,6 +364,20 @@ impl<'a> Node<'a> {
     }
 }
 
+// Read side (cursors): re-opening pages validated before.
+impl<'a> Node<'a> {
+    /// A view of an immutable page image that [`Node::parse`] accepted
+    /// earlier at this `level`: skips the header checks, which cannot fail
+    /// again on the same bytes (checked again in debug builds).
+    pub(crate) fn reopen(b: &'a [u8], id: PageId, level: u8, geo: &'a Geometry) -> Self {
+        debug_assert!(
+            Node::parse(b, id, level, geo).is_ok(),
+            "reopen of an unvalidated page"
+        );
+        Self::from_trusted(b, id, NodeKind::at_level(level), geo)
+    }
+}
+
 /// Parses the leaf cell at `off`; `None` when malformed.
 pub(crate) fn parse_leaf_cell<'a>(b: &'a [u8], off: usize, geo: &Geometry) -> Option<LeafCell<'a>> {
     let flags = *b.get(off)?;

@@ -13,7 +13,7 @@
 //!   skew, no phantom). Read-only transactions read a committed prefix of
 //!   that order and need no check.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -33,13 +33,33 @@ pub(crate) enum KeySpace {
 pub(crate) struct SpaceWrites {
     /// Every key of the space changed (the table was dropped or recreated).
     pub whole: bool,
-    /// Keys shared with the writing transaction's buffer (no copy per key).
-    pub keys: BTreeSet<Arc<[u8]>>,
+    /// Keys shared with the writing transaction's buffer (no copy per key),
+    /// strictly ascending: the buffer yields them in order, so building the
+    /// set is one allocation and dropping it frees no tree nodes.
+    pub keys: Vec<Arc<[u8]>>,
 }
 
 impl SpaceWrites {
+    /// Writes of the keys `keys` yields, which must be strictly ascending.
+    pub fn of_sorted_keys(whole: bool, keys: impl Iterator<Item = Arc<[u8]>>) -> Self {
+        let keys: Vec<Arc<[u8]>> = keys.collect();
+        debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys not ascending");
+        SpaceWrites { whole, keys }
+    }
+
+    /// Adds `key` (kept sorted and distinct; for the few catalog keys).
+    pub fn add_key(&mut self, key: Arc<[u8]>) {
+        if let Err(at) = self.keys.binary_search(&key) {
+            self.keys.insert(at, key);
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.keys.binary_search_by(|k| k[..].cmp(key)).is_ok()
+    }
+
     fn meets_key(&self, key: &[u8]) -> bool {
-        self.whole || self.keys.contains(key)
+        self.whole || self.contains(key)
     }
 
     fn meets_range(&self, lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
@@ -56,18 +76,17 @@ impl SpaceWrites {
                 return false;
             }
         }
-        self.keys
-            .range::<[u8], _>((bound_ref(lower), bound_ref(upper)))
-            .next()
-            .is_some()
-    }
-}
-
-fn bound_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match bound {
-        Bound::Included(key) => Bound::Included(key.as_slice()),
-        Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
+        // The first key at or past the lower bound, then the upper bound.
+        let start = self.keys.partition_point(|k| match lower {
+            Bound::Included(l) => k[..] < l[..],
+            Bound::Excluded(l) => k[..] <= l[..],
+            Bound::Unbounded => false,
+        });
+        self.keys.get(start).is_some_and(|k| match upper {
+            Bound::Included(u) => k[..] <= u[..],
+            Bound::Excluded(u) => k[..] < u[..],
+            Bound::Unbounded => true,
+        })
     }
 }
 
@@ -152,7 +171,7 @@ fn keys_meet(a: &SpaceWrites, b: &SpaceWrites) -> bool {
     } else {
         (b, a)
     };
-    small.keys.iter().any(|key| large.keys.contains(key))
+    small.keys.iter().any(|key| large.contains(key))
 }
 
 /// Footprints of recent commits, oldest first.
@@ -265,7 +284,9 @@ mod tests {
 
     fn footprint(keys: &[&[u8]]) -> CommitFootprint {
         let mut writes = SpaceWrites::default();
-        writes.keys.extend(keys.iter().map(|k| Arc::from(*k)));
+        for key in keys {
+            writes.add_key(Arc::from(*key));
+        }
         CommitFootprint::from([(space(), writes)])
     }
 
@@ -335,12 +356,47 @@ mod tests {
         assert!(log.read_conflict(CommitEpoch(1), &reads).is_some());
     }
 
+    fn bound_of(b: Option<(u8, bool)>) -> Bound<Vec<u8>> {
+        match b {
+            None => Bound::Unbounded,
+            Some((k, true)) => Bound::Included(vec![k]),
+            Some((k, false)) => Bound::Excluded(vec![k]),
+        }
+    }
+
+    proptest::proptest! {
+        /// The sorted key list answers like a `BTreeSet` of the same keys.
+        #[test]
+        fn sorted_keys_meet_like_a_set(
+            keys in proptest::collection::btree_set(proptest::prelude::any::<u8>(), 0..40),
+            probes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            ranges in proptest::collection::vec(
+                (proptest::option::of((proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>())),
+                 proptest::option::of((proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()))),
+                0..20,
+            ),
+        ) {
+            let model: std::collections::BTreeSet<Vec<u8>> = keys.iter().map(|&k| vec![k]).collect();
+            let writes = SpaceWrites::of_sorted_keys(false, model.iter().map(|k| Arc::from(&k[..])));
+            for p in probes {
+                proptest::prop_assert_eq!(writes.meets_key(&[p]), model.contains(&vec![p]));
+            }
+            for (lo, hi) in ranges {
+                let (lo, hi) = (bound_of(lo), bound_of(hi));
+                let inverted = match (&lo, &hi) {
+                    (Bound::Included(l), Bound::Included(u)) => l > u,
+                    (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => l >= u,
+                    _ => false,
+                };
+                let want = !inverted && model.range((lo.clone(), hi.clone())).next().is_some();
+                proptest::prop_assert_eq!(writes.meets_range(&lo, &hi), want, "{:?}..{:?}", lo, hi);
+            }
+        }
+    }
+
     #[test]
     fn inverted_ranges_meet_nothing() {
-        let writes = SpaceWrites {
-            whole: false,
-            keys: BTreeSet::from([Arc::from(&b"k"[..])]),
-        };
+        let writes = SpaceWrites::of_sorted_keys(false, std::iter::once(Arc::from(&b"k"[..])));
         assert!(!writes.meets_range(
             &Bound::Included(b"z".to_vec()),
             &Bound::Included(b"a".to_vec())

@@ -19,7 +19,7 @@ mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mmsb_wal::CommitEpoch;
 
@@ -28,6 +28,7 @@ use crate::catalog::{self, TableEntry};
 use crate::db::{PendingCommit, Shared, WriterGuard};
 use crate::error::{Error, Result};
 use crate::metrics::timed;
+use crate::page_access::PageRef;
 use crate::txn::{PageReadTransaction, PageWriteTransaction};
 
 use buffer::{Put, WriteBuffer};
@@ -79,10 +80,10 @@ impl TableWrites {
     }
 
     fn footprint(&self) -> SpaceWrites {
-        SpaceWrites {
-            whole: self.created || self.dropped,
-            keys: self.entries.keys().map(Arc::clone).collect(),
-        }
+        SpaceWrites::of_sorted_keys(
+            self.created || self.dropped,
+            self.entries.keys().map(Arc::clone),
+        )
     }
 }
 
@@ -120,7 +121,7 @@ pub struct Transaction {
     /// The snapshot conflicts are checked from (the first one).
     start_epoch: CommitEpoch,
     /// Catalog entries as of `snapshot`, cached per name.
-    catalog_cache: HashMap<String, Option<TableEntry>>,
+    catalog_cache: NameMap<Option<TableEntry>>,
     tables: BTreeMap<Arc<str>, TableWrites>,
     reads: ReadSet,
     undo: Vec<Undo>,
@@ -178,7 +179,7 @@ impl Transaction {
             shared,
             isolation,
             snapshot,
-            catalog_cache: HashMap::new(),
+            catalog_cache: NameMap::default(),
             tables: BTreeMap::new(),
             reads: ReadSet::default(),
             undo: Vec::new(),
@@ -278,6 +279,7 @@ impl Transaction {
             space: KeySpace::Table(Arc::clone(&name)),
             name,
             tx: self,
+            write_base: None,
         })
     }
 
@@ -455,8 +457,7 @@ impl Transaction {
                 footprint
                     .entry(KeySpace::Catalog)
                     .or_default()
-                    .keys
-                    .insert(Arc::from(name.as_bytes()));
+                    .add_key(Arc::from(name.as_bytes()));
             }
             if writes.created || writes.dropped || !writes.entries.is_empty() {
                 footprint.insert(KeySpace::Table(name.clone()), writes.footprint());
@@ -545,12 +546,53 @@ pub struct Table<'t> {
     name: Arc<str>,
     /// `KeySpace::Table(name)`, built once.
     space: KeySpace,
+    /// The snapshot tree writes look old values up in, with the snapshot
+    /// epoch it was found at (READ COMMITTED may move the snapshot between
+    /// calls). While this handle lives the transaction cannot create or drop
+    /// tables, so the tree only changes with the snapshot.
+    write_base: Option<(CommitEpoch, Option<TreeHeader>)>,
 }
 
 impl std::fmt::Debug for Table<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table").field("name", &self.name).finish()
     }
+}
+
+/// FNV-1a, for the catalog cache: every write looks its table up by name,
+/// and SipHash cost more than the rest of that lookup. The names are the
+/// transaction's own (a caller can only slow down its own transaction).
+#[derive(Debug, Clone, Copy)]
+struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A map keyed by table name, hashed with [`NameHasher`].
+type NameMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<NameHasher>>;
+
+/// What a write does with a key it has not buffered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vacant {
+    /// Look it up in the snapshot (for the old value and the length).
+    Look,
+    /// The caller read it in this transaction and found it present.
+    KnownPresent,
 }
 
 fn check_key_value(key: &[u8], value: Option<&[u8]>) -> Result<()> {
@@ -625,21 +667,63 @@ impl Table<'_> {
     /// Stores `value` under `key`; returns the value it replaces.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<Option<ByteView>> {
         check_key_value(key, Some(value))?;
-        self.write(key, Some(Arc::from(value)))
+        self.write(key, Some(Arc::from(value)), Vacant::Look)
     }
 
     /// Removes `key`; returns its value.
     pub fn remove(&mut self, key: &[u8]) -> Result<Option<ByteView>> {
         check_key_value(key, None)?;
-        self.write(key, None)
+        self.write(key, None, Vacant::Look)
     }
 
-    /// Buffers one write with a single search of the buffer; only a key
-    /// not yet buffered is looked up in the snapshot's tree (for the old
-    /// value and the length change).
-    fn write(&mut self, key: &[u8], value: Option<Arc<[u8]>>) -> Result<Option<ByteView>> {
+    /// Stores `value` under `key`, which the caller found present by
+    /// reading this table in this transaction (an UPDATE of a row it just
+    /// scanned). Unlike [`Table::insert`] it does not look the key up again
+    /// for its old value. Conflict checks are those of `insert` (the write
+    /// set holds the key); under READ COMMITTED, where each call may see a
+    /// newer snapshot than the read did, it looks the key up like `insert`.
+    pub fn overwrite_known(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        check_key_value(key, Some(value))?;
+        self.write(key, Some(Arc::from(value)), Vacant::KnownPresent)
+            .map(drop)
+    }
+
+    /// Removes `key`, which the caller found present by reading this table
+    /// in this transaction; see [`Table::overwrite_known`].
+    pub fn remove_known(&mut self, key: &[u8]) -> Result<()> {
+        check_key_value(key, None)?;
+        self.write(key, None, Vacant::KnownPresent).map(drop)
+    }
+
+    /// [`Transaction::base_tree`], remembered per snapshot (one catalog
+    /// lookup per handle instead of one per write).
+    fn write_base(&mut self) -> Result<Option<TreeHeader>> {
+        let epoch = self.tx.snapshot.snapshot();
+        if let Some((at, tree)) = self.write_base {
+            if at == epoch {
+                debug_assert_eq!(tree, self.tx.base_tree(&self.name)?);
+                return Ok(tree);
+            }
+        }
+        let tree = self.tx.base_tree(&self.name)?;
+        self.write_base = Some((epoch, tree));
+        Ok(tree)
+    }
+
+    /// Buffers one write with a single search of the buffer; a key not yet
+    /// buffered is looked up in the snapshot's tree (for the old value and
+    /// the length change) unless `vacant` says the caller knows it is there.
+    fn write(
+        &mut self,
+        key: &[u8],
+        value: Option<Arc<[u8]>>,
+        vacant: Vacant,
+    ) -> Result<Option<ByteView>> {
         self.tx.begin_statement()?;
-        let base = self.tx.base_tree(&self.name)?;
+        // READ COMMITTED: the caller's read may predate this call's snapshot.
+        let known =
+            vacant == Vacant::KnownPresent && self.tx.isolation != IsolationLevel::ReadCommitted;
+        let base = self.write_base()?;
         let tx = &mut *self.tx;
         let cost = write_buffer_cost(key.len(), value.as_ref().map_or(0, |v| v.len()));
         tx.shared
@@ -659,21 +743,32 @@ impl Table<'_> {
         let is_some = value.is_some();
         let snapshot = &tx.snapshot;
         let put = writes.entries.put(Arc::clone(&key), value, |key| {
-            Ok(match base {
-                Some(tree) => btree::get(snapshot, &tree, key)?.map(ByteView::from_page),
-                None => None,
-            })
+            let found = match base {
+                // An empty snapshot tree (a bulk load into a new table) holds no key.
+                Some(tree) if !known && tree.len > 0 => {
+                    btree::get(snapshot, &tree, key)?.map(ByteView::from_page)
+                }
+                _ => None,
+            };
+            debug_assert!(
+                !known
+                    || base.is_some_and(|tree| {
+                        btree::get(snapshot, &tree, key).is_ok_and(|v| v.is_some())
+                    }),
+                "a key written as known present is absent from the snapshot"
+            );
+            Ok((known || found.is_some(), found))
         })?;
-        let (old, previous) = match put {
+        let (old, present, previous) = match put {
             Put::Replaced(previous) => {
                 let old = previous
                     .as_ref()
                     .map(|old| ByteView::shared(Arc::clone(old)));
-                (old, Some(previous))
+                (old, previous.is_some(), Some(previous))
             }
-            Put::Added(old) => (old, None),
+            Put::Added((present, old)) => (old, present, None),
         };
-        let len_delta = i64::from(is_some) - i64::from(old.is_some());
+        let len_delta = i64::from(is_some) - i64::from(present);
         writes.len_delta += len_delta;
         tx.undo.push(Undo::Entry {
             table: Arc::clone(&self.name),
@@ -774,6 +869,7 @@ impl ReadTransaction {
         Ok(ReadOnlyTable {
             snapshot: &self.snapshot,
             tree: entry.tree,
+            root: OnceLock::new(),
         })
     }
 
@@ -789,16 +885,39 @@ impl ReadTransaction {
 }
 
 /// A table inside a [`ReadTransaction`].
-#[derive(Debug)]
 pub struct ReadOnlyTable<'r> {
     snapshot: &'r PageReadTransaction,
     tree: TreeHeader,
+    /// A private copy of the root page as of the snapshot, made by the
+    /// first `get`: later lookups start below it without touching the page
+    /// table (whose root entry every reader thread would otherwise share).
+    root: OnceLock<Option<PageRef>>,
+}
+
+impl std::fmt::Debug for ReadOnlyTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlyTable")
+            .field("snapshot", &self.snapshot)
+            .field("tree", &self.tree)
+            .finish()
+    }
 }
 
 impl<'r> ReadOnlyTable<'r> {
     /// The value under `key`: a view into the page when it is in memory.
     pub fn get(&self, key: &[u8]) -> Result<Option<ByteView>> {
-        Ok(btree::get(self.snapshot, &self.tree, key)?.map(ByteView::from_page))
+        let root = match self.root.get() {
+            Some(root) => root,
+            None => {
+                let copy = btree::root_copy(self.snapshot, &self.tree)?;
+                self.root.get_or_init(|| copy)
+            }
+        };
+        let found = match root {
+            Some(root) => btree::get_with_root(self.snapshot, &self.tree, root, key)?,
+            None => None,
+        };
+        Ok(found.map(ByteView::from_page))
     }
 
     /// Entries with keys in `bounds`, in key order, from either end.
@@ -955,6 +1074,62 @@ mod tests {
             let result = t1.commit();
             assert!(
                 matches!(result, Err(Error::Conflict(_))),
+                "{level:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn known_writes_keep_len_and_undo_like_plain_ones() {
+        for level in [
+            IsolationLevel::ReadCommitted,
+            IsolationLevel::RepeatableRead,
+            IsolationLevel::Serializable,
+        ] {
+            let db = memory_db();
+            put(&db, b"a", b"1");
+            put(&db, b"b", b"2");
+            let mut tx = db.begin(level).expect("begin");
+            let savepoint = tx.savepoint();
+            let mut t = tx.open_table("t").expect("open");
+            t.overwrite_known(b"a", b"10").expect("overwrite");
+            t.remove_known(b"b").expect("remove");
+            // Known writes to keys already buffered behave the same.
+            t.overwrite_known(b"a", b"11").expect("overwrite again");
+            assert_eq!(t.len().expect("len"), 1, "{level:?}");
+            assert_eq!(t.get(b"a").expect("get").as_deref(), Some(&b"11"[..]));
+            assert_eq!(t.get(b"b").expect("get"), None);
+            tx.rollback_to(&savepoint).expect("rollback to");
+            let mut t = tx.open_table("t").expect("open");
+            assert_eq!(t.len().expect("len"), 2, "{level:?}");
+            assert_eq!(t.get(b"a").expect("get").as_deref(), Some(&b"1"[..]));
+            t.overwrite_known(b"b", b"20").expect("overwrite");
+            tx.commit().expect("commit");
+            let read = db.begin_read().expect("read");
+            let table = read.open_table("t").expect("open");
+            assert_eq!(table.len(), 2);
+            assert_eq!(table.get(b"b").expect("get").as_deref(), Some(&b"20"[..]));
+        }
+    }
+
+    #[test]
+    fn known_writes_conflict_like_plain_ones() {
+        for (level, conflicts) in [
+            (IsolationLevel::ReadCommitted, false),
+            (IsolationLevel::RepeatableRead, true),
+            (IsolationLevel::Serializable, true),
+        ] {
+            let db = memory_db();
+            put(&db, b"k", b"1");
+            let mut t1 = db.begin(level).expect("begin t1");
+            t1.open_table("t")
+                .and_then(|mut t| t.overwrite_known(b"k", b"2"))
+                .expect("overwrite");
+            put(&db, b"k", b"3");
+            let result = t1.commit();
+            assert_eq!(
+                matches!(result, Err(Error::Conflict(_))),
+                conflicts,
                 "{level:?}: {result:?}"
             );
         }

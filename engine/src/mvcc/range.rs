@@ -15,6 +15,12 @@ type BufferItem<'a> = (&'a Arc<[u8]>, &'a Option<Arc<[u8]>>);
 pub(crate) use super::buffer::BufferRange;
 
 /// Entries of a table in key order, from either end.
+///
+/// As an iterator it yields owned [`ByteView`]s. [`Range::next_entry`] and
+/// [`Range::next_back_entry`] lend each entry as slices instead, valid until
+/// the next call: when the transaction has no buffered writes in the range
+/// they come straight from the pinned leaf page, with no allocation and no
+/// reference count change per entry.
 pub struct Range<'a> {
     tree: Option<RangeIter<'a, PageReadTransaction>>,
     buffer: Option<BufferRange<'a>>,
@@ -23,6 +29,8 @@ pub struct Range<'a> {
     front_buffer: Option<BufferItem<'a>>,
     back_buffer: Option<BufferItem<'a>>,
     failed: bool,
+    /// The entry lent by the last merged (buffered-writes) borrowed step.
+    held: Option<(ByteView, ByteView)>,
 }
 
 impl std::fmt::Debug for Range<'_> {
@@ -53,6 +61,7 @@ impl<'a> Range<'a> {
             front_buffer: None,
             back_buffer: None,
             failed: false,
+            held: None,
         }
     }
 
@@ -158,6 +167,48 @@ impl<'a> Range<'a> {
     }
 }
 
+impl Range<'_> {
+    /// The next entry from the front, lent until the next call on this
+    /// range. Same entries, order and errors as [`Iterator::next`], with
+    /// which it may be mixed.
+    pub fn next_entry(&mut self) -> Option<Result<(&[u8], &[u8])>> {
+        self.step_borrowed(true)
+    }
+
+    /// The next entry from the back, lent like [`Range::next_entry`].
+    pub fn next_back_entry(&mut self) -> Option<Result<(&[u8], &[u8])>> {
+        self.step_borrowed(false)
+    }
+
+    fn step_borrowed(&mut self, forward: bool) -> Option<Result<(&[u8], &[u8])>> {
+        if self.failed {
+            return None;
+        }
+        // Without buffered writes (and nothing parked by an owned step) the
+        // tree's entries are the answer: lend them directly.
+        let direct = self.buffer.is_none() && self.front_tree.is_none() && self.back_tree.is_none();
+        if direct {
+            let tree = self.tree.as_mut()?;
+            let item = if forward {
+                tree.next_entry()
+            } else {
+                tree.next_back_entry()
+            };
+            if matches!(item, Some(Err(_))) {
+                self.failed = true;
+            }
+            return item;
+        }
+        match self.step(forward)? {
+            Ok(pair) => {
+                let (key, value) = self.held.insert(pair);
+                Some(Ok((&key[..], &value[..])))
+            }
+            Err(err) => Some(Err(err)),
+        }
+    }
+}
+
 impl Iterator for Range<'_> {
     type Item = Result<(ByteView, ByteView)>;
 
@@ -169,5 +220,280 @@ impl Iterator for Range<'_> {
 impl DoubleEndedIterator for Range<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
         self.step(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::ops::Bound;
+    use std::sync::Arc;
+
+    use mmsb_wal::storage::MemStorage;
+    use proptest::prelude::*;
+
+    use super::Range;
+    use crate::{Database, Options};
+
+    type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    fn memory_db() -> Database {
+        Options {
+            storage: Arc::new(MemStorage::new()),
+            checkpoint_on_close: false,
+            background_workers: false,
+            ..Options::default()
+        }
+        .open("/range/db.mmsb")
+        .expect("open a memory database")
+    }
+
+    /// Key `k`: two big-endian bytes, padded past the inline key limit of
+    /// 4 KiB pages (an overflow chain) when `long`.
+    fn key(k: u16, long: bool) -> Vec<u8> {
+        let mut key = k.to_be_bytes().to_vec();
+        if long {
+            key.resize(1_500, k as u8);
+        }
+        key
+    }
+
+    /// Value of `len` bytes; lengths past about 1 KiB live in overflow pages.
+    fn value(k: u16, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u8) ^ (k as u8)).collect()
+    }
+
+    fn in_bounds(key: &[u8], lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
+        let above = match lo {
+            Bound::Included(l) => key >= &l[..],
+            Bound::Excluded(l) => key > &l[..],
+            Bound::Unbounded => true,
+        };
+        let below = match hi {
+            Bound::Included(h) => key <= &h[..],
+            Bound::Excluded(h) => key < &h[..],
+            Bound::Unbounded => true,
+        };
+        above && below
+    }
+
+    /// One step: from the front or the back, lent or owned.
+    #[derive(Clone, Copy, Debug)]
+    struct Step {
+        forward: bool,
+        lent: bool,
+    }
+
+    fn take(range: &mut Range<'_>, step: Step) -> crate::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if step.lent {
+            let item = if step.forward {
+                range.next_entry()
+            } else {
+                range.next_back_entry()
+            };
+            item.transpose()
+                .map(|pair| pair.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        } else {
+            let item = if step.forward {
+                range.next()
+            } else {
+                range.next_back()
+            };
+            item.transpose()
+                .map(|pair| pair.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        }
+    }
+
+    /// Walks `range` by `steps` (then forward until it ends) and checks
+    /// every answer against the model's entries in the bounds.
+    fn check_walk(
+        mut range: Range<'_>,
+        want: &[(&Vec<u8>, &Vec<u8>)],
+        steps: &[Step],
+    ) -> Result<(), TestCaseError> {
+        let (mut i, mut j) = (0, want.len());
+        let tail = std::iter::repeat_n(
+            Step {
+                forward: true,
+                lent: true,
+            },
+            want.len() + 2,
+        );
+        for step in steps.iter().copied().chain(tail) {
+            let got = take(&mut range, step).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let expect = if i == j {
+                None
+            } else if step.forward {
+                i += 1;
+                Some(want[i - 1])
+            } else {
+                j -= 1;
+                Some(want[j])
+            };
+            let expect = expect.map(|(k, v)| (k.clone(), v.clone()));
+            prop_assert_eq!(got, expect, "step {:?}", step);
+        }
+        Ok(())
+    }
+
+    fn bound_of(b: Option<(u16, bool)>) -> Bound<Vec<u8>> {
+        match b {
+            None => Bound::Unbounded,
+            Some((k, true)) => Bound::Included(key(k, false)),
+            Some((k, false)) => Bound::Excluded(key(k, false)),
+        }
+    }
+
+    fn slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+        b.as_ref().map(Vec::as_slice)
+    }
+
+    fn step_gen() -> impl Strategy<Value = Step> {
+        (any::<bool>(), any::<bool>()).prop_map(|(forward, lent)| Step { forward, lent })
+    }
+
+    /// (key, long key?, value length or removal)
+    type Write = (u16, bool, Option<usize>);
+
+    fn write_gen() -> impl Strategy<Value = Write> {
+        let len = prop_oneof![8 => 0usize..120, 1 => 1_200usize..3_000];
+        (
+            0u16..400,
+            prop::bool::weighted(0.05),
+            prop::option::weighted(0.9, len),
+        )
+    }
+
+    fn apply(
+        table: &mut crate::Table<'_>,
+        model: &mut Model,
+        writes: &[Write],
+    ) -> crate::Result<()> {
+        for &(k, long, len) in writes {
+            let key = key(k, long);
+            match len {
+                Some(len) => {
+                    let value = value(k, len);
+                    table.insert(&key, &value)?;
+                    model.insert(key, value);
+                }
+                None => {
+                    table.remove(&key)?;
+                    model.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Lent and owned steps, mixed and from both ends, give the model's
+        /// entries: on a read snapshot (lent straight from the leaves) and
+        /// inside a write transaction with buffered writes (merged).
+        #[test]
+        fn lent_and_owned_steps_match_a_model(
+            committed in prop::collection::vec(write_gen(), 0..400),
+            buffered in prop::collection::vec(write_gen(), 0..40),
+            lo in prop::option::of((0u16..400, any::<bool>())),
+            hi in prop::option::of((0u16..400, any::<bool>())),
+            steps in prop::collection::vec(step_gen(), 0..60),
+        ) {
+            let fail = |e: crate::Error| TestCaseError::fail(e.to_string());
+            let db = memory_db();
+            let mut model = Model::new();
+            let mut tx = db.begin_write().map_err(fail)?;
+            apply(&mut tx.open_table("t").map_err(fail)?, &mut model, &committed).map_err(fail)?;
+            tx.commit().map_err(fail)?;
+            let (lo, hi) = (bound_of(lo), bound_of(hi));
+            let bounds = (slice_bound(&lo), slice_bound(&hi));
+
+            let want: Vec<_> = model.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
+            let rx = db.begin_read().map_err(fail)?;
+            let table = rx.open_table("t").map_err(fail)?;
+            check_walk(table.range(bounds).map_err(fail)?, &want, &steps)?;
+
+            let mut tx = db.begin_write().map_err(fail)?;
+            let mut table = tx.open_table("t").map_err(fail)?;
+            let mut mine = model.clone();
+            apply(&mut table, &mut mine, &buffered).map_err(fail)?;
+            let want: Vec<_> = mine.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
+            check_walk(table.range(bounds).map_err(fail)?, &want, &steps)?;
+        }
+    }
+
+    /// `ReadOnlyTable::get` (which keeps a private copy of the root) agrees
+    /// with the model for trees of one and two levels and for an empty
+    /// table, and keeps reading its own snapshot after later commits.
+    #[test]
+    fn read_only_gets_match_the_model_at_every_height() {
+        let db = memory_db();
+        let mut tx = db.begin_write().expect("begin");
+        tx.open_table("t").expect("create");
+        tx.commit().expect("commit");
+        let mut model = Model::new();
+        let mut next = 0u16;
+        for batch in [0u16, 10, 3_000, 20_000] {
+            {
+                let rx = db.begin_read().expect("read");
+                let table = rx.open_table("t").expect("open");
+                for k in (0..next + 5).step_by(7) {
+                    let got = table.get(&key(k, false)).expect("get");
+                    assert_eq!(got.as_deref(), model.get(&key(k, false)).map(|v| &v[..]));
+                }
+                // A commit after the first get: the cached root must not see it.
+                let mut tx = db.begin_write().expect("begin");
+                tx.open_table("t")
+                    .and_then(|mut t| t.insert(&key(next, false), b"later"))
+                    .expect("insert");
+                tx.commit().expect("commit");
+                assert_eq!(table.get(&key(next, false)).expect("get"), None);
+            }
+            let mut tx = db.begin_write().expect("begin");
+            let mut table = tx.open_table("t").expect("open");
+            for k in next..next + batch {
+                table.insert(&key(k, false), &value(k, 30)).expect("insert");
+                model.insert(key(k, false), value(k, 30));
+            }
+            table
+                .insert(&key(next + batch, false), &value(next + batch, 30))
+                .expect("insert");
+            model.insert(key(next + batch, false), value(next + batch, 30));
+            drop(table);
+            tx.commit().expect("commit");
+            next += batch + 1;
+        }
+        let rx = db.begin_read().expect("read");
+        let table = rx.open_table("t").expect("open");
+        for (k, v) in &model {
+            assert_eq!(table.get(k).expect("get").as_deref(), Some(&v[..]));
+        }
+        assert_eq!(table.get(b"missing").expect("get"), None);
+    }
+
+    #[test]
+    fn a_lent_entry_survives_until_the_next_call_across_leaves() {
+        let db = memory_db();
+        let mut tx = db.begin_write().expect("begin");
+        let mut table = tx.open_table("t").expect("open");
+        for k in 0..2_000u16 {
+            table.insert(&key(k, false), &value(k, 40)).expect("insert");
+        }
+        drop(table);
+        tx.commit().expect("commit");
+        let rx = db.begin_read().expect("read");
+        let table = rx.open_table("t").expect("open");
+        let mut range = table.range::<std::ops::RangeFull>(..).expect("range");
+        let mut seen = 0u16;
+        while let Some(entry) = range.next_entry() {
+            let (k, v) = entry.expect("entry");
+            assert_eq!(k, &key(seen, false)[..]);
+            assert_eq!(v, &value(seen, 40)[..]);
+            seen += 1;
+        }
+        assert_eq!(seen, 2_000, "every entry, over many leaves");
+        assert!(range.next_entry().is_none(), "stays exhausted");
+        assert!(range.next().is_none());
     }
 }

@@ -12,6 +12,20 @@
 //! nothing written since the last good fsync can be trusted until a reopen
 //! re-validates the files.
 //!
+//! Frames are buffered before the segment they go to is known (a flush may
+//! rotate first), so `append` buffers each frame with a blank segment tag and
+//! its payload's CRC; the leader stamps the tag and the frame CRC (an O(1)
+//! CRC combine per frame) once it holds the active segment.
+//!
+//! Preallocation: the active segment's file is kept longer than its frames,
+//! zeros past the write position ([`TLogConfig::preallocate_bytes`] at a
+//! time, written with the batch that needs them), so most flushes overwrite
+//! within the file's size and their fdatasync writes data only, with no
+//! file-size (metadata journal) commit. A segment is trimmed to its frames
+//! when it is sealed and when the log is closed. Truncation keeps one deleted
+//! segment as a spare file that the next rotation renames into place instead
+//! of creating a file; its stale frames carry another segment tag.
+//!
 //! Gathering: a new leader that saw several committers waiting during the
 //! previous flush waits a moment (at most half the previous flush, at most
 //! [`GATHER_WAIT_LIMIT_MICROS`]) for their next frames before it writes, so
@@ -27,10 +41,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use super::format::{commit_frame_parts, segment_file_name, SegmentHeader, FRAME_OVERHEAD_BYTES};
+use super::format::{
+    commit_frame_header, payload_crc, segment_file_name, stamp_frame, SegmentHeader,
+    FRAME_HEADER_BYTES, FRAME_OVERHEAD_BYTES, FRAME_TRAILER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use super::recover::{Recovered, Segment};
 use super::scan::{corrupted, ReplaySegment};
-use super::{segments_to_replay, CommitTicket, Counters, Durability, TLogConfig};
+use super::{segments_to_replay, CommitTicket, Counters, Durability, TLogConfig, SPARE_FILE_NAME};
 use crate::storage::Storage;
 use crate::{CommitEpoch, Result, WalError};
 
@@ -61,10 +78,15 @@ pub(crate) struct Shared {
 /// What the state lock guards.
 #[derive(Debug)]
 struct State {
-    /// Encoded frames waiting for the next group flush.
+    /// Encoded frames waiting for the next group flush (segment tag and CRC
+    /// not yet stamped).
     buf: Vec<u8>,
+    /// Where each frame of `buf` lies, with its payload's CRC.
+    slots: Vec<FrameSlot>,
     /// An empty buffer kept for the next swap, so flushes do not reallocate.
     spare: Vec<u8>,
+    /// An empty slot list kept for the next swap.
+    spare_slots: Vec<FrameSlot>,
     /// Epoch of the first frame in `buf`.
     buf_first: Option<CommitEpoch>,
     /// Frames in `buf`.
@@ -90,17 +112,28 @@ struct State {
     stop: bool,
 }
 
+/// One buffered frame: its byte range in the buffer and its payload's CRC.
+#[derive(Debug, Clone, Copy)]
+struct FrameSlot {
+    start: usize,
+    len: usize,
+    payload_crc: u32,
+}
+
 /// The segment files of the log.
 #[derive(Debug)]
 struct Writer {
     /// Oldest first; the last one is the active segment.
     segments: VecDeque<Segment>,
     next_seq: u64,
+    /// Whether a deleted segment waits in the spare file for the next rotation.
+    has_spare: bool,
 }
 
 /// Frames a leader took from the buffer.
 struct Batch {
     bytes: Vec<u8>,
+    slots: Vec<FrameSlot>,
     first: CommitEpoch,
     last: CommitEpoch,
 }
@@ -110,6 +143,7 @@ impl Shared {
         storage: Arc<dyn Storage>,
         config: TLogConfig,
         recovered: Recovered,
+        has_spare: bool,
         counters: Counters,
     ) -> Self {
         let last = recovered.last_epoch;
@@ -119,7 +153,9 @@ impl Shared {
             counters,
             state: Mutex::new(State {
                 buf: Vec::new(),
+                slots: Vec::new(),
                 spare: Vec::new(),
+                spare_slots: Vec::new(),
                 buf_first: None,
                 buf_frames: 0,
                 appended: last,
@@ -138,6 +174,7 @@ impl Shared {
             writer: Mutex::new(Writer {
                 segments: recovered.segments,
                 next_seq: recovered.next_seq,
+                has_spare,
             }),
         }
     }
@@ -179,7 +216,10 @@ impl Shared {
                 limit: self.config.max_frame_bytes,
             });
         }
-        let (header, crc) = commit_frame_parts(epoch, payload);
+        // The segment tag is stamped by the flush; the payload CRC is done here,
+        // outside the lock, by the committing thread.
+        let header = commit_frame_header(0, epoch, payload.len());
+        let payload_crc = payload_crc(payload);
         let frame_len = FRAME_OVERHEAD_BYTES + payload.len();
         let mut state = self.state.lock();
         loop {
@@ -201,10 +241,16 @@ impl Shared {
             let target = state.appended;
             self.sync_through_locked(&mut state, target)?;
         }
+        let start = state.buf.len();
         state.buf.reserve(frame_len);
         state.buf.extend_from_slice(&header);
         state.buf.extend_from_slice(payload);
-        state.buf.extend_from_slice(&crc.to_le_bytes());
+        state.buf.extend_from_slice(&[0u8; FRAME_TRAILER_BYTES]);
+        state.slots.push(FrameSlot {
+            start,
+            len: frame_len,
+            payload_crc,
+        });
         state.buf_first.get_or_insert(epoch);
         state.buf_frames += 1;
         state.appended = epoch;
@@ -254,9 +300,9 @@ impl Shared {
             }
             state.flushing = true;
             self.gather(state);
-            let batch = take_batch(state);
+            let mut batch = take_batch(state);
             let started = Instant::now();
-            let result = MutexGuard::unlocked(state, || self.write_batch(&batch));
+            let result = MutexGuard::unlocked(state, || self.write_batch(&mut batch));
             state.last_flush = started.elapsed();
             state.committers_hint = state.waiting + 1;
             state.flushing = false;
@@ -268,7 +314,7 @@ impl Shared {
             }
             debug_assert!(batch.last > state.durable);
             state.durable = batch.last;
-            recycle(state, batch.bytes, self.config.group_buffer_limit_bytes);
+            recycle(state, batch, self.config.group_buffer_limit_bytes);
             self.progress.notify_all();
         }
     }
@@ -293,37 +339,162 @@ impl Shared {
 
     /// One write and one fsync of a batch, rotating first when the active
     /// segment is past its target size. Runs without the state lock.
-    fn write_batch(&self, batch: &Batch) -> Result<()> {
+    fn write_batch(&self, batch: &mut Batch) -> Result<()> {
         let mut writer = self.writer.lock();
         let target_bytes = self.config.segment_target_bytes;
         let reuse = writer.segments.back().is_some_and(|s| s.len < target_bytes);
         let mut active = match writer.segments.pop_back() {
             Some(active) if reuse => active,
             previous => {
-                writer.segments.extend(previous);
-                self.create_segment(&mut writer, batch.first)?
+                if let Some(mut sealed) = previous {
+                    let sealing = self.trim(&mut sealed, true);
+                    writer.segments.push_back(sealed);
+                    sealing?;
+                }
+                self.next_segment(&mut writer, batch.first)?
             }
         };
-        let result = self.append_batch(&mut active, batch);
+        for slot in &batch.slots {
+            let frame = &mut batch.bytes[slot.start..slot.start + slot.len];
+            stamp_frame(frame, active.seq, slot.payload_crc);
+        }
+        let result = self.append_batch(&mut active, &mut batch.bytes);
         writer.segments.push_back(active);
         result
     }
 
-    fn append_batch(&self, active: &mut Segment, batch: &Batch) -> Result<()> {
+    /// Writes `bytes` at the active segment's write position and fsyncs
+    /// them. When they reach past the file's size, zeros up to the next
+    /// preallocation step follow them in the same flush (one fsync). Over
+    /// stale bytes (a recycled file) a frame header's worth of zeros follows
+    /// them in the same write, so that the log ends cleanly there.
+    fn append_batch(&self, active: &mut Segment, bytes: &mut Vec<u8>) -> Result<()> {
         let io_err = |what: &str| {
             let context = format!("{what} {}", active.path.display());
             move |err| WalError::io(context, err)
         };
-        active
-            .file
-            .write_all_at(&batch.bytes, active.len)
-            .map_err(io_err("appending to"))?;
-        self.counters.wrote(batch.bytes.len());
+        let new_end = active.len + bytes.len() as u64;
+        let terminator = if active.stale_past_len {
+            active
+                .allocated
+                .saturating_sub(new_end)
+                .min(FRAME_HEADER_BYTES as u64) as usize
+        } else {
+            0
+        };
+        let frames_len = bytes.len();
+        bytes.resize(frames_len + terminator, 0);
+        let written = active.file.write_all_at(bytes, active.len);
+        bytes.truncate(frames_len);
+        written.map_err(io_err("appending to"))?;
+        self.counters.wrote(frames_len);
+        self.counters.preallocated(terminator);
+        let allocate_to = self.allocation_for(new_end).max(active.allocated);
+        if allocate_to > new_end && new_end > active.allocated {
+            let zeros = vec![0u8; (allocate_to - new_end) as usize];
+            active
+                .file
+                .write_all_at(&zeros, new_end)
+                .map_err(io_err("preallocating"))?;
+            self.counters.preallocated(zeros.len());
+        }
         self.counters.fsync();
         active.file.sync_data().map_err(io_err("syncing"))?;
-        active.len += batch.bytes.len() as u64;
+        active.len = new_end;
+        active.allocated = allocate_to.max(new_end);
         self.counters.group_flush();
         Ok(())
+    }
+
+    /// How long the active segment's file should be once it holds `end`
+    /// bytes: `preallocate_bytes` more, but no more than the segment target
+    /// (the segment is sealed there).
+    fn allocation_for(&self, end: u64) -> u64 {
+        let step = self.config.preallocate_bytes;
+        let cap = self.config.segment_target_bytes.max(end);
+        end.saturating_add(step).min(cap)
+    }
+
+    /// Trims a segment to its frames. A segment being sealed is trimmed
+    /// durably (`sync`), so that only the last segment ever holds bytes past
+    /// its frames; the trim on close is not synced: should it be lost, the
+    /// zeros it cut are a clean end of the log again.
+    fn trim(&self, segment: &mut Segment, sync: bool) -> Result<()> {
+        if segment.allocated == segment.len {
+            return Ok(());
+        }
+        debug_assert!(segment.allocated > segment.len);
+        let io_err = |err| WalError::io(format!("trimming {}", segment.path.display()), err);
+        segment.file.set_len(segment.len).map_err(io_err)?;
+        if sync {
+            self.counters.fsync();
+            segment.file.sync_data().map_err(io_err)?;
+        }
+        segment.allocated = segment.len;
+        segment.stale_past_len = false;
+        Ok(())
+    }
+
+    /// The next segment, whose first frame has `first_epoch`: the spare file
+    /// renamed into place when truncation left one, else a new file.
+    fn next_segment(&self, writer: &mut Writer, first_epoch: CommitEpoch) -> Result<Segment> {
+        if writer.has_spare {
+            writer.has_spare = false;
+            return self.recycle_spare(writer, first_epoch);
+        }
+        self.create_segment(writer, first_epoch)
+    }
+
+    /// Turns the spare file into the next segment: write and sync the new
+    /// header while it still has the spare's name, rename it, sync the
+    /// directory. A crash at any step leaves either the spare (ignored by
+    /// recovery) or a last segment whose only frames are stale (removed by
+    /// recovery as empty).
+    fn recycle_spare(&self, writer: &mut Writer, first_epoch: CommitEpoch) -> Result<Segment> {
+        let seq = writer.next_seq;
+        let dir = &self.config.dir;
+        let spare = dir.join(SPARE_FILE_NAME);
+        let path = dir.join(segment_file_name(seq));
+        let next_seq = seq
+            .checked_add(1)
+            .ok_or_else(|| corrupted(&path, 12, "segment sequence number overflows"))?;
+        let io_err = |what: &str| {
+            let context = format!("{what} {}", spare.display());
+            move |err| WalError::io(context, err)
+        };
+        let file = self
+            .storage
+            .open_file(&spare, false)
+            .map_err(io_err("opening"))?;
+        let allocated = file.len().map_err(io_err("sizing"))?;
+        let header = SegmentHeader { seq, first_epoch }.encode();
+        // The header and zeros over the stale first frame's header: the
+        // segment ends cleanly right after its header until a frame is written.
+        let mut head = header.to_vec();
+        head.resize(SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES, 0);
+        file.write_all_at(&head, 0)
+            .map_err(io_err("writing the header of"))?;
+        self.counters.wrote(header.len());
+        self.counters.fsync();
+        file.sync_data().map_err(io_err("syncing"))?;
+        self.storage
+            .rename(&spare, &path)
+            .map_err(io_err("renaming"))?;
+        self.counters.fsync();
+        self.storage
+            .sync_dir(dir)
+            .map_err(io_err("syncing the directory of"))?;
+        writer.next_seq = next_seq;
+        self.counters.segment_recycled();
+        Ok(Segment {
+            seq,
+            path,
+            file,
+            len: header.len() as u64,
+            allocated: allocated.max(head.len() as u64),
+            stale_past_len: true,
+            first_epoch,
+        })
     }
 
     /// Creates the next segment, whose first frame has `first_epoch`: create
@@ -364,8 +535,21 @@ impl Shared {
             path,
             file,
             len: header.len() as u64,
+            allocated: header.len() as u64,
+            stale_past_len: false,
             first_epoch,
         })
+    }
+
+    /// Trims the active segment's preallocated space (on close), unless the
+    /// log is poisoned (then nothing is written).
+    pub(crate) fn trim_active(&self) -> Result<()> {
+        self.check_poison()?;
+        let mut writer = self.writer.lock();
+        match writer.segments.back_mut() {
+            Some(active) => self.trim(active, false),
+            None => Ok(()),
+        }
     }
 
     /// Deletes the oldest segments whose frames all lie at or below `epoch`
@@ -387,9 +571,36 @@ impl Shared {
             doomed
         };
         for segment in doomed {
+            if self.keep_as_spare(&segment.path)? {
+                continue;
+            }
             self.delete_segment(&segment.path)?;
         }
         Ok(())
+    }
+
+    /// Renames a truncated segment to the spare file when there is none yet;
+    /// `false` when a spare exists already (the segment is to be deleted).
+    fn keep_as_spare(&self, path: &Path) -> Result<bool> {
+        let dir = &self.config.dir;
+        {
+            let mut writer = self.writer.lock();
+            if writer.has_spare || self.config.preallocate_bytes == 0 {
+                return Ok(false);
+            }
+            let spare = dir.join(SPARE_FILE_NAME);
+            let io_err = |err| WalError::io(format!("recycling {}", path.display()), err);
+            self.storage.rename(path, &spare).map_err(io_err)?;
+            writer.has_spare = true;
+        }
+        self.counters.fsync();
+        if let Err(err) = self.storage.sync_dir(dir) {
+            self.poison();
+            let context = format!("syncing the directory after recycling {}", path.display());
+            return Err(WalError::io(context, err));
+        }
+        self.counters.segment_deleted();
+        Ok(true)
     }
 
     fn delete_segment(&self, path: &Path) -> Result<()> {
@@ -449,20 +660,30 @@ impl Shared {
 /// Takes the buffered frames (at least one) as a batch.
 fn take_batch(state: &mut State) -> Batch {
     debug_assert!(state.buf_frames > 0 && !state.buf.is_empty());
+    debug_assert_eq!(state.buf_frames, state.slots.len());
     let spare = mem::take(&mut state.spare);
+    let spare_slots = mem::take(&mut state.spare_slots);
     state.buf_frames = 0;
     Batch {
         bytes: mem::replace(&mut state.buf, spare),
+        slots: mem::replace(&mut state.slots, spare_slots),
         first: state.buf_first.take().unwrap_or(state.appended),
         last: state.appended,
     }
 }
 
-/// Keeps a flushed batch's allocation for the next swap, unless it grew huge.
-fn recycle(state: &mut State, mut bytes: Vec<u8>, limit_bytes: u64) {
+/// Keeps a flushed batch's allocations for the next swap, unless they grew huge.
+fn recycle(state: &mut State, batch: Batch, limit_bytes: u64) {
+    let Batch {
+        mut bytes,
+        mut slots,
+        ..
+    } = batch;
     bytes.clear();
+    slots.clear();
     if bytes.capacity() as u64 <= limit_bytes.saturating_mul(2) {
         state.spare = bytes;
+        state.spare_slots = slots;
     }
 }
 

@@ -8,6 +8,10 @@
 //!
 //! Files: the log is a run of segment files `tlog-<seq:020>.seg` in one
 //! directory, each opened by a header; `docs/format-tlog.md` gives the bytes.
+//! The active segment is preallocated with zeros ahead of its write position
+//! so that a commit's fdatasync flushes data, not a file-size change; a
+//! truncated segment is kept as a spare file and renamed into place by the
+//! next rotation.
 //! Every access goes through [`Storage`], so tests inject faults and crashes.
 //!
 //! Submodules: [`format`] (bytes), `scan` (reading back), `recover` (open-time
@@ -44,8 +48,16 @@ pub const DEFAULT_MAX_FRAME_BYTES: u64 = 64 << 20;
 /// than the bound is still accepted into an empty buffer.
 pub const DEFAULT_GROUP_BUFFER_LIMIT_BYTES: u64 = 8 << 20;
 
+/// Default bytes of zeros written ahead of the active segment's write
+/// position whenever a flush reaches past the file's size.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 1 << 20;
+
 /// Name of the lock file that keeps a second process out of the directory.
 pub const LOCK_FILE_NAME: &str = "tlog.lock";
+
+/// Name of the spare file: a truncated segment kept for the next rotation
+/// (not a segment name, so recovery and `mmsb check` ignore it).
+pub const SPARE_FILE_NAME: &str = "tlog.spare";
 
 /// When a commit counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +105,11 @@ pub struct TLogConfig {
     pub group_buffer_limit_bytes: u64,
     /// How much `open` checks before it returns.
     pub open_validation: OpenValidation,
+    /// Zeros written ahead of the active segment's write position (capped
+    /// at `segment_target_bytes`) each time a flush reaches past the file's
+    /// size, so that most flushes overwrite and their fdatasync commits no
+    /// file-size change. 0 turns preallocation and segment recycling off.
+    pub preallocate_bytes: u64,
 }
 
 impl TLogConfig {
@@ -105,6 +122,7 @@ impl TLogConfig {
             durability: Durability::Immediate,
             group_buffer_limit_bytes: DEFAULT_GROUP_BUFFER_LIMIT_BYTES,
             open_validation: OpenValidation::AllFrames,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
         }
     }
 
@@ -152,7 +170,8 @@ impl CommitTicket {
 pub struct TLogStats {
     /// Frames accepted by `append`.
     pub frames_appended: u64,
-    /// Bytes handed to the storage (segment headers and frames).
+    /// Bytes of segment headers and frames handed to the storage (the zeros
+    /// of preallocation are counted in `preallocated_bytes` instead).
     pub bytes_written: u64,
     /// File and directory syncs issued (including open-time and rotation syncs).
     pub fsyncs: u64,
@@ -162,8 +181,13 @@ pub struct TLogStats {
     pub torn_tail_bytes_cut: u64,
     /// Segments created by rotation.
     pub segments_created: u64,
-    /// Segments deleted by `truncate_through`.
+    /// Segments deleted by `truncate_through` (including one kept as the spare).
     pub segments_deleted: u64,
+    /// Segments made from the spare file instead of a new file.
+    pub segments_recycled: u64,
+    /// Bytes of zeros written ahead of the write position (and over stale
+    /// bytes of a recycled file).
+    pub preallocated_bytes: u64,
 }
 
 /// The counters behind [`TLogStats`].
@@ -176,6 +200,8 @@ pub(crate) struct Counters {
     torn_tail_bytes_cut: AtomicU64,
     segments_created: AtomicU64,
     segments_deleted: AtomicU64,
+    segments_recycled: AtomicU64,
+    preallocated_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -203,6 +229,12 @@ impl Counters {
     pub(crate) fn segment_deleted(&self) {
         Self::bump(&self.segments_deleted, 1);
     }
+    pub(crate) fn segment_recycled(&self) {
+        Self::bump(&self.segments_recycled, 1);
+    }
+    pub(crate) fn preallocated(&self, bytes: usize) {
+        Self::bump(&self.preallocated_bytes, bytes as u64);
+    }
 
     fn snapshot(&self) -> TLogStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -214,6 +246,8 @@ impl Counters {
             torn_tail_bytes_cut: read(&self.torn_tail_bytes_cut),
             segments_created: read(&self.segments_created),
             segments_deleted: read(&self.segments_deleted),
+            segments_recycled: read(&self.segments_recycled),
+            preallocated_bytes: read(&self.preallocated_bytes),
         }
     }
 }
@@ -241,7 +275,11 @@ impl TLog {
         let lock = lock_dir(&*storage, &config)?;
         let counters = Counters::default();
         let recovered = recover::recover(&*storage, dir, config.open_validation, &counters)?;
-        let shared = Arc::new(Shared::new(storage, config, recovered, counters));
+        let spare = dir.join(SPARE_FILE_NAME);
+        let has_spare = storage
+            .exists(&spare)
+            .map_err(|err| WalError::io(format!("looking for {}", spare.display()), err))?;
+        let shared = Arc::new(Shared::new(storage, config, recovered, has_spare, counters));
         let flusher = commit::start_flusher(&shared)?;
         Ok(TLog {
             shared,
@@ -306,7 +344,8 @@ impl TLog {
 }
 
 impl Drop for TLog {
-    /// Stops the flusher thread, then flushes best-effort.
+    /// Stops the flusher thread, then flushes best-effort and trims the
+    /// active segment's preallocated space.
     fn drop(&mut self) {
         self.shared.stop_flusher();
         if let Some(handle) = self.flusher.take() {
@@ -314,7 +353,11 @@ impl Drop for TLog {
                 tracing::error!("the TLog flusher thread panicked");
             }
         }
-        match self.shared.flush_all() {
+        match self
+            .shared
+            .flush_all()
+            .and_then(|()| self.shared.trim_active())
+        {
             Ok(()) | Err(WalError::Poisoned) => {}
             Err(err) => tracing::warn!(%err, "flushing the TLog on close failed"),
         }
@@ -350,6 +393,7 @@ fn segments_to_replay<'a>(
                 .is_none_or(|next_first| next_first.get() > after.get().saturating_add(1))
         })
         .map(|(_, segment)| scan::ReplaySegment {
+            seq: segment.seq,
             path: segment.path.clone(),
             file: Arc::clone(&segment.file),
             len: segment.len,

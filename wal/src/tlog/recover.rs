@@ -3,8 +3,12 @@
 //! damaged before the tail.
 //!
 //! The rule that separates a torn tail from corruption: a bad frame in the
-//! last segment with no self-consistent frame anywhere after it is the trace
-//! of a write that a crash interrupted; anything else is damage.
+//! last segment with no self-consistent frame of that segment anywhere after
+//! it is the trace of a write that a crash interrupted; anything else is
+//! damage. The last segment is preallocated (zeros past the write position)
+//! and may be a recycled file (stale frames of another segment tag past it):
+//! a log that ends at zeros or at a whole stale frame ended cleanly and keeps
+//! its preallocated space; any other end is a torn tail, cut off.
 //!
 //! With [`OpenValidation::LastSegment`] the frames of the sealed segments are
 //! left to `replay`, which checks them as it reads them; their headers and the
@@ -15,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
-use super::scan::{corrupted, read_segment_header, scan_segment, valid_frame_after};
+use super::scan::{clean_end_at, corrupted, read_segment_header, scan_segment, valid_frame_after};
 use super::{Counters, OpenValidation};
 use crate::storage::{Storage, StorageFile};
 use crate::{CommitEpoch, Result, WalError};
@@ -29,6 +33,13 @@ pub(crate) struct Segment {
     /// Bytes of header and frames (for the active segment: where the next
     /// frame goes).
     pub len: u64,
+    /// The file's size: `len` plus the zeros (or stale frames) preallocated
+    /// past it. Equal to `len` for a sealed segment.
+    pub allocated: u64,
+    /// Whether bytes past `len` may be anything but zeros (a recycled file,
+    /// or a file recovered with space past its end): each flush then ends
+    /// its write with a frame header of zeros.
+    pub stale_past_len: bool,
     /// Epoch of the first frame (the header's first epoch). Every frame of a
     /// segment lies below the next segment's first epoch.
     pub first_epoch: CommitEpoch,
@@ -159,12 +170,15 @@ impl SegmentFile {
         Ok(Ok(header))
     }
 
-    fn into_segment(self, header: &SegmentHeader, len: u64) -> Segment {
+    fn into_segment(self, header: &SegmentHeader, len: u64, allocated: u64) -> Segment {
+        debug_assert!(len <= allocated);
         Segment {
             seq: self.seq,
             path: self.path,
             file: self.file,
             len,
+            allocated,
+            stale_past_len: allocated > len,
             first_epoch: header.first_epoch,
         }
     }
@@ -187,7 +201,7 @@ fn check_sealed(
         None
     };
     let len = target.len;
-    Ok((target.into_segment(&header, len), last_epoch))
+    Ok((target.into_segment(&header, len, len), last_epoch))
 }
 
 /// Scans every frame of a sealed segment; returns the epoch of its last.
@@ -200,7 +214,7 @@ fn scan_sealed(
         Arc::clone(&target.file),
         &target.path,
         target.len,
-        header.first_epoch,
+        header,
         floor,
     )?;
     if let Some((offset, reason)) = scan.bad {
@@ -223,37 +237,47 @@ fn recover_last(
     counters: &Counters,
 ) -> Result<Option<(Segment, Option<CommitEpoch>)>> {
     let (file, path, len) = (&*target.file, target.path.as_path(), target.len);
+    let guess = guessed_header(&target, floor);
     let header = match target.header(floor)? {
         Ok(header) => header,
-        Err((0, _)) if !valid_frame_after(file, path, 0, len)? => {
+        Err((0, _)) if !valid_frame_after(file, path, &guess, 0, len)? => {
             remove_torn_segment(storage, dir, path, len, counters)?;
             return Ok(None);
         }
         Err((offset, reason)) => return Err(corrupted(path, offset, reason)),
     };
-    let scan = scan_segment(
-        Arc::clone(&target.file),
-        path,
-        len,
-        header.first_epoch,
-        floor,
-    )?;
+    let scan = scan_segment(Arc::clone(&target.file), path, len, &header, floor)?;
+    let mut clean = true;
     if let Some((offset, reason)) = scan.bad {
-        if valid_frame_after(file, path, offset + 1, len)? {
+        if valid_frame_after(file, path, &header, offset + 1, len)? {
             return Err(corrupted(path, offset, reason));
         }
+        clean = clean_end_at(file, path, &header, offset, len)?;
     }
     if scan.frames == 0 {
         remove_torn_segment(storage, dir, path, len, counters)?;
         return Ok(None);
     }
-    if scan.valid_end < len {
+    let allocated = if clean {
+        len
+    } else {
         cut_torn_tail(file, path, scan.valid_end, len, counters)?;
-    }
+        scan.valid_end
+    };
     Ok(Some((
-        target.into_segment(&header, scan.valid_end),
+        target.into_segment(&header, scan.valid_end, allocated),
         Some(scan.last_epoch),
     )))
+}
+
+/// What the header of a last segment whose own header is torn would have
+/// said: its file's sequence number, and a first epoch just above the log
+/// before it (the lowest its frames can carry).
+fn guessed_header(target: &SegmentFile, floor: CommitEpoch) -> SegmentHeader {
+    SegmentHeader {
+        seq: target.seq,
+        first_epoch: CommitEpoch(floor.get().saturating_add(1)),
+    }
 }
 
 /// The segment files of `dir` sorted by sequence number, which must have no gap

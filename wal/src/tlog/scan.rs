@@ -51,6 +51,9 @@ pub(crate) enum Step {
 pub(crate) struct FrameCursor {
     file: Arc<dyn StorageFile>,
     path: PathBuf,
+    /// The segment's header: a frame that does not belong to it (another
+    /// segment tag, an epoch below its first) is not a frame of this log.
+    owner: SegmentHeader,
     /// Chunk buffer; its length is its capacity, `filled` says how much is data.
     buf: Vec<u8>,
     filled: usize,
@@ -63,13 +66,20 @@ pub(crate) struct FrameCursor {
 }
 
 impl FrameCursor {
-    /// A cursor over `[start, end)` of `file`.
-    pub(crate) fn new(file: Arc<dyn StorageFile>, path: &Path, start: u64, end: u64) -> Self {
+    /// A cursor over `[start, end)` of `file`, the segment `owner` opens.
+    pub(crate) fn new(
+        file: Arc<dyn StorageFile>,
+        path: &Path,
+        owner: SegmentHeader,
+        start: u64,
+        end: u64,
+    ) -> Self {
         debug_assert!(start <= end);
         let first_chunk = (end - start).min(READ_CHUNK_BYTES as u64) as usize;
         FrameCursor {
             file,
             path: path.to_path_buf(),
+            owner,
             buf: vec![0u8; first_chunk],
             filled: 0,
             start: 0,
@@ -103,6 +113,17 @@ impl FrameCursor {
             Ok(header) => header,
             Err(reason) => return Ok(bad(offset, reason)),
         };
+        if !header.belongs_to(&self.owner) {
+            let reason = format!(
+                "frame of {} with segment tag {:#08x} is not part of segment {} (tag {:#08x}, first {})",
+                header.epoch,
+                header.segment_tag,
+                self.owner.seq,
+                self.owner.tag(),
+                self.owner.first_epoch
+            );
+            return Ok(bad(offset, reason));
+        }
         let frame_len = header.frame_len();
         if frame_len as u64 > left {
             let reason =
@@ -181,17 +202,20 @@ pub(crate) struct SegmentScan {
     pub bad: Option<(u64, String)>,
 }
 
-/// Walks the frames of a segment whose header says `first_epoch`, after a log
-/// whose last epoch is `prev_epoch`, and stops at the first bad frame. A frame
-/// whose CRC holds but whose epoch breaks the chain counts as bad too.
+/// Walks the frames of the segment `header` opens, after a log whose last
+/// epoch is `prev_epoch`, and stops at the first bad frame. A frame whose CRC
+/// holds but whose epoch breaks the chain, or that is not part of the segment
+/// (see [`FrameHeader::belongs_to`]), counts as bad too.
 pub(crate) fn scan_segment(
     file: Arc<dyn StorageFile>,
     path: &Path,
     len: u64,
-    first_epoch: CommitEpoch,
+    header: &SegmentHeader,
     prev_epoch: CommitEpoch,
 ) -> Result<SegmentScan> {
-    let mut cursor = FrameCursor::new(file, path, SEGMENT_HEADER_BYTES as u64, len);
+    let first_epoch = header.first_epoch;
+    let start = SEGMENT_HEADER_BYTES as u64;
+    let mut cursor = FrameCursor::new(file, path, *header, start, len);
     let mut scan = SegmentScan {
         valid_end: SEGMENT_HEADER_BYTES as u64,
         frames: 0,
@@ -238,11 +262,14 @@ fn chain_break(
     None
 }
 
-/// Whether any self-consistent frame starts at an offset in `[from, end)`.
-/// Used to tell a torn tail (nothing valid after the damage) from corruption.
+/// Whether any self-consistent frame of the segment `owner` (see
+/// [`FrameHeader::belongs_to`]) starts at an offset in `[from, end)`. Used to
+/// tell a torn tail (nothing valid after the damage) from corruption; stale
+/// frames of a recycled file's earlier life do not count.
 pub(crate) fn valid_frame_after(
     file: &dyn StorageFile,
     path: &Path,
+    owner: &SegmentHeader,
     from: u64,
     end: u64,
 ) -> Result<bool> {
@@ -254,7 +281,8 @@ pub(crate) fn valid_frame_after(
         file.read_exact_at(&mut chunk[..take], pos)
             .map_err(io_err)?;
         for hit in magic_positions(&chunk[..take]) {
-            if probe_frame(file, path, pos + hit as u64, end)? {
+            let at = pos + hit as u64;
+            if whole_frame_at(file, path, at, end, |frame| frame.belongs_to(owner))? {
                 return Ok(true);
             }
         }
@@ -274,9 +302,37 @@ fn magic_positions(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
         .map(|(index, _)| index)
 }
 
-/// Whether a whole, self-consistent frame starts at `offset` (CRC checked in
-/// blocks, so a damaged length field cannot make this allocate much).
-fn probe_frame(file: &dyn StorageFile, path: &Path, offset: u64, end: u64) -> Result<bool> {
+/// Whether the bytes at `offset` are the clean end of a preallocated or
+/// recycled segment (zeros, or a whole stale frame) rather than a torn write:
+/// the rule of [`super::format::is_clean_end`], read in bounded blocks.
+pub(crate) fn clean_end_at(
+    file: &dyn StorageFile,
+    path: &Path,
+    owner: &SegmentHeader,
+    offset: u64,
+    end: u64,
+) -> Result<bool> {
+    let io_err = |err| WalError::io(format!("reading {}", path.display()), err);
+    let mut head = [0u8; FRAME_HEADER_BYTES];
+    let take = (end.saturating_sub(offset) as usize).min(FRAME_HEADER_BYTES);
+    file.read_exact_at(&mut head[..take], offset)
+        .map_err(io_err)?;
+    if head[..take].iter().all(|&byte| byte == 0) {
+        return Ok(true);
+    }
+    whole_frame_at(file, path, offset, end, |frame| !frame.belongs_to(owner))
+}
+
+/// Whether a whole, self-consistent frame that `accept` admits starts at
+/// `offset` (CRC checked in blocks, so a damaged length field cannot make
+/// this allocate much).
+fn whole_frame_at(
+    file: &dyn StorageFile,
+    path: &Path,
+    offset: u64,
+    end: u64,
+    accept: impl Fn(&FrameHeader) -> bool,
+) -> Result<bool> {
     let io_err = |err| WalError::io(format!("reading {}", path.display()), err);
     if end - offset < FRAME_OVERHEAD_BYTES as u64 {
         return Ok(false);
@@ -287,10 +343,10 @@ fn probe_frame(file: &dyn StorageFile, path: &Path, offset: u64, end: u64) -> Re
     let Ok(header) = decode_frame_header(&header_bytes) else {
         return Ok(false);
     };
-    let FrameHeader { payload_len, .. } = header;
-    if header.frame_len() as u64 > end - offset {
+    if !accept(&header) || header.frame_len() as u64 > end - offset {
         return Ok(false);
     }
+    let payload_len = header.payload_len;
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header_bytes);
     let mut block = vec![0u8; PROBE_BLOCK_BYTES.min(payload_len.max(1))];
@@ -312,6 +368,8 @@ fn probe_frame(file: &dyn StorageFile, path: &Path, offset: u64, end: u64) -> Re
 /// A segment as a replay sees it: a snapshot taken when the replay began.
 #[derive(Debug, Clone)]
 pub(crate) struct ReplaySegment {
+    /// The segment's sequence number (its frames carry its tag).
+    pub seq: u64,
     pub path: PathBuf,
     pub file: Arc<dyn StorageFile>,
     /// Bytes written to the segment when the replay began.
@@ -414,8 +472,13 @@ impl Replay {
         match self.segments.pop_front() {
             Some(segment) => {
                 let start = SEGMENT_HEADER_BYTES as u64;
+                let owner = SegmentHeader {
+                    seq: segment.seq,
+                    first_epoch: segment.first_epoch,
+                };
+                let (file, path, end) = (segment.file, &segment.path, segment.len);
                 self.current = Some(Current {
-                    cursor: FrameCursor::new(segment.file, &segment.path, start, segment.len),
+                    cursor: FrameCursor::new(file, path, owner, start, end),
                     first_epoch: segment.first_epoch,
                     frames: 0,
                     sealed: !self.segments.is_empty(),
@@ -450,14 +513,18 @@ mod tests {
     use crate::storage::{MemStorage, Storage};
     use crate::tlog::format::encode_commit_frame;
 
-    fn segment(frames: &[(u64, usize)]) -> Vec<u8> {
-        let header = SegmentHeader {
+    fn owner(first_epoch: u64) -> SegmentHeader {
+        SegmentHeader {
             seq: 1,
-            first_epoch: CommitEpoch(frames.first().map_or(1, |f| f.0)),
-        };
+            first_epoch: CommitEpoch(first_epoch),
+        }
+    }
+
+    fn segment(frames: &[(u64, usize)]) -> Vec<u8> {
+        let header = owner(frames.first().map_or(1, |f| f.0));
         let mut bytes = header.encode().to_vec();
         for &(epoch, len) in frames {
-            encode_commit_frame(&mut bytes, CommitEpoch(epoch), &vec![epoch as u8; len]);
+            encode_commit_frame(&mut bytes, 1, CommitEpoch(epoch), &vec![epoch as u8; len]);
         }
         bytes
     }
@@ -475,7 +542,7 @@ mod tests {
         let bytes = segment(&[(1, 10), (2, big), (3, 5)]);
         let len = bytes.len() as u64;
         let (file, path) = file_with(bytes);
-        let scan = scan_segment(file, &path, len, CommitEpoch(1), CommitEpoch::ZERO).unwrap();
+        let scan = scan_segment(file, &path, len, &owner(1), CommitEpoch::ZERO).unwrap();
         assert_eq!(scan.frames, 3);
         assert_eq!(scan.valid_end, len);
         assert_eq!(scan.last_epoch, CommitEpoch(3));
@@ -489,13 +556,33 @@ mod tests {
         bytes[second + FRAME_HEADER_BYTES] ^= 0x10;
         let len = bytes.len() as u64;
         let (file, path) = file_with(bytes);
-        let scan = scan_segment(file.clone(), &path, len, CommitEpoch(1), CommitEpoch::ZERO);
+        let scan = scan_segment(file.clone(), &path, len, &owner(1), CommitEpoch::ZERO);
         let scan = scan.unwrap();
         assert_eq!(scan.frames, 1);
         assert_eq!(scan.bad.as_ref().map(|b| b.0), Some(second as u64));
-        assert!(valid_frame_after(&*file, &path, second as u64 + 1, len).unwrap());
+        assert!(valid_frame_after(&*file, &path, &owner(1), second as u64 + 1, len).unwrap());
         let third = (second + FRAME_OVERHEAD_BYTES + 10) as u64;
-        assert!(!valid_frame_after(&*file, &path, third + 1, len).unwrap());
+        assert!(!valid_frame_after(&*file, &path, &owner(1), third + 1, len).unwrap());
+    }
+
+    #[test]
+    fn scan_ends_at_preallocated_zeros_and_at_stale_frames() {
+        let mut bytes = segment(&[(1, 10), (2, 10)]);
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&[0u8; 100]);
+        let mut stale = bytes.clone();
+        stale.truncate(end as usize);
+        encode_commit_frame(&mut stale, 7, CommitEpoch(40), b"old frame");
+        for image in [bytes, stale] {
+            let len = image.len() as u64;
+            let (file, path) = file_with(image);
+            let scan = scan_segment(file.clone(), &path, len, &owner(1), CommitEpoch::ZERO);
+            let scan = scan.unwrap();
+            assert_eq!((scan.frames, scan.valid_end), (2, end));
+            assert!(scan.bad.is_some());
+            assert!(clean_end_at(&*file, &path, &owner(1), end, len).unwrap());
+            assert!(!valid_frame_after(&*file, &path, &owner(1), end + 1, len).unwrap());
+        }
     }
 
     #[test]
@@ -503,11 +590,11 @@ mod tests {
         let bytes = segment(&[(5, 1), (6, 1), (6, 1)]);
         let len = bytes.len() as u64;
         let (file, path) = file_with(bytes);
-        let scan = scan_segment(file.clone(), &path, len, CommitEpoch(5), CommitEpoch(4));
+        let scan = scan_segment(file.clone(), &path, len, &owner(5), CommitEpoch(4));
         let scan = scan.unwrap();
         assert_eq!(scan.frames, 2);
         assert!(scan.bad.unwrap().1.contains("does not follow"));
-        let wrong_first = scan_segment(file, &path, len, CommitEpoch(4), CommitEpoch(3)).unwrap();
+        let wrong_first = scan_segment(file, &path, len, &owner(4), CommitEpoch(3)).unwrap();
         assert_eq!(wrong_first.frames, 0);
         assert!(wrong_first.bad.unwrap().1.contains("segment header says"));
     }
@@ -515,10 +602,21 @@ mod tests {
     #[test]
     fn probe_finds_a_frame_whose_magic_straddles_two_chunks() {
         let mut bytes = vec![0u8; READ_CHUNK_BYTES - 2];
-        encode_commit_frame(&mut bytes, CommitEpoch(9), b"payload");
+        encode_commit_frame(&mut bytes, 1, CommitEpoch(9), b"payload");
         let len = bytes.len() as u64;
         let (file, path) = file_with(bytes);
-        assert!(valid_frame_after(&*file, &path, 0, len).unwrap());
-        assert!(!valid_frame_after(&*file, &path, READ_CHUNK_BYTES as u64, len).unwrap());
+        assert!(valid_frame_after(&*file, &path, &owner(9), 0, len).unwrap());
+        let from = READ_CHUNK_BYTES as u64;
+        assert!(!valid_frame_after(&*file, &path, &owner(9), from, len).unwrap());
+        let other = SegmentHeader {
+            seq: 2,
+            first_epoch: CommitEpoch(9),
+        };
+        assert!(
+            !valid_frame_after(&*file, &path, &other, 0, len).unwrap(),
+            "a frame of another segment is not one of this segment's"
+        );
+        assert!(clean_end_at(&*file, &path, &other, len - 31, len).unwrap());
+        assert!(!clean_end_at(&*file, &path, &owner(9), len - 31, len).unwrap());
     }
 }

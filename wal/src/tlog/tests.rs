@@ -446,7 +446,7 @@ fn torn_tail_is_cut_and_the_log_goes_on() {
     let valid_len = bytes.len();
     bytes.extend_from_slice(&[0xF3, b'T', b'F']);
     let mut partial = Vec::new();
-    encode_commit_frame(&mut partial, CommitEpoch(6), &payload(6));
+    encode_commit_frame(&mut partial, 1, CommitEpoch(6), &payload(6));
     bytes.extend_from_slice(&partial[..partial.len() / 2]);
     storage.set_file_bytes(&path, bytes.clone());
     let log = open(&storage, TLogConfig::new(dir()));
@@ -501,20 +501,24 @@ fn a_torn_or_empty_last_segment_is_removed() {
 fn an_unknown_format_version_is_refused_not_cut() {
     let storage = MemStorage::new();
     drop(open(&storage, small_config()));
-    let mut header = header_bytes(1, 1);
-    header[8] = 2;
-    let crc = crc32fast::hash(&header[..28]);
-    header[28..].copy_from_slice(&crc.to_le_bytes());
-    let path = dir().join(segment_file_name(1));
-    storage.set_file_bytes(&path, header.to_vec());
-    match TLog::open(Arc::new(storage.clone()), small_config()) {
-        Err(WalError::Corrupted { offset: 8, .. }) => {}
-        other => panic!("expected Corrupted at offset 8, got {other:?}"),
+    for version in [1u8, 3] {
+        let mut header = header_bytes(1, 1);
+        header[8] = version;
+        let crc = crc32fast::hash(&header[..28]);
+        header[28..].copy_from_slice(&crc.to_le_bytes());
+        let path = dir().join(segment_file_name(1));
+        storage.set_file_bytes(&path, header.to_vec());
+        match TLog::open(Arc::new(storage.clone()), small_config()) {
+            Err(WalError::Corrupted {
+                offset: 8, reason, ..
+            }) => assert!(reason.contains(&format!("version {version}")), "{reason}"),
+            other => panic!("expected Corrupted at offset 8, got {other:?}"),
+        }
+        assert!(
+            storage.file_bytes(&path).is_some(),
+            "the segment was deleted"
+        );
     }
-    assert!(
-        storage.file_bytes(&path).is_some(),
-        "the segment was deleted"
-    );
 }
 
 #[test]
@@ -1017,7 +1021,7 @@ fn a_second_open_of_a_real_directory_is_refused() {
 enum Op {
     Append(usize),
     Flush,
-    Crash,
+    Crash(u64),
     Reopen,
     Truncate(u64),
 }
@@ -1026,7 +1030,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0usize..150).prop_map(Op::Append),
         1 => Just(Op::Flush),
-        1 => Just(Op::Crash),
+        1 => any::<u64>().prop_map(Op::Crash),
         1 => Just(Op::Reopen),
         1 => (0u64..40).prop_map(Op::Truncate),
     ]
@@ -1077,12 +1081,22 @@ proptest! {
                     model.durable = model.frames.len();
                     model.check(&log)?;
                 }
-                Op::Crash => {
-                    storage.crash(CrashMode::DropUnsynced);
+                Op::Crash(seed) => {
+                    let mode = match seed % 3 {
+                        0 => CrashMode::DropUnsynced,
+                        1 => CrashMode::KeepUnsynced,
+                        _ => CrashMode::TearUnsynced { seed },
+                    };
+                    storage.crash(mode);
                     drop(log);
                     storage = TestStorage::new(&mem);
                     log = storage.open(config.clone());
-                    model.frames.truncate(model.durable);
+                    // Unsynced frames may survive, as a prefix of those appended.
+                    let survived = (log.last_epoch().get() as usize)
+                        .saturating_sub(model.frames.first().map_or(0, |f| f.0 as usize - 1));
+                    prop_assert!(survived >= model.durable && survived <= model.frames.len());
+                    model.frames.truncate(survived);
+                    model.durable = survived;
                     model.check(&log)?;
                 }
                 Op::Reopen => {
@@ -1103,4 +1117,187 @@ proptest! {
             prop_assert_eq!(log.last_epoch(), CommitEpoch(last));
         }
     }
+}
+
+/// Length of the file at `path` (including unsynced writes).
+fn file_len(storage: &MemStorage, path: &Path) -> usize {
+    storage.file_bytes(path).map_or(0, |bytes| bytes.len())
+}
+
+#[test]
+fn commits_overwrite_preallocated_space_and_close_trims_it() {
+    let storage = MemStorage::new();
+    let config = TLogConfig {
+        preallocate_bytes: 4096,
+        ..TLogConfig::new(dir())
+    };
+    let log = open(&storage, config.clone());
+    commit(&log, 1).unwrap();
+    let path = segment_paths(&storage).remove(0);
+    let allocated = file_len(&storage, &path);
+    let frames_end = SEGMENT_HEADER_BYTES + FRAME_OVERHEAD_BYTES + payload(1).len();
+    assert_eq!(
+        allocated,
+        frames_end + 4096,
+        "zeros ahead of the write position"
+    );
+    let mut end = frames_end;
+    for epoch in 2..=20 {
+        commit(&log, epoch).unwrap();
+        end += FRAME_OVERHEAD_BYTES + payload(epoch).len();
+        assert_eq!(
+            file_len(&storage, &path),
+            allocated,
+            "commit {epoch} grew the file"
+        );
+    }
+    let bytes = storage.file_bytes(&path).unwrap();
+    assert!(
+        bytes[end..].iter().all(|&b| b == 0),
+        "the space past the log is zeros"
+    );
+    assert_eq!(log.stats().preallocated_bytes, 4096);
+    drop(log);
+    assert_eq!(
+        file_len(&storage, &path),
+        end,
+        "close trims the preallocated space"
+    );
+    let log = open(&storage, config);
+    assert_eq!(log.stats().torn_tail_bytes_cut, 0);
+    assert_eq!(replay_all(&log, 0).unwrap(), expected(1..=20));
+}
+
+#[test]
+fn a_crash_leaves_preallocated_zeros_that_are_a_clean_end() {
+    for mode in [CrashMode::KeepUnsynced, CrashMode::DropUnsynced] {
+        let mem = MemStorage::new();
+        let log = open(&mem, TLogConfig::new(dir()));
+        for epoch in 1..=10 {
+            commit(&log, epoch).unwrap();
+        }
+        mem.crash(mode);
+        drop(log);
+        let path = segment_paths(&mem).remove(0);
+        let before = file_len(&mem, &path);
+        let log = open(&mem, TLogConfig::new(dir()));
+        assert_eq!(log.stats().torn_tail_bytes_cut, 0, "{mode:?}");
+        assert_eq!(
+            file_len(&mem, &path),
+            before,
+            "{mode:?}: the zeros were cut"
+        );
+        assert_eq!(replay_all(&log, 0).unwrap(), expected(1..=10));
+        commit(&log, 11).unwrap();
+        assert_eq!(
+            file_len(&mem, &path),
+            before,
+            "{mode:?}: the next commit grew the file"
+        );
+    }
+}
+
+/// A log whose segments rotate every few frames and whose truncation leaves
+/// a spare, preallocated in steps smaller than a segment.
+fn recycling_config() -> TLogConfig {
+    TLogConfig {
+        segment_target_bytes: 600,
+        preallocate_bytes: 256,
+        ..TLogConfig::new(dir())
+    }
+}
+
+#[test]
+fn truncated_segments_are_recycled_and_their_stale_frames_end_the_log() {
+    let storage = MemStorage::new();
+    let log = open(&storage, recycling_config());
+    for epoch in 1..=40 {
+        commit(&log, epoch).unwrap();
+    }
+    let created = log.stats().segments_created;
+    log.truncate_through(CommitEpoch(20)).unwrap();
+    assert!(storage.exists(&dir().join(SPARE_FILE_NAME)).unwrap());
+    for epoch in 41..=80 {
+        commit(&log, epoch).unwrap();
+        if log.stats().segments_recycled > 0 {
+            break;
+        }
+    }
+    let stats = log.stats();
+    assert_eq!(stats.segments_recycled, 1, "{stats:?}");
+    assert!(!storage.exists(&dir().join(SPARE_FILE_NAME)).unwrap());
+    let last = log.last_epoch().get();
+    // The recycled segment holds one new frame, then stale ones of another tag.
+    let recycled = segment_paths(&storage).pop().unwrap();
+    assert!(
+        file_len(&storage, &recycled) > 200,
+        "the spare kept its size"
+    );
+    assert_eq!(stats.segments_created, created, "no file was created");
+    let wanted = replay_all(&log, 20).unwrap();
+    assert_eq!(wanted.last().map(|f| f.0), Some(last));
+    storage.crash(CrashMode::KeepUnsynced);
+    drop(log);
+    let log = open(&storage, recycling_config());
+    assert_eq!(
+        log.stats().torn_tail_bytes_cut,
+        0,
+        "stale frames are a clean end"
+    );
+    assert_eq!(replay_all(&log, 20).unwrap(), wanted);
+    for epoch in last + 1..=last + 30 {
+        commit(&log, epoch).unwrap();
+    }
+    drop(log);
+    let log = open(&storage, recycling_config());
+    let frames = replay_all(&log, 20).unwrap();
+    assert_eq!(frames.last().map(|f| f.0), Some(last + 30));
+    assert_gap_free(&frames, 21, last + 30, last + 30);
+}
+
+#[test]
+fn crashes_while_writing_over_a_recycled_segment_keep_acknowledged_commits() {
+    let mut torn_seen = 0;
+    for seed in 0..120u64 {
+        let mem = MemStorage::new();
+        let faulty = FaultyStorage::new(Arc::new(mem.clone()));
+        let log = TLog::open(Arc::new(faulty.clone()), recycling_config()).unwrap();
+        for epoch in 1..=30 {
+            commit(&log, epoch).unwrap();
+        }
+        log.truncate_through(CommitEpoch(15)).unwrap();
+        let acked = 30 + seed % 13;
+        for epoch in 31..=acked {
+            commit(&log, epoch).unwrap();
+        }
+        faulty.set_plan(FaultPlan {
+            fail_sync: Some(0),
+            ..FaultPlan::default()
+        });
+        let extra = 1 + seed % 4;
+        for epoch in acked + 1..=acked + extra {
+            log.append(CommitEpoch(epoch), &payload(epoch)).unwrap();
+        }
+        assert!(log.flush().is_err());
+        let mode = match seed % 3 {
+            0 => CrashMode::DropUnsynced,
+            1 => CrashMode::KeepUnsynced,
+            _ => CrashMode::TearUnsynced { seed },
+        };
+        mem.crash(mode);
+        drop(log);
+        let log = open(&mem, recycling_config());
+        torn_seen += u64::from(log.stats().torn_tail_bytes_cut > 0);
+        let frames = replay_all(&log, 15).unwrap();
+        assert_gap_free(&frames, 16, acked, acked + extra);
+        let next = log.last_epoch().get() + 1;
+        commit(&log, next).unwrap();
+        drop(log);
+        let log = open(&mem, recycling_config());
+        assert_eq!(log.last_epoch(), CommitEpoch(next), "seed {seed}");
+    }
+    assert!(
+        torn_seen > 5,
+        "torn writes were never exercised ({torn_seen})"
+    );
 }
