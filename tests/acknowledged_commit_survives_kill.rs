@@ -7,7 +7,15 @@
 //! reopens the database and compares every page with the model.
 //!
 //! Rounds: 120 by default; set `MMSB_KILL_ROUNDS=5000` to run thousands.
-//! Small checkpoint thresholds make kills land inside checkpoints too.
+//! Small checkpoint thresholds make kills land inside checkpoints too; set
+//! `MMSB_KILL_CHECKPOINT_BYTES=1` to checkpoint at every worker tick, and
+//! `MMSB_KILL_MEMORY_BUDGET_BYTES` (at least 1 MiB) to make the children
+//! evict and reload pages while checkpoints write them.
+//!
+//! Reopening retries for a while when the database is locked: the test
+//! binary runs its tests on several threads, and a child spawned by another
+//! test inherits this process's open files (and so the data file's `flock`)
+//! from the fork until its `exec`, which a loaded machine can delay.
 
 mod common;
 
@@ -23,12 +31,58 @@ use rand::{Rng, SeedableRng};
 const CHILD_ENV: &str = "MMSB_KILL_CHILD_DB";
 const DEFAULT_ROUNDS: u64 = 120;
 
+/// The children's TLog growth between checkpoints, unless
+/// `MMSB_KILL_CHECKPOINT_BYTES` says otherwise.
+const CHECKPOINT_TLOG_BYTES: u64 = 64 * 1024;
+
+/// How long a reopen waits for a lock held by a forked, not yet exec'd,
+/// child of another test.
+const LOCKED_RETRY_MS: u64 = 10_000;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn options() -> Options {
+    let defaults = Options::default();
     Options {
-        checkpoint_tlog_bytes: 64 * 1024,
+        checkpoint_tlog_bytes: env_u64("MMSB_KILL_CHECKPOINT_BYTES")
+            .unwrap_or(CHECKPOINT_TLOG_BYTES),
         tlog_segment_bytes: 128 * 1024,
         worker_interval_ms: 2,
-        ..Options::default()
+        memory_budget_bytes: env_u64("MMSB_KILL_MEMORY_BUDGET_BYTES")
+            .unwrap_or(defaults.memory_budget_bytes),
+        ..defaults
+    }
+}
+
+/// Where a test keeps its database: a fresh temporary directory (and the
+/// guard that removes it), kept after the test for `mmsb check` when
+/// `MMSB_KILL_KEEP_DIR` is set.
+fn test_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("MMSB_KILL_KEEP_DIR").is_some() {
+        let path = dir.keep();
+        eprintln!("keeping {}", path.display());
+        return (None, path);
+    }
+    let path = dir.path().to_path_buf();
+    (Some(dir), path)
+}
+
+/// Opens with `options`, retrying while the database is locked (see the
+/// module comment) for at most [`LOCKED_RETRY_MS`].
+fn open_retrying_locked(options: &Options, path: &Path) -> mmsb::Result<Database> {
+    let started = Instant::now();
+    loop {
+        match options.open(path) {
+            Err(mmsb::Error::DatabaseLocked(_))
+                if started.elapsed() < Duration::from_millis(LOCKED_RETRY_MS) =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -39,7 +93,7 @@ fn child_commit_loop() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let db = options().open(PathBuf::from(path)).expect("child open");
+    let db = open_retrying_locked(&options(), &PathBuf::from(path)).expect("child open");
     let mut next = common::committed_count(&db).expect("child count");
     println!("start {next}");
     loop {
@@ -83,8 +137,8 @@ fn acknowledged_commits_survive_kill_9() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_ROUNDS);
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("killed.mmsb");
+    let (_guard, dir) = test_dir();
+    let db_path = dir.join("killed.mmsb");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b696c6c);
     let mut acked: Option<u64> = None;
     let mut kills_mid_commit = 0u64;
@@ -109,8 +163,7 @@ fn acknowledged_commits_survive_kill_9() {
             acked = Some(acked.map_or(index, |a| a.max(index)));
         }
 
-        let db = Database::options()
-            .open(&db_path)
+        let db = open_retrying_locked(&Database::options(), &db_path)
             .unwrap_or_else(|err| panic!("round {round}: reopen failed: {err}"));
         let present = common::committed_count(&db).expect("count");
         let must_have = acked.map_or(0, |a| a + 1);
@@ -197,7 +250,7 @@ fn child_bank_loop() {
     let Some(path) = std::env::var_os(BANK_CHILD_ENV) else {
         return;
     };
-    let db = options().open(PathBuf::from(path)).expect("child open");
+    let db = open_retrying_locked(&options(), &PathBuf::from(path)).expect("child open");
     db.run(mmsb::IsolationLevel::Serializable, |tx| {
         let mut accounts = tx.open_table("accounts")?;
         if accounts.is_empty()? {
@@ -293,8 +346,8 @@ fn acknowledged_transfers_survive_kill_9_with_concurrent_writers() {
         .and_then(|v| v.parse().ok())
         .map_or(DEFAULT_BANK_ROUNDS, |n: u64| n / 3)
         .max(1);
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("bank.mmsb");
+    let (_guard, dir) = test_dir();
+    let db_path = dir.join("bank.mmsb");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x62616e6b);
     let mut acked: Vec<Option<u64>> = vec![None; BANK_THREADS as usize];
     let mut total_acks = 0u64;
@@ -337,8 +390,7 @@ fn acknowledged_transfers_survive_kill_9_with_concurrent_writers() {
             *slot = Some(slot.map_or(seq, |s| s.max(seq)));
             total_acks += 1;
         }
-        let db = Database::options()
-            .open(&db_path)
+        let db = open_retrying_locked(&Database::options(), &db_path)
             .unwrap_or_else(|err| panic!("round {round}: reopen failed: {err}"));
         verify_bank(&db, &acked, round);
     }

@@ -451,7 +451,9 @@ impl DbImage {
     }
 
     /// Verifies a sealed page: its trailer, then its CRC against the
-    /// manifest (unless it was sealed after the manifest's checkpoint).
+    /// manifest (unless it was sealed at or after the manifest's checkpoint
+    /// epoch: an interrupted later checkpoint, which replay makes right; the
+    /// same rule as the open path's `CrcTable::accepts`).
     fn verify(&self, page: PageId, sealed: &[u8]) -> Result<(), String> {
         let epoch = verify_page(page, sealed)?;
         let Some(manifest) = &self.manifest else {
@@ -459,7 +461,7 @@ impl DbImage {
         };
         let stored = trailer_crc(sealed, self.page_len());
         match manifest.page_crc(page.get()) {
-            Some(expected) if expected != stored && epoch <= manifest.checkpoint_epoch => {
+            Some(expected) if expected != stored && epoch < manifest.checkpoint_epoch => {
                 Err(format!(
                     "{page}: CRC {stored:#010x} differs from the manifest's {expected:#010x} \
                      (a stale or misplaced page)"

@@ -1364,7 +1364,20 @@ impl Shared {
         let _one_at_a_time = self.checkpoint_lock.lock();
         self.check_writable()?;
         let epoch = self.snapshots.acquire();
-        let result = self.checkpoint_at(epoch);
+        // Nothing became visible since the last checkpoint: the dirty pages
+        // hold only commits not yet visible, and their images as of `epoch`
+        // are on disk already. Rewriting them would only reseal them at the
+        // manifest's epoch (see `CrcTable::trusted_through`).
+        let unmoved = epoch == self.header.lock().checkpoint_epoch
+            && !self.manifest_stale.load(Ordering::Acquire);
+        let result = if unmoved {
+            Ok(CheckpointStats {
+                epoch,
+                pages_written: 0,
+            })
+        } else {
+            self.checkpoint_at(epoch)
+        };
         self.snapshots.release(epoch);
         result.map_err(|err| self.poison(err))
     }
@@ -1380,6 +1393,14 @@ impl Shared {
             });
         }
         let tlog_bytes = self.tlog.stats().bytes_written;
+        // Write-ahead: no page may reach the data file before the commits it
+        // holds are durable in the TLog. With `Durability::Eventual` the
+        // epoch is visible before it is durable; a crash that then kept the
+        // pages (sealed past the header's epoch, so accepted) but lost the
+        // frames would leave parts of lost commits in them.
+        if self.tlog.durable_epoch() < epoch {
+            self.tlog.flush()?;
+        }
         let meta = Meta::decode(&self.read_page_at(META_PAGE, epoch)?)?;
         let seq = previous.checkpoint_seq + 1;
         let mut written = 0usize;

@@ -208,10 +208,25 @@ struct CrcTable {
     /// `crcs[i]` belongs to page `i + 1`; pages past the end, and entries
     /// of [`UNKNOWN_CRC`], are checked against their own trailer only.
     crcs: Vec<u32>,
-    /// A page sealed at a later epoch than this (by a checkpoint that never
-    /// completed before a crash) is accepted even when its CRC differs:
-    /// replay from the header's epoch makes it right.
+    /// A page sealed at this epoch or a later one is accepted even when
+    /// its CRC differs: a checkpoint that never completed before a crash
+    /// wrote it, and replay from the header's epoch makes it right. The
+    /// epoch itself is included because a checkpoint's epoch need not move:
+    /// one that runs while the only dirty pages hold commits not yet visible
+    /// checkpoints at the epoch of the one before, and seals the pages it
+    /// rewrites (their images as of that epoch, or, in a replay checkpoint,
+    /// with part of the next commit) at that epoch. A lost write leaves an
+    /// image sealed by an earlier checkpoint, still rejected.
     trusted_through: CommitEpoch,
+    /// Counts the starts and ends of in-place writes
+    /// ([`CrcTable::record_write`], [`CrcTable::finish_write`]). A reader
+    /// records the CRC of the bytes it read only when no write was in
+    /// flight, began or ended since before it read them: otherwise its
+    /// (older) image could replace the CRC of the write that followed, and
+    /// the next manifest would call that write lost.
+    writes: u64,
+    /// In-place writes recorded whose bytes may not be in place yet.
+    writes_in_flight: u64,
 }
 
 /// A CRC table entry that says nothing (a page never written through this
@@ -227,10 +242,9 @@ impl CrcTable {
     /// Whether a self-consistent page with this CRC and epoch is the image
     /// the table expects; `Err` says why not.
     fn accepts(&self, page_id: PageId, crc: u32, epoch: CommitEpoch) -> Result<(), String> {
-        let expected = Self::slot(page_id).and_then(|slot| self.crcs.get(slot).copied());
-        match expected {
+        match self.expected(page_id) {
             Some(expected)
-                if expected != UNKNOWN_CRC && expected != crc && epoch <= self.trusted_through =>
+                if expected != UNKNOWN_CRC && expected != crc && epoch < self.trusted_through =>
             {
                 Err(format!(
                     "{page_id} holds CRC {crc:#010x} sealed at {epoch}, \
@@ -239,6 +253,32 @@ impl CrcTable {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The CRC the table holds for `page_id`, if it covers it.
+    fn expected(&self, page_id: PageId) -> Option<u32> {
+        Self::slot(page_id).and_then(|slot| self.crcs.get(slot).copied())
+    }
+
+    /// Records the CRC of a page about to be written in place; call
+    /// [`CrcTable::finish_write`] once the write returned.
+    fn record_write(&mut self, page_id: PageId, crc: u32) {
+        self.writes = self.writes.wrapping_add(1);
+        self.writes_in_flight += 1;
+        self.record(page_id, crc);
+    }
+
+    /// Counts the end of a write [`CrcTable::record_write`] began.
+    fn finish_write(&mut self) {
+        debug_assert!(self.writes_in_flight > 0, "a write finished twice");
+        self.writes = self.writes.wrapping_add(1);
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+    }
+
+    /// The token a reader takes before it reads page bytes: `None` while a
+    /// write is in flight (the bytes may be changing).
+    fn read_token(&self) -> Option<u64> {
+        (self.writes_in_flight == 0).then_some(self.writes)
     }
 
     fn record(&mut self, page_id: PageId, crc: u32) {
@@ -371,6 +411,8 @@ impl PageFile {
     pub fn read_page_frame(&self, page_id: PageId) -> Result<PageFrame> {
         let offset = self.offset_of(page_id);
         let mut page = self.frames.alloc_or_unpooled();
+        // Taken before the bytes are read (see `CrcTable::writes`).
+        let writes_before = self.crcs.read().read_token();
         self.file.read_exact_at(&mut page, offset).map_err(|err| {
             if err.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::Corrupted(format!(
@@ -380,30 +422,44 @@ impl PageFile {
                 Error::io(format!("read {page_id}"), err)
             }
         })?;
-        self.check_sealed(page_id, &page)
+        self.check_sealed(page_id, &page, writes_before)
             .map_err(|reason| Error::Corrupted(format!("{reason} (data file byte {offset})")))?;
         page.truncate(self.page_len());
         Ok(page)
     }
 
     /// Verifies a sealed page's trailer and that the CRC table accepts it.
-    fn check_sealed(&self, page_id: PageId, page: &[u8]) -> Result<(), String> {
+    /// `writes_before`: the table's read token taken before `page` was read
+    /// ([`CrcTable::read_token`]).
+    ///
+    /// An accepted page the table does not expect (a page of an interrupted
+    /// later checkpoint, or one the table did not know) becomes what it
+    /// expects, but only when no in-place write was in flight, began or
+    /// ended since the read began, checked and recorded under one lock: a
+    /// checkpoint may have written a newer image meanwhile, and recording
+    /// the older CRC read here over it would make the manifest call that
+    /// write lost.
+    fn check_sealed(
+        &self,
+        page_id: PageId,
+        page: &[u8],
+        writes_before: Option<u64>,
+    ) -> Result<(), String> {
         let epoch = verify_page(page_id, page)?;
         let crc = sealed_crc(page);
-        let verdict = self.crcs.read().accepts(page_id, crc, epoch);
-        if verdict.is_ok() {
-            // A page of an interrupted later checkpoint becomes what is expected.
-            self.record_crc_if_changed(page_id, crc);
+        {
+            let table = self.crcs.read();
+            table.accepts(page_id, crc, epoch)?;
+            if table.expected(page_id) == Some(crc) {
+                return Ok(());
+            }
         }
-        verdict
-    }
-
-    fn record_crc_if_changed(&self, page_id: PageId, crc: u32) {
-        let slot = CrcTable::slot(page_id);
-        let known = slot.and_then(|slot| self.crcs.read().crcs.get(slot).copied());
-        if known != Some(crc) {
-            self.crcs.write().record(page_id, crc);
+        let mut table = self.crcs.write();
+        table.accepts(page_id, crc, epoch)?;
+        if table.read_token().is_some() && table.read_token() == writes_before {
+            table.record(page_id, crc);
         }
+        Ok(())
     }
 
     /// Rebuilds a page that fails verification from its copy in the
@@ -411,15 +467,29 @@ impl PageFile {
     /// table expects (or newer); writes it back in place and syncs. Returns
     /// the payload, or `None` when the file holds no usable copy.
     pub fn repair_from_double_write(&self, page_id: PageId) -> Result<Option<Vec<u8>>> {
+        let writes_before = self.crcs.read().read_token();
         let copies = self.double_write_pages()?;
         let Some((_, sealed)) = copies.into_iter().find(|(id, _)| *id == page_id) else {
             return Ok(None);
         };
-        if self.check_sealed(page_id, &sealed).is_err() {
-            return Ok(None);
+        {
+            // Checked and written under one lock, and only when no write
+            // was recorded since the copy was read: a checkpoint running
+            // meanwhile may have written a newer image, which this copy
+            // must not overwrite (its own write waits for the lock).
+            let mut table = self.crcs.write();
+            let epoch = verify_page(page_id, &sealed);
+            let accepted =
+                epoch.and_then(|epoch| table.accepts(page_id, sealed_crc(&sealed), epoch));
+            if accepted.is_err() || writes_before.is_none() || table.read_token() != writes_before {
+                return Ok(None);
+            }
+            tracing::warn!(%page_id, "repairing a damaged page from the double-write file");
+            table.record_write(page_id, sealed_crc(&sealed));
+            let written = self.write(&sealed, self.offset_of(page_id), "write repaired page");
+            table.finish_write();
+            written?;
         }
-        tracing::warn!(%page_id, "repairing a damaged page from the double-write file");
-        self.write_sealed(page_id, &sealed)?;
         self.sync("sync repaired page")?;
         let mut payload = sealed;
         payload.truncate(self.page_len());
@@ -429,9 +499,14 @@ impl PageFile {
     /// Makes `crcs` (trailer CRCs of pages `1..=crcs.len()`, from a checkpoint
     /// manifest of `epoch`) the table reads are checked against.
     pub fn install_crc_table(&self, crcs: Vec<u32>, epoch: CommitEpoch) {
-        *self.crcs.write() = CrcTable {
+        let mut table = self.crcs.write();
+        *table = CrcTable {
             crcs,
             trusted_through: epoch,
+            // Kept counting: a read that began before the install records
+            // nothing into the new table.
+            writes: table.writes.wrapping_add(1),
+            writes_in_flight: table.writes_in_flight,
         };
     }
 
@@ -453,10 +528,7 @@ impl PageFile {
                 "the header counts {page_count} pages but the data file holds {file_pages}"
             )));
         }
-        *self.crcs.write() = CrcTable {
-            crcs: Vec::new(),
-            trusted_through: epoch,
-        };
+        self.install_crc_table(Vec::new(), epoch);
         let mut crcs = Vec::new();
         let mut damaged = Vec::new();
         let mut page = vec![0u8; self.page_size as usize];
@@ -511,8 +583,12 @@ impl PageFile {
         );
         // Recorded first: a failed write leaves the page unknown either way,
         // and the database refuses writes until it is reopened.
-        self.crcs.write().record(page_id, sealed_crc(sealed));
-        self.write(sealed, self.offset_of(page_id), "write back page")
+        self.crcs.write().record_write(page_id, sealed_crc(sealed));
+        let written = self.write(sealed, self.offset_of(page_id), "write back page");
+        // Counted again once the bytes are in place: a read that began
+        // while they were changing records nothing (see `CrcTable::writes`).
+        self.crcs.write().finish_write();
+        written
     }
 
     fn write(&self, bytes: &[u8], offset: u64, context: &str) -> Result<()> {
@@ -608,7 +684,10 @@ impl PageFile {
             // An intact page holds either the old or the new image; replay
             // from the header's checkpoint makes both right. Only a torn or
             // damaged page needs its double-write copy.
-            if self.read_page(*page_id).is_ok() || self.check_sealed(*page_id, sealed).is_err() {
+            let writes_before = self.crcs.read().read_token();
+            if self.read_page(*page_id).is_ok()
+                || self.check_sealed(*page_id, sealed, writes_before).is_err()
+            {
                 continue;
             }
             tracing::warn!(%page_id, "repairing a damaged page from the double-write file");
@@ -941,6 +1020,124 @@ mod tests {
         storage.set_file_bytes(path, bytes);
         assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![2u8; 4080]);
         assert_eq!(page_file.crc_table(3).unwrap()[1], sealed_crc(&newer));
+    }
+
+    /// A checkpoint whose epoch did not move (its dirty pages hold only
+    /// commits not yet visible) rewrites pages sealed at the epoch of the
+    /// manifest, with CRCs the manifest does not hold; killed before its own
+    /// manifest, it leaves them on disk. They hold the pages as of that
+    /// epoch and must be accepted; an image sealed earlier still is not.
+    #[test]
+    fn a_page_rewritten_at_the_trusted_epoch_is_accepted_an_older_one_is_not() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        // Last written by the checkpoint at epoch 3; the manifest is of epoch 5.
+        let written = sealed(PageId(2), 1, 3);
+        page_file.write_sealed(PageId(2), &written).unwrap();
+        let table = page_file.crc_table(3).unwrap();
+        page_file.install_crc_table(table, CommitEpoch(5));
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[2 * 4096..3 * 4096].copy_from_slice(&sealed(PageId(2), 1, 5));
+        storage.set_file_bytes(path, bytes.clone());
+        assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![1u8; 4080]);
+        // An image of an earlier checkpoint than the manifest's entry: lost.
+        page_file.install_crc_table(
+            vec![page_file.crc_table(2).unwrap()[0], sealed_crc(&written)],
+            CommitEpoch(5),
+        );
+        bytes[2 * 4096..3 * 4096].copy_from_slice(&sealed(PageId(2), 9, 2));
+        storage.set_file_bytes(path, bytes);
+        let err = page_file.read_page(PageId(2)).unwrap_err();
+        assert!(err.to_string().contains("lost or misplaced"), "{err}");
+    }
+
+    /// The interleaving behind "page N holds CRC … the manifest expects …"
+    /// after a crash: a reader read a page of an interrupted checkpoint
+    /// (sealed past the trusted epoch, so accepted), a checkpoint then wrote
+    /// a newer image of it, and only then did the reader record the CRC it
+    /// read. That older CRC must not replace the write's, or the manifest
+    /// (and every later read, once the trusted epoch moves on) rejects the
+    /// page that is really there.
+    #[test]
+    fn a_read_that_began_before_a_write_never_records_over_it() {
+        let (storage, page_file, _) = new_file(4096);
+        let path = Path::new("/db/test.mmsb");
+        let old = sealed(PageId(2), 1, 3);
+        page_file.write_sealed(PageId(2), &old).unwrap();
+        let table = page_file.crc_table(3).unwrap();
+        page_file.install_crc_table(table, CommitEpoch(3));
+        let interrupted = sealed(PageId(2), 2, 7);
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[2 * 4096..3 * 4096].copy_from_slice(&interrupted);
+        storage.set_file_bytes(path, bytes);
+        // The reader has the bytes; the checkpoint writes epoch 9 meanwhile.
+        let writes_before = page_file.crcs.read().read_token();
+        let newer = sealed(PageId(2), 3, 9);
+        page_file.write_sealed(PageId(2), &newer).unwrap();
+        assert_eq!(
+            page_file.check_sealed(PageId(2), &interrupted, writes_before),
+            Ok(()),
+            "the image read is still a valid page of a later checkpoint"
+        );
+        assert_eq!(page_file.crc_table(3).unwrap()[1], sealed_crc(&newer));
+        page_file.trust_crc_table_through(CommitEpoch(9));
+        assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![3u8; 4080]);
+    }
+
+    /// The same race with real threads: readers keep reading a page while a
+    /// writer keeps writing newer images of it and moving the trusted epoch
+    /// (as checkpoints do). After each write, once every read that began
+    /// before it has finished, the table must expect the image written.
+    #[test]
+    fn concurrent_reads_never_leave_the_crc_table_behind_the_writes() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        const WRITES: u64 = 200;
+        const READERS: usize = 2;
+        let (_storage, page_file, _) = new_file(4096);
+        page_file
+            .write_sealed(PageId(2), &sealed(PageId(2), 0, 1))
+            .unwrap();
+        page_file.trust_crc_table_through(CommitEpoch(1));
+        let done = AtomicBool::new(false);
+        let reads: [AtomicU64; READERS] = Default::default();
+        std::thread::scope(|scope| {
+            for count in &reads {
+                let (done, page_file) = (&done, &page_file);
+                scope.spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        // Errors are expected: an image older than the table.
+                        let _ = page_file.read_page(PageId(2));
+                        count.fetch_add(1, Ordering::Release);
+                    }
+                });
+            }
+            for epoch in 2..WRITES {
+                // Every other image is left "interrupted" (past the trusted
+                // epoch) for a while, as after a crash mid-checkpoint.
+                let page = sealed(PageId(2), epoch as u8, epoch);
+                page_file.write_sealed(PageId(2), &page).unwrap();
+                if epoch % 2 == 0 {
+                    page_file.trust_crc_table_through(CommitEpoch(epoch));
+                }
+                // Every read in flight during the write is done once each
+                // reader finished the read it is in now, and one more.
+                let before: Vec<u64> = reads.iter().map(|c| c.load(Ordering::Acquire)).collect();
+                for (count, before) in reads.iter().zip(before) {
+                    while count.load(Ordering::Acquire) < before + 2 {
+                        std::thread::yield_now();
+                    }
+                }
+                let expected = page_file.crc_table(3).unwrap()[1];
+                if expected != sealed_crc(&page) {
+                    done.store(true, Ordering::Relaxed);
+                    panic!("after write {epoch} the CRC table expects an older image");
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        page_file.trust_crc_table_through(CommitEpoch(WRITES));
+        let last = (WRITES - 1) as u8;
+        assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![last; 4080]);
     }
 
     #[test]
