@@ -957,6 +957,15 @@ mod tests {
         assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![7u8; 4080]);
     }
 
+    /// Puts `image` at page 2 of the test file behind the page file's back
+    /// (durable at once), as a crash or a lost write would leave it.
+    fn put_page_2_on_disk(storage: &MemStorage, image: &[u8]) {
+        let path = Path::new("/db/test.mmsb");
+        let mut bytes = storage.file_bytes(path).unwrap();
+        bytes[2 * 4096..3 * 4096].copy_from_slice(image);
+        storage.set_file_bytes(path, bytes);
+    }
+
     fn sealed(page_id: PageId, byte: u8, epoch: u64) -> Vec<u8> {
         let mut page = vec![0u8; 4096];
         seal_page(page_id, &vec![byte; 4080], CommitEpoch(epoch), &mut page);
@@ -989,15 +998,12 @@ mod tests {
     #[test]
     fn a_stale_but_sealed_page_is_rejected_by_the_crc_table() {
         let (storage, page_file, _) = new_file(4096);
-        let path = Path::new("/db/test.mmsb");
         let old = sealed(PageId(2), 1, 3);
         let new = sealed(PageId(2), 2, 5);
         page_file.write_sealed(PageId(2), &old).unwrap();
         page_file.write_sealed(PageId(2), &new).unwrap();
         page_file.trust_crc_table_through(CommitEpoch(5));
-        let mut bytes = storage.file_bytes(path).unwrap();
-        bytes[2 * 4096..3 * 4096].copy_from_slice(&old); // the newer write was lost
-        storage.set_file_bytes(path, bytes);
+        put_page_2_on_disk(&storage, &old); // the newer write was lost
         let err = page_file.read_page(PageId(2)).unwrap_err();
         assert!(
             err.to_string().contains("manifest expects") && err.to_string().contains("8192"),
@@ -1008,16 +1014,13 @@ mod tests {
     #[test]
     fn a_page_newer_than_the_trusted_epoch_is_accepted_and_recorded() {
         let (storage, page_file, _) = new_file(4096);
-        let path = Path::new("/db/test.mmsb");
         let old = sealed(PageId(2), 1, 3);
         page_file.write_sealed(PageId(2), &old).unwrap();
         let table = page_file.crc_table(3).unwrap();
         page_file.install_crc_table(table, CommitEpoch(3));
         // An interrupted later checkpoint wrote epoch 7 before a crash.
         let newer = sealed(PageId(2), 2, 7);
-        let mut bytes = storage.file_bytes(path).unwrap();
-        bytes[2 * 4096..3 * 4096].copy_from_slice(&newer);
-        storage.set_file_bytes(path, bytes);
+        put_page_2_on_disk(&storage, &newer);
         assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![2u8; 4080]);
         assert_eq!(page_file.crc_table(3).unwrap()[1], sealed_crc(&newer));
     }
@@ -1030,23 +1033,19 @@ mod tests {
     #[test]
     fn a_page_rewritten_at_the_trusted_epoch_is_accepted_an_older_one_is_not() {
         let (storage, page_file, _) = new_file(4096);
-        let path = Path::new("/db/test.mmsb");
         // Last written by the checkpoint at epoch 3; the manifest is of epoch 5.
         let written = sealed(PageId(2), 1, 3);
         page_file.write_sealed(PageId(2), &written).unwrap();
         let table = page_file.crc_table(3).unwrap();
         page_file.install_crc_table(table, CommitEpoch(5));
-        let mut bytes = storage.file_bytes(path).unwrap();
-        bytes[2 * 4096..3 * 4096].copy_from_slice(&sealed(PageId(2), 1, 5));
-        storage.set_file_bytes(path, bytes.clone());
+        put_page_2_on_disk(&storage, &sealed(PageId(2), 1, 5));
         assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![1u8; 4080]);
         // An image of an earlier checkpoint than the manifest's entry: lost.
         page_file.install_crc_table(
             vec![page_file.crc_table(2).unwrap()[0], sealed_crc(&written)],
             CommitEpoch(5),
         );
-        bytes[2 * 4096..3 * 4096].copy_from_slice(&sealed(PageId(2), 9, 2));
-        storage.set_file_bytes(path, bytes);
+        put_page_2_on_disk(&storage, &sealed(PageId(2), 9, 2));
         let err = page_file.read_page(PageId(2)).unwrap_err();
         assert!(err.to_string().contains("lost or misplaced"), "{err}");
     }
@@ -1061,15 +1060,12 @@ mod tests {
     #[test]
     fn a_read_that_began_before_a_write_never_records_over_it() {
         let (storage, page_file, _) = new_file(4096);
-        let path = Path::new("/db/test.mmsb");
         let old = sealed(PageId(2), 1, 3);
         page_file.write_sealed(PageId(2), &old).unwrap();
         let table = page_file.crc_table(3).unwrap();
         page_file.install_crc_table(table, CommitEpoch(3));
         let interrupted = sealed(PageId(2), 2, 7);
-        let mut bytes = storage.file_bytes(path).unwrap();
-        bytes[2 * 4096..3 * 4096].copy_from_slice(&interrupted);
-        storage.set_file_bytes(path, bytes);
+        put_page_2_on_disk(&storage, &interrupted);
         // The reader has the bytes; the checkpoint writes epoch 9 meanwhile.
         let writes_before = page_file.crcs.read().read_token();
         let newer = sealed(PageId(2), 3, 9);
