@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use mmsb_wal::storage::{Storage, StorageFile};
 use mmsb_wal::{CommitEpoch, PageId};
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::alloc::{PageFrame, PageFramePool, PoolConfig};
 use crate::error::{Error, Result};
@@ -189,9 +189,25 @@ pub struct PageFile {
     dir: PathBuf,
     page_size: u32,
     crcs: RwLock<CrcTable>,
+    /// Held by a reader waiting for in-place writes to end, and by a writer
+    /// to wake it ([`PageFile::end_in_place_write`]).
+    write_end_lock: Mutex<()>,
+    /// Signalled each time an in-place write ends.
+    write_ended: Condvar,
     /// Scratch frames for reads and write-back (see [`SCRATCH_FRAMES_BYTES_MAX`]).
     frames: PageFramePool,
 }
+
+/// Times a page read that fails verification is read again because
+/// in-place writes ran during it (the bytes may have been changing under
+/// the read: a checkpoint writing that page back). A page that still fails,
+/// or fails while no write ran, is corrupt.
+const TORN_READ_RETRIES_MAX: u32 = 16;
+
+/// Longest a read that met a torn page waits for the in-place writes in
+/// flight to end before it gives up with an I/O error (a write that hangs
+/// this long is a storage fault, not corruption).
+const IN_PLACE_WRITE_WAIT_MS_MAX: u64 = 10_000;
 
 /// The most memory the page file's scratch frame pool keeps (read buffers,
 /// checkpoint write-back buffers); past it, scratch frames come from the heap.
@@ -377,6 +393,8 @@ impl PageFile {
             dir,
             page_size,
             crcs: RwLock::default(),
+            write_end_lock: Mutex::new(()),
+            write_ended: Condvar::new(),
             frames,
         })
     }
@@ -411,21 +429,75 @@ impl PageFile {
     pub fn read_page_frame(&self, page_id: PageId) -> Result<PageFrame> {
         let offset = self.offset_of(page_id);
         let mut page = self.frames.alloc_or_unpooled();
-        // Taken before the bytes are read (see `CrcTable::writes`).
-        let writes_before = self.crcs.read().read_token();
-        self.file.read_exact_at(&mut page, offset).map_err(|err| {
-            if err.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Corrupted(format!(
-                    "{page_id} (byte {offset}) lies past the end of the data file"
-                ))
-            } else {
-                Error::io(format!("read {page_id}"), err)
+        let mut retries = 0;
+        loop {
+            // Taken before the bytes are read (see `CrcTable::writes`).
+            let writes_before = self.crcs.read().read_token();
+            self.file.read_exact_at(&mut page, offset).map_err(|err| {
+                if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Error::Corrupted(format!(
+                        "{page_id} (byte {offset}) lies past the end of the data file"
+                    ))
+                } else {
+                    Error::io(format!("read {page_id}"), err)
+                }
+            })?;
+            match self.check_sealed(page_id, &page, writes_before) {
+                Ok(()) => break,
+                Err(_)
+                    if retries < TORN_READ_RETRIES_MAX && self.writes_ran_since(writes_before) =>
+                {
+                    retries += 1;
+                    self.wait_for_in_place_writes(page_id)?;
+                }
+                Err(reason) => {
+                    return Err(Error::Corrupted(format!(
+                        "{reason} (data file byte {offset})"
+                    )))
+                }
             }
-        })?;
-        self.check_sealed(page_id, &page, writes_before)
-            .map_err(|reason| Error::Corrupted(format!("{reason} (data file byte {offset})")))?;
+        }
         page.truncate(self.page_len());
         Ok(page)
+    }
+
+    /// Whether an in-place write was in flight when a read took
+    /// `writes_before`, or began or ended since.
+    fn writes_ran_since(&self, writes_before: Option<u64>) -> bool {
+        writes_before.is_none() || self.crcs.read().read_token() != writes_before
+    }
+
+    /// Waits until no in-place write is in flight (each one ends, failed or
+    /// not, in [`PageFile::end_in_place_write`]).
+    fn wait_for_in_place_writes(&self, page_id: PageId) -> Result<()> {
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(IN_PLACE_WRITE_WAIT_MS_MAX);
+        let mut guard = self.write_end_lock.lock();
+        while self.crcs.read().read_token().is_none() {
+            if self
+                .write_ended
+                .wait_until(&mut guard, deadline)
+                .timed_out()
+            {
+                return Err(Error::io(
+                    format!("read {page_id}"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "an in-place page write did not end within {IN_PLACE_WRITE_WAIT_MS_MAX} ms"
+                        ),
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Wakes reads waiting in [`PageFile::wait_for_in_place_writes`]; call
+    /// after [`CrcTable::finish_write`], outside the table's lock.
+    fn end_in_place_write(&self) {
+        let _guard = self.write_end_lock.lock();
+        self.write_ended.notify_all();
     }
 
     /// Verifies a sealed page's trailer and that the CRC table accepts it.
@@ -488,6 +560,8 @@ impl PageFile {
             table.record_write(page_id, sealed_crc(&sealed));
             let written = self.write(&sealed, self.offset_of(page_id), "write repaired page");
             table.finish_write();
+            drop(table);
+            self.end_in_place_write();
             written?;
         }
         self.sync("sync repaired page")?;
@@ -588,6 +662,7 @@ impl PageFile {
         // Counted again once the bytes are in place: a read that began
         // while they were changing records nothing (see `CrcTable::writes`).
         self.crcs.write().finish_write();
+        self.end_in_place_write();
         written
     }
 
@@ -1134,6 +1209,58 @@ mod tests {
         page_file.trust_crc_table_through(CommitEpoch(WRITES));
         let last = (WRITES - 1) as u8;
         assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![last; 4080]);
+    }
+
+    /// A reader that meets a page half written by a checkpoint's in-place
+    /// write (a torn read, not damage) waits for the write to end and reads
+    /// it again instead of calling the page corrupt.
+    #[test]
+    fn a_read_torn_by_an_in_place_write_is_read_again_not_called_corrupt() {
+        let (storage, page_file, _) = new_file(4096);
+        page_file
+            .write_sealed(PageId(2), &sealed(PageId(2), 1, 3))
+            .unwrap();
+        page_file.trust_crc_table_through(CommitEpoch(3));
+        let newer = sealed(PageId(2), 2, 5);
+        // The write began: recorded, half of its bytes in place.
+        page_file
+            .crcs
+            .write()
+            .record_write(PageId(2), sealed_crc(&newer));
+        let mut torn = sealed(PageId(2), 1, 3);
+        torn[..2048].copy_from_slice(&newer[..2048]);
+        put_page_2_on_disk(&storage, &torn);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| page_file.read_page(PageId(2)));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            put_page_2_on_disk(&storage, &newer);
+            page_file.crcs.write().finish_write();
+            page_file.end_in_place_write();
+            assert_eq!(reader.join().unwrap().unwrap(), vec![2u8; 4080]);
+        });
+    }
+
+    /// Waiting for writes never hides damage: a page still torn once every
+    /// write ended, or damaged while no write ran, is reported corrupt.
+    #[test]
+    fn a_page_still_damaged_after_the_writes_ended_is_corrupt() {
+        let (storage, page_file, _) = new_file(4096);
+        let mut damaged = sealed(PageId(2), 1, 3);
+        page_file.write_sealed(PageId(2), &damaged).unwrap();
+        damaged[100] ^= 0x10;
+        put_page_2_on_disk(&storage, &damaged);
+        assert!(matches!(
+            page_file.read_page(PageId(2)),
+            Err(Error::Corrupted(_))
+        ));
+        page_file.crcs.write().record_write(PageId(2), 0xdead_beef);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| page_file.read_page(PageId(2)));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            page_file.crcs.write().finish_write();
+            page_file.end_in_place_write();
+            assert!(matches!(reader.join().unwrap(), Err(Error::Corrupted(_))));
+        });
     }
 
     #[test]
