@@ -9,7 +9,10 @@
 # It runs the bench's correctness section, then shards 256 Ki pages over 1,
 # 2, 4, 8 GPUs (as many as the machine has) and prints merge throughput, the
 # host side alone, the scaling ratio throughput_N / (N x throughput_1),
-# all-reduce latency and GPU-to-GPU move bandwidth per world size. If
+# all-reduce latency and GPU-to-GPU move bandwidth per world size, where each
+# GPU's host time went (plan, assign, wait, pack, enqueue, drain), and the
+# same ratio with world sizes 1 and 2 alive at once and their folds
+# alternated (the "interleaved" line: drift of the shared host hits both). If
 # .gpu-bin/nccl_test and .gpu-bin/session_test (integration test binaries)
 # are there, they run too. Logs go under $OUT.
 set -uo pipefail
@@ -60,6 +63,7 @@ fi
     echo "# gpu-scaling $(date -u +%FT%TZ)  binary: $BIN"
     nvidia-smi --query-gpu=index,name,memory.total --format=csv
     nvidia-smi topo -m
+    lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|NUMA|L3)' || true
 } 2>&1 | tee -a "$LOG"
 
 # Every step runs under its own timeout, cut to what is left of the total
@@ -95,7 +99,7 @@ fi
 
 grep '^TABLE|' "$LOG" | cut -c7- >"$OUT/scaling-summary.txt"
 echo "==================== NCCL scaling (full log: $LOG)"
-grep -E '^(NCCL|ok|MISMATCH|SECTION|test |world size|skipped|# linked|test result|===)' "$LOG" | tail -n 40
+grep -E '^(NCCL|ok|MISMATCH|SECTION|test |world size|interleaved|skipped|# linked|test result|===)' "$LOG" | tail -n 40
 echo "--------------------"
 cat "$OUT/scaling-summary.txt"
 echo "==================== scaling: throughput_N / (N x throughput_1), bar 0.80"

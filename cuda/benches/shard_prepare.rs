@@ -337,7 +337,7 @@ fn phase_profile(batch: &MergeBatch<'_>, pool: &ThreadPool) -> BenchResult<()> {
             Ok(())
         })?;
         println!(
-            "PHASE|new w1: ShardPlan (check + measure + counts + chunks) {plan_new:.1}, MirrorIndex::assign (resident) {assign_new:.1}, pack {pack:.1} CPU ms/fold"
+            "PHASE|new w1: ShardPlan (check + size + counts + chunks) {plan_new:.1}, MirrorIndex::assign (resident) {assign_new:.1}, pack {pack:.1} CPU ms/fold"
         );
         Ok(())
     })

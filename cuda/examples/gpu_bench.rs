@@ -1235,13 +1235,42 @@ fn nccl_scaling(quick: bool) -> BenchResult<()> {
     }
     let count = mmsb_cuda::device_count()?;
     let pages = if quick { 16 * 1024 } else { 256 * 1024 };
+    host_copy_probe(if quick { 64 << 20 } else { 640 << 20 })?;
     let work = Workload::generate(pages, PAGE_LEN, DeltaShape::default(), 99);
     let expected = cpu_reference(&work)?;
     let bytes = work.bytes_moved();
     let mut one_gpu_ms = None;
+    // Chunk size override for tuning runs (`MMSB_CHUNK_PAGES`); the
+    // default is what the merger ships with.
+    let config = GpuConfig {
+        max_chunk_pages: std::env::var("MMSB_CHUNK_PAGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GpuConfig::default().max_chunk_pages),
+        ..GpuConfig::default()
+    };
+    table(format!(
+        "nccl: chunks of at most {} pages",
+        config.max_chunk_pages
+    ));
+    // Warm-up, not reported: on a fresh machine the first process to touch
+    // its memory pays for the VM backing it, which would slow whichever
+    // world size runs first (seen 2026-11-25: world 1 at 41.0 ms first in
+    // a process, 27.4 ms in a later process on the same machine).
+    {
+        let batch = work.batch()?;
+        let mut warm = ShardedMerge::from_devices(&[0], PAGE_LEN, &config)?;
+        let warm_ms = time_wall(3, 1, || {
+            warm.fold(&batch)?;
+            Ok(())
+        })?;
+        table(format!(
+            "nccl warm-up (world 1, not reported): fold resident {warm_ms:.2} ms"
+        ));
+    }
     for world in NCCL_WORLD_SIZES.into_iter().filter(|&n| n <= count) {
         let ordinals: Vec<usize> = (0..world).collect();
-        let mut sharded = ShardedMerge::from_devices(&ordinals, PAGE_LEN, &GpuConfig::default())?;
+        let mut sharded = ShardedMerge::from_devices(&ordinals, PAGE_LEN, &config)?;
         if world == 1 {
             println!("NCCL library loaded: {:?}", loaded_nccl_library());
             table(format!("nccl: library loaded {:?}", loaded_nccl_library()));
@@ -1255,6 +1284,38 @@ fn nccl_scaling(quick: bool) -> BenchResult<()> {
             sharded.fold(&batch)?;
             Ok(())
         })?;
+        let phases = sharded.last_fold_phases().to_vec();
+        // The same fold with a host thread pool per GPU (cores / world
+        // threads each) instead of the shared rayon pool.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default_pools = sharded.host_threads_per_gpu();
+        sharded.set_host_threads(if default_pools.is_some() { 0 } else { cores })?;
+        let other_ms = time_wall(5, 1, || {
+            sharded.fold(&batch)?;
+            Ok(())
+        })?;
+        let other_phases = sharded.last_fold_phases().to_vec();
+        let other_pools = sharded.host_threads_per_gpu();
+        sharded.set_host_threads(default_pools.map_or(0, |per| per * world))?;
+        let describe = |pools: Option<usize>| match pools {
+            Some(per) => format!("a pool of {per} host threads per GPU"),
+            None => "the shared rayon pool".to_string(),
+        };
+        for (label, pools, ms, phases) in [
+            ("default", default_pools, fold_ms, &phases),
+            ("variant", other_pools, other_ms, &other_phases),
+        ] {
+            table(format!(
+                "nccl world {world} {label} ({}): fold {ms:.2} ms",
+                describe(pools)
+            ));
+            for (rank, p) in phases.iter().enumerate() {
+                table(format!(
+                    "  rank {rank}: plan {:.2} | assign {:.2} | wait {:.2} | pack {:.2} | enqueue {:.2} | drain {:.2} | total {:.2} ms (last fold)",
+                    p.plan_ms, p.assign_ms, p.wait_ms, p.pack_ms, p.enqueue_ms, p.drain_ms, p.total_ms
+                ));
+            }
+        }
         // The same fold's host side alone (plans, slot lookups, packing into
         // ordinary memory; no driver call), on the same cores.
         let host_ms = host_prepare_ms(&batch, world)?;
@@ -1301,6 +1362,97 @@ fn nccl_scaling(quick: bool) -> BenchResult<()> {
             gb_per_s(bytes, fold_ms)
         ));
     }
+    if count >= 2 {
+        nccl_interleaved(
+            &work,
+            &config,
+            if quick { 3 } else { NCCL_INTERLEAVED_ROUNDS },
+        )?;
+    }
+    Ok(())
+}
+
+/// Rounds of [`nccl_interleaved`].
+#[cfg(feature = "nccl")]
+const NCCL_INTERLEAVED_ROUNDS: usize = 11;
+
+/// The same scaling ratio measured with both world sizes alive at once and
+/// their resident folds alternated round after round (world 1 on GPU 0,
+/// world 2 on GPUs 0 and 1): drift of the shared host (other tenants, memory
+/// the VM is still backing) then weighs on both alike, where the
+/// sequential measurement above times world 1 first and world 2 later.
+/// Prints the medians and ranges and the ratio of the medians.
+#[cfg(feature = "nccl")]
+fn nccl_interleaved(work: &Workload, config: &GpuConfig, rounds: usize) -> BenchResult<()> {
+    use mmsb_cuda::nccl::ShardedMerge;
+    let batch = work.batch()?;
+    let mut one = ShardedMerge::from_devices(&[0], PAGE_LEN, config)?;
+    let mut two = ShardedMerge::from_devices(&[0, 1], PAGE_LEN, config)?;
+    one.fold(&batch)?;
+    two.fold(&batch)?;
+    let (mut ones, mut twos) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        for (merge, samples) in [(&mut one, &mut ones), (&mut two, &mut twos)] {
+            let started = Instant::now();
+            merge.fold(&batch)?;
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let range = |samples: &[f64]| {
+        let low = samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = samples.iter().copied().fold(0.0, f64::max);
+        (low, high)
+    };
+    let ((low1, high1), (low2, high2)) = (range(&ones), range(&twos));
+    let (median1, median2) = (median(&mut ones), median(&mut twos));
+    let ratio = median1 / (2.0 * median2);
+    println!("interleaved: world 1 {median1:.2} ms, world 2 {median2:.2} ms, {ratio:.2}x linear");
+    table(format!(
+        "nccl scaling interleaved ({rounds} rounds, folds alternated): world 1 median {median1:.2} ms (range {low1:.2}-{high1:.2}), world 2 median {median2:.2} ms (range {low2:.2}-{high2:.2}): {ratio:.2}x linear (bar 0.80x)"
+    ));
+    Ok(())
+}
+
+/// Host memory copy bandwidth by thread count (`len` bytes copied between
+/// two buffers touched beforehand, pieces of 1 MiB): how much of the
+/// fold's host side the memory system allows.
+#[cfg(feature = "nccl")]
+fn host_copy_probe(len: usize) -> BenchResult<()> {
+    use rayon::prelude::*;
+    const PIECE_BYTES: usize = 1 << 20;
+    let mut src = vec![0u8; len];
+    SplitMix64::new(5).fill(&mut src[..4096.min(len)]);
+    src.par_chunks_mut(PIECE_BYTES)
+        .for_each(|piece| piece.iter_mut().step_by(4096).for_each(|b| *b = 1));
+    let mut dst = vec![0u8; len];
+    dst.par_chunks_mut(PIECE_BYTES)
+        .for_each(|piece| piece.iter_mut().step_by(4096).for_each(|b| *b = 2));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut line = String::new();
+    for threads in [1usize, 2, 4, 8, 16, 32, 64]
+        .into_iter()
+        .filter(|&t| t <= cores)
+    {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let ms = time_wall(3, 1, || {
+            pool.install(|| {
+                dst.par_chunks_mut(PIECE_BYTES)
+                    .zip(src.par_chunks(PIECE_BYTES))
+                    .for_each(|(to, from)| to.copy_from_slice(from))
+            });
+            Ok(())
+        })?;
+        line.push_str(&format!(" {threads}t {:.1}", gb_per_s(len as u64, ms)));
+    }
+    if dst[len / 2] != src[len / 2] {
+        return Err("host copy probe: copy mismatch".into());
+    }
+    table(format!(
+        "host memcpy GB/s (bytes copied, {} MiB):{line}",
+        len >> 20
+    ));
     Ok(())
 }
 

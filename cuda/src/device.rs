@@ -49,7 +49,9 @@ use crate::kernel::{
 use crate::layout::{plan_chunks, ChunkPlan, ChunkView};
 use crate::persistent::Persistent;
 use crate::probe::{probe, DeviceInfo};
-use crate::shard::{packed_len, slots_offset, ChunkLimits, MirrorIndex, ShardPlan};
+use crate::shard::{
+    ms_since, packed_len, slots_offset, ChunkLimits, FoldPhases, MirrorIndex, ShardPlan,
+};
 
 /// Shared memory a block gets without opting in.
 const DEFAULT_SHARED_LIMIT_BYTES: usize = 48 * 1024;
@@ -100,7 +102,8 @@ pub trait DeviceMerger: Send {
     /// Folds a batch into the mirror: a page the mirror holds is folded
     /// from its mirrored image (the batch's is ignored); a new one is
     /// uploaded from the batch first. The batch's images are left as they
-    /// were. Every chain is checked (in parallel) before the device sees it.
+    /// were. Every chain's delta headers are checked (in parallel) before
+    /// the device sees any of them; run bounds as each chunk is packed.
     fn mirror_fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeviceStats, GpuError> {
         let plan = ShardPlan::whole(batch, self.chunk_limits())?;
         self.mirror_fold_plan(batch, &plan)
@@ -126,6 +129,12 @@ pub trait DeviceMerger: Send {
 
     /// Drops the mirror, if any, and its device memory.
     fn mirror_close(&mut self) {}
+
+    /// Where the last mirror fold spent its host time (all zeros for a
+    /// device that does not record it).
+    fn last_fold_phases(&self) -> FoldPhases {
+        FoldPhases::default()
+    }
 }
 
 /// Where a page mirror hands each page and its image when it finishes.
@@ -217,6 +226,8 @@ pub struct CudaMerger {
     fault: Option<FaultInjection>,
     baseline_shared_allowed: usize,
     name: String,
+    /// Where the last mirror fold's host time went.
+    phases: FoldPhases,
 }
 
 impl CudaMerger {
@@ -294,6 +305,7 @@ impl CudaMerger {
             config: config.clone(),
             baseline_shared_allowed: DEFAULT_SHARED_LIMIT_BYTES,
             name,
+            phases: FoldPhases::default(),
         })
     }
 
@@ -897,7 +909,9 @@ impl CudaMerger {
         let layout = *chunk.layout();
         let slots_at = slots_offset(&layout);
         let total = packed_len(&layout);
+        let waited = std::time::Instant::now();
         self.lanes[lane].stream.synchronize()?;
+        self.phases.wait_ms += ms_since(waited);
         self.ensure_pinned(lane, total, |l| &mut l.meta_staging)?;
         if self.lanes[lane]
             .mirror_meta
@@ -920,7 +934,10 @@ impl CudaMerger {
             .meta_staging
             .as_mut()
             .ok_or_else(|| GpuError::Unsupported("meta staging buffer".into()))?;
+        let packing = std::time::Instant::now();
         plan.pack(batch, chunk, slots, &mut staging.as_mut_slice()[..total])?;
+        let packed = ms_since(packing);
+        let queueing = std::time::Instant::now();
         let meta = lane_ref
             .mirror_meta
             .as_ref()
@@ -953,6 +970,8 @@ impl CudaMerger {
                 stream,
             )?
         };
+        self.phases.pack_ms += packed;
+        self.phases.enqueue_ms += ms_since(queueing);
         Ok(total as u64)
     }
 
@@ -962,6 +981,8 @@ impl CudaMerger {
         plan: &ShardPlan,
     ) -> Result<DeviceStats, GpuError> {
         self.ctx.bind()?;
+        self.phases = FoldPhases::default();
+        let assigning = std::time::Instant::now();
         let mirror = self
             .mirror
             .as_mut()
@@ -976,6 +997,7 @@ impl CudaMerger {
         };
         // New pages must be on the device before any chunk folds them.
         self.sync_lanes()?;
+        self.phases.assign_ms = ms_since(assigning);
         for (index, range) in plan.chunks().iter().enumerate() {
             let lane = index % self.lanes.len();
             let chunk = plan.chunk(index)?;
@@ -986,7 +1008,9 @@ impl CudaMerger {
             stats.chunks += 1;
         }
         // The next fold may touch the same pages from another lane.
+        let draining = std::time::Instant::now();
         self.sync_lanes()?;
+        self.phases.drain_ms = ms_since(draining);
         Ok(stats)
     }
 
@@ -1135,6 +1159,10 @@ impl DeviceMerger for CudaMerger {
     fn mirror_close(&mut self) {
         let _ = self.sync_lanes();
         self.mirror = None;
+    }
+
+    fn last_fold_phases(&self) -> FoldPhases {
+        self.phases
     }
 }
 

@@ -62,7 +62,13 @@ pub const MAX_CHUNK_PAYLOAD_BYTES: u64 = u32::MAX as u64 - TAIL_MARGIN_BYTES as 
 const CHUNK_FIXED_META_BYTES: usize = TAIL_MARGIN_BYTES + CHUNK_BYTES - 1;
 
 /// Pages per rayon task when a chunk is measured or filled.
-const PAGES_PER_TASK: usize = 256;
+const PAGES_PER_TASK: usize = 64;
+
+/// How many pages ahead of the one being filled a fill prefetches.
+const PREFETCH_AHEAD_PAGES: usize = 2;
+
+/// Bytes of one cache line (the prefetch stride).
+const CACHE_LINE_BYTES: usize = 64;
 
 /// One run as the kernel reads it (8 bytes, little-endian):
 /// `payload_offset: u32, page_offset: u16, len_minus_one: u16`.
@@ -245,7 +251,11 @@ fn page_meta_bound(batch: &MergeBatch<'_>, slot: usize) -> usize {
 pub(crate) struct PageSize {
     /// Runs of the page's whole chain.
     pub(crate) runs: usize,
-    /// Payload bytes, co-alignment padding included.
+    /// Payload bytes reserved for the page: co-alignment padding included
+    /// when the chain was walked ([`walk_chain`]: exact), or its upper
+    /// bound when sized from delta headers ([`size_from_headers`]). The
+    /// descriptor written by [`ChunkPlan::fill_mapped`] always carries the
+    /// exact length; the rest of the reserved window is zeroed.
     pub(crate) payload_len: usize,
     /// Payload bytes the deltas write (padding excluded).
     pub(crate) useful: usize,
@@ -285,15 +295,20 @@ pub(crate) fn invalid_batch(what: String) -> GpuError {
     GpuError::Unsupported(format!("invalid batch: {what}"))
 }
 
-/// Checks page `slot`'s chain as `MergeBatch::validate` does (every delta is
-/// the page's own and fits in the batch's pages; epochs strictly increase)
-/// and measures it, in one walk. Pages are independent, so callers check
-/// and measure them in parallel.
-pub(crate) fn measure_checked(batch: &MergeBatch<'_>, slot: usize) -> Result<PageSize, GpuError> {
+/// Checks page `slot`'s chain from the delta headers alone (every delta is
+/// the page's own; epochs strictly increase) and sizes it without reading
+/// a run: runs and changed bytes are O(1) per delta
+/// ([`mmsb_wal::Delta::run_count`], [`mmsb_wal::Delta::changed_len`]), and
+/// the payload is reserved at its upper bound (each run may need up to
+/// [`CHUNK_BYTES`]` - 1` bytes of co-alignment padding). Run bounds
+/// against the page length are checked while the chunk is filled, where
+/// every run is read anyway (a [`MergeBatch`] checked them already when
+/// its chains were pushed).
+pub(crate) fn size_from_headers(batch: &MergeBatch<'_>, slot: usize) -> Result<PageSize, GpuError> {
     let (Some(&page_id), Some(chain)) = (batch.page_ids().get(slot), batch.chain(slot)) else {
         return Err(invalid_batch(format!("no slot {slot}")));
     };
-    let page_len = batch.page_len();
+    let mut size = PageSize::default();
     let mut previous = None;
     for entry in chain {
         let owner = entry.delta.page_id();
@@ -307,15 +322,12 @@ pub(crate) fn measure_checked(batch: &MergeBatch<'_>, slot: usize) -> Result<Pag
                 "the chain of {page_id} is not in strictly increasing epoch order"
             )));
         }
-        if entry.delta.extent() > page_len {
-            return Err(invalid_batch(format!(
-                "a delta of {page_id} ends at byte {} of a {page_len}-byte page",
-                entry.delta.extent()
-            )));
-        }
         previous = Some(entry.epoch);
+        size.runs += entry.delta.run_count();
+        size.useful += entry.delta.changed_len();
     }
-    Ok(walk_chain(chain, |_, _, _| {}))
+    size.payload_len = size.useful + size.runs * (CHUNK_BYTES - 1);
+    Ok(size)
 }
 
 /// Walks page `slot`'s runs in kernel order (see [`walk_chain`]).
@@ -459,52 +471,130 @@ impl ChunkPlan {
             rest.split_at_mut(layout.payload_offset - layout.runs_offset);
         let (run_used, run_pad) = run_area.split_at_mut(layout.runs * RUN_DESC_BYTES);
         run_pad.fill(0);
-        // Per page: its descriptor, its run descriptors, its payload (up to
-        // the next page's 16-aligned start, so the padding is written too).
-        let mut run_slices = Vec::with_capacity(layout.pages);
-        let mut payload_slices = Vec::with_capacity(layout.pages);
-        let (mut runs_rest, mut payload_rest) = (run_used, payload_area);
-        for desc in &self.descs {
-            let (mine, rest) = runs_rest.split_at_mut(desc.run_count as usize * RUN_DESC_BYTES);
-            run_slices.push(mine);
+        // Pages go in groups of PAGES_PER_TASK (one rayon task each): the
+        // areas are cut per group here, per page inside the task. A page
+        // gets its descriptor, its run descriptors and its payload window
+        // (up to the next page's 16-aligned start, so padding is written).
+        let mut groups = Vec::with_capacity(layout.pages / PAGES_PER_TASK + 1);
+        let (mut desc_rest, mut runs_rest, mut payload_rest) = (desc_area, run_used, payload_area);
+        for (index, descs) in self.descs.chunks(PAGES_PER_TASK).enumerate() {
+            let (Some(first), Some(last)) = (descs.first(), descs.last()) else {
+                continue;
+            };
+            let next = self.descs.get((index + 1) * PAGES_PER_TASK);
+            let run_end = next.map_or(layout.runs, |d| d.first_run as usize);
+            let payload_end = next.map_or_else(
+                || align16(last.payload_start as usize + last.payload_len as usize),
+                |d| d.payload_start as usize,
+            );
+            let runs_len = (run_end.checked_sub(first.first_run as usize))
+                .map(|runs| runs * RUN_DESC_BYTES)
+                .filter(|&len| len <= runs_rest.len());
+            let payload_len = payload_end
+                .checked_sub(first.payload_start as usize)
+                .map(|len| len.min(payload_rest.len()));
+            let (Some(runs_len), Some(payload_len)) = (runs_len, payload_len) else {
+                return Err(GpuError::Unsupported(
+                    "chunk descriptors out of order".into(),
+                ));
+            };
+            let (desc_mine, rest) = desc_rest.split_at_mut(descs.len() * PAGE_DESC_BYTES);
+            desc_rest = rest;
+            let (runs_mine, rest) = runs_rest.split_at_mut(runs_len);
             runs_rest = rest;
-            let len = align16(desc.payload_len as usize).min(payload_rest.len());
-            let (mine, rest) = payload_rest.split_at_mut(len);
-            payload_slices.push(mine);
+            let (payload_mine, rest) = payload_rest.split_at_mut(payload_len);
             payload_rest = rest;
+            groups.push((index, descs, desc_mine, runs_mine, payload_mine));
         }
         payload_rest.fill(0);
-        desc_area
-            .par_chunks_exact_mut(PAGE_DESC_BYTES)
-            .zip(run_slices)
-            .zip(payload_slices)
-            .zip(self.slots.clone().into_par_iter())
-            .zip(self.descs.par_iter())
-            .with_min_len(PAGES_PER_TASK)
-            .try_for_each(|((((desc_out, runs_out), payload_out), position), desc)| {
-                let slot = map
-                    .slot(position)
-                    .ok_or_else(|| GpuError::Unsupported(format!("no slot at {position}")))?;
-                desc.encode(desc_out);
-                fill_page(batch, slot, desc, runs_out, payload_out)
+        let start = self.slots.start;
+        groups
+            .into_par_iter()
+            .try_for_each(|(index, descs, desc_area, runs_area, payload_area)| {
+                fill_group(
+                    batch,
+                    map,
+                    start + index * PAGES_PER_TASK,
+                    descs,
+                    (desc_area, runs_area, payload_area),
+                )
             })
     }
 }
 
-/// Writes one page's run descriptors and payload; only the padding between
-/// runs (and after the last) is zeroed, so every payload byte is written once.
+/// Fills one group of consecutive pages (see [`ChunkPlan::fill_mapped`]):
+/// `first` is the position of `descs[0]`; `areas` (page descriptors, run
+/// descriptors, payload) start at the group's first page. The runs and
+/// payload of the page [`PREFETCH_AHEAD_PAGES`] ahead are prefetched while a
+/// page is filled: every delta's runs and payload are separate heap blocks,
+/// so a fill is otherwise bound by one cache miss after another.
+fn fill_group(
+    batch: &MergeBatch<'_>,
+    map: SlotMap<'_>,
+    first: usize,
+    descs: &[PageDesc],
+    areas: (&mut [u8], &mut [u8], &mut [u8]),
+) -> Result<(), GpuError> {
+    let (desc_area, mut runs_rest, mut payload_rest) = areas;
+    for (k, (desc, desc_out)) in descs
+        .iter()
+        .zip(desc_area.chunks_exact_mut(PAGE_DESC_BYTES))
+        .enumerate()
+    {
+        let runs_len = desc.run_count as usize * RUN_DESC_BYTES;
+        let payload_len = align16(desc.payload_len as usize).min(payload_rest.len());
+        if runs_len > runs_rest.len() {
+            return Err(changed_between());
+        }
+        let (runs_out, rest) = std::mem::take(&mut runs_rest).split_at_mut(runs_len);
+        runs_rest = rest;
+        let (payload_out, rest) = std::mem::take(&mut payload_rest).split_at_mut(payload_len);
+        payload_rest = rest;
+        let position = first + k;
+        let slot = map
+            .slot(position)
+            .ok_or_else(|| GpuError::Unsupported(format!("no slot at {position}")))?;
+        if let Some(ahead) = (k + PREFETCH_AHEAD_PAGES < descs.len())
+            .then(|| map.slot(position + PREFETCH_AHEAD_PAGES))
+            .flatten()
+        {
+            prefetch_page(batch, ahead);
+        }
+        let exact = fill_page(batch, slot, desc, runs_out, payload_out)?;
+        PageDesc {
+            payload_len: exact,
+            ..*desc
+        }
+        .encode(desc_out);
+    }
+    Ok(())
+}
+
+/// Writes one page's run descriptors and payload into the page's reserved
+/// window (`desc.payload_len` bytes, rounded up to 16); only the padding
+/// between runs and the rest of the window are zeroed, so every payload
+/// byte is written once. Checks each run against the page length. Returns
+/// the page's exact payload length (what its descriptor carries).
 fn fill_page(
     batch: &MergeBatch<'_>,
     slot: usize,
     desc: &PageDesc,
     runs_out: &mut [u8],
     payload_out: &mut [u8],
-) -> Result<(), GpuError> {
+) -> Result<u32, GpuError> {
+    let page_len = batch.page_len();
     let mut index = 0usize;
     let mut written = 0usize;
     let mut failure = None;
     let size = walk_page(batch, slot, |cursor, offset, bytes| {
         if failure.is_some() {
+            return;
+        }
+        if offset as usize + bytes.len() > page_len {
+            failure = Some(invalid_batch(format!(
+                "a run of slot {slot} ends at byte {} of a {page_len}-byte page",
+                offset as usize + bytes.len()
+            )));
             return;
         }
         let at = index * RUN_DESC_BYTES;
@@ -514,7 +604,8 @@ fn fill_page(
         let desc_out = runs_out
             .get_mut(at..at + RUN_DESC_BYTES)
             .and_then(|out| <&mut [u8; RUN_DESC_BYTES]>::try_from(out).ok());
-        match (run, desc_out, payload_out.get_mut(written..end)) {
+        let window = payload_out.get_mut(written..end);
+        match (run, desc_out, window) {
             (Ok(run), Some(desc_out), Some(gap_and_run)) => {
                 run.encode(desc_out);
                 let (gap, run_out) = gap_and_run.split_at_mut(cursor - written);
@@ -529,13 +620,38 @@ fn fill_page(
     if let Some(error) = failure {
         return Err(error);
     }
-    if size.runs != desc.run_count as usize || size.payload_len != desc.payload_len as usize {
+    if size.runs != desc.run_count as usize || size.payload_len > desc.payload_len as usize {
         return Err(changed_between());
     }
     if let Some(tail) = payload_out.get_mut(written..) {
         tail.fill(0);
     }
-    Ok(())
+    to_u32(size.payload_len, "payload")
+}
+
+/// Asks the cache for page `slot`'s run lists and payload bytes (the run
+/// lists are read to find the payload; only the payload is prefetched).
+fn prefetch_page(batch: &MergeBatch<'_>, slot: usize) {
+    for entry in batch.chain(slot).unwrap_or(&[]) {
+        for run in entry.delta.runs() {
+            for line in run.bytes.chunks(CACHE_LINE_BYTES) {
+                prefetch(line.as_ptr());
+            }
+        }
+    }
+}
+
+/// A hint that `at` will be read soon (nothing where the target has no
+/// prefetch instruction).
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes no memory, whatever the
+    // address; SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 fn changed_between() -> GpuError {

@@ -46,4 +46,4 @@ pub use emulate::Tiles;
 pub use error::GpuError;
 pub use merge::{FallbackRecord, GpuMerge, GpuStatus};
 pub use probe::{device_count, driver_library_present, nvrtc_library_present, probe, DeviceInfo};
-pub use shard::{ChunkLimits, DeltaCounts, MirrorIndex, ShardPlan};
+pub use shard::{ChunkLimits, DeltaCounts, FoldPhases, MirrorIndex, ShardPlan};

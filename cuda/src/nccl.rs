@@ -11,9 +11,10 @@
 //!   same mirror `GpuMerge::open_session` uses).
 //! - [`ShardedMerge::fold`] routes each page's chain to the GPU that owns the
 //!   page by index lists over the caller's batch (never a copy): one host
-//!   thread per GPU checks, measures and plans its pages
+//!   thread per GPU checks, sizes (from delta headers) and plans its pages
 //!   ([`crate::shard::ShardPlan`]), then packs, uploads and launches them,
-//!   so the host work is split N ways.
+//!   so the host work is split N ways ([`ShardedMerge::set_host_threads`]
+//!   gives each GPU a host thread pool of its own).
 //! - Moving a page's ownership copies its image GPU to GPU (NCCL send on the
 //!   old owner, receive into a fresh mirror slot on the new one). A move to
 //!   the rank that already owns the page still goes through NCCL (a send to
@@ -43,8 +44,8 @@ use crate::config::GpuConfig;
 use crate::device::{CudaMerger, DeviceMerger, MirrorSink};
 use crate::error::GpuError;
 use crate::probe::{driver_library_present, probe};
-pub use crate::shard::DeltaCounts;
-use crate::shard::{fold_sharded, home_rank};
+use crate::shard::{fold_sharded_on, home_rank};
+pub use crate::shard::{DeltaCounts, FoldPhases};
 
 /// Whether an NCCL library loads (cudarc's names: `libnccl.so`, ...).
 pub fn nccl_library_present() -> bool {
@@ -126,6 +127,10 @@ pub struct ShardedMerge {
     /// Pages whose owner is not their home rank.
     moved: FxHashMap<PageId, usize>,
     page_len: usize,
+    /// One host thread pool per GPU (`None`: the shared rayon pool).
+    pools: Option<Vec<rayon::ThreadPool>>,
+    /// Where each rank's last fold spent its time.
+    phases: Vec<FoldPhases>,
 }
 
 impl std::fmt::Debug for ShardedMerge {
@@ -178,12 +183,59 @@ impl ShardedMerge {
             });
         }
         let comms = Comm::from_devices(streams).map_err(|e| nccl_error("ncclCommInitAll", e))?;
-        Ok(ShardedMerge {
+        let world = shards.len();
+        let mut merge = ShardedMerge {
             comms,
             shards,
             moved: FxHashMap::default(),
             page_len,
-        })
+            pools: None,
+            phases: vec![FoldPhases::default(); world],
+        };
+        merge.set_host_threads(
+            std::thread::available_parallelism().map_or(world, std::num::NonZero::get),
+        )?;
+        Ok(merge)
+    }
+
+    /// Gives each GPU's host work (planning, packing) a thread pool of its
+    /// own, of `host_threads / world_size` threads (at least one), or, with
+    /// `host_threads == 0`, moves it to the shared rayon pool. A new
+    /// `ShardedMerge` splits all the machine's cores this way: each rank's
+    /// fold then runs inside its own pool, so its parallel loops start on
+    /// warm workers instead of being injected into one pool from outside
+    /// (measured on 2× H100, 32 cores: 43.0 vs 58.9 ms with one GPU, 31.1
+    /// vs 58.4 ms with two; docs/gpu.md).
+    pub fn set_host_threads(&mut self, host_threads: usize) -> Result<(), GpuError> {
+        if host_threads == 0 {
+            self.pools = None;
+            return Ok(());
+        }
+        let per_rank = (host_threads / self.world_size()).max(1);
+        let pools = (0..self.world_size())
+            .map(|rank| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(per_rank)
+                    .thread_name(move |k| format!("mmsb-gpu{rank}-host{k}"))
+                    .build()
+                    .map_err(|e| GpuError::Disabled(format!("host thread pool: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.pools = Some(pools);
+        Ok(())
+    }
+
+    /// Threads in each GPU's own host pool (`None`: the shared rayon pool).
+    pub fn host_threads_per_gpu(&self) -> Option<usize> {
+        self.pools
+            .as_ref()
+            .and_then(|pools| pools.first())
+            .map(rayon::ThreadPool::current_num_threads)
+    }
+
+    /// Where each GPU's last fold spent its host time (rank order).
+    pub fn last_fold_phases(&self) -> &[FoldPhases] {
+        &self.phases
     }
 
     /// GPUs in the communicator.
@@ -210,11 +262,15 @@ impl ShardedMerge {
     /// Folds `batch`: each page's chain goes to the GPU that owns the page
     /// (new pages are uploaded there from the batch; resident ones fold from
     /// their mirrored image). Each GPU has its own host thread, which picks
-    /// its pages by an index list over `batch` (no copy), checks and
-    /// measures them and plans their chunks (in parallel, on the shared
-    /// rayon pool), then packs, uploads and launches them. No GPU folds
-    /// anything unless every page of the batch passed its checks.
-    /// Returns what this fold did, over all GPUs.
+    /// its pages by an index list over `batch` (no copy), checks and sizes
+    /// them from their delta headers and plans their chunks (in parallel,
+    /// on the shared rayon pool or the GPU's own, see
+    /// [`Self::set_host_threads`]), then packs, uploads and launches them.
+    /// No GPU folds anything unless every chain of the batch passed the
+    /// header checks (owner, epoch order); run bounds, which a
+    /// [`MergeBatch`] checked when its chains were pushed, are checked
+    /// again as chunks are packed. Returns what this fold did, over all
+    /// GPUs.
     pub fn fold(&mut self, batch: &MergeBatch<'_>) -> Result<DeltaCounts, GpuError> {
         if batch.page_len() != self.page_len {
             return Err(GpuError::Unsupported(format!(
@@ -231,13 +287,19 @@ impl ShardedMerge {
             .iter_mut()
             .map(|shard| &mut shard.merger as &mut dyn DeviceMerger)
             .collect();
-        let outcomes = fold_sharded(&mut devices, batch, &owner);
+        let outcomes = fold_sharded_on(&mut devices, batch, &owner, self.pools.as_deref());
         drop(devices);
-        let counts = outcomes?;
-        debug_assert_eq!(counts.len(), world);
+        let outcomes = outcomes?;
+        debug_assert_eq!(outcomes.len(), world);
         let mut total = DeltaCounts::EMPTY;
-        for (shard, counts) in self.shards.iter_mut().zip(counts) {
+        for ((shard, phases), (counts, timed)) in self
+            .shards
+            .iter_mut()
+            .zip(self.phases.iter_mut())
+            .zip(outcomes)
+        {
             shard.counts = shard.counts.combine(counts);
+            *phases = timed;
             total = total.combine(counts);
         }
         Ok(total)

@@ -3,9 +3,10 @@
 //!
 //! - [`ShardPlan`]: which batch slots one device folds (all of them, or one
 //!   rank's pages routed by an index list: the batch is never copied), each
-//!   page's chain checked and measured once, in parallel, and the chunks the
-//!   pages form (planned from the measured sizes, so no page is walked
-//!   again before its chunk is filled).
+//!   page's chain checked and sized from its delta headers alone (run count
+//!   and changed bytes are O(1) per delta; the payload window is reserved at
+//!   its co-alignment upper bound), in parallel, and the chunks the pages
+//!   form. No run is read before its chunk is filled, and then only once.
 //! - [`MirrorIndex`]: which slot of a device page mirror holds each page;
 //!   lookups of a fold's pages run in parallel, only new pages are inserted
 //!   one by one.
@@ -28,10 +29,10 @@ use crate::config::{DEFAULT_MAX_CHUNK_META_BYTES, DEFAULT_MAX_CHUNK_PAGES};
 use crate::device::DeviceMerger;
 use crate::error::GpuError;
 use crate::layout::{
-    align16, invalid_batch, measure_checked, ChunkLayout, ChunkPlan, PageSize, SlotMap,
+    align16, invalid_batch, size_from_headers, ChunkLayout, ChunkPlan, PageSize, SlotMap,
 };
 
-/// Pages per rayon task when pages are checked, measured or looked up.
+/// Pages per rayon task when pages are checked, sized or looked up.
 const PAGES_PER_TASK: usize = 512;
 
 /// Meta bytes of any chunk besides its pages' own: up to 15 bytes of
@@ -98,7 +99,7 @@ impl DeltaCounts {
         counts
     }
 
-    /// One page's chain from its measured size: a checked chain is in
+    /// One page's chain from its size: a checked chain is in
     /// increasing epoch order, so only its ends are read.
     fn of_measured(chain: &[ChainEntry<'_>], size: PageSize) -> DeltaCounts {
         DeltaCounts {
@@ -144,7 +145,7 @@ impl Default for ChunkLimits {
     }
 }
 
-/// The pages of one batch that one device folds, checked, measured and cut
+/// The pages of one batch that one device folds, checked, sized and cut
 /// into chunks (see the module docs). Positions `0..len()` stand for batch
 /// slots through [`Self::slot_map`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,13 +171,14 @@ impl ShardPlan {
         limits: ChunkLimits,
     ) -> Result<Self, GpuError>
     where
-        F: Fn(PageId) -> usize,
+        F: Fn(PageId) -> usize + Sync,
     {
         check_slot_range(batch)?;
         let slots = batch
             .page_ids()
-            .iter()
+            .par_iter()
             .enumerate()
+            .with_min_len(PAGES_PER_TASK)
             .filter(|&(_, &page)| owner(page) == rank)
             .map(|(slot, _)| slot as u32)
             .collect();
@@ -213,7 +215,7 @@ impl ShardPlan {
         let sizes: Vec<PageSize> = (0..len)
             .into_par_iter()
             .with_min_len(PAGES_PER_TASK)
-            .map(|position| measure_checked(batch, slot_of(position)?))
+            .map(|position| size_from_headers(batch, slot_of(position)?))
             .collect::<Result<_, _>>()?;
         let counts = sizes
             .par_iter()
@@ -270,7 +272,7 @@ impl ShardPlan {
         self.counts
     }
 
-    /// The layout of chunk `index`, from the measured sizes.
+    /// The layout of chunk `index`, from the pages' sizes.
     pub fn chunk(&self, index: usize) -> Result<ChunkPlan, GpuError> {
         let range = self
             .chunks
@@ -326,45 +328,104 @@ impl ShardPlan {
     }
 }
 
+/// Where one rank's last mirror fold spent its wall time, in milliseconds
+/// (host clock; device work is asynchronous, so `wait_ms` and `drain_ms`
+/// are where the host waited for its GPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FoldPhases {
+    /// Checking, sizing and chunking the rank's pages ([`ShardPlan`]).
+    pub plan_ms: f64,
+    /// Mirror slot lookups, and uploads of pages the mirror lacked.
+    pub assign_ms: f64,
+    /// Waiting for a lane's previous chunk before reusing its staging.
+    pub wait_ms: f64,
+    /// Packing chunks into pinned staging ([`ShardPlan::pack`]).
+    pub pack_ms: f64,
+    /// Queueing copies and kernel launches.
+    pub enqueue_ms: f64,
+    /// Waiting for every lane at the end of the fold.
+    pub drain_ms: f64,
+    /// The rank's whole fold (its plan included).
+    pub total_ms: f64,
+}
+
+/// Milliseconds since `since`.
+pub(crate) fn ms_since(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
 /// Folds `batch` into the page mirrors of `devices` (rank = index): each
 /// page goes to rank `owner(page_id)`. One host thread per device builds
 /// its [`ShardPlan`] (an index list over `batch`: the batch is never
-/// copied; checks and measuring run on the shared rayon pool); only once
-/// every rank's pages passed their checks does each thread fold its plan
-/// into its device ([`DeviceMerger::mirror_fold_plan`]: packing, upload,
-/// launch), so a bad batch changes no page anywhere. With one device the
-/// plan is the whole batch. Returns what each rank folded.
+/// copied; checks and sizing read only delta headers, in parallel); only
+/// once every rank's pages passed their checks does each thread fold its
+/// plan into its device ([`DeviceMerger::mirror_fold_plan`]: packing,
+/// upload, launch). With one device the plan is the whole batch. Returns
+/// what each rank folded. Host work runs on the shared rayon pool (see
+/// [`fold_sharded_on`] for a pool per rank).
 pub fn fold_sharded(
     devices: &mut [&mut dyn DeviceMerger],
     batch: &MergeBatch<'_>,
     owner: &(dyn Fn(PageId) -> usize + Sync),
 ) -> Result<Vec<DeltaCounts>, GpuError> {
+    Ok(fold_sharded_on(devices, batch, owner, None)?
+        .into_iter()
+        .map(|(counts, _)| counts)
+        .collect())
+}
+
+/// As [`fold_sharded`], with each rank's host work (plan, packing) run on
+/// `pools[rank]` when `pools` is given (one pool per device, so the ranks
+/// split the host cores instead of queueing on one pool), and with where
+/// each rank's time went.
+pub fn fold_sharded_on(
+    devices: &mut [&mut dyn DeviceMerger],
+    batch: &MergeBatch<'_>,
+    owner: &(dyn Fn(PageId) -> usize + Sync),
+    pools: Option<&[rayon::ThreadPool]>,
+) -> Result<Vec<(DeltaCounts, FoldPhases)>, GpuError> {
     let world = devices.len();
     if world == 0 {
         return Err(GpuError::Unsupported("no device to fold on".into()));
     }
+    if pools.is_some_and(|pools| pools.len() != world) {
+        return Err(GpuError::Unsupported(format!(
+            "{} host pools for {world} devices",
+            pools.map_or(0, <[_]>::len)
+        )));
+    }
+    let started = std::time::Instant::now();
     let mut limits: Vec<ChunkLimits> = devices.iter().map(|d| d.chunk_limits()).collect();
-    let plans = on_each_rank(&mut limits, |rank, &mut limits| {
-        if world == 1 {
+    let plans = on_each_rank(&mut limits, pools, |rank, &mut limits| {
+        let plan = if world == 1 {
             ShardPlan::whole(batch, limits)
         } else {
             ShardPlan::for_rank(batch, rank, owner, limits)
-        }
+        };
+        plan.map(|plan| (plan, ms_since(started)))
     })?;
-    let mut work: Vec<(&mut &mut dyn DeviceMerger, &ShardPlan)> =
+    let mut work: Vec<(&mut &mut dyn DeviceMerger, &(ShardPlan, f64))> =
         devices.iter_mut().zip(&plans).collect();
-    on_each_rank(&mut work, |_, (device, plan)| {
+    on_each_rank(&mut work, pools, |_, (device, (plan, plan_ms))| {
+        let mut phases = FoldPhases::default();
         if !plan.is_empty() {
             device.mirror_fold_plan(batch, plan)?;
+            phases = device.last_fold_phases();
         }
-        Ok(plan.counts())
+        phases.plan_ms = *plan_ms;
+        phases.total_ms = ms_since(started);
+        Ok((plan.counts(), phases))
     })
 }
 
 /// Runs `job(rank, item)` for every item on a thread of its own (one per
-/// device, so each binds its own context); returns the results in rank
-/// order, or the first error.
-fn on_each_rank<T, R, F>(items: &mut [T], job: F) -> Result<Vec<R>, GpuError>
+/// device, so each binds its own context), inside `pools[rank]` when
+/// given; returns the results in rank order, or the first error.
+fn on_each_rank<T, R, F>(
+    items: &mut [T],
+    pools: Option<&[rayon::ThreadPool]>,
+    job: F,
+) -> Result<Vec<R>, GpuError>
 where
     T: Send,
     R: Send,
@@ -375,7 +436,13 @@ where
         let handles: Vec<_> = items
             .iter_mut()
             .enumerate()
-            .map(|(rank, item)| scope.spawn(move || job(rank, item)))
+            .map(|(rank, item)| {
+                let pool = pools.and_then(|pools| pools.get(rank));
+                scope.spawn(move || match pool {
+                    Some(pool) => pool.install(|| job(rank, item)),
+                    None => job(rank, item),
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -564,7 +631,7 @@ mod tests {
     use super::*;
     use crate::bench::{DeltaShape, Workload};
     use crate::device::SimulatedDevice;
-    use crate::layout::plan_chunks;
+    use crate::layout::{plan_chunks, ChunkView};
     use mmsb_engine::merge::{CpuMerge, MergeBackend};
     use mmsb_wal::{CommitEpoch, Delta};
     use proptest::prelude::*;
@@ -588,18 +655,45 @@ mod tests {
             .collect()
     }
 
+    /// Page `page` of a meta region: its descriptor with each run's page
+    /// offset and bytes, in list order.
+    fn decoded(view: &ChunkView<'_>, page: usize) -> (u32, u32, Vec<(u16, Vec<u8>)>) {
+        let desc = view.page(page);
+        let runs = view
+            .page_runs(page)
+            .map(|r| {
+                let run = view.run(r);
+                let at = run.payload_offset as usize;
+                (run.page_offset, view.payload()[at..at + run.len()].to_vec())
+            })
+            .collect();
+        (desc.run_count, desc.payload_len, runs)
+    }
+
     #[test]
-    fn whole_plan_lays_out_exactly_like_the_chunk_plans_of_the_batch() {
+    fn header_sized_plans_carry_the_walked_layouts_runs_and_lengths() {
         let work = Workload::generate(300, 512, DeltaShape::default(), 5);
         let batch = work.batch().unwrap();
         let plan = ShardPlan::whole(&batch, limits(64, usize::MAX)).unwrap();
         assert_eq!(plan.chunks(), plan_chunks(&batch, 64, usize::MAX));
         for (index, meta) in meta_of(&batch, &plan).into_iter().enumerate() {
             let range = plan.chunks()[index].clone();
-            let reference = ChunkPlan::new(&batch, range).unwrap();
+            let reference = ChunkPlan::new(&batch, range.clone()).unwrap();
             let mut expected = vec![0x11; reference.layout().total_len];
             reference.fill(&batch, &mut expected).unwrap();
-            assert_eq!(meta, expected, "chunk {index}");
+            let layout = *plan.chunk(index).unwrap().layout();
+            assert!(layout.total_len >= reference.layout().total_len);
+            assert_eq!(layout.payload_useful, reference.layout().payload_useful);
+            let view = ChunkView::new(layout, &meta).unwrap();
+            let want = ChunkView::new(*reference.layout(), &expected).unwrap();
+            for page in 0..range.len() {
+                assert_eq!(view.page(page).payload_start % 16, 0);
+                assert_eq!(
+                    decoded(&view, page),
+                    decoded(&want, page),
+                    "chunk {index} page {page}"
+                );
+            }
         }
     }
 
@@ -787,6 +881,56 @@ mod tests {
         let mut none: Vec<&mut dyn DeviceMerger> = Vec::new();
         let batch = work.batch().unwrap();
         assert!(fold_sharded(&mut none, &batch, &|_| 0).is_err());
+    }
+
+    #[test]
+    fn folds_on_a_pool_per_rank_equal_the_cpu_and_report_phases() {
+        let work = Workload::generate(300, 256, DeltaShape::default(), 17);
+        let mut expected = work.batch().unwrap();
+        CpuMerge::best(1)
+            .unwrap()
+            .merge_batch(&mut expected)
+            .unwrap();
+        let pools: Vec<rayon::ThreadPool> = (0..2)
+            .map(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let mut sims: Vec<SimulatedDevice> = (0..2).map(|_| SimulatedDevice::new(32)).collect();
+        for sim in &mut sims {
+            sim.mirror_open(256).unwrap();
+        }
+        let batch = work.batch().unwrap();
+        let owner = |page: PageId| home_rank(page, 2);
+        let mut devices: Vec<&mut dyn DeviceMerger> = sims
+            .iter_mut()
+            .map(|s| s as &mut dyn DeviceMerger)
+            .collect();
+        let outcomes = fold_sharded_on(&mut devices, &batch, &owner, Some(&pools)).unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert_eq!(outcomes.iter().map(|(c, _)| c.pages).sum::<u64>(), 300);
+        for (_, phases) in &outcomes {
+            assert!(phases.total_ms >= phases.plan_ms && phases.plan_ms > 0.0);
+        }
+        let refused = fold_sharded_on(&mut devices, &batch, &owner, Some(&pools[..1]));
+        assert!(
+            matches!(refused, Err(GpuError::Unsupported(_))),
+            "{refused:?}"
+        );
+        drop(devices);
+        let mut out = vec![0xA5u8; work.base.len()];
+        for sim in &mut sims {
+            sim.mirror_finish(&mut |page, image| {
+                let at = page.get() as usize * 256;
+                out[at..at + 256].copy_from_slice(image);
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert!(out == expected.images());
     }
 
     #[test]
