@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use mmsb_wal::codec::CodecConfig;
 use mmsb_wal::manifest::{CheckpointManifest, MANIFEST_FORMAT_VERSION};
-use mmsb_wal::record::CommitRecord;
+use mmsb_wal::record::{self, CommitRecord};
 use mmsb_wal::storage::{FileStorage, Storage, StorageFile};
 use mmsb_wal::tlog::{CommitTicket, Durability, TLog, TLogConfig};
 use mmsb_wal::{CommitEpoch, Delta, PageId, WalError};
@@ -1255,16 +1255,15 @@ impl Shared {
             .last_epoch
             .checked_next()
             .ok_or_else(|| Error::Corrupted("the commit epoch would pass u64::MAX".into()))?;
-        let record = CommitRecord {
-            deltas: pages.iter().map(|page| Delta::clone(&page.delta)).collect(),
-        };
         let stages = &self.metrics.stages;
         let mut payload = Vec::new();
         timed(&stages.encode_ns, || {
-            record.encode(&self.options.codec, &mut payload)
+            let deltas = pages.iter().map(|page| &*page.delta);
+            record::encode_deltas(deltas, &self.options.codec, &mut payload)
         })?;
         let ticket = timed(&stages.log_append_ns, || self.tlog.append(epoch, &payload))
             .map_err(|err| self.poison(err.into()))?;
+        let delta_count = pages.len();
         let touched = timed(&stages.install_ns, || self.install(epoch, pages));
         writer.last_epoch = epoch;
         on_installed(epoch);
@@ -1273,7 +1272,7 @@ impl Shared {
             ticket,
             touched,
             record_bytes: payload.len() as u64,
-            deltas: record.deltas.len() as u64,
+            deltas: delta_count as u64,
         }))
     }
 

@@ -94,63 +94,13 @@ impl CommitRecord {
 
     /// Exact length of this record encoded with [`CodecMode::Raw`].
     pub fn raw_encoded_len(&self) -> usize {
-        RECORD_PREFIX_BYTES
-            + varint_len(self.deltas.len() as u64)
-            + self
-                .deltas
-                .iter()
-                .map(codec::raw_encoded_len)
-                .sum::<usize>()
+        raw_record_len(self.deltas.iter())
     }
 
     /// Appends the encoded record to `out` (whose earlier contents are kept).
     /// On error `out` is left as it was.
     pub fn encode(&self, config: &CodecConfig, out: &mut Vec<u8>) -> Result<EncodeStats, WalError> {
-        let start = out.len();
-        let result = self.encode_inner(config, out, start);
-        if result.is_err() {
-            out.truncate(start);
-        }
-        result
-    }
-
-    fn encode_inner(
-        &self,
-        config: &CodecConfig,
-        out: &mut Vec<u8>,
-        start: usize,
-    ) -> Result<EncodeStats, WalError> {
-        let mut stats = EncodeStats {
-            delta_count: self.deltas.len(),
-            raw_bytes: self.raw_encoded_len(),
-            ..EncodeStats::default()
-        };
-        out.push(RECORD_FORMAT_VERSION);
-        out.push(0);
-        put_varint(out, self.deltas.len() as u64);
-        let body_start = out.len();
-        let mut scratch = EncodeScratch::default();
-        let mut prev_page = PageId(0);
-        let mut zstd_entry_bytes = 0usize;
-        for delta in &self.deltas {
-            let entry_start = out.len();
-            let encoding = codec::encode_delta(delta, prev_page, config, out, &mut scratch)?;
-            if encoding == DeltaEncoding::Zstd {
-                zstd_entry_bytes += out.len() - entry_start;
-            }
-            stats.count(encoding);
-            stats.changed_bytes += delta.changed_len();
-            prev_page = delta.page_id();
-        }
-        if config.mode == CodecMode::Adaptive {
-            stats.body_zstd = compress_body(out, body_start, zstd_entry_bytes, config)?;
-            if stats.body_zstd {
-                out[start + FLAGS_OFFSET] |= FLAG_BODY_ZSTD;
-            }
-        }
-        stats.encoded_bytes = out.len() - start;
-        debug_assert!(config.mode != CodecMode::Raw || stats.encoded_bytes == stats.raw_bytes);
-        Ok(stats)
+        encode_deltas(self.deltas.iter(), config, out)
     }
 
     /// Decodes a record that [`CommitRecord::encode`] wrote. Every run must
@@ -178,6 +128,77 @@ impl CommitRecord {
         zstd_decompress(reader.rest(), body_len, &mut body, frame_at, "record body")?;
         decode_body(&mut Reader::new(&body), count, count_at, page_len_limit)
     }
+}
+
+/// Exact length of the record of `deltas` encoded with [`CodecMode::Raw`].
+fn raw_record_len<'a>(deltas: impl ExactSizeIterator<Item = &'a Delta>) -> usize {
+    RECORD_PREFIX_BYTES
+        + varint_len(deltas.len() as u64)
+        + deltas.map(codec::raw_encoded_len).sum::<usize>()
+}
+
+/// Appends the record of `deltas` (in order) to `out`, exactly as
+/// [`CommitRecord::encode`] would encode a record holding them, without
+/// the record having to own (or the caller to clone) the deltas. On error
+/// `out` is left as it was.
+pub fn encode_deltas<'a, I>(
+    deltas: I,
+    config: &CodecConfig,
+    out: &mut Vec<u8>,
+) -> Result<EncodeStats, WalError>
+where
+    I: IntoIterator<Item = &'a Delta>,
+    I::IntoIter: ExactSizeIterator + Clone,
+{
+    let deltas = deltas.into_iter();
+    let start = out.len();
+    let result = encode_inner(deltas, config, out, start);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn encode_inner<'a>(
+    deltas: impl ExactSizeIterator<Item = &'a Delta> + Clone,
+    config: &CodecConfig,
+    out: &mut Vec<u8>,
+    start: usize,
+) -> Result<EncodeStats, WalError> {
+    let mut stats = EncodeStats {
+        delta_count: deltas.len(),
+        raw_bytes: raw_record_len(deltas.clone()),
+        ..EncodeStats::default()
+    };
+    // No encoding is longer than raw: one reservation covers the record.
+    out.reserve(stats.raw_bytes);
+    out.push(RECORD_FORMAT_VERSION);
+    out.push(0);
+    put_varint(out, stats.delta_count as u64);
+    let body_start = out.len();
+    let mut scratch = EncodeScratch::default();
+    let mut prev_page = PageId(0);
+    let mut zstd_entry_bytes = 0usize;
+    for delta in deltas {
+        let entry_start = out.len();
+        let encoding = codec::encode_delta(delta, prev_page, config, out, &mut scratch)?;
+        if encoding == DeltaEncoding::Zstd {
+            zstd_entry_bytes += out.len() - entry_start;
+        }
+        stats.count(encoding);
+        stats.changed_bytes += delta.changed_len();
+        prev_page = delta.page_id();
+    }
+    if config.mode == CodecMode::Adaptive {
+        stats.body_zstd = compress_body(out, body_start, zstd_entry_bytes, config)?;
+        if stats.body_zstd {
+            out[start + FLAGS_OFFSET] |= FLAG_BODY_ZSTD;
+        }
+    }
+    stats.encoded_bytes = out.len() - start;
+    debug_assert!(config.mode != CodecMode::Raw || stats.encoded_bytes == stats.raw_bytes);
+    debug_assert!(config.mode != CodecMode::Adaptive || stats.encoded_bytes <= stats.raw_bytes);
+    Ok(stats)
 }
 
 /// Replaces the body that starts at `body_start` with its zstd frame when
@@ -370,19 +391,24 @@ mod tests {
         ) {
             let record = gen_record(seed, page_len, &shapes);
             let mut sizes = Vec::new();
+            let mut adaptive_zstd_deltas = 0;
             for mode in MODES {
                 let mut bytes = Vec::new();
                 let stats = record.encode(&CodecConfig::with_mode(mode), &mut bytes).unwrap();
                 if mode == CodecMode::Adaptive {
                     // Rle is never longer than Raw (docs/format-record.md).
                     prop_assert_eq!(stats.raw_deltas, 0);
+                    adaptive_zstd_deltas = stats.zstd_deltas;
                 }
                 let decoded = CommitRecord::decode(&bytes, page_len).unwrap();
                 prop_assert_eq!(&decoded, &record, "mode {:?}", mode);
                 sizes.push(bytes.len());
             }
             prop_assert_eq!(sizes[0], record.raw_encoded_len());
-            prop_assert!(sizes[3] <= sizes[0] && sizes[3] <= sizes[1], "adaptive sizes {:?}", sizes);
+            prop_assert!(sizes[3] <= sizes[0], "adaptive sizes {:?}", sizes);
+            // A zstd delta that halves its raw bytes is taken without trying
+            // RLE, which may (rarely) have been shorter still.
+            prop_assert!(adaptive_zstd_deltas > 0 || sizes[3] <= sizes[1], "adaptive sizes {:?}", sizes);
         }
 
         #[test]

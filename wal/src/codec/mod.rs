@@ -7,11 +7,12 @@
 //!   collapsed, page id coded as a step from the previous delta's;
 //! - [`DeltaEncoding::Zstd`] (`zstd_frame`): zstd over the raw encoding.
 //!
-//! [`CodecMode::Adaptive`] picks per delta: the raw size is computed, the RLE
-//! encoding is built, zstd is tried only when the raw encoding is at least
-//! [`CodecConfig::zstd_min_bytes`] long and a sample of it does not look
-//! incompressible (`sample`: high byte entropy and no repeats, as random
-//! keys and values are), and the smallest candidate wins.
+//! [`CodecMode::Adaptive`] picks per delta: zstd is tried first, only when
+//! the raw encoding is at least [`CodecConfig::zstd_min_bytes`] long and a
+//! sample of it does not look incompressible (`sample`: zstd is predicted
+//! to save too little, as on random keys and values); when zstd halves the
+//! raw size it is taken (see [`ZSTD_CLEAR_WIN_FACTOR`]), else the RLE
+//! encoding is built and the smallest candidate wins.
 //!
 //! Decoding validates every count, length, offset and varint against the
 //! input's size and the caller's page length limit before using it; a
@@ -40,8 +41,11 @@ pub(crate) use zstd_frame::{compress as zstd_compress, decompress as zstd_decomp
 /// small deltas (see `benches/codec.rs`).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Default [`CodecConfig::zstd_min_bytes`]: below this raw size zstd's frame
-/// overhead (about a dozen bytes) rarely pays for itself.
-pub const DEFAULT_ZSTD_MIN_BYTES: usize = 128;
+/// and table overhead (a dozen bytes, plus up to 128 for a Huffman table)
+/// rarely pays for itself, while the call costs about 50 000 instructions
+/// (a B+tree leaf insert's delta, about 230 bytes, never gained). Small
+/// deltas are left to the record body pass, which compresses them together.
+pub const DEFAULT_ZSTD_MIN_BYTES: usize = 256;
 /// Default [`CodecConfig::record_zstd_min_bytes`]: on the sparse-update
 /// workload the pass starts to win on commits of about ten updated rows
 /// (bodies of 100-150 bytes); below that it only costs a zstd call.
@@ -238,6 +242,13 @@ pub enum CodecError {
     Compress(String),
 }
 
+/// In adaptive mode a zstd entry at most this many times smaller than the
+/// raw encoding is taken without building the RLE encoding too: on large
+/// compressible deltas (new pages of SQL rows) RLE packing costs about a
+/// third of zstd and, whenever zstd halves the raw bytes, rarely beats it
+/// (only on pages of long repeats, where both are tiny).
+pub const ZSTD_CLEAR_WIN_FACTOR: usize = 2;
+
 /// Smallest encoded delta: a tag, a one-byte page id step and a zero run count.
 pub(crate) const MIN_ENCODED_DELTA_BYTES: usize = 3;
 
@@ -289,7 +300,9 @@ pub(crate) fn encode_delta(
     }
 }
 
-/// The smallest of RLE, raw and (for large enough deltas) zstd.
+/// The smallest of RLE, raw and (for large enough deltas) zstd; RLE is not
+/// tried when zstd already shrinks the raw encoding to at most one
+/// [`ZSTD_CLEAR_WIN_FACTOR`]th.
 fn encode_adaptive(
     delta: &Delta,
     prev_page: PageId,
@@ -297,29 +310,46 @@ fn encode_adaptive(
     out: &mut Vec<u8>,
     scratch: &mut EncodeScratch,
 ) -> Result<DeltaEncoding, CodecError> {
-    let start = out.len();
     let raw_len = raw_encoded_len(delta);
+    let zstd_len = try_zstd(delta, raw_len, config, scratch)?;
+    if zstd_len.is_some_and(|len| len.saturating_mul(ZSTD_CLEAR_WIN_FACTOR) <= raw_len) {
+        write_zstd(out, scratch);
+        return Ok(DeltaEncoding::Zstd);
+    }
+    let start = out.len();
     encode_rle(delta, prev_page, out);
-    let mut best = (DeltaEncoding::Rle, out.len() - start);
-    if raw_len < best.1 {
+    let rle_len = out.len() - start;
+    if zstd_len.is_some_and(|len| len < rle_len.min(raw_len)) {
+        out.truncate(start);
+        write_zstd(out, scratch);
+        return Ok(DeltaEncoding::Zstd);
+    }
+    if raw_len < rle_len {
         out.truncate(start);
         encode_raw(delta, out);
-        best = (DeltaEncoding::Raw, raw_len);
+        return Ok(DeltaEncoding::Raw);
     }
-    if raw_len >= config.zstd_min_bytes {
-        scratch.raw.clear();
-        raw::encode(delta, &mut scratch.raw);
-        if looks_incompressible(&scratch.raw) {
-            return Ok(best.0);
-        }
-        zstd_frame::compress(&scratch.raw, config.zstd_level, &mut scratch.compressed)?;
-        if zstd_entry_len(scratch) < best.1 {
-            out.truncate(start);
-            write_zstd(out, scratch);
-            best.0 = DeltaEncoding::Zstd;
-        }
+    Ok(DeltaEncoding::Rle)
+}
+
+/// Compresses the raw encoding of `delta` into `scratch` when it is long
+/// enough and does not look incompressible; returns the zstd entry's length.
+fn try_zstd(
+    delta: &Delta,
+    raw_len: usize,
+    config: &CodecConfig,
+    scratch: &mut EncodeScratch,
+) -> Result<Option<usize>, CodecError> {
+    if raw_len < config.zstd_min_bytes {
+        return Ok(None);
     }
-    Ok(best.0)
+    scratch.raw.clear();
+    raw::encode(delta, &mut scratch.raw);
+    if looks_incompressible(&scratch.raw) {
+        return Ok(None);
+    }
+    zstd_frame::compress(&scratch.raw, config.zstd_level, &mut scratch.compressed)?;
+    Ok(Some(zstd_entry_len(scratch)))
 }
 
 fn encode_raw(delta: &Delta, out: &mut Vec<u8>) {

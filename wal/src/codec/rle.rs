@@ -86,7 +86,12 @@ pub(crate) fn pack(bytes: &[u8], out: &mut Vec<u8>) {
     let mut literal_start = 0;
     let mut pos = 0;
     while pos + MIN_REPEAT_LEN <= bytes.len() {
-        // Most bytes start no repeat: reject them with one or two compares.
+        // Most bytes start no repeat: skip eight at a time while no triple
+        // starts among them, then one or two compares per byte.
+        pos = skip_to_triple(bytes, pos);
+        if pos + MIN_REPEAT_LEN > bytes.len() {
+            break;
+        }
         let byte = bytes[pos];
         if bytes[pos + 1] != byte {
             pos += 1;
@@ -104,6 +109,36 @@ pub(crate) fn pack(bytes: &[u8], out: &mut Vec<u8>) {
         literal_start = pos;
     }
     push_literals(&bytes[literal_start..], out);
+}
+
+/// Bytes a word-wide triple search reads past its first position: three
+/// overlapping 8-byte loads at `pos`, `pos + 1` and `pos + 2`.
+const TRIPLE_SCAN_BYTES: usize = 8 + MIN_REPEAT_LEN - 1;
+
+/// The first position at or after `pos` where three equal bytes may start,
+/// found eight positions at a time: never past the first such position (so
+/// the packing is the same as a byte-by-byte scan), and at most where the
+/// word-wide scan stops fitting (`bytes.len() - TRIPLE_SCAN_BYTES + 1`).
+fn skip_to_triple(bytes: &[u8], mut pos: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    while pos + TRIPLE_SCAN_BYTES <= bytes.len() {
+        let word = |at: usize| {
+            let mut buf = [0u8; 8];
+            buf.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(buf)
+        };
+        let x = word(pos);
+        // Byte i of `diff` is zero iff bytes pos+i, pos+i+1, pos+i+2 are equal.
+        let diff = (x ^ word(pos + 1)) | (x ^ word(pos + 2));
+        let zero_bytes = diff.wrapping_sub(ONES) & !diff & HIGHS;
+        if zero_bytes != 0 {
+            // The lowest flagged byte is exact (higher ones may be borrows).
+            return pos + (zero_bytes.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
+    }
+    pos
 }
 
 /// Length of the run of equal bytes at the start of `bytes`, capped at
@@ -234,7 +269,37 @@ mod tests {
         out
     }
 
+    /// The packer as it was before the word-wide skip: one byte at a time.
+    fn pack_bytewise(bytes: &[u8], out: &mut Vec<u8>) {
+        let mut literal_start = 0;
+        let mut pos = 0;
+        while pos + MIN_REPEAT_LEN <= bytes.len() {
+            let byte = bytes[pos];
+            if bytes[pos + 1] != byte || bytes[pos + 2] != byte {
+                pos += 1;
+                continue;
+            }
+            let repeat = repeat_len(&bytes[pos..]);
+            push_literals(&bytes[literal_start..pos], out);
+            out.push(REPEAT_BIT | (repeat - MIN_REPEAT_LEN) as u8);
+            out.push(byte);
+            pos += repeat;
+            literal_start = pos;
+        }
+        push_literals(&bytes[literal_start..], out);
+    }
+
     proptest! {
+        #[test]
+        fn pack_matches_the_bytewise_packer(
+            bytes in prop::collection::vec(prop_oneof![any::<u8>(), Just(0u8), Just(7u8)], 0..300)
+        ) {
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            pack(&bytes, &mut fast);
+            pack_bytewise(&bytes, &mut slow);
+            prop_assert_eq!(fast, slow);
+        }
+
         #[test]
         fn pack_round_trips(bytes in prop::collection::vec(prop::sample::select(vec![0u8, 1, 0xff]), 0..600)) {
             prop_assert_eq!(round_trip_pack(&bytes), bytes);

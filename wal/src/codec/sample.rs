@@ -1,21 +1,23 @@
 //! A cheap compressibility probe: decides, from a small sample, whether
 //! zstd is worth calling on a buffer at all.
 //!
-//! zstd at level 1 still costs tens of microseconds per page and a Huffman
-//! table build per block; on incompressible data (random keys and values,
-//! already compressed blobs) all of it is wasted, because the adaptive codec
-//! then keeps the raw or RLE encoding anyway. The probe looks at up to
-//! [`SAMPLE_BYTES`] bytes spread over the buffer and reports "incompressible"
-//! only when both of zstd's levers are missing:
-//! - the order-0 entropy (bias-corrected, Miller–Madow) is at least
-//!   [`INCOMPRESSIBLE_ENTROPY_MILLIBITS`] per byte, so entropy coding alone
-//!   would save little, and
-//! - fewer than one in [`MIN_MATCH_SHARE`] of the sampled 4-byte windows
-//!   repeats an earlier one, so LZ matches would save little.
+//! zstd at level 1 costs about 50 000 instructions even on a buffer of a few
+//! hundred bytes (Huffman and FSE table builds per block); on data it cannot
+//! shrink by much (random keys and values, slot arrays, already compressed
+//! blobs) all of it is wasted, because the adaptive codec then keeps the RLE
+//! encoding anyway. The probe looks at up to [`SAMPLE_BYTES`] bytes spread
+//! over the buffer and reports "incompressible" when neither of zstd's
+//! levers is predicted to pay:
+//! - LZ matches: fewer than one in [`MIN_MATCH_SHARE`] of the sampled 4-byte
+//!   windows repeats an earlier one, and
+//! - entropy coding: the order-0 entropy `H` (bias-corrected, Miller–Madow)
+//!   predicts a Huffman-coded size `n·H/8` plus the table (half a byte per
+//!   symbol seen) plus [`FRAME_OVERHEAD_BYTES`] that saves less than one
+//!   [`MIN_GAIN_SHARE`]th of the buffer's `n` bytes.
 //!
-//! A wrong "incompressible" costs bytes (the delta is stored raw or RLE), a
-//! wrong "compressible" costs one zstd call: the thresholds lean towards
-//! trying zstd.
+//! A wrong "incompressible" costs bytes (the delta is stored RLE), a wrong
+//! "compressible" costs one zstd call: the small-sample bias of the entropy
+//! estimate (it reads low) leans towards trying zstd.
 
 use std::sync::OnceLock;
 
@@ -24,15 +26,18 @@ pub(crate) const SAMPLE_BYTES: usize = 512;
 /// Chunks the sample is split into, spread evenly over a larger buffer.
 const SAMPLE_CHUNKS: usize = 4;
 /// Below this many bytes the probe does not judge (returns "compressible"):
-/// the entropy estimate of a shorter sample is too biased to tell random
-/// bytes from skewed ones.
-const MIN_SAMPLE_BYTES: usize = 256;
-/// Order-0 entropy, in thousandths of a bit per byte, at and above which
-/// entropy coding is taken to gain too little (8000 = uniform random).
-const INCOMPRESSIBLE_ENTROPY_MILLIBITS: u32 = 7_300;
+/// the entropy estimate of a shorter sample says too little.
+const MIN_SAMPLE_BYTES: usize = 64;
 /// The sample counts as repetitive when at least 1 in this many of its
 /// 4-byte windows repeats an earlier window.
 const MIN_MATCH_SHARE: usize = 16;
+/// zstd is predicted to pay when entropy coding saves at least one
+/// `MIN_GAIN_SHARE`th of the buffer (6.25%: for a 4 KiB buffer an entropy
+/// of at most about 7.2 bits per byte, for 700 bytes about 5.9 bits).
+const MIN_GAIN_SHARE: usize = 16;
+/// Bytes of a zstd frame besides its literals and Huffman table: frame,
+/// block and literals-section headers.
+const FRAME_OVERHEAD_BYTES: usize = 16;
 /// log2 of the slots of the window hash table.
 const HASH_BITS: u32 = 9;
 
@@ -54,7 +59,18 @@ pub(crate) fn looks_incompressible(bytes: &[u8]) -> bool {
         }
         sampled += chunk.len();
     }
-    entropy_millibits(&histogram, sampled) >= INCOMPRESSIBLE_ENTROPY_MILLIBITS
+    let symbols = histogram.iter().filter(|&&count| count > 0).count();
+    let entropy = entropy_millibits(&histogram, sampled);
+    predicted_gain_bytes(bytes.len(), entropy, symbols) < bytes.len() / MIN_GAIN_SHARE
+}
+
+/// Bytes entropy coding is predicted to save on `len` bytes of `entropy`
+/// millibits per byte with `symbols` distinct byte values (0 when it would
+/// grow them).
+fn predicted_gain_bytes(len: usize, entropy: u32, symbols: usize) -> usize {
+    let coded = (len as u64 * u64::from(entropy)).div_ceil(8_000) as usize;
+    let table = symbols.div_ceil(2);
+    len.saturating_sub(coded + table + FRAME_OVERHEAD_BYTES)
 }
 
 /// Whether at least one in [`MIN_MATCH_SHARE`] of the sampled 4-byte
@@ -187,12 +203,66 @@ mod tests {
     }
 
     #[test]
-    fn short_buffers_are_never_judged_incompressible() {
+    fn very_short_buffers_are_never_judged_incompressible() {
         assert!(!looks_incompressible(&random_bytes(
             MIN_SAMPLE_BYTES - 1,
             1
         )));
         assert!(!looks_incompressible(&[]));
+    }
+
+    #[test]
+    fn short_random_buffers_are_incompressible() {
+        for len in [MIN_SAMPLE_BYTES, 128, 200, 300] {
+            let judged = (0..200u64)
+                .filter(|&seed| looks_incompressible(&random_bytes(len, seed * 1000 + len as u64)))
+                .count();
+            assert_eq!(judged, 200, "{len} random bytes");
+        }
+    }
+
+    #[test]
+    fn short_skewed_or_repetitive_buffers_are_compressible() {
+        for len in [150, 200, 255] {
+            let text = b"account 00012345 balance 0000001000 ".repeat(8);
+            assert!(!looks_incompressible(&text[..len]), "{len} bytes of text");
+            // Five bits per byte, no repeats to speak of.
+            let skewed: Vec<u8> = random_bytes(len, 5).iter().map(|b| b & 0x1f).collect();
+            assert!(!looks_incompressible(&skewed), "{len} skewed bytes");
+            // Random, except one 4-byte word in every 12 bytes repeats.
+            let mut words = random_bytes(len, 11);
+            for chunk in words.chunks_mut(12).filter(|c| c.len() == 12) {
+                chunk[8..].copy_from_slice(&[1, 2, 3, 4]);
+            }
+            assert!(!looks_incompressible(&words), "{len} bytes with repeats");
+        }
+    }
+
+    #[test]
+    fn zstd_agrees_where_the_probe_says_incompressible() {
+        // Random bytes, and random bytes with a slot-array-like share of
+        // small values: the probe skips both, and zstd would gain < 1/16.
+        for len in [MIN_SAMPLE_BYTES, 200, 700, 4096] {
+            let mut data = random_bytes(len, 3);
+            for (i, byte) in data.iter_mut().enumerate().filter(|(i, _)| i % 10 == 1) {
+                *byte = (i % 16) as u8;
+            }
+            assert!(looks_incompressible(&data), "{len} bytes");
+            let mut frame = Vec::new();
+            super::super::zstd_compress(&data, 1, &mut frame).unwrap();
+            assert!(
+                frame.len() + len / MIN_GAIN_SHARE > len,
+                "zstd saved {} of {len} bytes",
+                len - frame.len()
+            );
+        }
+    }
+
+    #[test]
+    fn predicted_gain_counts_the_table_and_the_frame() {
+        // 1000 bytes at 4 bits with 16 symbols: 500 coded + 8 table + 16.
+        assert_eq!(predicted_gain_bytes(1000, 4_000, 16), 476);
+        assert_eq!(predicted_gain_bytes(100, 8_000, 256), 0);
     }
 
     #[test]

@@ -369,9 +369,10 @@ impl Shared {
     /// stale bytes (a recycled file) a frame header's worth of zeros follows
     /// them in the same write, so that the log ends cleanly there.
     fn append_batch(&self, active: &mut Segment, bytes: &mut Vec<u8>) -> Result<()> {
-        let io_err = |what: &str| {
-            let context = format!("{what} {}", active.path.display());
-            move |err| WalError::io(context, err)
+        // The message is built only on failure: this runs once per commit.
+        let io_err = |what: &'static str| {
+            let path = &active.path;
+            move |err| WalError::io(format!("{what} {}", path.display()), err)
         };
         let new_end = active.len + bytes.len() as u64;
         let terminator = if active.stale_past_len {
