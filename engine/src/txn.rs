@@ -174,28 +174,29 @@ impl PageWriteTransaction {
         Ok(())
     }
 
+    /// The transaction's record of page `id`, made on its first write: the
+    /// image it starts from (the zero page for a page past the durable file
+    /// that no commit wrote) shared with its future private copy. One hash
+    /// lookup when the page is already dirty.
     fn ensure_dirty(&mut self, id: PageId) -> Result<&mut DirtyPage> {
-        if !self.dirty.contains_key(&id) {
-            let original = if id.get() >= self.shared.durable_page_count()
-                && !self.shared.is_page_in_memory(id)
-            {
-                self.shared.zero_page()
-            } else {
-                self.shared.read_page_latest(id)?
-            };
-            // Charged before the copy is made (on its first write).
-            self.shared.charge_page_copy(&mut self.copies)?;
-            self.dirty.insert(
-                id,
-                DirtyPage {
+        match self.dirty.entry(id) {
+            std::collections::hash_map::Entry::Occupied(slot) => Ok(slot.into_mut()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let original = if id.get() >= self.shared.durable_page_count()
+                    && !self.shared.is_page_in_memory(id)
+                {
+                    self.shared.zero_page()
+                } else {
+                    self.shared.read_page_latest(id)?
+                };
+                // Charged before the copy is made (on its first write).
+                self.shared.charge_page_copy(&mut self.copies)?;
+                Ok(slot.insert(DirtyPage {
                     image: Arc::clone(&original),
                     original,
-                },
-            );
+                }))
+            }
         }
-        self.dirty
-            .get_mut(&id)
-            .ok_or_else(|| Error::Corrupted(format!("internal: dirty {id} vanished")))
     }
 
     fn page_image_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
@@ -206,6 +207,24 @@ impl PageWriteTransaction {
         }
         Arc::get_mut(&mut page.image)
             .ok_or_else(|| Error::Corrupted("internal: page copy is shared".into()))
+    }
+
+    /// A private, all-zero image of page `id` (a page being allocated),
+    /// written once: a copy of the zero page where the image is still
+    /// shared (no copy of the old bytes followed by a fill), a fill where
+    /// the transaction already owns it.
+    fn zeroed_image_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
+        let zero = self.shared.zero_page();
+        let page = self.ensure_dirty(id)?;
+        if Arc::get_mut(&mut page.image).is_none() {
+            page.image = Arc::from(&zero[..]);
+        } else if let Some(image) = Arc::get_mut(&mut page.image) {
+            image.fill(0);
+        }
+        let image = Arc::get_mut(&mut page.image)
+            .ok_or_else(|| Error::Corrupted("internal: page copy is shared".into()))?;
+        debug_assert!(image.iter().all(|&b| b == 0), "an allocated page is zeroed");
+        Ok(image)
     }
 
     /// Commits: logs the deltas, waits for durability (per the database's
@@ -345,7 +364,7 @@ impl PageWrite for PageWriteTransaction {
             id
         };
         self.meta_changed = true;
-        self.page_image_mut(id)?.fill(0);
+        self.zeroed_image_mut(id)?;
         Ok(id)
     }
 

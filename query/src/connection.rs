@@ -38,8 +38,35 @@ struct Explicit {
     /// transaction's schema (REPEATABLE READ and SERIALIZABLE only: their
     /// snapshot cannot see another session's DDL). Cleared by DDL and
     /// ROLLBACK TO.
-    checked_plans: HashMap<usize, Arc<CachedPlan>>,
+    checked_plans: PlanMemo,
 }
+
+/// Hashes a plan cache's identity (an address) with one multiply: the
+/// memo is looked up once per prepared statement run, and SipHash cost
+/// more than the rest of that lookup. Addresses come from this process.
+#[derive(Debug, Default, Clone, Copy)]
+struct PlanIdHasher(u64);
+
+impl std::hash::Hasher for PlanIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, id: usize) {
+        // The high half folded down: aligned addresses differ in high bits.
+        let product = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = product ^ (product >> 32);
+    }
+}
+
+/// Plans checked in one explicit transaction, by plan cache identity.
+type PlanMemo = HashMap<usize, Arc<CachedPlan>, std::hash::BuildHasherDefault<PlanIdHasher>>;
 
 /// A plan bound once and reused while the schemas it was bound against
 /// are unchanged.
@@ -123,6 +150,9 @@ pub struct Connection {
     db: Database,
     explicit: Option<Explicit>,
     default_isolation: IsolationLevel,
+    /// The parameter list of the last prepared-statement run, kept for its
+    /// allocation (empty between runs).
+    param_scratch: Vec<Value>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -163,9 +193,9 @@ fn modes(list: &[ast::TransactionMode]) -> Result<(Option<IsolationLevel>, Optio
     Ok((isolation, read_only))
 }
 
-fn rows_result(command: &str, affected: u64, rows: Option<RowSet>) -> StatementResult {
+fn rows_result(command: &'static str, affected: u64, rows: Option<RowSet>) -> StatementResult {
     StatementResult {
-        command: command.to_owned(),
+        command: std::borrow::Cow::Borrowed(command),
         affected,
         rows: rows.map(|(columns, rows)| Rows::new(columns, rows)),
     }
@@ -183,7 +213,7 @@ fn run_data_statement(
     statement: &Ast,
     params: &[Value],
     cache: Option<&PlanCache>,
-    memo: Option<&mut HashMap<usize, Arc<CachedPlan>>>,
+    memo: Option<&mut PlanMemo>,
 ) -> Result<StatementResult> {
     match statement {
         Ast::Query(_) | Ast::Insert(_) | Ast::Update(_) | Ast::Delete(_) => {
@@ -338,6 +368,7 @@ impl Connection {
             db,
             explicit: None,
             default_isolation: IsolationLevel::default(),
+            param_scratch: Vec::new(),
         })
     }
 
@@ -429,8 +460,14 @@ impl Connection {
         statement: &Statement,
         params: &[&dyn ToSql],
     ) -> Result<StatementResult> {
-        let values: Vec<Value> = params.iter().map(|p| p.to_sql()).collect();
-        self.run_cached(&statement.parsed.statement, &values, Some(&statement.cache))
+        // Parameters go into a list reused from run to run (one allocation
+        // fewer per statement); it is taken out so `self` stays free.
+        let mut values = std::mem::take(&mut self.param_scratch);
+        values.extend(params.iter().map(|p| p.to_sql()));
+        let result = self.run_cached(&statement.parsed.statement, &values, Some(&statement.cache));
+        values.clear();
+        self.param_scratch = values;
+        result
     }
 
     /// Runs one parsed statement.
@@ -504,7 +541,7 @@ impl Connection {
             read_only: read_only.unwrap_or(false),
             savepoints: Vec::new(),
             failed: false,
-            checked_plans: HashMap::new(),
+            checked_plans: PlanMemo::default(),
         });
         Ok(StatementResult::done("BEGIN"))
     }
@@ -641,7 +678,7 @@ impl Connection {
         params: &[Value],
         cache: Option<&PlanCache>,
     ) -> Result<StatementResult> {
-        let db = self.db.clone();
+        let db = &self.db;
         match &mut self.explicit {
             Some(explicit) => {
                 if explicit.failed {

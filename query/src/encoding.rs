@@ -19,7 +19,9 @@
 //! `0` NULL, `1` INTEGER (zigzag LEB128), `2` REAL (8 bytes little-endian),
 //! `3` TEXT and `4` BLOB (LEB128 length, then the bytes), `5` FALSE, `6` TRUE.
 //! A row may hold fewer columns than its table (ALTER TABLE ADD COLUMN);
-//! the reader fills the rest in.
+//! the reader fills the rest in. One column can be read in place
+//! ([`row_column`], stepping over the ones before it without decoding
+//! them) and rewritten in place ([`splice_row`], copying the others' bytes).
 
 use crate::error::{QueryError, Result};
 use crate::value::Value;
@@ -217,14 +219,21 @@ pub fn get_varint(bytes: &[u8]) -> Result<(u64, &[u8])> {
 
 /// [`get_varint`] for values of two bytes or more.
 fn get_varint_long(bytes: &[u8]) -> Result<(u64, &[u8])> {
+    varint_long(bytes).ok_or_else(|| QueryError::corrupted("bad varint"))
+}
+
+/// A varint of two bytes or more; `None` when longer than 10 bytes or cut
+/// short (no error payload: the row decoders' hot path).
+#[inline]
+fn varint_long(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let mut value = 0u64;
     for (i, &byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7F) << (7 * i);
         if byte & 0x80 == 0 {
-            return Ok((value, &bytes[i + 1..]));
+            return Some((value, &bytes[i + 1..]));
         }
     }
-    Err(QueryError::corrupted("bad varint"))
+    None
 }
 
 /// Encodes a row.
@@ -324,7 +333,7 @@ pub fn decode_row_masked(bytes: &[u8], mask: Option<&[bool]>, out: &mut Vec<Valu
 /// decoding loop moves no error payloads; [`RowFault::error`] builds the
 /// error off the hot path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RowFault {
+pub enum RowFault {
     /// The row ends inside a value.
     Truncated,
     /// A varint longer than 10 bytes or cut short.
@@ -333,16 +342,35 @@ enum RowFault {
     UnknownTag(u8),
     /// TEXT bytes that are not UTF-8.
     NotUtf8,
+    /// A row format byte this version does not know.
+    UnknownFormat(u8),
+    /// A column count larger than the row's bytes can hold.
+    CountTooLarge,
+    /// Bytes after the row's last value.
+    TrailingBytes,
+}
+
+impl From<RowFault> for QueryError {
+    #[cold]
+    fn from(fault: RowFault) -> QueryError {
+        fault.error()
+    }
 }
 
 impl RowFault {
+    /// The error it is reported as (a corrupted row).
     #[cold]
-    fn error(self) -> QueryError {
+    pub fn error(self) -> QueryError {
         match self {
             RowFault::Truncated => truncated("row"),
             RowFault::BadVarint => QueryError::corrupted("bad varint"),
             RowFault::UnknownTag(tag) => QueryError::corrupted(format!("unknown row tag {tag}")),
             RowFault::NotUtf8 => QueryError::corrupted("row text is not UTF-8"),
+            RowFault::UnknownFormat(format) => {
+                QueryError::corrupted(format!("unknown row format {format}"))
+            }
+            RowFault::CountTooLarge => QueryError::corrupted("row column count exceeds its bytes"),
+            RowFault::TrailingBytes => QueryError::corrupted("trailing bytes after a row"),
         }
     }
 }
@@ -352,8 +380,48 @@ impl RowFault {
 fn row_varint(bytes: &[u8]) -> std::result::Result<(u64, &[u8]), RowFault> {
     match bytes.split_first() {
         Some((&byte, rest)) if byte & 0x80 == 0 => Ok((u64::from(byte), rest)),
-        _ => get_varint_long(bytes).map_err(|_| RowFault::BadVarint),
+        _ => {
+            // Up to 8 bytes at once: gather the 7-bit groups of the word.
+            if let (Some(word), Some(len)) = (bytes.first_chunk::<8>(), varint_len_in_word(bytes)) {
+                let word = u64::from_le_bytes(*word);
+                let mut value = 0u64;
+                for i in 0..len {
+                    value |= ((word >> (8 * i)) & 0x7F) << (7 * i);
+                }
+                return Ok((value, &bytes[len..]));
+            }
+            varint_long(bytes).ok_or(RowFault::BadVarint)
+        }
     }
+}
+
+/// Varint continuation bits of eight bytes read as one little-endian word.
+const VARINT_CONTINUATION_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The length of the varint at the front of `bytes` when it ends within
+/// their first eight bytes (found with one word operation).
+#[inline]
+fn varint_len_in_word(bytes: &[u8]) -> Option<usize> {
+    let word = u64::from_le_bytes(*bytes.first_chunk::<8>()?);
+    let ends = !word & VARINT_CONTINUATION_BITS;
+    (ends != 0).then(|| ends.trailing_zeros() as usize / 8 + 1)
+}
+
+/// Steps over a varint without decoding it.
+#[inline]
+fn skip_varint(bytes: &[u8]) -> std::result::Result<&[u8], RowFault> {
+    let len = match varint_len_in_word(bytes) {
+        Some(len) => len,
+        None => {
+            bytes
+                .iter()
+                .take(10)
+                .position(|&byte| byte & 0x80 == 0)
+                .ok_or(RowFault::BadVarint)?
+                + 1
+        }
+    };
+    Ok(&bytes[len..])
 }
 
 /// Decodes one tagged row value from the front of `bytes`; an unwanted
@@ -394,6 +462,226 @@ fn decode_row_value(bytes: &[u8], wanted: bool) -> std::result::Result<(Value, &
         ROW_TAG_TRUE => (keep(Value::Boolean(true)), rest),
         other => return Err(RowFault::UnknownTag(other)),
     })
+}
+
+// Reading and rewriting single columns of an encoded row in place.
+
+/// One row value read where it lies in its encoded row: numbers decoded,
+/// TEXT and BLOB borrowed, nothing allocated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RawValue<'a> {
+    /// NULL.
+    Null,
+    /// An INTEGER.
+    Integer(i64),
+    /// A REAL.
+    Real(f64),
+    /// TEXT (checked to be UTF-8).
+    Text(&'a str),
+    /// A BLOB.
+    Blob(&'a [u8]),
+    /// A BOOLEAN.
+    Boolean(bool),
+}
+
+impl RawValue<'_> {
+    /// The owned value.
+    pub fn to_value(self) -> Value {
+        match self {
+            RawValue::Null => Value::Null,
+            RawValue::Integer(i) => Value::Integer(i),
+            RawValue::Real(r) => Value::Real(r),
+            RawValue::Text(s) => Value::Text(s.to_owned()),
+            RawValue::Blob(b) => Value::Blob(b.to_vec()),
+            RawValue::Boolean(b) => Value::Boolean(b),
+        }
+    }
+}
+
+/// Splits an encoded row into its column count and the bytes of its values.
+#[inline]
+fn row_body(bytes: &[u8]) -> std::result::Result<(usize, &[u8]), RowFault> {
+    let (&format, rest) = bytes.split_first().ok_or(RowFault::Truncated)?;
+    if format != ROW_FORMAT {
+        return Err(RowFault::UnknownFormat(format));
+    }
+    let (count, body) = row_varint(rest)?;
+    // Every value takes at least its tag byte.
+    if count > body.len() as u64 {
+        return Err(RowFault::CountTooLarge);
+    }
+    Ok((count as usize, body))
+}
+
+/// The number of columns an encoded row holds (fewer than its table's when
+/// columns were added after it was written).
+pub fn row_column_count(bytes: &[u8]) -> Result<usize> {
+    row_body(bytes)
+        .map(|(count, _)| count)
+        .map_err(RowFault::error)
+}
+
+/// Reads the tagged value at the front of `bytes` without copying it.
+#[inline]
+fn read_raw_value(bytes: &[u8]) -> std::result::Result<(RawValue<'_>, &[u8]), RowFault> {
+    let (&tag, rest) = bytes.split_first().ok_or(RowFault::Truncated)?;
+    Ok(match tag {
+        ROW_TAG_NULL => (RawValue::Null, rest),
+        ROW_TAG_INTEGER => {
+            let (raw, rest) = row_varint(rest)?;
+            (
+                RawValue::Integer(((raw >> 1) as i64) ^ -((raw & 1) as i64)),
+                rest,
+            )
+        }
+        ROW_TAG_REAL => {
+            let (word, rest) = rest.split_first_chunk::<8>().ok_or(RowFault::Truncated)?;
+            (RawValue::Real(f64::from_le_bytes(*word)), rest)
+        }
+        ROW_TAG_TEXT | ROW_TAG_BLOB => {
+            let (len, tail) = row_varint(rest)?;
+            let len = usize::try_from(len).map_err(|_| RowFault::Truncated)?;
+            if tail.len() < len {
+                return Err(RowFault::Truncated);
+            }
+            let (data, rest) = tail.split_at(len);
+            let value = if tag == ROW_TAG_TEXT {
+                RawValue::Text(std::str::from_utf8(data).map_err(|_| RowFault::NotUtf8)?)
+            } else {
+                RawValue::Blob(data)
+            };
+            (value, rest)
+        }
+        ROW_TAG_FALSE => (RawValue::Boolean(false), rest),
+        ROW_TAG_TRUE => (RawValue::Boolean(true), rest),
+        other => return Err(RowFault::UnknownTag(other)),
+    })
+}
+
+/// Steps over the tagged value at the front of `bytes` (its tag and length
+/// are checked, TEXT is not checked to be UTF-8).
+#[inline]
+fn skip_row_value(bytes: &[u8]) -> std::result::Result<&[u8], RowFault> {
+    let (&tag, rest) = bytes.split_first().ok_or(RowFault::Truncated)?;
+    match tag {
+        ROW_TAG_NULL | ROW_TAG_FALSE | ROW_TAG_TRUE => Ok(rest),
+        ROW_TAG_INTEGER => skip_varint(rest),
+        ROW_TAG_REAL => rest.get(8..).ok_or(RowFault::Truncated),
+        ROW_TAG_TEXT | ROW_TAG_BLOB => {
+            let (len, tail) = row_varint(rest)?;
+            let len = usize::try_from(len).map_err(|_| RowFault::Truncated)?;
+            tail.get(len..).ok_or(RowFault::Truncated)
+        }
+        other => Err(RowFault::UnknownTag(other)),
+    }
+}
+
+/// Steps over `n` values at the front of `bytes`.
+#[inline]
+fn skip_row_values(mut bytes: &[u8], n: usize) -> std::result::Result<&[u8], RowFault> {
+    for _ in 0..n {
+        bytes = skip_row_value(bytes)?;
+    }
+    Ok(bytes)
+}
+
+/// Reads column `column` of an encoded row, stepping over the ones before
+/// it and parsing none after it; `None` when the row holds fewer columns
+/// (the caller supplies the column's default). The error is small and
+/// converts into [`QueryError`] with `?`.
+#[inline]
+pub fn row_column(
+    bytes: &[u8],
+    column: usize,
+) -> std::result::Result<Option<RawValue<'_>>, RowFault> {
+    let (count, body) = row_body(bytes)?;
+    if column >= count {
+        return Ok(None);
+    }
+    let at = skip_row_values(body, column)?;
+    read_raw_value(at).map(|(value, _)| Some(value))
+}
+
+/// Appends the row encoding of one value (tag and payload) to `out`.
+pub fn encode_row_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.push(ROW_TAG_NULL),
+        Value::Integer(i) => {
+            out.push(ROW_TAG_INTEGER);
+            put_varint(((*i << 1) ^ (*i >> 63)) as u64, out);
+        }
+        Value::Real(r) => {
+            out.push(ROW_TAG_REAL);
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        Value::Text(s) => {
+            out.push(ROW_TAG_TEXT);
+            put_varint(s.len() as u64, out);
+            out.extend_from_slice(s.as_bytes());
+        }
+        Value::Blob(b) => {
+            out.push(ROW_TAG_BLOB);
+            put_varint(b.len() as u64, out);
+            out.extend_from_slice(b);
+        }
+        Value::Boolean(false) => out.push(ROW_TAG_FALSE),
+        Value::Boolean(true) => out.push(ROW_TAG_TRUE),
+    }
+}
+
+/// Appends to `out` the encoded row `bytes` with the values of `columns`
+/// (increasing, distinct) replaced by `values` (one each). The other
+/// columns' bytes are copied as they are (checked, not decoded). Returns
+/// false, appending nothing, when the row holds fewer columns than a
+/// changed one (the caller re-encodes it whole, its defaults filled in).
+pub fn splice_row(
+    bytes: &[u8],
+    columns: &[usize],
+    values: &[Value],
+    out: &mut Vec<u8>,
+) -> Result<bool> {
+    assert_eq!(columns.len(), values.len(), "one value per spliced column");
+    debug_assert!(
+        columns.windows(2).all(|w| w[0] < w[1]),
+        "splice columns must be increasing"
+    );
+    let (count, body) = row_body(bytes).map_err(RowFault::error)?;
+    if columns.last().is_some_and(|&column| column >= count) {
+        return Ok(false);
+    }
+    let start = out.len();
+    out.extend_from_slice(&bytes[..bytes.len() - body.len()]);
+    let spliced = splice_values(body, count, columns.iter().copied().zip(values), out);
+    if spliced.is_err() {
+        out.truncate(start);
+    }
+    spliced.map(|()| true).map_err(RowFault::error)
+}
+
+/// [`splice_row`] after the row header: `body` holds `count` values.
+fn splice_values<'v>(
+    body: &[u8],
+    count: usize,
+    changes: impl Iterator<Item = (usize, &'v Value)>,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), RowFault> {
+    let mut rest = body;
+    let mut next_column = 0;
+    for (column, value) in changes {
+        let kept = skip_row_values(rest, column - next_column)?;
+        out.extend_from_slice(&rest[..rest.len() - kept.len()]);
+        rest = skip_row_value(kept)?;
+        encode_row_value(value, out);
+        next_column = column + 1;
+    }
+    // The columns after the last change are copied, once checked to end
+    // exactly where the row does (as a full decode would).
+    let tail = skip_row_values(rest, count - next_column)?;
+    if !tail.is_empty() {
+        return Err(RowFault::TrailingBytes);
+    }
+    out.extend_from_slice(rest);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -498,5 +786,98 @@ mod tests {
         let p = encode_key(&[Value::Integer(5)]);
         let longer = encode_key(&[Value::Integer(5), Value::Text("zz".into())]);
         assert!(longer < prefix_end(&p).unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod raw_tests {
+    //! Reading and splicing single columns of encoded rows, against the
+    //! full decoder and encoder as the model.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            any::<f64>()
+                .prop_filter("not NaN", |r| !r.is_nan())
+                .prop_map(Value::Real),
+            ".{0,8}".prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Blob),
+            any::<bool>().prop_map(Value::Boolean),
+        ]
+    }
+
+    fn decoded(bytes: &[u8]) -> std::result::Result<Vec<Value>, TestCaseError> {
+        let mut out = Vec::new();
+        decode_row_into(bytes, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        Ok(out)
+    }
+
+    proptest! {
+        #[test]
+        fn spliced_row_is_decode_modify_encode(
+            row in proptest::collection::vec(any_value(), 0..8),
+            changes in proptest::collection::btree_map(0usize..10, any_value(), 0..4),
+        ) {
+            let bytes = encode_row(&row);
+            let columns: Vec<usize> = changes.keys().copied().collect();
+            let values: Vec<Value> = changes.values().cloned().collect();
+            let mut out = vec![0xAB];
+            let spliced = splice_row(&bytes, &columns, &values, &mut out)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let fits = columns.iter().all(|&c| c < row.len());
+            prop_assert_eq!(spliced, fits);
+            if fits {
+                let mut model = decoded(&bytes)?;
+                for (&c, v) in &changes {
+                    model[c] = v.clone();
+                }
+                let want = encode_row(&model);
+                prop_assert_eq!(&out[1..], want.as_slice());
+            } else {
+                prop_assert_eq!(out, vec![0xAB]);
+            }
+        }
+
+        #[test]
+        fn raw_column_is_the_decoded_column(
+            row in proptest::collection::vec(any_value(), 0..8),
+            column in 0usize..10,
+        ) {
+            let bytes = encode_row(&row);
+            let raw = row_column(&bytes, column).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            prop_assert_eq!(raw.map(RawValue::to_value), row.get(column).cloned());
+            prop_assert_eq!(row_column_count(&bytes).ok(), Some(row.len()));
+        }
+
+        #[test]
+        fn garbage_rows_error_instead_of_panicking_when_read_in_place(
+            bytes in proptest::collection::vec(any::<u8>(), 0..32),
+            column in 0usize..4,
+        ) {
+            let _ = row_column(&bytes, column);
+            let mut out = Vec::new();
+            if splice_row(&bytes, &[column], &[Value::Integer(1)], &mut out).is_err() {
+                prop_assert!(out.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn splicing_a_damaged_row_is_an_error_and_appends_nothing() {
+        let row = encode_row(&[Value::Integer(7), Value::Text("abc".into())]);
+        let one = [Value::Integer(1)];
+        let mut long = row.clone();
+        long.push(0);
+        let mut out = Vec::new();
+        assert!(splice_row(&long, &[0], &one, &mut out).is_err());
+        assert!(out.is_empty());
+        let short = &row[..row.len() - 1];
+        assert!(splice_row(short, &[0], &one, &mut out).is_err());
+        assert!(out.is_empty());
+        assert!(row_column(short, 1).is_err());
+        assert_eq!(row_column(&row, 0).ok(), Some(Some(RawValue::Integer(7))));
     }
 }

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
+use crate::encoding::{row_column, RawValue, RowFault};
 use crate::error::{QueryError, Result};
 use crate::value::{parse_text, real_to_integer, DataType, Value};
 
@@ -1269,6 +1270,107 @@ impl<'a> fmt::Display for ExprDisplay<'a> {
     }
 }
 
+/// An integer test on one column of a stored row, decided on the row's
+/// encoded bytes without decoding it: `column [% modulus] op constant`
+/// for each (op, constant) in `tests` (a comparison has one test, a
+/// BETWEEN two). The constants are literals or parameters bound when the
+/// scan starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawCondition {
+    /// The column of the table's row.
+    column: usize,
+    /// The non-zero divisor of `column % modulus`, if any.
+    modulus: Option<i64>,
+    /// Comparisons the (reduced) value must pass, all of them.
+    tests: Vec<(BinOp, i64)>,
+}
+
+/// An integer literal, or a parameter bound to an integer.
+fn integer_constant(e: &Expr, params: &[Value]) -> Option<i64> {
+    match e {
+        Expr::Literal(Value::Integer(i)) => Some(*i),
+        Expr::Param(i) => match params.get(*i) {
+            Some(Value::Integer(v)) => Some(*v),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `column` or `column % k` (k a non-zero integer constant).
+fn integer_term(e: &Expr, params: &[Value]) -> Option<(usize, Option<i64>)> {
+    match e {
+        Expr::Column(c) => Some((*c, None)),
+        Expr::Binary(BinOp::Mod, a, b) => match (&**a, integer_constant(b, params)) {
+            (Expr::Column(c), Some(k)) if k != 0 => Some((*c, Some(k))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl RawCondition {
+    /// Compiles a condition over a table's row when it has one of the
+    /// shapes `term op constant`, `constant op term` or `term BETWEEN
+    /// constant AND constant`, where a term is `column` or `column % k`
+    /// and the constants are integers; `None` otherwise.
+    pub fn compile(cond: &Expr, params: &[Value]) -> Option<RawCondition> {
+        let (term, tests) = match cond {
+            Expr::Binary(op, a, b) if op.is_comparison() => {
+                match (integer_term(a, params), integer_constant(b, params)) {
+                    (Some(term), Some(k)) => (term, vec![(*op, k)]),
+                    _ => (
+                        integer_term(b, params)?,
+                        vec![(op.flipped(), integer_constant(a, params)?)],
+                    ),
+                }
+            }
+            Expr::Between {
+                expr,
+                low,
+                high,
+                negated: false,
+            } => (
+                integer_term(expr, params)?,
+                vec![
+                    (BinOp::GtEq, integer_constant(low, params)?),
+                    (BinOp::LtEq, integer_constant(high, params)?),
+                ],
+            ),
+            _ => return None,
+        };
+        debug_assert!(term.1 != Some(0), "a zero modulus is left to eval");
+        Some(RawCondition {
+            column: term.0,
+            modulus: term.1,
+            tests,
+        })
+    }
+
+    /// Decides the condition on an encoded row: `Some(holds)` when the
+    /// column holds an INTEGER or NULL (never true), `None` when it holds
+    /// another type or the row predates the column (the caller evaluates
+    /// the expression on the decoded row instead).
+    #[inline]
+    pub fn eval(&self, row: &[u8]) -> std::result::Result<Option<bool>, RowFault> {
+        let value = match row_column(row, self.column)? {
+            Some(RawValue::Integer(i)) => i,
+            Some(RawValue::Null) => return Ok(Some(false)),
+            _ => return Ok(None),
+        };
+        // As in `integer_arith`: i64::MIN % -1 is 0.
+        let value = match self.modulus {
+            Some(k) => value.checked_rem(k).unwrap_or(0),
+            None => value,
+        };
+        Ok(Some(
+            self.tests
+                .iter()
+                .all(|&(op, k)| comparison_holds(op, value.cmp(&k))),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1346,5 +1448,118 @@ mod tests {
             Some(Value::Text("ello".into()))
         );
         assert!(substr("hello", 1, Some(-1)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod raw_condition_tests {
+    //! Conditions decided on encoded rows, against `eval_condition` on the
+    //! decoded row as the model.
+    use super::*;
+    use crate::encoding::encode_row;
+    use proptest::prelude::*;
+
+    fn column_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            6 => (-50i64..50).prop_map(Value::Integer),
+            1 => prop_oneof![Just(i64::MIN), Just(i64::MAX)].prop_map(Value::Integer),
+            1 => Just(Value::Null),
+            1 => Just(Value::Real(1.5)),
+            1 => Just(Value::Text("7".into())),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = BinOp> {
+        prop_oneof![
+            Just(BinOp::Eq),
+            Just(BinOp::NotEq),
+            Just(BinOp::Lt),
+            Just(BinOp::LtEq),
+            Just(BinOp::Gt),
+            Just(BinOp::GtEq),
+        ]
+    }
+
+    fn term(column: usize, modulus: Option<i64>) -> Expr {
+        let col = Expr::Column(column);
+        match modulus {
+            Some(k) => Expr::Binary(
+                BinOp::Mod,
+                Box::new(col),
+                Box::new(Expr::Literal(Value::Integer(k))),
+            ),
+            None => col,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn raw_verdicts_match_eval_condition(
+            row in proptest::collection::vec(column_value(), 1..4),
+            column in 0usize..4,
+            modulus in proptest::option::of(prop_oneof![Just(-1i64), Just(3), Just(10)]),
+            op in op(),
+            k in -12i64..12,
+            flip in any::<bool>(),
+            between in any::<bool>(),
+            as_param in any::<bool>(),
+        ) {
+            let params = vec![Value::Integer(k)];
+            let constant = if as_param { Expr::Param(0) } else { Expr::Literal(Value::Integer(k)) };
+            let t = term(column, modulus);
+            let cond = if between {
+                Expr::Between {
+                    expr: Box::new(t),
+                    low: Box::new(constant),
+                    high: Box::new(Expr::Literal(Value::Integer(k + 5))),
+                    negated: false,
+                }
+            } else if flip {
+                Expr::Binary(op, Box::new(constant), Box::new(t))
+            } else {
+                Expr::Binary(op, Box::new(t), Box::new(constant))
+            };
+            let raw = RawCondition::compile(&cond, &params);
+            prop_assert!(raw.is_some(), "compiles: {cond:?}");
+            let bytes = encode_row(&row);
+            let verdict = raw.map(|r| r.eval(&bytes)).transpose()
+                .map_err(|e| TestCaseError::fail(format!("{e:?}")))?
+                .flatten();
+            if column >= row.len() {
+                prop_assert_eq!(verdict, None);
+            } else if let Some(verdict) = verdict {
+                let model = cond.eval_condition(&row, &params)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(verdict, model);
+            } else {
+                prop_assert!(!matches!(row[column], Value::Integer(_) | Value::Null));
+            }
+        }
+    }
+
+    #[test]
+    fn other_shapes_are_not_compiled() {
+        let col = || Box::new(Expr::Column(0));
+        let int = |i| Box::new(Expr::Literal(Value::Integer(i)));
+        let params = [Value::Text("x".into())];
+        for cond in [
+            Expr::Binary(BinOp::Eq, col(), Box::new(Expr::Literal(Value::Real(1.0)))),
+            Expr::Binary(BinOp::Eq, col(), Box::new(Expr::Param(0))),
+            Expr::Binary(BinOp::Eq, col(), col()),
+            Expr::Binary(
+                BinOp::Eq,
+                Box::new(Expr::Binary(BinOp::Mod, col(), int(0))),
+                int(0),
+            ),
+            Expr::Binary(BinOp::Add, col(), int(1)),
+            Expr::Between {
+                expr: col(),
+                low: int(1),
+                high: int(2),
+                negated: true,
+            },
+        ] {
+            assert_eq!(RawCondition::compile(&cond, &params), None, "{cond:?}");
+        }
     }
 }

@@ -207,6 +207,9 @@ pub struct Returning {
 pub struct InsertPlan {
     /// The target table.
     pub table: TableSchema,
+    /// The engine table holding its rows ([`TableSchema::data_table`]),
+    /// named once when the plan is bound rather than on every run.
+    pub data_table: String,
     /// Table positions the source columns go to.
     pub columns: Vec<usize>,
     /// The rows.
@@ -839,4 +842,47 @@ pub fn has_subquery(e: &Expr) -> bool {
             Expr::Subquery(_) | Expr::Exists(_) | Expr::InSubquery { .. }
         )
     })
+}
+
+/// For a single-table aggregate that the executor can accumulate straight
+/// from the stored rows' bytes: each call's argument column (`None` for
+/// `count(*)`). That is a query over one stored table, with no GROUP BY,
+/// no residual WHERE, no DISTINCT aggregate, and only bare columns as
+/// aggregate arguments; `None` for any other query.
+pub fn encoded_aggregate(plan: &SelectPlan) -> Option<Vec<Option<usize>>> {
+    let ([source], Some(agg), None) = (plan.sources.as_slice(), &plan.aggregate, &plan.filter)
+    else {
+        return None;
+    };
+    if source.derived.is_some()
+        || source.offset != 0
+        || !agg.group_by.is_empty()
+        || !plan.set_ops.is_empty()
+    {
+        return None;
+    }
+    agg.calls
+        .iter()
+        .map(|call| match (&call.arg, call.distinct) {
+            (_, true) => None,
+            (None, false) => Some(None),
+            (Some(Expr::Column(c)), false) if *c < source.schema.columns.len() => Some(Some(*c)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether an UPDATE may rewrite each matched row's assigned columns in
+/// its stored encoding (splicing the new values in) instead of decoding
+/// and re-encoding it whole: no RETURNING, and no assigned column is a
+/// primary-key column or a column of any index (so no key or index entry
+/// moves).
+pub fn updates_in_place(plan: &UpdatePlan) -> bool {
+    let schema = &plan.source.schema;
+    plan.returning.is_none()
+        && plan.source.derived.is_none()
+        && plan.assignments.iter().all(|(c, _)| {
+            !schema.primary_key.contains(c)
+                && !schema.indexes.iter().any(|index| index.columns.contains(c))
+        })
 }

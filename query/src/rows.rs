@@ -127,7 +127,8 @@ impl<'a> IntoIterator for &'a Rows {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatementResult {
     /// The command, as in PostgreSQL's tag: "SELECT", "INSERT", "CREATE TABLE", "BEGIN", ...
-    pub command: String,
+    /// (a static string: no allocation per statement).
+    pub command: std::borrow::Cow<'static, str>,
     /// Rows inserted, updated, deleted or selected.
     pub affected: u64,
     /// The rows, for SELECT, EXPLAIN and RETURNING.
@@ -135,9 +136,9 @@ pub struct StatementResult {
 }
 
 impl StatementResult {
-    pub(crate) fn done(command: &str) -> Self {
+    pub(crate) fn done(command: &'static str) -> Self {
         StatementResult {
-            command: command.to_owned(),
+            command: std::borrow::Cow::Borrowed(command),
             affected: 0,
             rows: None,
         }
@@ -145,7 +146,7 @@ impl StatementResult {
 
     /// PostgreSQL's command tag, e.g. `INSERT 0 3`, `SELECT 2`, `BEGIN`.
     pub fn tag(&self) -> String {
-        match self.command.as_str() {
+        match &*self.command {
             "INSERT" => format!("INSERT 0 {}", self.affected),
             "SELECT" | "UPDATE" | "DELETE" => format!("{} {}", self.command, self.affected),
             other => other.to_owned(),

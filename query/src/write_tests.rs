@@ -102,6 +102,53 @@ fn inserts_into_a_rowid_table_and_with_defaults_store_whole_rows() {
 }
 
 #[test]
+fn a_table_wider_than_the_inline_row_inserts_every_column() {
+    let mut c = connect();
+    let width = 20;
+    let columns: Vec<String> = (0..width).map(|i| format!("c{i} INTEGER")).collect();
+    c.execute(&format!(
+        "CREATE TABLE w (id INTEGER PRIMARY KEY, {})",
+        columns.join(", ")
+    ))
+    .expect("create");
+    let values: Vec<String> = (0..width).map(|i| (i * 10).to_string()).collect();
+    c.execute(&format!("INSERT INTO w VALUES (1, {})", values.join(", ")))
+        .expect("insert");
+    let mut expected = vec![int(1)];
+    expected.extend((0..width).map(|i| int(i * 10)));
+    assert_eq!(rows(&mut c, "SELECT * FROM w"), vec![expected]);
+}
+
+#[test]
+fn prepared_inserts_in_one_transaction_roll_back_to_a_savepoint() {
+    let mut c = connect();
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)")
+        .expect("create");
+    c.execute("BEGIN").expect("begin");
+    let insert = c.prepare("INSERT INTO t VALUES ($1, $2)").expect("prepare");
+    for i in 0..50i64 {
+        let s = format!("row {i}");
+        insert.execute(&mut c, &[&i, &s]).expect("insert");
+    }
+    c.execute("SAVEPOINT s").expect("savepoint");
+    c.execute("INSERT INTO t VALUES (100, 'a'), (101, 'b')")
+        .expect("insert");
+    // The second row repeats a key: the whole statement is undone.
+    let err = c
+        .execute("INSERT INTO t VALUES (102, 'c'), (7, 'dup')")
+        .expect_err("duplicate key");
+    assert!(err.to_string().contains("duplicate key"), "{err}");
+    c.execute("ROLLBACK TO SAVEPOINT s").expect("rollback to");
+    insert
+        .execute(&mut c, &[&103i64, &"after"])
+        .expect("insert after rollback");
+    c.execute("COMMIT").expect("commit");
+    let all = rows(&mut c, "SELECT id FROM t WHERE id >= 49 ORDER BY id");
+    assert_eq!(all, vec![vec![int(49)], vec![int(103)]]);
+    assert_eq!(rows(&mut c, "SELECT count(*) FROM t"), vec![vec![int(51)]]);
+}
+
+#[test]
 fn filtered_updates_and_deletes_keep_unread_columns_and_indexes() {
     let mut c = connect();
     c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, s TEXT)")

@@ -12,9 +12,13 @@
 //! the leaf is looked up from the deepest cached branch covering it. Anything
 //! else (a split, an overflow chain, an underfull leaf) goes through the
 //! ordinary [`insert`] or [`remove`], after which the path is dropped and
-//! the next write finds its leaf from the root. The resulting tree is the
-//! same as with one ordinary call per key: the fast path does exactly what
-//! those calls do when no page but the leaf changes.
+//! the next write finds its leaf from the root — except the edge split of
+//! an in-order load: a key appended past the rightmost leaf's fill target
+//! starts the next rightmost leaf right there (the same split and
+//! separator insertion the ordinary insert makes, up the cached rightmost
+//! path), and the path moves on to the new leaf. The resulting tree is the
+//! same as with one ordinary call per key: the fast paths make exactly the
+//! page writes those calls make.
 //!
 //! [`insert`]: super::insert::insert
 //! [`remove`]: super::remove::remove
@@ -23,10 +27,11 @@ use std::cmp::Ordering;
 
 use mmsb_wal::PageId;
 
+use super::cell::leaf_cell_vec;
 use super::cell::{leaf_cell_size, leaf_flags, write_leaf_cell, KeySpec, ValueSpec};
 use super::format::{corrupt, read_page, Geometry, MAX_KEY_BYTES, SLOT_BYTES, UNDERFULL_DIVISOR};
-use super::insert::past_append_fill;
-use super::keys::{cmp_key, load_key};
+use super::insert::{grow_root, insert_separator, past_append_fill, split_node};
+use super::keys::{cmp_key, load_key, separator};
 use super::node::{Node, NodeMut, ValueLoc};
 use super::TreeHeader;
 use crate::error::Result;
@@ -45,6 +50,12 @@ fn search_appending<P: PageRead>(
         return Ok((false, count));
     }
     node.search(pages, key)
+}
+
+/// Number of cells of leaf `id`.
+fn count_of<P: PageRead>(pages: &P, geo: &Geometry, id: PageId) -> Result<usize> {
+    let page = read_page(pages, id)?;
+    Ok(Node::parse(&page, id, 0, geo)?.count())
 }
 
 /// A node on the path to the last written leaf, and the keys its subtree
@@ -242,7 +253,9 @@ impl BatchWriter {
             if !found && rightmost && idx == count && count > 0 {
                 // The same rule as the ordinary insert's rightmost append.
                 if past_append_fill(node.used(), node.capacity(), new_size) {
-                    return Ok(false);
+                    let last = load_key(pages, geo, &node.key(count - 1)?)?;
+                    drop(page);
+                    return self.append_leaf(pages, header, &last, key, value);
                 }
             }
             let replace_fits = found && {
@@ -265,6 +278,71 @@ impl BatchWriter {
             return Ok(false);
         }
         header.len += 1;
+        Ok(true)
+    }
+
+    /// Starts the next rightmost leaf with the new entry, exactly as the
+    /// ordinary insert's edge split does (the full leaf keeps its cells, the
+    /// new leaf holds the entry, the separator goes up the rightmost path,
+    /// splitting full branches and growing the root), without a descent
+    /// from the root. `last` is the full leaf's last key. The path then
+    /// ends at the new leaf when only the parent changed; it is dropped
+    /// when a branch split. `false` (nothing changed) when the leaf is the
+    /// root: the ordinary insert grows the tree.
+    fn append_leaf<P: PageWrite>(
+        &mut self,
+        pages: &mut P,
+        header: &mut TreeHeader,
+        last: &[u8],
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool> {
+        let depth = self.path.len();
+        if depth < 2 || last >= key {
+            return Ok(false);
+        }
+        debug_assert!(self.path.iter().all(|node| node.upper.is_none()));
+        let geo = &self.geo;
+        let k = KeySpec::with_chain(geo, key, None);
+        let v = ValueSpec::Inline(value);
+        let leaf = self.path[depth - 1].id;
+        let mut split = Some(split_node(
+            pages,
+            geo,
+            leaf,
+            0,
+            count_of(pages, geo, leaf)?,
+            &leaf_cell_vec(&k, &v),
+        )?);
+        let new_leaf = split.as_ref().map(|s| s.new_page);
+        debug_assert!(split.as_ref().is_some_and(|s| !s.new_is_left));
+        let mut splits_above = 0usize;
+        for (d, node) in self.path[..depth - 1].iter().enumerate().rev() {
+            let Some(below) = split.take() else { break };
+            let level = u8::try_from(depth - 1 - d)
+                .map_err(|_| corrupt(node.id, "tree deeper than its header allows"))?;
+            // The rightmost path: the child is the branch's last one.
+            let pos = {
+                let page = read_page(pages, node.id)?;
+                Node::parse(&page, node.id, level, geo)?.count()
+            };
+            split = insert_separator(pages, geo, node.id, level, pos, below)?;
+            splits_above += usize::from(split.is_some());
+        }
+        if let Some(split) = split {
+            grow_root(pages, geo, header, split)?;
+        }
+        header.len += 1;
+        match new_leaf {
+            Some(id) if splits_above == 0 && self.tree == (header.root, header.height) => {
+                self.path[depth - 1] = CachedNode {
+                    id,
+                    lower: Some(separator(last, key).to_vec()),
+                    upper: None,
+                };
+            }
+            _ => self.path.clear(),
+        }
         Ok(true)
     }
 

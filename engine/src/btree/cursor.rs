@@ -14,6 +14,8 @@
 //! validated on the way down.
 
 use std::ops::{Bound, Deref, RangeBounds};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use mmsb_wal::PageId;
 
@@ -152,36 +154,23 @@ pub(crate) fn get<P: PageRead>(
     get_from(pages, header, None, key)
 }
 
-/// A private copy of the tree's root page (`None` for an empty tree), for
-/// [`get_with_root`]. Page images never change, so the copy stays right for
-/// the snapshot `pages` reads; being private, sharing it costs other
-/// threads nothing (no shared reference count, no page-table lock).
-pub(crate) fn root_copy<P: PageRead>(pages: &P, header: &TreeHeader) -> Result<Option<PageRef>> {
-    header.validate()?;
-    if header.is_empty() {
-        return Ok(None);
-    }
-    let page = read_page(pages, header.root)?;
-    Ok(Some(PageRef::new(std::sync::Arc::from(&page[..]))))
-}
-
-/// [`get`] starting from `root`, the bytes of the tree's root page as of
-/// the snapshot `pages` reads (see [`root_copy`]).
-pub(crate) fn get_with_root<P: PageRead>(
+/// [`get`] reading the tree's branch pages through `upper` (a cache of
+/// one snapshot's branch pages, see [`UpperPages`]): only the leaf comes
+/// from `pages`.
+pub(crate) fn get_cached<P: PageRead>(
     pages: &P,
     header: &TreeHeader,
-    root: &PageRef,
+    upper: &UpperPages,
     key: &[u8],
 ) -> Result<Option<ValueGuard>> {
-    get_from(pages, header, Some(root), key)
+    get_from(pages, header, Some(upper), key)
 }
 
-/// The descent of [`get`]; `root`, when given, stands in for a read of
-/// the root page.
+/// The descent of [`get`]; branch pages come from `upper` when given.
 fn get_from<P: PageRead>(
     pages: &P,
     header: &TreeHeader,
-    mut root: Option<&PageRef>,
+    upper: Option<&UpperPages>,
     key: &[u8],
 ) -> Result<Option<ValueGuard>> {
     header.validate()?;
@@ -191,27 +180,204 @@ fn get_from<P: PageRead>(
     let geo = Geometry::new(pages.page_len())?;
     let mut id = header.root;
     let mut level = header.height - 1;
-    loop {
-        let read;
-        let page = match root.take() {
-            Some(page) => page,
-            None => {
-                read = read_page(pages, id)?;
-                &read
-            }
-        };
-        let node = Node::parse(page, id, level, &geo)?;
+    while level > 0 {
+        let page = branch_page(pages, upper, id, level, &geo)?;
+        let node = page.node(id, level, &geo)?;
+        id = node.child(node.child_pos_for(pages, key)?)?;
+        level -= 1;
+    }
+    let page = read_page(pages, id)?;
+    let loc = {
+        let node = Node::parse(&page, id, 0, &geo)?;
+        // Leaves are mostly cold: overlap the binary search's misses.
+        node.prefetch_cells();
         let (found, idx) = node.search(pages, key)?;
-        if level > 0 {
-            id = node.child(idx + usize::from(found))?;
-            level -= 1;
-            continue;
-        }
         if !found {
             return Ok(None);
         }
-        let loc = node.leaf_cell(idx)?.value;
-        return value_guard(pages, &geo, page, loc).map(Some);
+        match node.inline_entry(idx) {
+            Some((_, start, end)) => ValueLoc::Inline { start, end },
+            None => node.leaf_cell(idx)?.value,
+        }
+    };
+    match loc {
+        // The guard takes the leaf over: no second reference count.
+        ValueLoc::Inline { start, end } => Ok(Some(PageSlice::in_page(page, start, end))),
+        ValueLoc::Overflow { .. } => value_guard(pages, &geo, &page, loc).map(Some),
+    }
+}
+
+/// Branch page `id` at `level`: from `upper` when given (read into it on
+/// a miss).
+fn branch_page<'u, P: PageRead>(
+    pages: &P,
+    upper: Option<&'u UpperPages>,
+    id: PageId,
+    level: u8,
+    geo: &Geometry,
+) -> Result<Held<'u>> {
+    match upper {
+        Some(upper) => upper.get_or_read(pages, id, level, geo),
+        None => read_page(pages, id).map(Held::Read),
+    }
+}
+
+/// Most bytes of branch pages one [`UpperPages`] keeps.
+pub(crate) const UPPER_PAGES_BYTES_MAX: usize = 1 << 20;
+/// Slots of an [`UpperPages`] table per page it may keep (so at most half
+/// of the slots fill and probe sequences stay short).
+const UPPER_SLOTS_PER_PAGE: usize = 2;
+/// Slots a lookup or insertion probes before it gives up.
+const UPPER_PROBES_MAX: usize = 8;
+
+/// The branch pages (root included) of one tree as of one snapshot, kept
+/// by a read-only table handle so that its lookups read only the leaf
+/// through the page table: a hit costs a hash and a load, with no lock,
+/// no reference count change and no header check (a page is kept only
+/// once [`Node::parse`] accepted it at its level), and touches no cache
+/// line another thread writes.
+///
+/// Correctness: a page image read at a snapshot never changes, and the
+/// cache lives no longer than the handle of that snapshot, so a kept page
+/// is exactly what a read through the page table would return, whatever
+/// the page table evicts, reloads or folds meanwhile (the cache holds its
+/// own reference to the image, so eviction cannot free it).
+///
+/// Memory: at most [`UPPER_PAGES_BYTES_MAX`] of page images (shared with
+/// the page table while it keeps them; not charged to the memory budget,
+/// like any page a reader holds). An open-addressed table of write-once
+/// slots: entries are never removed or replaced, so lookups need no lock;
+/// once full, further branch pages are read through the page table.
+#[derive(Debug, Default)]
+pub(crate) struct UpperPages {
+    /// Created on the first use; its length is a power of two.
+    slots: OnceLock<Box<[OnceLock<Kept>]>>,
+    /// Pages kept (slots filled), at most [`UpperPages::limit`].
+    kept: AtomicUsize,
+}
+
+/// A page an [`UpperPages`] keeps.
+#[derive(Debug)]
+struct Kept {
+    id: PageId,
+    /// The level [`Node::parse`] accepted the page at.
+    level: u8,
+    page: PageRef,
+}
+
+impl Kept {
+    /// The kept page, as validated when asked for at its own level.
+    fn held(&self, level: u8) -> Held<'_> {
+        if self.level == level {
+            Held::Cached(&self.page)
+        } else {
+            Held::Read(self.page.clone())
+        }
+    }
+}
+
+/// A branch page either borrowed from an [`UpperPages`] (validated at the
+/// level it was asked for) or read for this use (not validated).
+pub(crate) enum Held<'u> {
+    /// Kept by the cache, validated at the level asked for.
+    Cached(&'u PageRef),
+    /// Read through the page table (not kept, or kept at another level).
+    Read(PageRef),
+}
+
+impl Deref for Held<'_> {
+    type Target = PageRef;
+    fn deref(&self) -> &PageRef {
+        match self {
+            Held::Cached(page) => page,
+            Held::Read(page) => page,
+        }
+    }
+}
+
+impl Held<'_> {
+    /// An owned reference to the page.
+    fn into_page(self) -> PageRef {
+        match self {
+            Held::Cached(page) => page.clone(),
+            Held::Read(page) => page,
+        }
+    }
+
+    /// The page as the node `id` at `level`: re-opened without checks
+    /// when the cache validated it so, else parsed.
+    fn node<'g>(&'g self, id: PageId, level: u8, geo: &'g Geometry) -> Result<Node<'g>> {
+        match self {
+            Held::Cached(page) => Ok(Node::reopen(page, id, level, geo)),
+            Held::Read(page) => Node::parse(page, id, level, geo),
+        }
+    }
+}
+
+impl UpperPages {
+    /// An empty cache (allocates nothing until used).
+    pub(crate) fn new() -> Self {
+        UpperPages::default()
+    }
+
+    /// Pages a cache for `page_len`-byte pages keeps at most.
+    fn limit(page_len: usize) -> usize {
+        (UPPER_PAGES_BYTES_MAX / page_len.max(1)).max(1)
+    }
+
+    fn slots(&self, page_len: usize) -> &[OnceLock<Kept>] {
+        self.slots.get_or_init(|| {
+            let len = (Self::limit(page_len) * UPPER_SLOTS_PER_PAGE).next_power_of_two();
+            (0..len).map(|_| OnceLock::new()).collect()
+        })
+    }
+
+    /// Branch page `id` at `level`: from the cache, else read through
+    /// `pages` and kept when there is room and it parses at `level`.
+    pub(crate) fn get_or_read<P: PageRead>(
+        &self,
+        pages: &P,
+        id: PageId,
+        level: u8,
+        geo: &Geometry,
+    ) -> Result<Held<'_>> {
+        let slots = self.slots(geo.page_len);
+        let mask = slots.len() - 1;
+        let home = (id.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
+        // Read on the first empty slot, then kept at it (or a later one).
+        let mut read: Option<PageRef> = None;
+        for probe in 0..UPPER_PROBES_MAX {
+            let slot = &slots[(home + probe) & mask];
+            if let Some(kept) = slot.get() {
+                if kept.id == id {
+                    return Ok(kept.held(level));
+                }
+                continue;
+            }
+            // An empty slot: `id` is not kept (slots fill in probe order).
+            let page = match read.take() {
+                Some(page) => page,
+                None => read_page(pages, id)?,
+            };
+            let full = self.kept.load(Ordering::Relaxed) >= Self::limit(geo.page_len);
+            if full || Node::parse(&page, id, level, geo).is_err() {
+                return Ok(Held::Read(page));
+            }
+            match slot.set(Kept { id, level, page }) {
+                Ok(()) => {
+                    self.kept.fetch_add(1, Ordering::Relaxed);
+                }
+                // Another thread filled the slot first: probe on.
+                Err(mine) => read = Some(mine.page),
+            }
+            if let Some(kept) = slot.get().filter(|kept| kept.id == id) {
+                return Ok(kept.held(level));
+            }
+        }
+        match read {
+            Some(page) => Ok(Held::Read(page)),
+            None => read_page(pages, id).map(Held::Read),
+        }
     }
 }
 
@@ -277,16 +443,26 @@ impl<P: PageRead> Walker<'_, P> {
 
     /// Reads and validates page `id` at `depth`; returns its frame at `idx`
     /// (chosen from the node by `pick`) and the child to descend to.
+    /// Branch pages come from `upper` when given.
     fn frame_at(
         &self,
         id: PageId,
         depth: usize,
+        upper: Option<&UpperPages>,
         pick: impl FnOnce(&Node<'_>) -> Result<usize>,
     ) -> Result<(Frame, Option<PageId>)> {
         let level = self.level_of(depth);
-        let page = read_page(self.pages, id)?;
+        let page = if level > 0 {
+            branch_page(self.pages, upper, id, level, &self.geo)?.into_page()
+        } else {
+            read_page(self.pages, id)?
+        };
         let (idx, count, child) = {
             let node = Node::parse(&page, id, level, &self.geo)?;
+            if level == 0 {
+                // Leaves are mostly cold: overlap the search's misses.
+                node.prefetch_cells();
+            }
             let idx = pick(&node)?;
             let child = if level > 0 {
                 Some(node.child(idx)?)
@@ -314,7 +490,7 @@ impl<P: PageRead> Walker<'_, P> {
             if depth >= usize::from(self.height) {
                 return Err(super::format::corrupt(id, "path deeper than the tree"));
             }
-            let (frame, child) = self.frame_at(id, depth, |node| {
+            let (frame, child) = self.frame_at(id, depth, None, |node| {
                 Ok(match edge {
                     Edge::First => 0,
                     Edge::Last => node.count(),
@@ -388,13 +564,20 @@ impl<P: PageRead> Walker<'_, P> {
 
     /// A cursor at the first entry within `bound` (front), or one past the
     /// last entry within it (back); `None` when there is no such entry.
-    fn seek(&self, root: PageId, bound: Bound<&[u8]>, front: bool) -> Result<Option<Cursor>> {
+    /// Branch pages come from `upper` when given.
+    fn seek(
+        &self,
+        root: PageId,
+        bound: Bound<&[u8]>,
+        front: bool,
+        upper: Option<&UpperPages>,
+    ) -> Result<Option<Cursor>> {
         let mut path = Vec::with_capacity(usize::from(self.height));
         let mut id = root;
         loop {
             let depth = path.len();
             let level = self.level_of(depth);
-            let (frame, child) = self.frame_at(id, depth, |node| {
+            let (frame, child) = self.frame_at(id, depth, upper, |node| {
                 Ok(match bound {
                     Bound::Unbounded if front => 0,
                     Bound::Unbounded => node.count(),
@@ -536,6 +719,26 @@ pub(crate) fn range<'a, P: PageRead, R: RangeBounds<[u8]>>(
     header: &TreeHeader,
     bounds: R,
 ) -> Result<RangeIter<'a, P>> {
+    range_from(pages, header, bounds, None)
+}
+
+/// [`range`] whose initial seeks read branch pages through `upper` (see
+/// [`UpperPages`]); the iterator does not keep `upper`.
+pub(crate) fn range_cached<'a, P: PageRead, R: RangeBounds<[u8]>>(
+    pages: &'a P,
+    header: &TreeHeader,
+    bounds: R,
+    upper: &UpperPages,
+) -> Result<RangeIter<'a, P>> {
+    range_from(pages, header, bounds, Some(upper))
+}
+
+fn range_from<'a, P: PageRead, R: RangeBounds<[u8]>>(
+    pages: &'a P,
+    header: &TreeHeader,
+    bounds: R,
+    upper: Option<&UpperPages>,
+) -> Result<RangeIter<'a, P>> {
     header.validate()?;
     let geo = Geometry::new(pages.page_len())?;
     let walker = Walker {
@@ -548,12 +751,12 @@ pub(crate) fn range<'a, P: PageRead, R: RangeBounds<[u8]>>(
     if header.is_empty() {
         return Ok(empty(walker));
     }
-    let Some(front) = walker.seek(header.root, bounds.start_bound(), true)? else {
+    let Some(front) = walker.seek(header.root, bounds.start_bound(), true, upper)? else {
         return Ok(empty(walker));
     };
     let back = match bounds.end_bound() {
         Bound::Unbounded => Cursor::unsought(),
-        end => match walker.seek(header.root, end, false)? {
+        end => match walker.seek(header.root, end, false, upper)? {
             Some(back) => back,
             None => return Ok(empty(walker)),
         },
@@ -671,7 +874,7 @@ impl<'a, P: PageRead> RangeIter<'a, P> {
         }
         if !front && self.back_unsought {
             self.back_unsought = false;
-            match self.walker.seek(self.root, Bound::Unbounded, false) {
+            match self.walker.seek(self.root, Bound::Unbounded, false, None) {
                 Ok(Some(back)) => self.back = back,
                 // The front still points at an entry, so the tree has one.
                 Ok(None) => {
@@ -719,11 +922,54 @@ impl<'a, P: PageRead> RangeIter<'a, P> {
         Some(item)
     }
 
+    /// [`RangeIter::position`] for the common forward step, the front
+    /// cursor moving on inside its leaf; `None` when the step is not that
+    /// one (nothing changed then).
+    #[inline]
+    fn position_in_leaf(&mut self, front: bool) -> Option<usize> {
+        if !front || self.stale != Some(true) || self.done {
+            return None;
+        }
+        let leaf = self.front.path.last_mut()?;
+        if leaf.idx + 1 >= leaf.count {
+            return None;
+        }
+        leaf.idx += 1;
+        let (id, idx) = (leaf.id, leaf.idx);
+        // As in `cursors_meet`: the back cursor points just past this entry.
+        let meet = self
+            .back
+            .path
+            .last()
+            .is_some_and(|back| back.id == id && idx + 1 == back.idx);
+        if meet {
+            self.done = true;
+            self.stale = None;
+        }
+        Some(idx)
+    }
+
     fn step_borrowed(&mut self, front: bool) -> Option<Result<(&[u8], &[u8])>> {
-        let idx = match self.position(front)? {
-            Ok(idx) => idx,
-            Err(e) => return Some(Err(e)),
+        let idx = match self.position_in_leaf(front) {
+            Some(idx) => idx,
+            None => match self.position(front)? {
+                Ok(idx) => idx,
+                Err(e) => return Some(Err(e)),
+            },
         };
+        // Fast path: key and value stored whole in the leaf.
+        let inline = {
+            let cursor = if front { &self.front } else { &self.back };
+            let leaf = cursor.path.last().filter(|leaf| idx < leaf.count);
+            leaf.and_then(|leaf| {
+                Node::reopen(&leaf.page, leaf.id, 0, &self.walker.geo).inline_entry(idx)
+            })
+        };
+        if let Some((key, value, end)) = inline {
+            let cursor = if front { &self.front } else { &self.back };
+            let page = cursor.path.last().map_or(&[][..], |frame| &frame.page[..]);
+            return Some(Ok((&page[key..value], &page[value..end])));
+        }
         let cursor = if front { &self.front } else { &self.back };
         let located = self
             .walker
@@ -769,5 +1015,138 @@ impl<P: PageRead> Iterator for RangeIter<'_, P> {
 impl<P: PageRead> DoubleEndedIterator for RangeIter<'_, P> {
     fn next_back(&mut self) -> Option<Self::Item> {
         self.step(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::BTreeMap;
+    use std::ops::Bound;
+
+    use super::*;
+    use crate::btree::tests::mem::MemPages;
+    use crate::btree::{self, MIN_PAGE_LEN};
+
+    /// `MemPages` that counts reads.
+    struct Counting {
+        pages: MemPages,
+        reads: Cell<usize>,
+    }
+
+    impl PageRead for Counting {
+        fn page_len(&self) -> usize {
+            self.pages.page_len()
+        }
+        fn read_page(&self, id: PageId) -> Result<PageRef> {
+            self.reads.set(self.reads.get() + 1);
+            self.pages.read_page(id)
+        }
+    }
+
+    /// A tree of `rows` entries on minimum-size pages (several levels).
+    fn build(rows: u32) -> (Counting, TreeHeader, BTreeMap<Vec<u8>, Vec<u8>>) {
+        let mut pages = MemPages::new(MIN_PAGE_LEN);
+        let mut header = TreeHeader::EMPTY;
+        let mut model = BTreeMap::new();
+        for i in 0..rows {
+            let key = (i.wrapping_mul(2_654_435_761)).to_be_bytes().to_vec();
+            let value = vec![i as u8; (i % 5) as usize * 9];
+            btree::insert(&mut pages, &mut header, &key, &value).expect("insert");
+            model.insert(key, value);
+        }
+        let pages = Counting {
+            pages,
+            reads: Cell::new(0),
+        };
+        (pages, header, model)
+    }
+
+    #[test]
+    fn cached_lookups_read_only_the_leaf_once_warm() {
+        let (pages, header, model) = build(2_000);
+        assert!(
+            header.height >= 3,
+            "a tree with branch levels below the root"
+        );
+        let upper = UpperPages::new();
+        for (key, value) in &model {
+            let got = get_cached(&pages, &header, &upper, key).expect("get");
+            assert_eq!(got.as_deref(), Some(&value[..]));
+        }
+        let warm = pages.reads.get();
+        for (key, value) in &model {
+            let got = get_cached(&pages, &header, &upper, key).expect("get");
+            assert_eq!(got.as_deref(), Some(&value[..]));
+        }
+        assert_eq!(
+            pages.reads.get() - warm,
+            model.len(),
+            "one page-table read (the leaf) per warm lookup"
+        );
+        let absent = get_cached(&pages, &header, &upper, b"\xff\xff\xff\xff\xff").expect("get");
+        assert!(absent.is_none());
+    }
+
+    #[test]
+    fn a_full_cache_reads_through_and_stays_right() {
+        let (pages, header, model) = build(2_000);
+        let upper = UpperPages::new();
+        // Fill every slot the limit allows with pages of this tree.
+        let limit = UpperPages::limit(pages.page_len());
+        upper.kept.store(limit, Ordering::Relaxed);
+        for (key, value) in model.iter().step_by(7) {
+            let got = get_cached(&pages, &header, &upper, key).expect("get");
+            assert_eq!(got.as_deref(), Some(&value[..]));
+        }
+        let geo = Geometry::new(pages.page_len()).expect("geometry");
+        let held = upper
+            .get_or_read(&pages, header.root, header.height - 1, &geo)
+            .expect("root");
+        assert!(matches!(held, Held::Read(_)), "nothing kept past the limit");
+        assert_eq!(
+            &held[..],
+            &pages.pages.read_page(header.root).expect("root")[..]
+        );
+    }
+
+    #[test]
+    fn cached_range_seeks_match_uncached_ones() {
+        let (pages, header, model) = build(1_500);
+        let upper = UpperPages::new();
+        let keys: Vec<&Vec<u8>> = model.keys().collect();
+        for (n, start) in keys.iter().enumerate().step_by(13) {
+            let end = keys[(n + 40).min(keys.len() - 1)];
+            let bounds = (Bound::Included(&start[..]), Bound::Excluded(&end[..]));
+            let cached: Vec<_> = range_cached(&pages, &header, bounds, &upper)
+                .expect("range")
+                .map(|e| e.map(|(k, v)| (k.into_vec(), v.into_vec())))
+                .collect::<Result<_>>()
+                .expect("entries");
+            let want: Vec<_> = model
+                .range::<[u8], _>(bounds)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(cached, want);
+        }
+    }
+
+    #[test]
+    fn threads_sharing_a_cache_all_read_right() {
+        let (pages, header, model) = build(2_000);
+        let pages = pages.pages;
+        let upper = UpperPages::new();
+        std::thread::scope(|scope| {
+            for t in 0..4usize {
+                let (pages, upper, model) = (&pages, &upper, &model);
+                scope.spawn(move || {
+                    for (key, value) in model.iter().skip(t).step_by(3) {
+                        let got = get_cached(pages, &header, upper, key).expect("get");
+                        assert_eq!(got.as_deref(), Some(&value[..]));
+                    }
+                });
+            }
+        });
+        assert!(upper.kept.load(Ordering::Relaxed) > 1);
     }
 }

@@ -160,6 +160,37 @@ fn parse_key<'a>(
     }
 }
 
+/// Bytes of a key's head, compared as one big-endian integer by the binary
+/// search before the whole key.
+const KEY_HEAD_BYTES: usize = 8;
+
+/// The first [`KEY_HEAD_BYTES`] bytes of `key` as a big-endian integer,
+/// zero-padded past its end. Keys whose heads differ are ordered as their
+/// heads: at the first differing byte either both keys have real bytes, or
+/// the shorter key's padding zero meets a nonzero byte of the longer one,
+/// which is then the greater, as in byte-string order.
+#[inline]
+pub(crate) fn key_head(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; KEY_HEAD_BYTES];
+    let n = key.len().min(KEY_HEAD_BYTES);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Most cells [`Node::prefetch_cells`] prefetches (a leaf of small
+/// entries; beyond this the binary search touches a small share of them).
+const PREFETCH_CELLS_MAX: usize = 64;
+
+/// What one binary search compares every probed key with.
+struct Probe<'k> {
+    /// The search key.
+    key: &'k [u8],
+    /// Its [`key_head`].
+    head: u64,
+    /// Longest key a well-formed cell stores whole.
+    key_len_max: usize,
+}
+
 /// A read-only view of a leaf or branch page whose header has been validated.
 #[derive(Clone, Copy)]
 pub(crate) struct Node<'a> {
@@ -303,6 +334,56 @@ impl<'a> Node<'a> {
             .ok_or_else(|| corrupt(self.id, format_args!("malformed leaf cell {i}")))
     }
 
+    /// Where leaf cell `i`'s key and value lie in the page, as
+    /// `(key_start, value_start, value_end)` (the key ends where the value
+    /// starts), when both are stored whole in the page and the cell is well
+    /// formed: the iteration's fast path, with the checks of
+    /// [`Node::leaf_cell`] and nothing built. `None` sends the caller to
+    /// [`Node::leaf_cell`], which handles overflow and names any damage.
+    #[inline]
+    pub(crate) fn inline_entry(&self, i: usize) -> Option<(usize, usize, usize)> {
+        debug_assert_eq!(self.kind, NodeKind::Leaf);
+        let off = usize::from(rd_u16(self.b, LEAF_HEADER_BYTES + i * SLOT_BYTES)?);
+        if off < self.content || *self.b.get(off)? != 0 {
+            return None;
+        }
+        let key_len = usize::from(rd_u16(self.b, off + CELL_OFF_KEY_LEN)?);
+        let value_len = usize::try_from(rd_u32(self.b, off + CELL_OFF_VALUE_LEN)?).ok()?;
+        if key_len > self.geo.key_inline_max.min(MAX_KEY_BYTES) {
+            return None;
+        }
+        let key_start = off + LEAF_CELL_HEADER_BYTES;
+        let value_start = key_start + key_len;
+        let value_end = value_start.checked_add(value_len)?;
+        if value_end > self.b.len() || value_end - off > self.geo.max_cell {
+            return None;
+        }
+        Some((key_start, value_start, value_end))
+    }
+
+    /// Asks the CPU to fetch the first cache line of every cell (at most
+    /// [`PREFETCH_CELLS_MAX`]) before a binary search of a page that is
+    /// likely cold (a leaf): the probes' cache misses then overlap instead
+    /// of following one another. Reads nothing; a hint only.
+    #[inline]
+    pub(crate) fn prefetch_cells(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let slots = self.kind.header_len();
+            for i in 0..self.count.min(PREFETCH_CELLS_MAX) {
+                let Some(off) = rd_u16(self.b, slots + i * SLOT_BYTES) else {
+                    return;
+                };
+                if let Some(byte) = self.b.get(usize::from(off)) {
+                    // SAFETY: a prefetch is a hint that never faults; the
+                    // address lies inside the page anyway.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(byte).cast::<i8>()) };
+                }
+            }
+        }
+    }
+
     /// Fully parses branch cell `i`.
     pub(crate) fn branch_cell(&self, i: usize) -> Result<BranchCell<'a>> {
         debug_assert_eq!(self.kind, NodeKind::Branch);
@@ -344,17 +425,87 @@ impl<'a> Node<'a> {
     /// Binary search: `(true, i)` when cell `i` holds `key`, else `(false, i)`
     /// with `i` the index of the first key greater than `key`.
     pub(crate) fn search<P: PageRead>(&self, pages: &P, key: &[u8]) -> Result<(bool, usize)> {
+        match self.kind {
+            NodeKind::Leaf => {
+                self.search_in::<{ LEAF_CELL_HEADER_BYTES + KEY_HEAD_BYTES }, P>(pages, key)
+            }
+            NodeKind::Branch => {
+                self.search_in::<{ BRANCH_CELL_HEADER_BYTES + KEY_HEAD_BYTES }, P>(pages, key)
+            }
+        }
+    }
+
+    /// [`Node::search`] over cells whose key starts at byte
+    /// `WINDOW - KEY_HEAD_BYTES` (`WINDOW`: the bytes of a cell [`Node::probe`] reads).
+    #[inline]
+    fn search_in<const WINDOW: usize, P: PageRead>(
+        &self,
+        pages: &P,
+        key: &[u8],
+    ) -> Result<(bool, usize)> {
+        debug_assert_eq!(WINDOW - KEY_HEAD_BYTES, self.kind.cell_key_off());
+        let probe = Probe {
+            key,
+            head: key_head(key),
+            key_len_max: self.geo.key_inline_max.min(MAX_KEY_BYTES),
+        };
         let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let stored = self.key(mid)?;
-            match cmp_key(pages, self.geo, &stored, key)? {
+            let order = match self.probe::<WINDOW>(mid, &probe) {
+                Some(order) => order,
+                None => cmp_key(pages, self.geo, &self.key(mid)?, key)?,
+            };
+            match order {
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
                 Ordering::Equal => return Ok((true, mid)),
             }
         }
         Ok((false, lo))
+    }
+
+    /// The binary search's fast path: orders the key of cell `i` against
+    /// the probe's key when the key is stored whole in the page and its
+    /// cell is well formed, mostly by one comparison of the first
+    /// [`KEY_HEAD_BYTES`] bytes; no overflow read, no error to build.
+    /// `None` sends the caller to [`Node::key`], which checks everything
+    /// and names the damage.
+    #[inline(always)]
+    fn probe<const WINDOW: usize>(&self, i: usize, probe: &Probe<'_>) -> Option<Ordering> {
+        let key_off = WINDOW - KEY_HEAD_BYTES;
+        let off = usize::from(rd_u16(self.b, self.kind.header_len() + i * SLOT_BYTES)?);
+        if off < self.content {
+            return None;
+        }
+        // One bounds check for the cell header and the key's head window
+        // (bytes past a short key are masked off below).
+        let window: &[u8; WINDOW] = self.b.get(off..off + WINDOW)?.try_into().ok()?;
+        let flags = window[0];
+        let len = usize::from(u16::from_le_bytes([
+            window[CELL_OFF_KEY_LEN],
+            window[CELL_OFF_KEY_LEN + 1],
+        ]));
+        if flags & FLAG_KEY_OVERFLOW != 0
+            || len > probe.key_len_max
+            || off + key_off + len > self.b.len()
+        {
+            return None;
+        }
+        let mut raw = [0u8; KEY_HEAD_BYTES];
+        raw.copy_from_slice(&window[key_off..]);
+        // The stored key's first bytes, big-endian, zero-padded past its end.
+        let mask = if len >= KEY_HEAD_BYTES {
+            u64::MAX
+        } else {
+            !(u64::MAX >> (len * 8))
+        };
+        let stored_head = u64::from_be_bytes(raw) & mask;
+        if stored_head != probe.head {
+            return Some(stored_head.cmp(&probe.head));
+        }
+        let stored = self.b.get(off + key_off..off + key_off + len)?;
+        Some(stored.cmp(probe.key))
     }
 
     /// The child position to descend into for `key` (number of separators `<= key`).
@@ -679,5 +830,150 @@ impl<'a> NodeMut<'a> {
         self.set_content(end);
         self.set_frag(0);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod read_path_tests {
+    //! The search and iteration fast paths ([`Node::probe`],
+    //! [`Node::inline_entry`]) against the checked parsing they shortcut.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::error::Error;
+    use crate::page_access::PageRef;
+
+    const PAGE_LEN: usize = 4080;
+
+    /// No page is ever read: keys in these tests are stored whole.
+    struct NoPages;
+
+    impl PageRead for NoPages {
+        fn page_len(&self) -> usize {
+            PAGE_LEN
+        }
+        fn read_page(&self, id: PageId) -> Result<PageRef> {
+            Err(Error::PageOutOfRange(id))
+        }
+    }
+
+    /// Keys from a small alphabet with zero bytes, so heads tie often.
+    fn key_gen() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![Just(0u8), Just(1u8), Just(0xff), any::<u8>()],
+            0..14,
+        )
+    }
+
+    /// A leaf holding `entries` (sorted, distinct keys) as inline cells.
+    fn leaf(entries: &[(Vec<u8>, Vec<u8>)], geo: &Geometry) -> Vec<u8> {
+        let mut page = vec![0u8; PAGE_LEN];
+        let mut node = NodeMut::init(&mut page, PageId(2), 0, geo).expect("init");
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let mut cell = vec![0u8; LEAF_CELL_HEADER_BYTES];
+            cell[CELL_OFF_KEY_LEN..CELL_OFF_KEY_LEN + 2]
+                .copy_from_slice(&(key.len() as u16).to_le_bytes());
+            cell[CELL_OFF_VALUE_LEN..CELL_OFF_VALUE_LEN + 4]
+                .copy_from_slice(&(value.len() as u32).to_le_bytes());
+            cell.extend_from_slice(key);
+            cell.extend_from_slice(value);
+            assert!(node.insert_cell(i, &cell).expect("insert"), "cell fits");
+        }
+        page
+    }
+
+    /// The binary search of the checked path only.
+    fn checked_search(node: &Node<'_>, key: &[u8]) -> (bool, usize) {
+        let (mut lo, mut hi) = (0, node.count());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let stored = node.key(mid).expect("well-formed key");
+            match stored.local.cmp(key) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return (true, mid),
+            }
+        }
+        (false, lo)
+    }
+
+    proptest! {
+        /// Unequal heads order two keys as the keys themselves.
+        #[test]
+        fn key_heads_order_like_the_keys(a in key_gen(), b in key_gen()) {
+            let (ha, hb) = (key_head(&a), key_head(&b));
+            if ha != hb {
+                prop_assert_eq!(ha.cmp(&hb), a.cmp(&b));
+            }
+            prop_assert_eq!(key_head(&a), key_head(&a[..a.len().min(KEY_HEAD_BYTES)]));
+        }
+
+        /// Search (fast path) finds what the checked search finds, and the
+        /// iteration's entry ranges are the checked cell's.
+        #[test]
+        fn fast_paths_agree_with_checked_parsing(
+            keys in prop::collection::btree_set(key_gen(), 0..60),
+            probes in prop::collection::vec(key_gen(), 1..40),
+        ) {
+            let geo = Geometry::new(PAGE_LEN).expect("geometry");
+            let entries: Vec<_> = keys.into_iter().map(|k| {
+                let v = vec![k.len() as u8; k.len() % 5];
+                (k, v)
+            }).collect();
+            let page = leaf(&entries, &geo);
+            let node = Node::parse(&page, PageId(2), 0, &geo).expect("parse");
+            for key in probes.iter().chain(entries.iter().map(|(k, _)| k)) {
+                prop_assert_eq!(node.search(&NoPages, key).expect("search"), checked_search(&node, key));
+            }
+            for i in 0..node.count() {
+                let cell = node.leaf_cell(i).expect("cell");
+                let ValueLoc::Inline { start, end } = cell.value else {
+                    return Err(TestCaseError::fail("inline value expected"));
+                };
+                let want = (cell.key.local_start, start, end);
+                prop_assert_eq!(node.inline_entry(i), Some(want));
+            }
+        }
+
+        /// On damaged cells the fast paths never answer differently from
+        /// the checked path: they defer to it (`None`) or agree with it.
+        #[test]
+        fn fast_paths_never_contradict_checks_on_damaged_cells(
+            keys in prop::collection::btree_set(key_gen(), 1..40),
+            damage in prop::collection::vec((any::<u16>(), any::<u8>()), 1..12),
+            search in key_gen(),
+        ) {
+            let geo = Geometry::new(PAGE_LEN).expect("geometry");
+            let entries: Vec<_> = keys.into_iter().map(|k| (k, vec![7u8; 3])).collect();
+            let mut page = leaf(&entries, &geo);
+            let content = usize::from(u16::from_le_bytes([page[OFF_CONTENT], page[OFF_CONTENT + 1]]));
+            for (at, byte) in damage {
+                // Damage the slot array and the cells, not the header.
+                let at = LEAF_HEADER_BYTES + usize::from(at) % (PAGE_LEN - LEAF_HEADER_BYTES);
+                if at >= LEAF_HEADER_BYTES + entries.len() * SLOT_BYTES && at < content {
+                    continue;
+                }
+                page[at] = byte;
+            }
+            let node = Node::parse(&page, PageId(2), 0, &geo).expect("header intact");
+            let probe = Probe {
+                key: &search,
+                head: key_head(&search),
+                key_len_max: geo.key_inline_max.min(MAX_KEY_BYTES),
+            };
+            for i in 0..node.count() {
+                if let Some(order) = node.probe::<{ LEAF_CELL_HEADER_BYTES + KEY_HEAD_BYTES }>(i, &probe) {
+                    let stored = node.key(i).expect("the fast path only answers for well-formed keys");
+                    prop_assert!(stored.overflow.is_none());
+                    prop_assert_eq!(order, stored.local.cmp(&search[..]));
+                }
+                if let Some((key, value, end)) = node.inline_entry(i) {
+                    let cell = node.leaf_cell(i).expect("the fast path only answers for well-formed cells");
+                    prop_assert_eq!(cell.key.local_start, key);
+                    prop_assert_eq!(cell.value, ValueLoc::Inline { start: value, end });
+                }
+            }
+        }
     }
 }

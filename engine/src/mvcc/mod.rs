@@ -19,7 +19,7 @@ mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use mmsb_wal::CommitEpoch;
 
@@ -28,7 +28,6 @@ use crate::catalog::{self, TableEntry};
 use crate::db::{PendingCommit, Shared, WriterGuard};
 use crate::error::{Error, Result};
 use crate::metrics::timed;
-use crate::page_access::PageRef;
 use crate::txn::{PageReadTransaction, PageWriteTransaction};
 
 use buffer::{Put, WriteBuffer};
@@ -72,6 +71,10 @@ struct TableWrites {
     entries: WriteBuffer,
     /// Entries added minus entries removed, as this transaction sees it.
     len_delta: i64,
+    /// A blind delete ([`Table::delete`]) buffered a key without learning
+    /// whether the snapshot holds it: `len_delta` counts such a key as
+    /// absent there, and [`Table::len`] recounts from the buffer instead.
+    blind: bool,
 }
 
 impl TableWrites {
@@ -124,7 +127,16 @@ pub struct Transaction {
     catalog_cache: NameMap<Option<TableEntry>>,
     tables: BTreeMap<Arc<str>, TableWrites>,
     reads: ReadSet,
+    /// How to undo the changes made since the oldest open savepoint; empty
+    /// (and not written) while no savepoint is open, since nothing can
+    /// roll back then.
     undo: Vec<Undo>,
+    /// Savepoints handed out and not yet released. One dropped without
+    /// [`Transaction::release`] stays counted (its undo entries are kept).
+    open_savepoints: usize,
+    /// The snapshot tree of the table last written, per snapshot epoch (see
+    /// [`Table::write_base`]): a statement's new handle reuses it.
+    last_write_base: Option<(Arc<str>, CommitEpoch, Option<TreeHeader>)>,
     /// What the write buffer is charged against the memory budget.
     buffer_charge: BufferCharge,
 }
@@ -183,6 +195,8 @@ impl Transaction {
             tables: BTreeMap::new(),
             reads: ReadSet::default(),
             undo: Vec::new(),
+            open_savepoints: 0,
+            last_write_base: None,
             buffer_charge,
         })
     }
@@ -243,10 +257,13 @@ impl Transaction {
 
     /// Whether the table exists as this transaction sees it.
     fn table_exists(&mut self, name: &str) -> Result<bool> {
-        self.record_key_read(&KeySpace::Catalog, name.as_bytes());
         if let Some(writes) = self.tables.get(name) {
+            // The call that made this entry (every one goes through here
+            // first) recorded the catalog read: a statement reopening the
+            // table records nothing more.
             return Ok(writes.exists());
         }
+        self.record_key_read(&KeySpace::Catalog, name.as_bytes());
         Ok(self.snapshot_entry(name)?.is_some())
     }
 
@@ -337,17 +354,23 @@ impl Transaction {
     }
 
     fn change_table(&mut self, name: &str, change: impl FnOnce(&mut TableWrites)) {
-        let previous = self.tables.get(name).cloned();
+        // A created or dropped table changes the trees writes go to.
+        self.last_write_base = None;
         let table = self.shared_name(name);
-        self.undo.push(Undo::Table {
-            table: Arc::clone(&table),
-            previous,
-        });
+        if self.open_savepoints > 0 {
+            let previous = self.tables.get(name).cloned();
+            self.undo.push(Undo::Table {
+                table: Arc::clone(&table),
+                previous,
+            });
+        }
         change(self.tables.entry(table).or_default());
     }
 
-    /// Marks a point to roll back to.
+    /// Marks a point to roll back to. Undo entries are kept from the first
+    /// open savepoint until every open one is released.
     pub fn savepoint(&mut self) -> Savepoint {
+        self.open_savepoints += 1;
         Savepoint {
             undo_len: self.undo.len(),
             transaction_id: self.id,
@@ -384,26 +407,35 @@ impl Transaction {
                     // The undone write had read the key (see `Undo::Entry`).
                     self.record_key_read(&KeySpace::Table(table), &key);
                 }
-                Some(Undo::Table { table, previous }) => match previous {
-                    Some(writes) => {
-                        self.tables.insert(table, writes);
+                Some(Undo::Table { table, previous }) => {
+                    self.last_write_base = None;
+                    match previous {
+                        Some(writes) => {
+                            self.tables.insert(table, writes);
+                        }
+                        None => {
+                            self.tables.remove(&table);
+                        }
                     }
-                    None => {
-                        self.tables.remove(&table);
-                    }
-                },
+                }
                 None => break,
             }
         }
         Ok(())
     }
 
-    /// Forgets a savepoint, keeping its changes.
+    /// Forgets a savepoint, keeping its changes. When it was the last open
+    /// one, the undo log is dropped: nothing can roll back any more.
     pub fn release(&mut self, savepoint: Savepoint) -> Result<()> {
         if savepoint.transaction_id != self.id {
             return Err(Error::InvalidArgument(
                 "the savepoint belongs to another transaction".into(),
             ));
+        }
+        debug_assert!(self.open_savepoints > 0, "a savepoint released twice");
+        self.open_savepoints = self.open_savepoints.saturating_sub(1);
+        if self.open_savepoints == 0 {
+            self.undo.clear();
         }
         Ok(())
     }
@@ -593,6 +625,8 @@ enum Vacant {
     Look,
     /// The caller read it in this transaction and found it present.
     KnownPresent,
+    /// Do not look it up: the caller ignores the old value (a blind delete).
+    Blind,
 }
 
 fn check_key_value(key: &[u8], value: Option<&[u8]>) -> Result<()> {
@@ -695,6 +729,19 @@ impl Table<'_> {
         self.write(key, None, Vacant::KnownPresent).map(drop)
     }
 
+    /// Removes `key` without looking up its old value (a blind delete):
+    /// the cheap removal for callers that ignore what [`Table::remove`]
+    /// returns; removing an absent key is not an error. Conflict checks are
+    /// those of `remove`: the write set holds the key, so a concurrent
+    /// commit that wrote it makes this transaction's commit fail with
+    /// `Conflict` under SERIALIZABLE and REPEATABLE READ. After a blind
+    /// delete, [`Table::len`] in this transaction looks up every buffered
+    /// key of the table once per call.
+    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        check_key_value(key, None)?;
+        self.write(key, None, Vacant::Blind).map(drop)
+    }
+
     /// [`Transaction::base_tree`], remembered per snapshot (one catalog
     /// lookup per handle instead of one per write).
     fn write_base(&mut self) -> Result<Option<TreeHeader>> {
@@ -705,8 +752,19 @@ impl Table<'_> {
                 return Ok(tree);
             }
         }
+        // A new handle on the table the last write went to (the next
+        // statement of a bulk load) reuses what that write found.
+        if let Some((name, at, tree)) = &self.tx.last_write_base {
+            if *at == epoch && Arc::ptr_eq(name, &self.name) {
+                let tree = *tree;
+                debug_assert_eq!(tree, self.tx.base_tree(&self.name)?);
+                self.write_base = Some((epoch, tree));
+                return Ok(tree);
+            }
+        }
         let tree = self.tx.base_tree(&self.name)?;
         self.write_base = Some((epoch, tree));
+        self.tx.last_write_base = Some((Arc::clone(&self.name), epoch, tree));
         Ok(tree)
     }
 
@@ -743,6 +801,10 @@ impl Table<'_> {
         let is_some = value.is_some();
         let snapshot = &tx.snapshot;
         let put = writes.entries.put(Arc::clone(&key), value, |key| {
+            if vacant == Vacant::Blind {
+                // Counted as absent; `blind` makes `len` recount.
+                return Ok((false, None));
+            }
             let found = match base {
                 // An empty snapshot tree (a bulk load into a new table) holds no key.
                 Some(tree) if !known && tree.len > 0 => {
@@ -766,16 +828,21 @@ impl Table<'_> {
                     .map(|old| ByteView::shared(Arc::clone(old)));
                 (old, previous.is_some(), Some(previous))
             }
-            Put::Added((present, old)) => (old, present, None),
+            Put::Added((present, old)) => {
+                writes.blind |= vacant == Vacant::Blind;
+                (old, present, None)
+            }
         };
         let len_delta = i64::from(is_some) - i64::from(present);
         writes.len_delta += len_delta;
-        tx.undo.push(Undo::Entry {
-            table: Arc::clone(&self.name),
-            key,
-            previous,
-            len_delta,
-        });
+        if tx.open_savepoints > 0 {
+            tx.undo.push(Undo::Entry {
+                table: Arc::clone(&self.name),
+                key,
+                previous,
+                len_delta,
+            });
+        }
         Ok(old)
     }
 
@@ -826,8 +893,15 @@ impl Table<'_> {
             self.space.clone(),
             ReadDependency::Range(Bound::Unbounded, Bound::Unbounded),
         );
-        let base = self.tx.base_tree(&self.name)?.map_or(0, |tree| tree.len);
-        let delta = self.tx.tables.get(&*self.name).map_or(0, |w| w.len_delta);
+        let base_tree = self.tx.base_tree(&self.name)?;
+        let base = base_tree.map_or(0, |tree| tree.len);
+        let delta = match self.tx.tables.get(&*self.name) {
+            Some(writes) if writes.blind => {
+                recount_len_delta(&self.tx.snapshot, base_tree, writes)?
+            }
+            Some(writes) => writes.len_delta,
+            None => 0,
+        };
         Ok(base.saturating_add_signed(delta))
     }
 
@@ -835,6 +909,25 @@ impl Table<'_> {
     pub fn is_empty(&mut self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
+}
+
+/// Entries added minus entries removed by a table's buffered writes,
+/// counted key by key against the snapshot tree (after a blind delete,
+/// whose key's presence in the snapshot was never looked up).
+fn recount_len_delta(
+    snapshot: &PageReadTransaction,
+    base: Option<TreeHeader>,
+    writes: &TableWrites,
+) -> Result<i64> {
+    let mut delta = 0i64;
+    for (key, value) in writes.entries.iter() {
+        let present = match base {
+            Some(tree) if tree.len > 0 => btree::get(snapshot, &tree, key)?.is_some(),
+            _ => false,
+        };
+        delta += i64::from(value.is_some()) - i64::from(present);
+    }
+    Ok(delta)
 }
 
 /// A read-only snapshot of every table. Never blocks, never conflicts.
@@ -869,7 +962,7 @@ impl ReadTransaction {
         Ok(ReadOnlyTable {
             snapshot: &self.snapshot,
             tree: entry.tree,
-            root: OnceLock::new(),
+            upper: btree::UpperPages::new(),
         })
     }
 
@@ -888,10 +981,11 @@ impl ReadTransaction {
 pub struct ReadOnlyTable<'r> {
     snapshot: &'r PageReadTransaction,
     tree: TreeHeader,
-    /// A private copy of the root page as of the snapshot, made by the
-    /// first `get`: later lookups start below it without touching the page
-    /// table (whose root entry every reader thread would otherwise share).
-    root: OnceLock<Option<PageRef>>,
+    /// The tree's branch pages as of the snapshot, kept as lookups and
+    /// range seeks read them: later ones read only their leaf through the
+    /// page table (whose upper entries every reader thread would otherwise
+    /// share).
+    upper: btree::UpperPages,
 }
 
 impl std::fmt::Debug for ReadOnlyTable<'_> {
@@ -906,17 +1000,7 @@ impl std::fmt::Debug for ReadOnlyTable<'_> {
 impl<'r> ReadOnlyTable<'r> {
     /// The value under `key`: a view into the page when it is in memory.
     pub fn get(&self, key: &[u8]) -> Result<Option<ByteView>> {
-        let root = match self.root.get() {
-            Some(root) => root,
-            None => {
-                let copy = btree::root_copy(self.snapshot, &self.tree)?;
-                self.root.get_or_init(|| copy)
-            }
-        };
-        let found = match root {
-            Some(root) => btree::get_with_root(self.snapshot, &self.tree, root, key)?,
-            None => None,
-        };
+        let found = btree::get_cached(self.snapshot, &self.tree, &self.upper, key)?;
         Ok(found.map(ByteView::from_page))
     }
 
@@ -927,8 +1011,14 @@ impl<'r> ReadOnlyTable<'r> {
         if is_inverted(&lower, &upper) {
             return Ok(Range::empty());
         }
+        let bounds = (lower, upper);
         Ok(Range::new(
-            Some(btree::range(self.snapshot, &self.tree, (lower, upper))?),
+            Some(btree::range_cached(
+                self.snapshot,
+                &self.tree,
+                bounds,
+                &self.upper,
+            )?),
             None,
         ))
     }
@@ -1165,5 +1255,124 @@ mod tests {
         let table = read.open_table("t").expect("open");
         assert_eq!(table.len(), 1);
         assert_eq!(table.get(b"b").expect("get").as_deref(), Some(&b"z"[..]));
+    }
+
+    fn value_of(tx: &mut super::Transaction, key: &[u8]) -> Option<Vec<u8>> {
+        tx.open_table("t")
+            .and_then(|mut t| t.get(key))
+            .expect("get")
+            .map(|v| v.to_vec())
+    }
+
+    #[test]
+    fn writes_outside_savepoints_keep_no_undo_and_savepoints_still_undo() {
+        let db = memory_db();
+        let mut tx = db.begin_write().expect("begin");
+        tx.open_table("t")
+            .and_then(|mut t| t.insert(b"a", b"1"))
+            .expect("insert");
+        assert!(tx.undo.is_empty(), "no savepoint is open: nothing to undo");
+        let outer = tx.savepoint();
+        tx.open_table("t")
+            .and_then(|mut t| t.insert(b"b", b"2"))
+            .expect("insert");
+        let inner = tx.savepoint();
+        tx.open_table("t")
+            .and_then(|mut t| t.insert(b"a", b"3"))
+            .expect("insert");
+        tx.release(inner).expect("release inner");
+        assert!(!tx.undo.is_empty(), "the outer savepoint still needs undo");
+        tx.rollback_to(&outer).expect("rollback");
+        assert_eq!(value_of(&mut tx, b"a"), Some(b"1".to_vec()));
+        assert_eq!(value_of(&mut tx, b"b"), None);
+        assert_eq!(
+            tx.open_table("t").and_then(|mut t| t.len()).expect("len"),
+            1
+        );
+        tx.release(outer).expect("release outer");
+        assert!(tx.undo.is_empty(), "every savepoint released: undo dropped");
+        // A savepoint taken after the undo was dropped undoes what follows.
+        let again = tx.savepoint();
+        tx.open_table("t")
+            .and_then(|mut t| t.insert(b"c", b"4"))
+            .expect("insert");
+        tx.rollback_to(&again).expect("rollback");
+        assert_eq!(value_of(&mut tx, b"c"), None);
+        assert_eq!(value_of(&mut tx, b"a"), Some(b"1".to_vec()));
+        tx.commit().expect("commit");
+        let read = db.begin_read().expect("read");
+        assert_eq!(read.open_table("t").expect("open").len(), 1);
+    }
+
+    #[test]
+    fn reopening_a_written_table_records_no_more_catalog_reads() {
+        let db = memory_db();
+        put(&db, b"a", b"1");
+        let mut tx = db.begin(IsolationLevel::Serializable).expect("begin");
+        for round in 0..3u8 {
+            for name in ["t", "u"] {
+                tx.open_table(name)
+                    .and_then(|mut t| t.insert(&[round], b"v"))
+                    .expect("insert");
+            }
+        }
+        // One catalog read per table, however often a statement reopens it.
+        assert_eq!(tx.reads.reads_in(&super::KeySpace::Catalog), 2);
+        // A concurrent drop of a table it wrote still makes it conflict.
+        let mut other = db.begin_write().expect("begin other");
+        other.delete_table("t").expect("drop");
+        other.commit().expect("commit other");
+        assert!(matches!(tx.commit(), Err(Error::Conflict(_))));
+    }
+
+    #[test]
+    fn a_recreated_table_is_not_written_through_the_old_tree() {
+        let db = memory_db();
+        put(&db, b"old", b"1");
+        let mut tx = db.begin_write().expect("begin");
+        // The write remembers the snapshot tree of "t" ...
+        tx.open_table("t")
+            .and_then(|mut t| t.insert(b"a", b"1"))
+            .expect("insert");
+        // ... which no longer holds once the table is dropped and recreated.
+        assert!(tx.delete_table("t").expect("drop"));
+        let old = tx
+            .open_table("t")
+            .and_then(|mut t| t.insert(b"old", b"2"))
+            .expect("insert");
+        assert_eq!(old, None, "the recreated table starts empty");
+        assert_eq!(
+            tx.open_table("t").and_then(|mut t| t.len()).expect("len"),
+            1
+        );
+        tx.commit().expect("commit");
+        let read = db.begin_read().expect("read");
+        let table = read.open_table("t").expect("open");
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.get(b"old").expect("get").as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn read_committed_writes_see_each_new_snapshot() {
+        let db = memory_db();
+        put(&db, b"a", b"1");
+        let mut tx = db.begin(IsolationLevel::ReadCommitted).expect("begin");
+        let old = tx
+            .open_table("t")
+            .and_then(|mut t| t.insert(b"b", b"1"))
+            .expect("insert");
+        assert_eq!(old, None);
+        put(&db, b"c", b"1");
+        // A new snapshot: the write finds the key committed meanwhile.
+        let old = tx
+            .open_table("t")
+            .and_then(|mut t| t.insert(b"c", b"2"))
+            .expect("insert");
+        assert_eq!(old.as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            tx.open_table("t").and_then(|mut t| t.len()).expect("len"),
+            3
+        );
+        tx.commit().expect("commit");
     }
 }

@@ -423,7 +423,7 @@ mod tests {
         }
     }
 
-    /// `ReadOnlyTable::get` (which keeps a private copy of the root) agrees
+    /// `ReadOnlyTable::get` (which keeps the branch pages it reads) agrees
     /// with the model for trees of one and two levels and for an empty
     /// table, and keeps reading its own snapshot after later commits.
     #[test]
@@ -495,5 +495,111 @@ mod tests {
         assert_eq!(seen, 2_000, "every entry, over many leaves");
         assert!(range.next_entry().is_none(), "stays exhausted");
         assert!(range.next().is_none());
+    }
+
+    /// Version of key `k` as of commit `v`: the last commit `c <= v` that
+    /// rewrote it (commit `c` rewrites the keys with `k % 64 == c % 64`).
+    fn version_at(k: u16, v: u32) -> u32 {
+        const STRIDE: u32 = 64;
+        let last = (1..=v).rev().find(|c| u32::from(k) % STRIDE == c % STRIDE);
+        last.unwrap_or(0)
+    }
+
+    fn versioned(k: u16, version: u32) -> Vec<u8> {
+        let mut v = value(k, 300);
+        v[..4].copy_from_slice(&version.to_le_bytes());
+        v
+    }
+
+    /// Readers keep one table handle (and the branch pages it caches) across
+    /// many commits while the writer rewrites keys and a 1 MiB budget makes
+    /// the engine evict and reload pages: every get and range read must
+    /// still see the reader's snapshot.
+    #[test]
+    fn cached_branch_pages_keep_snapshots_right_through_eviction() {
+        const KEYS: u16 = 8_000;
+        const COMMITS: u32 = 40;
+        let db = Options {
+            storage: Arc::new(MemStorage::new()),
+            checkpoint_on_close: false,
+            memory_budget_bytes: 2 * crate::MIN_MEMORY_BUDGET_BYTES,
+            ..Options::default()
+        }
+        .open("/range/evict.mmsb")
+        .expect("open");
+        for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+            let mut tx = db.begin_write().expect("begin");
+            let mut table = tx.open_table("t").expect("open");
+            for &k in chunk {
+                table
+                    .insert(&key(k, false), &versioned(k, 0))
+                    .expect("load");
+            }
+            drop(table);
+            tx.commit().expect("commit");
+        }
+        let epoch_key = b"~epoch";
+        let check = |table: &crate::ReadOnlyTable<'_>, v: u32, round: u16| {
+            for k in (round % 5..KEYS).step_by(5) {
+                let got = table.get(&key(k, false)).expect("get");
+                assert_eq!(got.as_deref(), Some(&versioned(k, version_at(k, v))[..]));
+            }
+            let start = key(round * 97 % KEYS, false);
+            let mut range = table.range(&start[..]..).expect("range");
+            for n in 0..20u16 {
+                let k = round * 97 % KEYS + n;
+                if k >= KEYS {
+                    break;
+                }
+                let (got_k, got_v) = range.next_entry().expect("entry").expect("read");
+                assert_eq!(got_k, &key(k, false)[..]);
+                assert_eq!(got_v, &versioned(k, version_at(k, v))[..]);
+            }
+        };
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let commit = |c: u32| -> crate::Result<()> {
+                    let mut tx = db.begin_write()?;
+                    let mut table = tx.open_table("t")?;
+                    for k in (0..KEYS).filter(|k| version_at(*k, c) == c) {
+                        table.insert(&key(k, false), &versioned(k, c))?;
+                    }
+                    table.insert(epoch_key, &c.to_le_bytes())?;
+                    drop(table);
+                    tx.commit().map(drop)
+                };
+                for c in 1..=COMMITS {
+                    // Readers pin old versions: a full budget is retryable.
+                    let mut tries = 0;
+                    while let Err(err) = commit(c) {
+                        tries += 1;
+                        let full = matches!(err, crate::Error::MemoryBudgetExceeded { .. });
+                        assert!(full && tries < 200, "commit {c}: {err}");
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            });
+            for reader in 0..2u16 {
+                let db = &db;
+                scope.spawn(move || {
+                    for round in 0..6u16 {
+                        let rx = db.begin_read().expect("read");
+                        let table = rx.open_table("t").expect("open");
+                        let v = table.get(epoch_key).expect("epoch").map_or(0, |b| {
+                            u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
+                        });
+                        // The same handle before and after later commits.
+                        check(&table, v, round + reader);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        check(&table, v, round + reader + 1);
+                    }
+                });
+            }
+            writer.join().expect("writer");
+        });
+        assert!(
+            db.metrics().pages_evicted > 0,
+            "the budget made pages leave memory"
+        );
     }
 }

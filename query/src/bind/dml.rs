@@ -99,6 +99,7 @@ impl Binder<'_> {
         };
         let returning = self.bind_returning(insert.returning.as_deref(), &table)?;
         Ok(InsertPlan {
+            data_table: table.data_table(),
             table,
             columns,
             source,

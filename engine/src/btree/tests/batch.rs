@@ -132,6 +132,20 @@ fn a_sorted_load_mostly_skips_the_descent() {
 }
 
 #[test]
+fn an_ordered_load_starts_new_leaves_without_a_descent() {
+    // Small pages: many leaves and several branch levels, so the separator
+    // of a new rightmost leaf also splits branches and grows the root.
+    let writes: Vec<Write> = (1..3000u16)
+        .filter(|id| !id.is_multiple_of(97))
+        .map(|id| (id, Some((20, id as u8))))
+        .collect();
+    let n = writes.len() as u64;
+    let fast = run(512, &[(writes, true)]).expect("batches agree");
+    // Only the writes into the one-leaf tree's root split take the slow path.
+    assert!(fast + 2 >= n, "{fast} of {n} writes took the fast path");
+}
+
+#[test]
 fn too_large_keys_are_refused_as_by_insert() {
     let mut pages = MemPages::new(65_520);
     let mut h = TreeHeader::EMPTY;

@@ -2,6 +2,6 @@
 
 mod batch;
 mod corrupt;
-mod mem;
+pub(super) mod mem;
 mod model;
 mod unit;
