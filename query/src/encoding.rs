@@ -256,29 +256,7 @@ pub fn encode_row_into<'v>(
     let mut written = 0usize;
     for value in values {
         written += 1;
-        match value {
-            Value::Null => out.push(ROW_TAG_NULL),
-            Value::Integer(i) => {
-                out.push(ROW_TAG_INTEGER);
-                put_varint(((*i << 1) ^ (*i >> 63)) as u64, out);
-            }
-            Value::Real(r) => {
-                out.push(ROW_TAG_REAL);
-                out.extend_from_slice(&r.to_le_bytes());
-            }
-            Value::Text(s) => {
-                out.push(ROW_TAG_TEXT);
-                put_varint(s.len() as u64, out);
-                out.extend_from_slice(s.as_bytes());
-            }
-            Value::Blob(b) => {
-                out.push(ROW_TAG_BLOB);
-                put_varint(b.len() as u64, out);
-                out.extend_from_slice(b);
-            }
-            Value::Boolean(false) => out.push(ROW_TAG_FALSE),
-            Value::Boolean(true) => out.push(ROW_TAG_TRUE),
-        }
+        encode_row_value(value, out);
     }
     debug_assert_eq!(written, count, "row column count");
     debug_assert!(out.len() >= start + written);
