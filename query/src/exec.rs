@@ -300,17 +300,18 @@ fn visit_entries(
                 _ => (Bound::Unbounded, Bound::Unbounded),
             };
             let mut iter = data.range((as_slice_bound(&lo), as_slice_bound(&hi)))?;
-            loop {
-                let entry = if source.reverse {
-                    iter.next_back_entry()
-                } else {
-                    iter.next_entry()
-                };
-                let Some(entry) = entry else { break };
-                let (key, bytes) = entry?;
-                if !visit(key, bytes)? {
-                    break;
+            // The engine steps the entries; the first error from `visit`
+            // stops the scan and is returned.
+            let mut failure = None;
+            iter.visit_entries(source.reverse, &mut |key, bytes| match visit(key, bytes) {
+                Ok(more) => more,
+                Err(e) => {
+                    failure = Some(e);
+                    false
                 }
+            })?;
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
     }

@@ -957,6 +957,38 @@ impl<'a, P: PageRead> RangeIter<'a, P> {
                 Err(e) => return Some(Err(e)),
             },
         };
+        Some(self.entry_at(front, idx))
+    }
+
+    /// Calls `visit` with each remaining entry from the front, lent as by
+    /// [`RangeIter::next_entry`], until it returns `false` or the range
+    /// ends. Steps inside a leaf stay in this loop: no per-entry result is
+    /// built or passed up. An error reading an entry ends the iteration.
+    pub(crate) fn visit_front(
+        &mut self,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        loop {
+            let idx = match self.position_in_leaf(true) {
+                Some(idx) => idx,
+                None => match self.position(true) {
+                    None => return Ok(()),
+                    Some(idx) => idx?,
+                },
+            };
+            let (key, value) = self.entry_at(true, idx)?;
+            if !visit(key, value) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The entry at leaf index `idx` of one end's leaf, which
+    /// [`RangeIter::position`] (or its in-leaf fast step) just chose; an
+    /// error ends the iteration. Always inlined: it is the per-entry
+    /// body of the scan loops.
+    #[inline(always)]
+    fn entry_at(&mut self, front: bool, idx: usize) -> Result<(&[u8], &[u8])> {
         // Fast path: key and value stored whole in the leaf.
         let inline = {
             let cursor = if front { &self.front } else { &self.back };
@@ -968,7 +1000,7 @@ impl<'a, P: PageRead> RangeIter<'a, P> {
         if let Some((key, value, end)) = inline {
             let cursor = if front { &self.front } else { &self.back };
             let page = cursor.path.last().map_or(&[][..], |frame| &frame.page[..]);
-            return Some(Ok((&page[key..value], &page[value..end])));
+            return Ok((&page[key..value], &page[value..end]));
         }
         let cursor = if front { &self.front } else { &self.back };
         let located = self
@@ -978,15 +1010,15 @@ impl<'a, P: PageRead> RangeIter<'a, P> {
             Ok(parts) => parts,
             Err(e) => {
                 self.fail();
-                return Some(Err(e));
+                return Err(e);
             }
         };
         let cursor = if front { &self.front } else { &self.back };
         let leaf = cursor.path.last().map_or(&[][..], |frame| &frame.page[..]);
-        Some(Ok((
+        Ok((
             key.resolve(leaf, &self.key_buf),
             value.resolve(leaf, &self.value_buf),
-        )))
+        ))
     }
 
     /// The next entry from the front, lent until the next call on this

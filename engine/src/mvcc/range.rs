@@ -180,14 +180,51 @@ impl Range<'_> {
         self.step_borrowed(false)
     }
 
+    /// Calls `visit` with each remaining entry (from the back when
+    /// `backward`), lent as by [`Range::next_entry`], until it returns
+    /// `false` or the range ends. Same entries, order and errors as the
+    /// step-by-step calls; forward scans with no buffered writes step the
+    /// pinned leaf's slots in one loop.
+    pub fn visit_entries(
+        &mut self,
+        backward: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if !backward && !self.failed && self.is_direct() {
+            let Some(tree) = self.tree.as_mut() else {
+                return Ok(());
+            };
+            let visited = tree.visit_front(visit);
+            self.failed = visited.is_err();
+            return visited;
+        }
+        loop {
+            let entry = if backward {
+                self.next_back_entry()
+            } else {
+                self.next_entry()
+            };
+            let Some(entry) = entry else { return Ok(()) };
+            let (key, value) = entry?;
+            if !visit(key, value) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the tree's entries are the answer as they are: no buffered
+    /// writes, and nothing parked by an owned step.
+    fn is_direct(&self) -> bool {
+        self.buffer.is_none() && self.front_tree.is_none() && self.back_tree.is_none()
+    }
+
     fn step_borrowed(&mut self, forward: bool) -> Option<Result<(&[u8], &[u8])>> {
         if self.failed {
             return None;
         }
         // Without buffered writes (and nothing parked by an owned step) the
         // tree's entries are the answer: lend them directly.
-        let direct = self.buffer.is_none() && self.front_tree.is_none() && self.back_tree.is_none();
-        if direct {
+        if self.is_direct() {
             let tree = self.tree.as_mut()?;
             let item = if forward {
                 tree.next_entry()
@@ -420,6 +457,106 @@ mod tests {
             apply(&mut table, &mut mine, &buffered).map_err(fail)?;
             let want: Vec<_> = mine.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
             check_walk(table.range(bounds).map_err(fail)?, &want, &steps)?;
+        }
+    }
+
+    /// After `steps`, visits up to `stop` entries with
+    /// [`Range::visit_entries`] (from the back when `backward`), then walks
+    /// on forward: every answer is the model's, and the visit stops where
+    /// asked.
+    fn check_visit(
+        mut range: Range<'_>,
+        want: &[(&Vec<u8>, &Vec<u8>)],
+        steps: &[Step],
+        backward: bool,
+        stop: usize,
+    ) -> Result<(), TestCaseError> {
+        let (mut i, mut j) = (0, want.len());
+        for &step in steps {
+            let got = take(&mut range, step).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let expect = if i == j {
+                None
+            } else if step.forward {
+                i += 1;
+                Some(want[i - 1])
+            } else {
+                j -= 1;
+                Some(want[j])
+            };
+            prop_assert_eq!(got, expect.map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let mut seen = Vec::new();
+        range
+            .visit_entries(backward, &mut |k, v| {
+                seen.push((k.to_vec(), v.to_vec()));
+                seen.len() < stop
+            })
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let rest = &want[i..j];
+        let expect: Vec<_> = if backward {
+            rest.iter().rev().take(stop).collect()
+        } else {
+            rest.iter().take(stop).collect()
+        };
+        let expect: Vec<_> = expect
+            .iter()
+            .map(|(k, v)| ((*k).clone(), (*v).clone()))
+            .collect();
+        prop_assert_eq!(&seen, &expect);
+        let n = seen.len();
+        let (mut i, j) = if backward { (i, j - n) } else { (i + n, j) };
+        // The range goes on after an early stop.
+        let forward = Step {
+            forward: true,
+            lent: true,
+        };
+        for _ in 0..want.len() + 2 {
+            let got = take(&mut range, forward).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let expect = (i < j).then(|| {
+                i += 1;
+                (want[i - 1].0.clone(), want[i - 1].1.clone())
+            });
+            prop_assert_eq!(got, expect);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// `visit_entries`, after mixed steps and stopping early or not,
+        /// gives the model's entries on a read snapshot (the leaf loop) and
+        /// with buffered writes (merged).
+        #[test]
+        fn visiting_entries_matches_a_model(
+            committed in prop::collection::vec(write_gen(), 0..400),
+            buffered in prop::collection::vec(write_gen(), 0..40),
+            lo in prop::option::of((0u16..400, any::<bool>())),
+            hi in prop::option::of((0u16..400, any::<bool>())),
+            steps in prop::collection::vec(step_gen(), 0..8),
+            backward in any::<bool>(),
+            stop in prop_oneof![1usize..5, Just(usize::MAX)],
+        ) {
+            let fail = |e: crate::Error| TestCaseError::fail(e.to_string());
+            let db = memory_db();
+            let mut model = Model::new();
+            let mut tx = db.begin_write().map_err(fail)?;
+            apply(&mut tx.open_table("t").map_err(fail)?, &mut model, &committed).map_err(fail)?;
+            tx.commit().map_err(fail)?;
+            let (lo, hi) = (bound_of(lo), bound_of(hi));
+            let bounds = (slice_bound(&lo), slice_bound(&hi));
+
+            let want: Vec<_> = model.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
+            let rx = db.begin_read().map_err(fail)?;
+            let table = rx.open_table("t").map_err(fail)?;
+            check_visit(table.range(bounds).map_err(fail)?, &want, &steps, backward, stop)?;
+
+            let mut tx = db.begin_write().map_err(fail)?;
+            let mut table = tx.open_table("t").map_err(fail)?;
+            let mut mine = model.clone();
+            apply(&mut table, &mut mine, &buffered).map_err(fail)?;
+            let want: Vec<_> = mine.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
+            check_visit(table.range(bounds).map_err(fail)?, &want, &steps, backward, stop)?;
         }
     }
 
