@@ -83,10 +83,7 @@ impl TableWrites {
     }
 
     fn footprint(&self) -> SpaceWrites {
-        SpaceWrites::of_sorted_keys(
-            self.created || self.dropped,
-            self.entries.keys().map(Arc::clone),
-        )
+        SpaceWrites::of_sorted_keys(self.created || self.dropped, self.entries.keys())
     }
 }
 
