@@ -423,6 +423,50 @@ mod tests {
         Ok(())
     }
 
+    /// Commits `committed`, then runs `check` on the range `lo..hi` of a
+    /// read snapshot (lent straight from the leaves) and of a write
+    /// transaction holding `buffered` on top (merged), each time with the
+    /// model's entries of that range.
+    fn on_snapshot_and_buffered(
+        committed: &[Write],
+        buffered: &[Write],
+        lo: Option<(u16, bool)>,
+        hi: Option<(u16, bool)>,
+        mut check: impl FnMut(Range<'_>, &[(&Vec<u8>, &Vec<u8>)]) -> Result<(), TestCaseError>,
+    ) -> Result<(), TestCaseError> {
+        let fail = |e: crate::Error| TestCaseError::fail(e.to_string());
+        let db = memory_db();
+        let mut model = Model::new();
+        let mut tx = db.begin_write().map_err(fail)?;
+        apply(
+            &mut tx.open_table("t").map_err(fail)?,
+            &mut model,
+            committed,
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        let (lo, hi) = (bound_of(lo), bound_of(hi));
+        let bounds = (slice_bound(&lo), slice_bound(&hi));
+
+        let want: Vec<_> = model
+            .iter()
+            .filter(|(k, _)| in_bounds(k, &lo, &hi))
+            .collect();
+        let rx = db.begin_read().map_err(fail)?;
+        let table = rx.open_table("t").map_err(fail)?;
+        check(table.range(bounds).map_err(fail)?, &want)?;
+
+        let mut tx = db.begin_write().map_err(fail)?;
+        let mut table = tx.open_table("t").map_err(fail)?;
+        let mut mine = model.clone();
+        apply(&mut table, &mut mine, buffered).map_err(fail)?;
+        let want: Vec<_> = mine
+            .iter()
+            .filter(|(k, _)| in_bounds(k, &lo, &hi))
+            .collect();
+        check(table.range(bounds).map_err(fail)?, &want)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -437,26 +481,9 @@ mod tests {
             hi in prop::option::of((0u16..400, any::<bool>())),
             steps in prop::collection::vec(step_gen(), 0..60),
         ) {
-            let fail = |e: crate::Error| TestCaseError::fail(e.to_string());
-            let db = memory_db();
-            let mut model = Model::new();
-            let mut tx = db.begin_write().map_err(fail)?;
-            apply(&mut tx.open_table("t").map_err(fail)?, &mut model, &committed).map_err(fail)?;
-            tx.commit().map_err(fail)?;
-            let (lo, hi) = (bound_of(lo), bound_of(hi));
-            let bounds = (slice_bound(&lo), slice_bound(&hi));
-
-            let want: Vec<_> = model.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
-            let rx = db.begin_read().map_err(fail)?;
-            let table = rx.open_table("t").map_err(fail)?;
-            check_walk(table.range(bounds).map_err(fail)?, &want, &steps)?;
-
-            let mut tx = db.begin_write().map_err(fail)?;
-            let mut table = tx.open_table("t").map_err(fail)?;
-            let mut mine = model.clone();
-            apply(&mut table, &mut mine, &buffered).map_err(fail)?;
-            let want: Vec<_> = mine.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
-            check_walk(table.range(bounds).map_err(fail)?, &want, &steps)?;
+            on_snapshot_and_buffered(&committed, &buffered, lo, hi, |range, want| {
+                check_walk(range, want, &steps)
+            })?;
         }
     }
 
@@ -537,26 +564,9 @@ mod tests {
             backward in any::<bool>(),
             stop in prop_oneof![1usize..5, Just(usize::MAX)],
         ) {
-            let fail = |e: crate::Error| TestCaseError::fail(e.to_string());
-            let db = memory_db();
-            let mut model = Model::new();
-            let mut tx = db.begin_write().map_err(fail)?;
-            apply(&mut tx.open_table("t").map_err(fail)?, &mut model, &committed).map_err(fail)?;
-            tx.commit().map_err(fail)?;
-            let (lo, hi) = (bound_of(lo), bound_of(hi));
-            let bounds = (slice_bound(&lo), slice_bound(&hi));
-
-            let want: Vec<_> = model.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
-            let rx = db.begin_read().map_err(fail)?;
-            let table = rx.open_table("t").map_err(fail)?;
-            check_visit(table.range(bounds).map_err(fail)?, &want, &steps, backward, stop)?;
-
-            let mut tx = db.begin_write().map_err(fail)?;
-            let mut table = tx.open_table("t").map_err(fail)?;
-            let mut mine = model.clone();
-            apply(&mut table, &mut mine, &buffered).map_err(fail)?;
-            let want: Vec<_> = mine.iter().filter(|(k, _)| in_bounds(k, &lo, &hi)).collect();
-            check_visit(table.range(bounds).map_err(fail)?, &want, &steps, backward, stop)?;
+            on_snapshot_and_buffered(&committed, &buffered, lo, hi, |range, want| {
+                check_visit(range, want, &steps, backward, stop)
+            })?;
         }
     }
 
