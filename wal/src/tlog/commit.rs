@@ -418,15 +418,21 @@ impl Shared {
 
     /// Trims a segment to its frames. A segment being sealed is trimmed
     /// durably (`sync`), so that only the last segment ever holds bytes past
-    /// its frames; the trim on close is not synced: should it be lost, the
+    /// its frames. The sync happens even when this process has nothing left
+    /// to cut: the trim may have been done by the close of an earlier process
+    /// and never synced (a crash would bring the bytes past the frames back,
+    /// in a segment that is no longer the last). The trim on close is not
+    /// synced: should it be lost, the segment is still the last one, and the
     /// zeros it cut are a clean end of the log again.
     fn trim(&self, segment: &mut Segment, sync: bool) -> Result<()> {
-        if segment.allocated == segment.len {
+        debug_assert!(segment.allocated >= segment.len);
+        if segment.allocated == segment.len && !sync {
             return Ok(());
         }
-        debug_assert!(segment.allocated > segment.len);
         let io_err = |err| WalError::io(format!("trimming {}", segment.path.display()), err);
-        segment.file.set_len(segment.len).map_err(io_err)?;
+        if segment.allocated != segment.len {
+            segment.file.set_len(segment.len).map_err(io_err)?;
+        }
         if sync {
             self.counters.fsync();
             segment.file.sync_data().map_err(io_err)?;

@@ -1168,6 +1168,62 @@ fn commits_overwrite_preallocated_space_and_close_trims_it() {
     assert_eq!(replay_all(&log, 0).unwrap(), expected(1..=20));
 }
 
+/// Commits one frame that takes `frame_bytes` bytes in its segment.
+fn commit_frame_of(log: &TLog, epoch: u64, frame_bytes: usize) {
+    let payload = vec![epoch as u8; frame_bytes - FRAME_OVERHEAD_BYTES];
+    let ticket = log.append(CommitEpoch(epoch), &payload).unwrap();
+    log.wait_durable(ticket).unwrap();
+}
+
+/// The close trims the active segment without a sync; the next process
+/// reopens it and its first commit seals it. A crash that loses the old
+/// process's unsynced trim must not bring the bytes past the frames back
+/// into a segment that is no longer the last. The segment is a recycled
+/// spare, so those bytes are another segment's stale frames (the shrunk
+/// proptest case of `log_matches_a_model`, made deterministic).
+#[test]
+fn a_segment_trimmed_at_close_and_sealed_after_reopen_survives_a_crash() {
+    const TARGET_BYTES: usize = 600;
+    let mem = MemStorage::new();
+    let config = TLogConfig {
+        preallocate_bytes: 4096,
+        segment_target_bytes: TARGET_BYTES as u64,
+        ..TLogConfig::new(dir())
+    };
+    let storage = TestStorage::new(&mem);
+    let log = storage.open(config.clone());
+    // Segments 1 and 2 are full after one frame each; segment 3 takes two.
+    commit_frame_of(&log, 1, TARGET_BYTES + 100 - SEGMENT_HEADER_BYTES);
+    commit_frame_of(&log, 2, TARGET_BYTES + 20 - SEGMENT_HEADER_BYTES);
+    commit_frame_of(&log, 3, 100);
+    log.truncate_through(CommitEpoch(1)).unwrap();
+    commit_frame_of(&log, 4, TARGET_BYTES);
+    // Segment 4 is the recycled segment 1 (700 bytes); its frames end at
+    // 610, short of the stale frame past them.
+    commit_frame_of(&log, 5, TARGET_BYTES + 10 - SEGMENT_HEADER_BYTES);
+    let recycled = segment_paths(&mem).pop().unwrap();
+    assert_eq!(file_len(&mem, &recycled), TARGET_BYTES + 100);
+    drop(log);
+    assert_eq!(file_len(&mem, &recycled), TARGET_BYTES + 10, "close trims");
+    let log = storage.open(config.clone());
+    commit_frame_of(&log, 6, 100);
+    assert_eq!(
+        segment_paths(&mem).len(),
+        4,
+        "segments 2 to 5: 4 sealed, 5 started"
+    );
+    storage.crash(CrashMode::DropUnsynced);
+    drop(log);
+    let log = open(&mem, config);
+    assert_eq!(log.last_epoch(), CommitEpoch(6));
+    let epochs: Vec<u64> = replay_all(&log, 0)
+        .unwrap()
+        .iter()
+        .map(|(epoch, _)| *epoch)
+        .collect();
+    assert_eq!(epochs, vec![2, 3, 4, 5, 6]);
+}
+
 #[test]
 fn a_crash_leaves_preallocated_zeros_that_are_a_clean_end() {
     for mode in [CrashMode::KeepUnsynced, CrashMode::DropUnsynced] {
