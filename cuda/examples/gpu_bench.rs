@@ -407,6 +407,10 @@ fn correctness(quick: bool) -> BenchResult<()> {
         ));
         checks += 1;
     }
+    #[cfg(feature = "nccl")]
+    {
+        checks += arena_correctness(quick)?;
+    }
     table(format!(
         "correctness: {checks} checks passed (fresh random inputs, poisoned outputs)"
     ));
@@ -1362,12 +1366,248 @@ fn nccl_scaling(quick: bool) -> BenchResult<()> {
             gb_per_s(bytes, fold_ms)
         ));
     }
+    nccl_arena_path(&work, &expected, &config, count)?;
     if count >= 2 {
         nccl_interleaved(
             &work,
             &config,
             if quick { 3 } else { NCCL_INTERLEAVED_ROUNDS },
         )?;
+    }
+    Ok(())
+}
+
+/// Pages per TLog commit record in the arena bench (as `recovery` writes).
+#[cfg(feature = "nccl")]
+const RECORD_PAGES: usize = 2048;
+
+/// The workload as TLog commit records, in commit order: record `r` holds
+/// the `k`-th delta (epoch order) of up to [`RECORD_PAGES`] pages, layer
+/// after layer; returns `(epoch, bytes)` with epochs that grow per page.
+#[cfg(feature = "nccl")]
+fn tlog_records(work: &Workload, mode: CodecMode) -> BenchResult<Vec<(u64, Vec<u8>)>> {
+    let layers = work.chains.iter().map(Vec::len).max().unwrap_or(0);
+    let config = CodecConfig::with_mode(mode);
+    let mut records = Vec::new();
+    for k in 0..layers {
+        for pages in work.chains.chunks(RECORD_PAGES) {
+            let deltas = pages
+                .iter()
+                .filter_map(|chain| chain.get(k))
+                .map(|(_, d)| d);
+            let mut bytes = Vec::new();
+            mmsb_wal::record::encode_deltas(deltas.collect::<Vec<_>>(), &config, &mut bytes)?;
+            records.push((records.len() as u64 + 1, bytes));
+        }
+    }
+    Ok(records)
+}
+
+/// Decoded TLog records into decode arenas for `sharded`'s GPUs, on this
+/// thread (`old`: blocks to reuse).
+#[cfg(feature = "nccl")]
+fn arenas_from_records(
+    sharded: &mmsb_cuda::nccl::ShardedMerge,
+    records: &[(u64, Vec<u8>)],
+    old: Option<mmsb_cuda::DecodeArenas>,
+) -> BenchResult<mmsb_cuda::DecodeArenas> {
+    let mut builder = sharded.arena_builder(
+        mmsb_cuda::ArenaGeometry::default(),
+        mmsb_cuda::arena::DEFAULT_CHUNK_ENTRIES,
+    )?;
+    if let Some(old) = old {
+        builder.recycle(old);
+    }
+    for (epoch, bytes) in records {
+        builder.push_record(*epoch, bytes)?;
+    }
+    Ok(builder.finish())
+}
+
+/// GPU-vs-CPU checks of the decode-arena path at world sizes 1 and 2 (as
+/// many GPUs as exist): fresh random pages given as base images in a first
+/// arena (with half of the TLog records), the rest of the records in a
+/// second arena over the resident pages, then every page compared with the
+/// CPU merge. Returns the checks passed.
+#[cfg(feature = "nccl")]
+fn arena_correctness(quick: bool) -> BenchResult<usize> {
+    use mmsb_cuda::nccl::{nccl_library_present, ShardedMerge};
+    if !nccl_library_present() {
+        table("arena correctness: skipped, no NCCL library".into());
+        return Ok(0);
+    }
+    let count = mmsb_cuda::device_count()?;
+    let mut checks = 0;
+    let sizes: &[(usize, usize)] = if quick {
+        &[(3000, 4096)]
+    } else {
+        &[(20000, 4096), (5000, 4000), (3000, 1000)]
+    };
+    for &(pages, page_len) in sizes {
+        for mode in [CodecMode::Raw, CodecMode::Adaptive] {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+                ^ (pages * page_len) as u64;
+            let work = Workload::generate(pages, page_len, DeltaShape::default(), seed);
+            let expected = cpu_reference(&work)?;
+            let records = tlog_records(&work, mode)?;
+            let half = records.len() / 2;
+            for world in [1usize, 2].into_iter().filter(|&w| w <= count) {
+                let ordinals: Vec<usize> = (0..world).collect();
+                let mut sharded =
+                    ShardedMerge::from_devices(&ordinals, page_len, &GpuConfig::default())?;
+                let first = {
+                    let mut builder = sharded.arena_builder(
+                        mmsb_cuda::ArenaGeometry::default(),
+                        mmsb_cuda::arena::DEFAULT_CHUNK_ENTRIES,
+                    )?;
+                    for (page, image) in work.base.chunks_exact(page_len).enumerate() {
+                        builder.push_base(PageId(page as u64), image)?;
+                    }
+                    for (epoch, bytes) in &records[..half] {
+                        builder.push_record(*epoch, bytes)?;
+                    }
+                    builder.finish()
+                };
+                sharded.fold_arenas(&first)?;
+                let second = arenas_from_records(&sharded, &records[half..], Some(first))?;
+                sharded.fold_arenas(&second)?;
+                let mut out = vec![0xA5u8; work.base.len()];
+                sharded.finish(&mut |page, image| {
+                    let at = page.get() as usize * page_len;
+                    out[at..at + page_len].copy_from_slice(image);
+                    Ok(())
+                })?;
+                verdict(
+                    &format!("decode-arena fold world {world} {pages}x{page_len} {mode:?} records"),
+                    &out,
+                    &expected,
+                )?;
+                checks += 1;
+            }
+        }
+    }
+    Ok(checks)
+}
+
+/// The decode-arena path at 256 Ki pages: the host time to build its
+/// input from TLog records (arenas vs the `Delta` batch the old path
+/// folds), then per world size the resident fold from the arenas (median
+/// of 5), checked against the CPU merge.
+#[cfg(feature = "nccl")]
+fn nccl_arena_path(
+    work: &Workload,
+    expected: &[u8],
+    config: &GpuConfig,
+    count: usize,
+) -> BenchResult<()> {
+    use mmsb_cuda::nccl::ShardedMerge;
+    let records = tlog_records(work, CodecMode::Raw)?;
+    let record_bytes: usize = records.iter().map(|(_, b)| b.len()).sum();
+    table(format!(
+        "arena: {} TLog records (Raw codec, {RECORD_PAGES} pages each, layer after layer), {:.1} MiB",
+        records.len(),
+        record_bytes as f64 / (1 << 20) as f64
+    ));
+    // Build cost, host only, one thread (decode is sequential per TLog).
+    let page_len = work.page_len;
+    let pages = work.pages();
+    let decode_ms = time_wall(5, 1, || {
+        let mut chains: Vec<Vec<(u64, mmsb_wal::Delta)>> = (0..pages).map(|_| Vec::new()).collect();
+        for (epoch, bytes) in &records {
+            for delta in mmsb_wal::CommitRecord::decode(bytes, page_len)?.deltas {
+                let page = delta.page_id().get() as usize;
+                chains
+                    .get_mut(page)
+                    .ok_or("page out of range")?
+                    .push((*epoch, delta));
+            }
+        }
+        std::hint::black_box(&chains);
+        Ok(())
+    })?;
+    let mut chains: Vec<Vec<(u64, mmsb_wal::Delta)>> = (0..pages).map(|_| Vec::new()).collect();
+    for (epoch, bytes) in &records {
+        for delta in mmsb_wal::CommitRecord::decode(bytes, page_len)?.deltas {
+            let page = delta.page_id().get() as usize;
+            chains
+                .get_mut(page)
+                .ok_or("page out of range")?
+                .push((*epoch, delta));
+        }
+    }
+    let batch_ms = time_wall(5, 1, || {
+        let deltas = chains.iter().map(Vec::len).sum();
+        let mut batch = MergeBatch::with_capacity(page_len, pages, deltas)?;
+        for (page, (chain, base)) in chains
+            .iter()
+            .zip(work.base.chunks_exact(page_len))
+            .enumerate()
+        {
+            batch.push_page(
+                PageId(page as u64),
+                base,
+                chain
+                    .iter()
+                    .map(|(e, d)| ChainEntry::new(mmsb_wal::CommitEpoch(*e), d)),
+            )?;
+        }
+        std::hint::black_box(&batch);
+        Ok(())
+    })?;
+    drop(chains);
+    table(format!(
+        "arena build cost (host, 1 thread, median of 5): Delta batch = decode records into Deltas grouped per page {decode_ms:.1} ms + MergeBatch assembly (copies base images) {batch_ms:.1} ms = {:.1} ms",
+        decode_ms + batch_ms
+    ));
+    let batch = work.batch()?;
+    for world in [1usize, 2].into_iter().filter(|&w| w <= count) {
+        let ordinals: Vec<usize> = (0..world).collect();
+        let mut sharded = ShardedMerge::from_devices(&ordinals, PAGE_LEN, config)?;
+        // Pages resident, as for the old path's resident fold.
+        sharded.fold(&batch)?;
+        let mut arenas = Some(arenas_from_records(&sharded, &records, None)?);
+        let build_ms = time_wall(5, 1, || {
+            let old = arenas.take();
+            arenas = Some(arenas_from_records(&sharded, &records, old)?);
+            Ok(())
+        })?;
+        let arenas = arenas.ok_or("no arenas")?;
+        let blocks: usize = arenas.ranks().iter().map(|r| r.blocks().len()).sum();
+        let copied: usize = arenas
+            .ranks()
+            .iter()
+            .flat_map(|r| r.blocks().iter().map(move |b| (r, b)))
+            .flat_map(|(r, b)| b.used_ranges(r.geometry()))
+            .map(|range| range.len())
+            .sum();
+        let chunks: usize = arenas.ranks().iter().map(|r| r.chunks().len()).sum();
+        table(format!(
+            "arena build cost world {world} (host, 1 thread, median of 5, blocks reused): TLog records -> pinned decode arenas {build_ms:.1} ms ({blocks} blocks, {chunks} chunks, {:.1} MiB copied to the GPUs per fold)",
+            copied as f64 / (1 << 20) as f64
+        ));
+        let fold_ms = time_wall(5, 1, || {
+            sharded.fold_arenas(&arenas)?;
+            Ok(())
+        })?;
+        for (rank, p) in sharded.last_fold_phases().iter().enumerate() {
+            table(format!(
+                "  arena rank {rank}: assign {:.2} | enqueue {:.2} | drain {:.2} | total {:.2} ms (last fold)",
+                p.assign_ms, p.enqueue_ms, p.drain_ms, p.total_ms
+            ));
+        }
+        let mut out = vec![0xA5u8; work.base.len()];
+        sharded.finish(&mut |page, image| {
+            let at = page.get() as usize * PAGE_LEN;
+            out[at..at + PAGE_LEN].copy_from_slice(image);
+            Ok(())
+        })?;
+        verdict(&format!("decode-arena world {world} pages"), &out, expected)?;
+        table(format!(
+            "arena fold from pinned decode arenas world {world}: {fold_ms:8.2} ms ({:7.1} GB/s, median of 5)",
+            gb_per_s(work.bytes_moved(), fold_ms)
+        ));
     }
     Ok(())
 }
@@ -1390,20 +1630,40 @@ fn nccl_interleaved(work: &Workload, config: &GpuConfig, rounds: usize) -> Bench
     let mut two = ShardedMerge::from_devices(&[0, 1], PAGE_LEN, config)?;
     one.fold(&batch)?;
     two.fold(&batch)?;
+    // The decode-arena path on the same mergers (pages resident), timed in
+    // the same rounds.
+    let records = tlog_records(work, CodecMode::Raw)?;
+    let arenas_one = arenas_from_records(&one, &records, None)?;
+    let arenas_two = arenas_from_records(&two, &records, None)?;
+    one.fold_arenas(&arenas_one)?;
+    two.fold_arenas(&arenas_two)?;
     let (mut ones, mut twos) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    let (mut arena_ones, mut arena_twos) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for _ in 0..rounds {
         for (merge, samples) in [(&mut one, &mut ones), (&mut two, &mut twos)] {
             let started = Instant::now();
             merge.fold(&batch)?;
             samples.push(started.elapsed().as_secs_f64() * 1e3);
         }
+        for (merge, arenas, samples) in [
+            (&mut one, &arenas_one, &mut arena_ones),
+            (&mut two, &arenas_two, &mut arena_twos),
+        ] {
+            let started = Instant::now();
+            merge.fold_arenas(arenas)?;
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    let range = |samples: &[f64]| {
-        let low = samples.iter().copied().fold(f64::INFINITY, f64::min);
-        let high = samples.iter().copied().fold(0.0, f64::max);
-        (low, high)
-    };
-    let ((low1, high1), (low2, high2)) = (range(&ones), range(&twos));
+    {
+        let ((low1, high1), (low2, high2)) = (spread(&arena_ones), spread(&arena_twos));
+        let (median1, median2) = (median(&mut arena_ones), median(&mut arena_twos));
+        let ratio = median1 / (2.0 * median2);
+        println!("interleaved arenas: world 1 {median1:.2} ms, world 2 {median2:.2} ms, {ratio:.2}x linear");
+        table(format!(
+            "arena scaling interleaved ({rounds} rounds, fold from pinned decode arenas, alternated with the Delta-batch folds): world 1 median {median1:.2} ms (range {low1:.2}-{high1:.2}), world 2 median {median2:.2} ms (range {low2:.2}-{high2:.2}): {ratio:.2}x linear (bar 0.80x)"
+        ));
+    }
+    let ((low1, high1), (low2, high2)) = (spread(&ones), spread(&twos));
     let (median1, median2) = (median(&mut ones), median(&mut twos));
     let ratio = median1 / (2.0 * median2);
     println!("interleaved: world 1 {median1:.2} ms, world 2 {median2:.2} ms, {ratio:.2}x linear");
@@ -1411,6 +1671,14 @@ fn nccl_interleaved(work: &Workload, config: &GpuConfig, rounds: usize) -> Bench
         "nccl scaling interleaved ({rounds} rounds, folds alternated): world 1 median {median1:.2} ms (range {low1:.2}-{high1:.2}), world 2 median {median2:.2} ms (range {low2:.2}-{high2:.2}): {ratio:.2}x linear (bar 0.80x)"
     ));
     Ok(())
+}
+
+/// Lowest and highest of `samples`.
+#[cfg(feature = "nccl")]
+fn spread(samples: &[f64]) -> (f64, f64) {
+    let low = samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = samples.iter().copied().fold(0.0, f64::max);
+    (low, high)
 }
 
 /// Host memory copy bandwidth by thread count (`len` bytes copied between

@@ -34,11 +34,12 @@ use mmsb_engine::merge::MergeBatch;
 use mmsb_wal::PageId;
 use rayon::prelude::*;
 
+use crate::arena::{adopt_new_pages, ArenaTarget, RankArena};
 use crate::compile::compile_cubin;
 use crate::config::{AllocMode, FaultInjection, GpuConfig, HostStaging, LaunchMode, MAX_STREAMS};
 use crate::driver::{
-    Context, DeviceBuffer, HostRegistration, KernelId, KernelNames, MemPool, Module, PinnedBuffer,
-    Stream,
+    Context, DeviceBuffer, Event, HostRegistration, KernelId, KernelNames, MemPool, Module,
+    PinnedBuffer, Stream,
 };
 use crate::emulate::Tiles;
 use crate::error::GpuError;
@@ -130,6 +131,26 @@ pub trait DeviceMerger: Send {
     /// Drops the mirror, if any, and its device memory.
     fn mirror_close(&mut self) {}
 
+    /// What an [`crate::arena::ArenaBuilder`] needs to build an arena for
+    /// this device: its open mirror's index and where to pin host memory
+    /// (`None` without an open mirror).
+    fn arena_target(&self) -> Option<ArenaTarget<'_>> {
+        None
+    }
+
+    /// Folds a decode arena built against this device's mirror (which must
+    /// not have changed since): its new pages are uploaded into the slots
+    /// the builder gave them, then its chunks fold in order, each after
+    /// the one before. The host copies whole block regions and launches;
+    /// it builds nothing per delta.
+    fn mirror_fold_arena(&mut self, arena: &RankArena) -> Result<DeviceStats, GpuError> {
+        let _ = arena;
+        Err(GpuError::Unsupported(format!(
+            "{} folds no decode arena",
+            self.name()
+        )))
+    }
+
     /// Where the last mirror fold spent its host time (all zeros for a
     /// device that does not record it).
     fn last_fold_phases(&self) -> FoldPhases {
@@ -217,6 +238,8 @@ struct Lane {
 pub struct CudaMerger {
     persistent: Option<Persistent>,
     mirror: Option<Mirror>,
+    /// Device copy of the decode arena blocks last folded (kept, grown).
+    arena_device: Option<DeviceBuffer>,
     lanes: Vec<Lane>,
     pool: Option<MemPool>,
     module: Module,
@@ -296,6 +319,7 @@ impl CudaMerger {
         Ok(CudaMerger {
             persistent: None,
             mirror: None,
+            arena_device: None,
             lanes,
             pool,
             module,
@@ -1014,6 +1038,145 @@ impl CudaMerger {
         Ok(stats)
     }
 
+    /// Uploads an arena's new pages (pinned base images) into their mirror
+    /// slots on lane 0.
+    fn arena_upload(&mut self, arena: &RankArena, first: usize) -> Result<u64, GpuError> {
+        let page_len = arena.page_len();
+        let base = self.mirror_images_ptr()?;
+        let per = arena.pages_per_upload();
+        let mut bytes = 0u64;
+        for (k, (memory, pages)) in arena.uploads().enumerate() {
+            if !memory.is_pinned() {
+                return Err(GpuError::Unsupported(
+                    "a decode arena in ordinary memory on a GPU".into(),
+                ));
+            }
+            let len = pages * page_len;
+            let at = base + ((first + k * per) * page_len) as u64;
+            let src = memory
+                .bytes()
+                .get(..len)
+                .ok_or_else(|| GpuError::Unsupported("arena upload block".into()))?;
+            // SAFETY: the mirror holds the new slots (reserved before); the
+            // arena is borrowed until the fold synchronized every lane.
+            unsafe { self.lanes[0].stream.copy_to_device(at, src)? };
+            bytes += len as u64;
+        }
+        Ok(bytes)
+    }
+
+    fn arena_fold_inner(&mut self, arena: &RankArena) -> Result<DeviceStats, GpuError> {
+        self.ctx.bind()?;
+        self.phases = FoldPhases::default();
+        let assigning = std::time::Instant::now();
+        let mirror = self
+            .mirror
+            .as_mut()
+            .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
+        let first = adopt_new_pages(&mut mirror.index, arena)?;
+        let total = mirror.index.slot_count();
+        self.mirror_reserve(total, first)?;
+        let mut stats = DeviceStats {
+            image_bytes: self.arena_upload(arena, first)?,
+            ..DeviceStats::default()
+        };
+        let geometry = *arena.geometry();
+        let block_bytes = geometry.block_bytes();
+        let need = arena.blocks().len() * block_bytes;
+        if self.arena_device.as_ref().is_none_or(|b| b.len() < need) {
+            // Every lane was synchronized at the end of the last fold: no
+            // copy or kernel uses the old buffer any more.
+            self.arena_device = None;
+            self.arena_device = Some(self.alloc(0, grow(need))?);
+        }
+        let device = self
+            .arena_device
+            .as_ref()
+            .map(DeviceBuffer::ptr)
+            .ok_or_else(|| GpuError::Unsupported("arena device buffer".into()))?;
+        self.phases.assign_ms = ms_since(assigning);
+        let queueing = std::time::Instant::now();
+        // Lane 0 copies every block's used regions (after the uploads) and
+        // records an event per block; the last lane runs the chunks in
+        // order, each block's after its event.
+        let run_lane = self.lanes.len() - 1;
+        let mut copied = Vec::with_capacity(arena.blocks().len());
+        for (k, block) in arena.blocks().iter().enumerate() {
+            if !block.is_pinned() {
+                return Err(GpuError::Unsupported(
+                    "a decode arena in ordinary memory on a GPU".into(),
+                ));
+            }
+            let at = device + (k * block_bytes) as u64;
+            for range in block.used_ranges(&geometry) {
+                let src = block
+                    .bytes()
+                    .get(range.clone())
+                    .ok_or_else(|| GpuError::Unsupported("arena block range".into()))?;
+                // SAFETY: the device buffer holds every block; the arena
+                // stays borrowed until the lanes are synchronized below.
+                unsafe {
+                    self.lanes[0]
+                        .stream
+                        .copy_to_device(at + range.start as u64, src)?
+                };
+                stats.meta_bytes += range.len() as u64;
+            }
+            let event = Event::new(&self.ctx)?;
+            event.record(&self.lanes[0].stream)?;
+            copied.push(event);
+        }
+        let images = self.mirror_images_ptr()?;
+        let mut waited = None;
+        for chunk in arena.chunks() {
+            if waited != Some(chunk.block) {
+                let event = copied
+                    .get(chunk.block)
+                    .ok_or_else(|| GpuError::Unsupported("arena chunk block".into()))?;
+                self.lanes[run_lane].stream.wait_event(event)?;
+                waited = Some(chunk.block);
+            }
+            let layout = chunk.layout(&geometry);
+            let block = device + (chunk.block * block_bytes) as u64;
+            let job = Job {
+                images,
+                meta: block + chunk.meta_offset() as u64,
+                pages: u32::try_from(layout.pages)
+                    .map_err(|_| GpuError::Unsupported("arena chunk entries".into()))?,
+                page_len: arena.page_len() as u32,
+                runs_offset: u32::try_from(layout.runs_offset)
+                    .map_err(|_| GpuError::Unsupported("arena runs offset".into()))?,
+                payload_offset: u32::try_from(layout.payload_offset)
+                    .map_err(|_| GpuError::Unsupported("arena payload offset".into()))?,
+            };
+            let grid = if self.take_fault(FaultInjection::FailLaunch) {
+                0
+            } else {
+                self.grid_for(layout.pages)?
+            };
+            let slots = block + chunk.slots_offset(&geometry) as u64;
+            // SAFETY: the chunk's meta region, slots and the mirror slots
+            // they name are device memory written by the copies it waits
+            // for; nothing frees them before the lanes are synchronized.
+            unsafe {
+                self.launch_with(
+                    KernelId::Merge,
+                    &job,
+                    slots,
+                    grid,
+                    &self.lanes[run_lane].stream,
+                )?
+            };
+            stats.chunks += 1;
+        }
+        self.phases.enqueue_ms = ms_since(queueing);
+        let draining = std::time::Instant::now();
+        self.sync_lanes()?;
+        drop(copied);
+        self.phases.drain_ms = ms_since(draining);
+        Ok(stats)
+    }
+
     fn mirror_finish_inner(&mut self, sink: &mut MirrorSink<'_>) -> Result<(), GpuError> {
         self.ctx.bind()?;
         let (page_len, count) = match &self.mirror {
@@ -1159,6 +1322,22 @@ impl DeviceMerger for CudaMerger {
     fn mirror_close(&mut self) {
         let _ = self.sync_lanes();
         self.mirror = None;
+    }
+
+    fn arena_target(&self) -> Option<ArenaTarget<'_>> {
+        self.mirror.as_ref().map(|mirror| ArenaTarget {
+            index: &mirror.index,
+            context: Some(&self.ctx),
+        })
+    }
+
+    fn mirror_fold_arena(&mut self, arena: &RankArena) -> Result<DeviceStats, GpuError> {
+        let outcome = self.arena_fold_inner(arena);
+        if outcome.is_err() {
+            // No copy may still read the arena once the caller has it back.
+            let _ = self.sync_lanes();
+        }
+        outcome
     }
 
     fn last_fold_phases(&self) -> FoldPhases {
@@ -1373,5 +1552,72 @@ impl DeviceMerger for SimulatedDevice {
 
     fn mirror_close(&mut self) {
         self.mirror = None;
+    }
+
+    fn arena_target(&self) -> Option<ArenaTarget<'_>> {
+        self.mirror.as_ref().map(|(index, _)| ArenaTarget {
+            index,
+            context: None,
+        })
+    }
+
+    /// Adopts the arena's new pages, then folds its chunks in order with
+    /// the kernel's twin, each over the block bytes the kernel would read.
+    fn mirror_fold_arena(&mut self, arena: &RankArena) -> Result<DeviceStats, GpuError> {
+        match self.fault.take() {
+            Some(FaultInjection::OutOfMemory) => {
+                return Err(GpuError::OutOfMemory {
+                    call: "cuMemAlloc (simulated)",
+                    bytes: arena.blocks().len() as u64,
+                })
+            }
+            Some(FaultInjection::FailLaunch) => {
+                return Err(GpuError::Driver {
+                    call: "cuLaunchKernel (simulated)",
+                    code: 719,
+                    name: "CUDA_ERROR_LAUNCH_FAILED".into(),
+                })
+            }
+            other => self.fault = other,
+        }
+        let (index, images) = self
+            .mirror
+            .as_mut()
+            .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))?;
+        let page_len = arena.page_len();
+        adopt_new_pages(index, arena)?;
+        for (memory, pages) in arena.uploads() {
+            let bytes = memory
+                .bytes()
+                .get(..pages * page_len)
+                .ok_or_else(|| GpuError::Unsupported("arena upload block".into()))?;
+            images.extend_from_slice(bytes);
+        }
+        let mut stats = DeviceStats {
+            image_bytes: (arena.new_pages().len() * page_len) as u64,
+            ..DeviceStats::default()
+        };
+        for chunk in arena.chunks() {
+            let view = arena.view(chunk)?;
+            let slots = arena.slots(chunk)?;
+            let mut work = Vec::with_capacity(slots.len() * page_len);
+            for &slot in &slots {
+                let at = slot as usize * page_len;
+                let image = images
+                    .get(at..at + page_len)
+                    .ok_or_else(|| GpuError::Unsupported(format!("mirror slot {slot}")))?;
+                work.extend_from_slice(image);
+            }
+            crate::emulate::fold_chunk_with(&mut work, page_len, &view, self.tiles);
+            for (&slot, page) in slots.iter().zip(work.chunks_exact(page_len)) {
+                let at = slot as usize * page_len;
+                if let Some(image) = images.get_mut(at..at + page_len) {
+                    image.copy_from_slice(page);
+                }
+            }
+            stats.chunks += 1;
+            stats.meta_bytes += view.layout().total_len as u64;
+        }
+        Ok(stats)
     }
 }

@@ -32,6 +32,7 @@ pub const REQUIRED_SYMBOLS: &[&str] = &[
     "cuStreamDestroy_v2",
     "cuStreamSynchronize",
     "cuStreamQuery",
+    "cuStreamWaitEvent",
     "cuStreamBeginCapture_v2",
     "cuStreamEndCapture",
     "cuEventCreate",
@@ -242,6 +243,20 @@ impl Stream {
         // SAFETY: forwarded contract.
         unsafe { result::memcpy_dtod_async(dst, src, len, self.raw) }
             .ctx("cuMemcpyDtoDAsync", len as u64)
+    }
+
+    /// Makes work queued on this stream after this call wait until
+    /// `event` (recorded on another stream of the same context) completed.
+    pub fn wait_event(&self, event: &Event) -> Result<(), GpuError> {
+        // SAFETY: both handles are alive while `self` and `event` are.
+        unsafe {
+            result::stream::wait_event(
+                self.raw,
+                event.raw,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .ctx("cuStreamWaitEvent", 0)
     }
 
     /// Queues a byte fill.

@@ -63,6 +63,10 @@ pub enum GpuError {
     /// A batch exceeds a layout limit of the GPU path (the CPU path still merges it).
     #[error("batch exceeds a GPU layout limit: {0}")]
     Unsupported(String),
+    /// Input handed to the GPU path is malformed (a TLog record that does
+    /// not decode, a run past its page): the bytes are wrong, not the device.
+    #[error("corrupted input to the GPU path: {0}")]
+    Corrupted(String),
     /// The device was disabled after an earlier failure.
     #[error("GPU merge disabled after an earlier failure: {0}")]
     Disabled(String),
@@ -106,6 +110,13 @@ impl GpuError {
             self,
             GpuError::OutOfMemory { .. } | GpuError::Unsupported(_)
         )
+    }
+}
+
+impl From<mmsb_wal::WalError> for GpuError {
+    /// A TLog record that failed to decode is corrupted input.
+    fn from(error: mmsb_wal::WalError) -> Self {
+        GpuError::Corrupted(error.to_string())
     }
 }
 

@@ -19,11 +19,13 @@
 //! queue), [`device`] (the device mergers and their page mirrors), [`merge`]
 //! (the backend, its fallback and its merge sessions), [`mod@bench`]
 //! (measurement helpers for the GPU bench), [`shard`] (the host side of a
-//! mirror fold: routing, checking, chunk planning), and with the cargo feature
+//! mirror fold: routing, checking, chunk planning), [`arena`] (decode arenas:
+//! TLog records decoded straight into pinned per-GPU chunks), and with the cargo feature
 //! `nccl`, `nccl` (pages sharded over several GPUs through NCCL).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod arena;
 pub mod bench;
 pub mod compile;
 pub mod config;
@@ -40,6 +42,7 @@ pub mod persistent;
 pub mod probe;
 pub mod shard;
 
+pub use arena::{ArenaBuilder, ArenaGeometry, DecodeArenas, RankArena};
 pub use config::{AllocMode, FaultInjection, GpuConfig, HostStaging, LaunchMode};
 pub use device::{CudaMerger, DeviceMerger, DeviceStats, SimulatedDevice};
 pub use emulate::Tiles;

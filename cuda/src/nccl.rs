@@ -40,11 +40,12 @@ use mmsb_engine::merge::MergeBatch;
 use mmsb_wal::PageId;
 use rustc_hash::FxHashMap;
 
+use crate::arena::{ArenaBuilder, ArenaGeometry, DecodeArenas};
 use crate::config::GpuConfig;
 use crate::device::{CudaMerger, DeviceMerger, MirrorSink};
 use crate::error::GpuError;
 use crate::probe::{driver_library_present, probe};
-use crate::shard::{fold_sharded_on, home_rank};
+use crate::shard::{fold_arenas_on, fold_sharded_on, home_rank};
 pub use crate::shard::{DeltaCounts, FoldPhases};
 
 /// Whether an NCCL library loads (cudarc's names: `libnccl.so`, ...).
@@ -131,6 +132,9 @@ pub struct ShardedMerge {
     pools: Option<Vec<rayon::ThreadPool>>,
     /// Where each rank's last fold spent its time.
     phases: Vec<FoldPhases>,
+    /// Bumped whenever page ownership changes: decode arenas routed
+    /// before a move are refused.
+    ownership_stamp: u64,
 }
 
 impl std::fmt::Debug for ShardedMerge {
@@ -191,6 +195,7 @@ impl ShardedMerge {
             page_len,
             pools: None,
             phases: vec![FoldPhases::default(); world],
+            ownership_stamp: 0,
         };
         merge.set_host_threads(
             std::thread::available_parallelism().map_or(world, std::num::NonZero::get),
@@ -305,6 +310,73 @@ impl ShardedMerge {
         Ok(total)
     }
 
+    /// A builder of decode arenas for this communicator's GPUs: deltas go
+    /// to the GPU that owns their page (as [`Self::fold`] routes them),
+    /// into pinned blocks of that GPU's context, with the mirror slots the
+    /// GPUs hold now (see [`crate::arena`]). Fold the result with
+    /// [`Self::fold_arenas`] before any other fold or move changes the
+    /// mirrors. Chunks hold at most `chunk_entries` entries.
+    pub fn arena_builder(
+        &self,
+        geometry: ArenaGeometry,
+        chunk_entries: usize,
+    ) -> Result<ArenaBuilder<'_>, GpuError> {
+        let targets = self
+            .shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .merger
+                    .arena_target()
+                    .ok_or_else(|| GpuError::Unsupported("no page mirror is open".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (moved, world) = (&self.moved, self.world_size());
+        ArenaBuilder::new(
+            self.page_len,
+            targets,
+            Box::new(move |page| owner_of(moved, world, page)),
+            geometry,
+            chunk_entries,
+            self.ownership_stamp,
+        )
+    }
+
+    /// Folds decode arenas built by [`Self::arena_builder`]: one host
+    /// thread per GPU copies its arena's block regions to its GPU and
+    /// launches its chunks (nothing is packed per delta). Refused when
+    /// ownership or a mirror changed since the arenas were built. Returns
+    /// what the fold did, over all GPUs.
+    pub fn fold_arenas(&mut self, arenas: &DecodeArenas) -> Result<DeltaCounts, GpuError> {
+        if arenas.stamp() != self.ownership_stamp {
+            return Err(GpuError::Unsupported(
+                "decode arenas routed before pages moved".into(),
+            ));
+        }
+        let world = self.world_size();
+        let mut devices: Vec<&mut dyn DeviceMerger> = self
+            .shards
+            .iter_mut()
+            .map(|shard| &mut shard.merger as &mut dyn DeviceMerger)
+            .collect();
+        let outcomes = fold_arenas_on(&mut devices, arenas, self.pools.as_deref());
+        drop(devices);
+        let outcomes = outcomes?;
+        debug_assert_eq!(outcomes.len(), world);
+        let mut total = DeltaCounts::EMPTY;
+        for ((shard, phases), (counts, timed)) in self
+            .shards
+            .iter_mut()
+            .zip(self.phases.iter_mut())
+            .zip(outcomes)
+        {
+            shard.counts = shard.counts.combine(counts);
+            *phases = timed;
+            total = total.combine(counts);
+        }
+        Ok(total)
+    }
+
     /// Moves each `(page, new_owner)`: the page's image goes from its
     /// owner's mirror to a fresh slot in `new_owner`'s, GPU to GPU through
     /// NCCL (one group of sends and receives). Pages no GPU holds yet only
@@ -328,6 +400,7 @@ impl ShardedMerge {
                 }
             }
         }
+        self.ownership_stamp += 1;
         if plan.is_empty() {
             return Ok(0);
         }

@@ -418,6 +418,43 @@ pub fn fold_sharded_on(
     })
 }
 
+/// Folds decode arenas (one per device, rank = index, built against these
+/// devices' mirrors) on one host thread per device, inside `pools[rank]`
+/// when given: each thread only copies its arena's block regions and
+/// launches its chunks ([`DeviceMerger::mirror_fold_arena`]). Returns what
+/// each rank folded and where its time went.
+pub fn fold_arenas_on(
+    devices: &mut [&mut dyn DeviceMerger],
+    arenas: &crate::arena::DecodeArenas,
+    pools: Option<&[rayon::ThreadPool]>,
+) -> Result<Vec<(DeltaCounts, FoldPhases)>, GpuError> {
+    let world = devices.len();
+    if world == 0 || arenas.ranks().len() != world {
+        return Err(GpuError::Unsupported(format!(
+            "{} decode arenas for {world} devices",
+            arenas.ranks().len()
+        )));
+    }
+    if pools.is_some_and(|pools| pools.len() != world) {
+        return Err(GpuError::Unsupported(format!(
+            "{} host pools for {world} devices",
+            pools.map_or(0, <[_]>::len)
+        )));
+    }
+    let started = std::time::Instant::now();
+    let mut work: Vec<(&mut &mut dyn DeviceMerger, &crate::arena::RankArena)> =
+        devices.iter_mut().zip(arenas.ranks()).collect();
+    on_each_rank(&mut work, pools, |_, (device, arena)| {
+        let mut phases = FoldPhases::default();
+        if !arena.chunks().is_empty() || !arena.new_pages().is_empty() {
+            device.mirror_fold_arena(arena)?;
+            phases = device.last_fold_phases();
+        }
+        phases.total_ms = ms_since(started);
+        Ok((arena.counts(), phases))
+    })
+}
+
 /// Runs `job(rank, item)` for every item on a thread of its own (one per
 /// device, so each binds its own context), inside `pools[rank]` when
 /// given; returns the results in rank order, or the first error.

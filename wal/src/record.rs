@@ -130,6 +130,89 @@ impl CommitRecord {
     }
 }
 
+/// Decodes a record that [`CommitRecord::encode`] wrote, like
+/// [`CommitRecord::decode`], but hands each delta to `visit` in record
+/// order instead of collecting them: the caller reads the delta's page and
+/// runs ([`Delta::runs`] gives borrowed slices) and keeps none of it, so no
+/// `Vec<Delta>` is built and each delta's heap blocks are freed before the
+/// next one is decoded. Returns the deltas visited. The same checks as
+/// [`CommitRecord::decode`] apply (runs within `page_len_limit`, capped at
+/// [`MAX_PAGE_LEN`]); a malformed record gives [`WalError::Codec`] or
+/// [`WalError::Delta`], converted into `E`, and an error from `visit` stops
+/// the walk and is returned as is. Deltas visited before a decoding error
+/// stay visited.
+pub fn visit_deltas<E, F>(bytes: &[u8], page_len_limit: usize, mut visit: F) -> Result<usize, E>
+where
+    E: From<WalError>,
+    F: FnMut(&Delta) -> Result<(), E>,
+{
+    let page_len_limit = page_len_limit.min(MAX_PAGE_LEN);
+    let mut reader = Reader::new(bytes);
+    let version = reader.u8("record version").map_err(WalError::from)?;
+    if version != RECORD_FORMAT_VERSION {
+        return Err(WalError::from(CodecError::UnknownVersion { version }).into());
+    }
+    let flags = reader.u8("record flags").map_err(WalError::from)?;
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(WalError::from(CodecError::UnknownFlags { flags }).into());
+    }
+    let count_at = reader.pos();
+    let count = reader.varint("delta count").map_err(WalError::from)?;
+    if flags & FLAG_BODY_ZSTD == 0 {
+        return visit_body(&mut reader, count, count_at, page_len_limit, &mut visit);
+    }
+    let body_len = reader
+        .varint_at_most("record body length", MAX_ZSTD_BODY_BYTES)
+        .map_err(WalError::from)?;
+    let frame_at = reader.pos();
+    let mut body = Vec::new();
+    zstd_decompress(reader.rest(), body_len, &mut body, frame_at, "record body")
+        .map_err(WalError::from)?;
+    visit_body(
+        &mut Reader::new(&body),
+        count,
+        count_at,
+        page_len_limit,
+        &mut visit,
+    )
+}
+
+/// [`visit_deltas`]'s walk over `count` deltas that must fill `reader`.
+fn visit_body<E, F>(
+    reader: &mut Reader<'_>,
+    count: u64,
+    count_at: usize,
+    page_len_limit: usize,
+    visit: &mut F,
+) -> Result<usize, E>
+where
+    E: From<WalError>,
+    F: FnMut(&Delta) -> Result<(), E>,
+{
+    let count_limit = reader.remaining() / MIN_ENCODED_DELTA_BYTES;
+    let count = match usize::try_from(count) {
+        Ok(count) if count <= count_limit => count,
+        _ => {
+            return Err(WalError::from(CodecError::OutOfRange {
+                at: count_at,
+                what: "delta count",
+                value: count,
+                limit: count_limit as u64,
+            })
+            .into())
+        }
+    };
+    let mut scratch = DecodeScratch::default();
+    let mut prev_page = PageId(0);
+    for _ in 0..count {
+        let (delta, _) = codec::decode_delta(reader, prev_page, page_len_limit, &mut scratch)?;
+        prev_page = delta.page_id();
+        visit(&delta)?;
+    }
+    reader.expect_end("record body").map_err(WalError::from)?;
+    Ok(count)
+}
+
 /// Exact length of the record of `deltas` encoded with [`CodecMode::Raw`].
 fn raw_record_len<'a>(deltas: impl ExactSizeIterator<Item = &'a Delta>) -> usize {
     RECORD_PREFIX_BYTES
@@ -288,6 +371,39 @@ mod tests {
         match CommitRecord::decode(bytes, page_len_limit) {
             Err(WalError::Codec(err)) => err,
             other => panic!("expected a codec error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn visiting_a_record_sees_what_decoding_collects() {
+        let record = CommitRecord::new(vec![
+            sparse_delta(3, &[(0, b"abc"), (100, b"xyz")]),
+            sparse_delta(1, &[(7, &[9; 40])]),
+            sparse_delta(3, &[(1, b"q")]),
+        ]);
+        for mode in MODES {
+            let bytes = encode(&record, mode);
+            let mut seen = Vec::new();
+            let count = visit_deltas::<WalError, _>(&bytes, 4096, |delta| {
+                seen.push(delta.clone());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(count, 3);
+            assert_eq!(seen, CommitRecord::decode(&bytes, 4096).unwrap().deltas);
+            let mut visits = 0;
+            let stopped = visit_deltas::<WalError, _>(&bytes, 4096, |_| {
+                visits += 1;
+                Err(WalError::from(crate::delta::DeltaError::Unordered {
+                    offset: 1,
+                }))
+            });
+            assert!(matches!(stopped, Err(WalError::Delta(_))), "{stopped:?}");
+            assert_eq!(visits, 1);
+            let short = visit_deltas::<WalError, _>(&bytes[..bytes.len() - 1], 4096, |_| Ok(()));
+            assert!(short.is_err());
+            let narrow = visit_deltas::<WalError, _>(&bytes, 64, |_| Ok(()));
+            assert!(narrow.is_err(), "a run past the page limit must be refused");
         }
     }
 
