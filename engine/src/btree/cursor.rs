@@ -22,7 +22,7 @@ use mmsb_wal::PageId;
 use super::format::{read_page, Geometry};
 use super::insert::load_value;
 use super::keys::{cmp_key, load_key};
-use super::node::{KeyRef, Node, ValueLoc};
+use super::node::{BranchIndex, KeyRef, Node, ValueLoc};
 use super::overflow::read_chain;
 use super::TreeHeader;
 use crate::error::Result;
@@ -182,8 +182,7 @@ fn get_from<P: PageRead>(
     let mut level = header.height - 1;
     while level > 0 {
         let page = branch_page(pages, upper, id, level, &geo)?;
-        let node = page.node(id, level, &geo)?;
-        id = node.child(node.child_pos_for(pages, key)?)?;
+        id = page.descend_for(pages, id, level, &geo, key)?.2;
         level -= 1;
     }
     let page = read_page(pages, id)?;
@@ -222,12 +221,19 @@ fn branch_page<'u, P: PageRead>(
     }
 }
 
-/// Most bytes of branch pages one [`UpperPages`] keeps.
-pub(crate) const UPPER_PAGES_BYTES_MAX: usize = 1 << 20;
-/// Slots of an [`UpperPages`] table per page it may keep (so at most half
-/// of the slots fill and probe sequences stay short).
+/// Most bytes one [`UpperPages`] keeps: branch page images plus their
+/// [`BranchIndex`]es: every branch page of a tree of about a million
+/// entries of ~200 bytes on 4 KiB pages (some 1 000 pages of ~6 KiB each).
+pub(crate) const UPPER_PAGES_BYTES_MAX: usize = 8 << 20;
+/// Pages the first tier of an [`UpperPages`] keeps: the upper levels of any
+/// tree and every branch page of a small one, in a table small enough to
+/// allocate for a short-lived handle. The second tier, sized for
+/// [`UPPER_PAGES_BYTES_MAX`], is allocated only once the first is full.
+const UPPER_FIRST_TIER_PAGES: usize = 64;
+/// Slots of a tier per page it may keep (so at most half of the slots
+/// fill and probe sequences stay short).
 const UPPER_SLOTS_PER_PAGE: usize = 2;
-/// Slots a lookup or insertion probes before it gives up.
+/// Slots a lookup or insertion probes in one tier before it gives up.
 const UPPER_PROBES_MAX: usize = 8;
 
 /// The branch pages (root included) of one tree as of one snapshot, kept
@@ -235,7 +241,9 @@ const UPPER_PROBES_MAX: usize = 8;
 /// through the page table: a hit costs a hash and a load, with no lock,
 /// no reference count change and no header check (a page is kept only
 /// once [`Node::parse`] accepted it at its level), and touches no cache
-/// line another thread writes.
+/// line another thread writes. Each kept page carries its
+/// [`BranchIndex`], so a descent through it binary-searches a dense array
+/// of key heads instead of the page's slots and cells.
 ///
 /// Correctness: a page image read at a snapshot never changes, and the
 /// cache lives no longer than the handle of that snapshot, so a kept page
@@ -243,44 +251,115 @@ const UPPER_PROBES_MAX: usize = 8;
 /// the page table evicts, reloads or folds meanwhile (the cache holds its
 /// own reference to the image, so eviction cannot free it).
 ///
-/// Memory: at most [`UPPER_PAGES_BYTES_MAX`] of page images (shared with
-/// the page table while it keeps them; not charged to the memory budget,
-/// like any page a reader holds). An open-addressed table of write-once
-/// slots: entries are never removed or replaced, so lookups need no lock;
-/// once full, further branch pages are read through the page table.
+/// Memory: at most about [`UPPER_PAGES_BYTES_MAX`] of page images and
+/// indexes (the images shared with the page table while it keeps them;
+/// not charged to the memory budget, like any page a reader holds). Two
+/// tiers of open-addressed tables of write-once slots: entries are never
+/// removed or replaced, so lookups need no lock. A page goes to the first
+/// tier until it is full, then to the second; once the byte limit is
+/// reached, further branch pages are read through the page table.
 #[derive(Debug, Default)]
 pub(crate) struct UpperPages {
-    /// Created on the first use; its length is a power of two.
+    tiers: [Tier; 2],
+    /// Bytes kept (images, indexes and their boxes), at most about
+    /// [`UPPER_PAGES_BYTES_MAX`] (concurrent insertions may pass it by a
+    /// page each).
+    bytes: AtomicUsize,
+}
+
+/// One open-addressed table of an [`UpperPages`].
+#[derive(Debug, Default)]
+struct Tier {
+    /// Created on the first insertion; its length is a power of two.
     slots: OnceLock<Box<[OnceLock<Kept>]>>,
-    /// Pages kept (slots filled), at most [`UpperPages::limit`].
+    /// Slots filled.
     kept: AtomicUsize,
+}
+
+/// A slot of a [`Tier`]: the page id inline (probes compare it without a
+/// pointer chase) and the page behind one box (slots stay small).
+#[derive(Debug)]
+struct Kept {
+    id: PageId,
+    page: Box<KeptPage>,
 }
 
 /// A page an [`UpperPages`] keeps.
 #[derive(Debug)]
-struct Kept {
-    id: PageId,
+pub(crate) struct KeptPage {
     /// The level [`Node::parse`] accepted the page at.
     level: u8,
     page: PageRef,
+    /// `None` when the page has overflowed keys (searched in the page).
+    index: Option<BranchIndex>,
+}
+
+impl KeptPage {
+    /// Bytes an [`UpperPages`] charges for this page.
+    fn charge(&self) -> usize {
+        std::mem::size_of::<KeptPage>()
+            + self.page.len()
+            + self.index.as_ref().map_or(0, BranchIndex::heap_bytes)
+    }
 }
 
 impl Kept {
     /// The kept page, as validated when asked for at its own level.
     fn held(&self, level: u8) -> Held<'_> {
-        if self.level == level {
+        if self.page.level == level {
             Held::Cached(&self.page)
         } else {
-            Held::Read(self.page.clone())
+            Held::Read(self.page.page.clone())
         }
     }
 }
 
+/// What one tier's probe sequence found for a page id.
+enum Probed<'t> {
+    /// The page is kept in this tier.
+    Found(&'t Kept),
+    /// Not kept in this tier; this empty slot ends its probe sequence.
+    Empty(&'t OnceLock<Kept>),
+    /// Not found within [`UPPER_PROBES_MAX`] probes, or the tier was never
+    /// allocated.
+    Missing,
+}
+
+impl Tier {
+    /// Probes for `id` (slots fill in probe order, so the first empty slot
+    /// means `id` is not kept here).
+    fn probe(&self, id: PageId) -> Probed<'_> {
+        let Some(slots) = self.slots.get() else {
+            return Probed::Missing;
+        };
+        let mask = slots.len() - 1;
+        let home = (id.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
+        for probe in 0..UPPER_PROBES_MAX {
+            let slot = &slots[(home + probe) & mask];
+            match slot.get() {
+                Some(kept) if kept.id == id => return Probed::Found(kept),
+                Some(_) => {}
+                None => return Probed::Empty(slot),
+            }
+        }
+        Probed::Missing
+    }
+
+    /// The slots, allocated for `pages` pages on the first call.
+    fn slots(&self, pages: usize) -> &[OnceLock<Kept>] {
+        self.slots.get_or_init(|| {
+            let len = (pages.max(1) * UPPER_SLOTS_PER_PAGE).next_power_of_two();
+            (0..len).map(|_| OnceLock::new()).collect()
+        })
+    }
+}
+
 /// A branch page either borrowed from an [`UpperPages`] (validated at the
-/// level it was asked for) or read for this use (not validated).
+/// level it was asked for, with its index) or read for this use (not
+/// validated).
 pub(crate) enum Held<'u> {
     /// Kept by the cache, validated at the level asked for.
-    Cached(&'u PageRef),
+    Cached(&'u KeptPage),
     /// Read through the page table (not kept, or kept at another level).
     Read(PageRef),
 }
@@ -289,7 +368,7 @@ impl Deref for Held<'_> {
     type Target = PageRef;
     fn deref(&self) -> &PageRef {
         match self {
-            Held::Cached(page) => page,
+            Held::Cached(kept) => &kept.page,
             Held::Read(page) => page,
         }
     }
@@ -299,7 +378,7 @@ impl Held<'_> {
     /// An owned reference to the page.
     fn into_page(self) -> PageRef {
         match self {
-            Held::Cached(page) => page.clone(),
+            Held::Cached(kept) => kept.page.clone(),
             Held::Read(page) => page,
         }
     }
@@ -308,9 +387,37 @@ impl Held<'_> {
     /// when the cache validated it so, else parsed.
     fn node<'g>(&'g self, id: PageId, level: u8, geo: &'g Geometry) -> Result<Node<'g>> {
         match self {
-            Held::Cached(page) => Ok(Node::reopen(page, id, level, geo)),
+            Held::Cached(kept) => Ok(Node::reopen(&kept.page, id, level, geo)),
             Held::Read(page) => Node::parse(page, id, level, geo),
         }
+    }
+
+    /// For branch page `id` at `level`: the position of the child `key`
+    /// lives under (the number of separators `<= key`), the number of
+    /// separators and that child, through the page's index when it has one.
+    fn descend_for<P: PageRead>(
+        &self,
+        pages: &P,
+        id: PageId,
+        level: u8,
+        geo: &Geometry,
+        key: &[u8],
+    ) -> Result<(usize, usize, PageId)> {
+        if let Held::Cached(KeptPage {
+            page,
+            index: Some(index),
+            ..
+        }) = self
+        {
+            let pos = index.child_pos(page, key);
+            let child = index
+                .child(pos)
+                .ok_or_else(|| super::format::corrupt(id, "branch index out of step"))?;
+            return Ok((pos, index.count(), child));
+        }
+        let node = self.node(id, level, geo)?;
+        let pos = node.child_pos_for(pages, key)?;
+        Ok((pos, node.count(), node.child(pos)?))
     }
 }
 
@@ -320,16 +427,35 @@ impl UpperPages {
         UpperPages::default()
     }
 
-    /// Pages a cache for `page_len`-byte pages keeps at most.
-    fn limit(page_len: usize) -> usize {
-        (UPPER_PAGES_BYTES_MAX / page_len.max(1)).max(1)
+    /// Whether pages went to the second tier (the first is full).
+    #[cfg(test)]
+    pub(crate) fn spilled(&self) -> bool {
+        self.tiers[1].kept.load(Ordering::Relaxed) > 0
     }
 
-    fn slots(&self, page_len: usize) -> &[OnceLock<Kept>] {
-        self.slots.get_or_init(|| {
-            let len = (Self::limit(page_len) * UPPER_SLOTS_PER_PAGE).next_power_of_two();
-            (0..len).map(|_| OnceLock::new()).collect()
-        })
+    /// Pages tier `tier` may keep for `page_len`-byte pages.
+    fn tier_pages(tier: usize, page_len: usize) -> usize {
+        let all = (UPPER_PAGES_BYTES_MAX / page_len.max(1)).max(1);
+        let first = all.min(UPPER_FIRST_TIER_PAGES);
+        if tier == 0 {
+            first
+        } else {
+            all - first
+        }
+    }
+
+    /// Whether tier `t` is still unallocated and may be allocated now: it is
+    /// the first, or the one before it is full.
+    fn may_open(&self, t: usize, page_len: usize) -> bool {
+        self.tiers[t].slots.get().is_none()
+            && (t == 0
+                || self.tiers[t - 1].kept.load(Ordering::Relaxed)
+                    >= Self::tier_pages(t - 1, page_len))
+    }
+
+    /// Whether the byte limit stops further pages from being kept.
+    fn is_full(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) >= UPPER_PAGES_BYTES_MAX
     }
 
     /// Branch page `id` at `level`: from the cache, else read through
@@ -341,43 +467,75 @@ impl UpperPages {
         level: u8,
         geo: &Geometry,
     ) -> Result<Held<'_>> {
-        let slots = self.slots(geo.page_len);
-        let mask = slots.len() - 1;
-        let home = (id.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
-        // Read on the first empty slot, then kept at it (or a later one).
-        let mut read: Option<PageRef> = None;
-        for probe in 0..UPPER_PROBES_MAX {
-            let slot = &slots[(home + probe) & mask];
-            if let Some(kept) = slot.get() {
-                if kept.id == id {
-                    return Ok(kept.held(level));
-                }
-                continue;
-            }
-            // An empty slot: `id` is not kept (slots fill in probe order).
-            let page = match read.take() {
-                Some(page) => page,
-                None => read_page(pages, id)?,
-            };
-            let full = self.kept.load(Ordering::Relaxed) >= Self::limit(geo.page_len);
-            if full || Node::parse(&page, id, level, geo).is_err() {
-                return Ok(Held::Read(page));
-            }
-            match slot.set(Kept { id, level, page }) {
-                Ok(()) => {
-                    self.kept.fetch_add(1, Ordering::Relaxed);
-                }
-                // Another thread filled the slot first: probe on.
-                Err(mine) => read = Some(mine.page),
-            }
-            if let Some(kept) = slot.get().filter(|kept| kept.id == id) {
+        // The hot path: a hit in either tier.
+        for tier in &self.tiers {
+            if let Probed::Found(kept) = tier.probe(id) {
                 return Ok(kept.held(level));
             }
         }
-        match read {
-            Some(page) => Ok(Held::Read(page)),
-            None => read_page(pages, id).map(Held::Read),
+        self.keep_or_read(pages, id, level, geo)
+    }
+
+    /// [`UpperPages::get_or_read`] after a miss: reads the page and keeps
+    /// it in the first tier with room (probing again: another thread may
+    /// have kept it meanwhile).
+    fn keep_or_read<P: PageRead>(
+        &self,
+        pages: &P,
+        id: PageId,
+        level: u8,
+        geo: &Geometry,
+    ) -> Result<Held<'_>> {
+        for (t, tier) in self.tiers.iter().enumerate() {
+            let capacity = Self::tier_pages(t, geo.page_len);
+            let probed = match tier.probe(id) {
+                // A tier is allocated once the one before it is full.
+                Probed::Missing if capacity > 0 && self.may_open(t, geo.page_len) => {
+                    tier.slots(capacity);
+                    tier.probe(id)
+                }
+                probed => probed,
+            };
+            let slot = match probed {
+                Probed::Found(kept) => return Ok(kept.held(level)),
+                Probed::Missing => continue,
+                Probed::Empty(slot) => slot,
+            };
+            if tier.kept.load(Ordering::Relaxed) >= capacity {
+                // This tier is full: the page may be (or go) in the next.
+                continue;
+            }
+            let page = read_page(pages, id)?;
+            if self.is_full() {
+                return Ok(Held::Read(page));
+            }
+            let Ok(node) = Node::parse(&page, id, level, geo) else {
+                return Ok(Held::Read(page));
+            };
+            let index = BranchIndex::build(&node);
+            let kept = KeptPage {
+                level,
+                page: page.clone(),
+                index,
+            };
+            let charge = kept.charge();
+            match slot.set(Kept {
+                id,
+                page: Box::new(kept),
+            }) {
+                Ok(()) => {
+                    tier.kept.fetch_add(1, Ordering::Relaxed);
+                    self.bytes.fetch_add(charge, Ordering::Relaxed);
+                }
+                // Another thread filled the slot first: this use reads.
+                Err(_) => return Ok(Held::Read(page)),
+            }
+            return match slot.get() {
+                Some(kept) if kept.id == id => Ok(kept.held(level)),
+                _ => Ok(Held::Read(page)),
+            };
         }
+        read_page(pages, id).map(Held::Read)
     }
 }
 
@@ -483,6 +641,26 @@ impl<P: PageRead> Walker<'_, P> {
         ))
     }
 
+    /// The frame of branch page `id` at `level` on the way to `key`, and the
+    /// child to descend into (through the page's index when `upper` keeps it).
+    fn branch_frame_for(
+        &self,
+        id: PageId,
+        level: u8,
+        upper: Option<&UpperPages>,
+        key: &[u8],
+    ) -> Result<(Frame, Option<PageId>)> {
+        let held = branch_page(self.pages, upper, id, level, &self.geo)?;
+        let (idx, count, child) = held.descend_for(self.pages, id, level, &self.geo, key)?;
+        let frame = Frame {
+            id,
+            page: held.into_page(),
+            idx,
+            count,
+        };
+        Ok((frame, Some(child)))
+    }
+
     /// Pushes frames from page `id` down to a leaf, along `edge`.
     fn descend(&self, path: &mut Vec<Frame>, mut id: PageId, edge: Edge) -> Result<()> {
         loop {
@@ -577,23 +755,28 @@ impl<P: PageRead> Walker<'_, P> {
         loop {
             let depth = path.len();
             let level = self.level_of(depth);
-            let (frame, child) = self.frame_at(id, depth, upper, |node| {
-                Ok(match bound {
-                    Bound::Unbounded if front => 0,
-                    Bound::Unbounded => node.count(),
-                    Bound::Included(k) | Bound::Excluded(k) => {
-                        let (found, i) = node.search(self.pages, k)?;
-                        let inclusive = matches!(bound, Bound::Included(_));
-                        // Branch: descend where `k` would live. Leaf: see
-                        // `Cursor` for the front/back index conventions.
-                        if level > 0 || found && front != inclusive {
-                            i + usize::from(found)
-                        } else {
-                            i
-                        }
-                    }
-                })
-            })?;
+            let (frame, child) =
+                if let (true, Bound::Included(k) | Bound::Excluded(k)) = (level > 0, bound) {
+                    self.branch_frame_for(id, level, upper, k)?
+                } else {
+                    self.frame_at(id, depth, upper, |node| {
+                        Ok(match bound {
+                            Bound::Unbounded if front => 0,
+                            Bound::Unbounded => node.count(),
+                            Bound::Included(k) | Bound::Excluded(k) => {
+                                let (found, i) = node.search(self.pages, k)?;
+                                let inclusive = matches!(bound, Bound::Included(_));
+                                // Branch: descend where `k` would live. Leaf: see
+                                // `Cursor` for the front/back index conventions.
+                                if level > 0 || found && front != inclusive {
+                                    i + usize::from(found)
+                                } else {
+                                    i
+                                }
+                            }
+                        })
+                    })?
+                };
             path.push(frame);
             match child {
                 Some(c) => id = c,
@@ -762,13 +945,16 @@ fn range_from<'a, P: PageRead, R: RangeBounds<[u8]>>(
         },
     };
     // The range is empty unless the first entry >= start is within the end bound.
-    let within = {
-        let (leaf, node) = walker.leaf_at(&front, front.leaf().1)?;
-        let key = node.key(leaf.idx)?;
-        match bounds.end_bound() {
-            Bound::Unbounded => true,
-            Bound::Included(end) => cmp_key(pages, &walker.geo, &key, end)?.is_le(),
-            Bound::Excluded(end) => cmp_key(pages, &walker.geo, &key, end)?.is_lt(),
+    let within = match bounds.end_bound() {
+        Bound::Unbounded => true,
+        end => {
+            let (leaf, node) = walker.leaf_at(&front, front.leaf().1)?;
+            let key = node.key(leaf.idx)?;
+            match end {
+                Bound::Included(end) => cmp_key(pages, &walker.geo, &key, end)?.is_le(),
+                Bound::Excluded(end) => cmp_key(pages, &walker.geo, &key, end)?.is_lt(),
+                Bound::Unbounded => true,
+            }
         }
     };
     if !within {
@@ -1056,6 +1242,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::ops::Bound;
 
+    use proptest::prelude::*;
+
     use super::*;
     use crate::btree::tests::mem::MemPages;
     use crate::btree::{self, MIN_PAGE_LEN};
@@ -1124,9 +1312,8 @@ mod tests {
     fn a_full_cache_reads_through_and_stays_right() {
         let (pages, header, model) = build(2_000);
         let upper = UpperPages::new();
-        // Fill every slot the limit allows with pages of this tree.
-        let limit = UpperPages::limit(pages.page_len());
-        upper.kept.store(limit, Ordering::Relaxed);
+        // As if pages of this tree had taken every byte the limit allows.
+        upper.bytes.store(UPPER_PAGES_BYTES_MAX, Ordering::Relaxed);
         for (key, value) in model.iter().step_by(7) {
             let got = get_cached(&pages, &header, &upper, key).expect("get");
             assert_eq!(got.as_deref(), Some(&value[..]));
@@ -1163,6 +1350,131 @@ mod tests {
         }
     }
 
+    /// Every branch page of the tree under `header`, with its level.
+    fn branch_pages(pages: &MemPages, header: &TreeHeader) -> Vec<(PageId, u8, PageRef)> {
+        let geo = Geometry::new(pages.page_len()).expect("geometry");
+        let mut out = Vec::new();
+        let mut todo = vec![(header.root, header.height - 1)];
+        while let Some((id, level)) = todo.pop() {
+            if level == 0 {
+                continue;
+            }
+            let page = pages.read_page(id).expect("page");
+            let node = Node::parse(&page, id, level, &geo).expect("node");
+            for pos in 0..=node.count() {
+                todo.push((node.child(pos).expect("child"), level - 1));
+            }
+            out.push((id, level, page));
+        }
+        out
+    }
+
+    /// Keys with long shared prefixes and equal heads, short keys and keys
+    /// that are prefixes of others.
+    fn awkward_key() -> impl Strategy<Value = Vec<u8>> {
+        (0u8..4, 0u32..400, 0usize..3).prop_map(|(prefix, n, tail)| {
+            let mut key = match prefix {
+                0 => Vec::new(),
+                1 => b"a".to_vec(),
+                2 => b"user:0000".to_vec(),
+                _ => vec![0xff; 11],
+            };
+            key.extend_from_slice(&n.to_be_bytes()[..4 - tail]);
+            key
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn branch_indexes_pick_the_children_the_pages_pick(
+            keys in proptest::collection::vec(awkward_key(), 50..400),
+            probes in proptest::collection::vec(awkward_key(), 0..60),
+        ) {
+            let mut pages = MemPages::new(MIN_PAGE_LEN);
+            let mut header = TreeHeader::EMPTY;
+            for key in &keys {
+                btree::insert(&mut pages, &mut header, key, b"v").expect("insert");
+            }
+            let geo = Geometry::new(pages.page_len()).expect("geometry");
+            for (id, level, page) in branch_pages(&pages, &header) {
+                let node = Node::parse(&page, id, level, &geo).expect("node");
+                let index = BranchIndex::build(&node).expect("index of a well-formed page");
+                prop_assert_eq!(index.count(), node.count());
+                // Each separator, its neighbours and the probes.
+                let mut tries: Vec<Vec<u8>> = probes.clone();
+                for i in 0..node.count() {
+                    let sep = node.key(i).expect("key").local.to_vec();
+                    let mut above = sep.clone();
+                    above.push(0);
+                    let below = sep[..sep.len().saturating_sub(1)].to_vec();
+                    tries.extend([sep, above, below]);
+                }
+                for key in &tries {
+                    let want = node.child_pos_for(&pages, key).expect("search");
+                    prop_assert_eq!(index.child_pos(&page, key), want, "key {:?}", key);
+                    prop_assert_eq!(index.child(want), Some(node.child(want).expect("child")));
+                }
+            }
+            // Cached lookups through the indexes find every key.
+            let upper = UpperPages::new();
+            for key in &keys {
+                let got = get_cached(&pages, &header, &upper, key).expect("get");
+                prop_assert_eq!(got.as_deref(), Some(&b"v"[..]));
+            }
+        }
+    }
+
+    #[test]
+    fn overflowed_separators_leave_a_page_unindexed_and_still_searched() {
+        let mut pages = MemPages::new(MIN_PAGE_LEN);
+        let mut header = TreeHeader::EMPTY;
+        let geo = Geometry::new(MIN_PAGE_LEN).expect("geometry");
+        let long = |i: u32| {
+            let mut key = vec![b'k'; geo.key_inline_max + 10];
+            key.extend_from_slice(&i.to_be_bytes());
+            key
+        };
+        for i in 0..200u32 {
+            btree::insert(&mut pages, &mut header, &long(i), b"v").expect("insert");
+        }
+        let branches = branch_pages(&pages, &header);
+        assert!(!branches.is_empty());
+        for (id, level, page) in &branches {
+            let node = Node::parse(page, *id, *level, &geo).expect("node");
+            assert!(
+                BranchIndex::build(&node).is_none(),
+                "overflowed keys are not indexed"
+            );
+        }
+        let upper = UpperPages::new();
+        for i in 0..200u32 {
+            let got = get_cached(&pages, &header, &upper, &long(i)).expect("get");
+            assert_eq!(got.as_deref(), Some(&b"v"[..]));
+        }
+    }
+
+    #[test]
+    fn a_big_tree_spills_into_the_second_tier_and_reads_only_leaves() {
+        let (pages, header, model) = build(6_000);
+        let branches = branch_pages(&pages.pages, &header).len();
+        assert!(branches > UPPER_FIRST_TIER_PAGES, "{branches} branch pages");
+        let upper = UpperPages::new();
+        for (key, value) in &model {
+            let got = get_cached(&pages, &header, &upper, key).expect("get");
+            assert_eq!(got.as_deref(), Some(&value[..]));
+        }
+        let first = upper.tiers[0].kept.load(Ordering::Relaxed);
+        let second = upper.tiers[1].kept.load(Ordering::Relaxed);
+        assert_eq!(first, UPPER_FIRST_TIER_PAGES);
+        assert_eq!(first + second, branches, "every branch page kept once");
+        let warm = pages.reads.get();
+        for (key, value) in &model {
+            let got = get_cached(&pages, &header, &upper, key).expect("get");
+            assert_eq!(got.as_deref(), Some(&value[..]));
+        }
+        assert_eq!(pages.reads.get() - warm, model.len());
+    }
+
     #[test]
     fn threads_sharing_a_cache_all_read_right() {
         let (pages, header, model) = build(2_000);
@@ -1179,6 +1491,6 @@ mod tests {
                 });
             }
         });
-        assert!(upper.kept.load(Ordering::Relaxed) > 1);
+        assert!(upper.tiers[0].kept.load(Ordering::Relaxed) > 1);
     }
 }

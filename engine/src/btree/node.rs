@@ -171,6 +171,10 @@ const KEY_HEAD_BYTES: usize = 8;
 /// which is then the greater, as in byte-string order.
 #[inline]
 pub(crate) fn key_head(key: &[u8]) -> u64 {
+    if let Some(head) = key.first_chunk::<KEY_HEAD_BYTES>() {
+        // The common case, without a variable-length copy.
+        return u64::from_be_bytes(*head);
+    }
     let mut bytes = [0u8; KEY_HEAD_BYTES];
     let n = key.len().min(KEY_HEAD_BYTES);
     bytes[..n].copy_from_slice(&key[..n]);
@@ -526,6 +530,144 @@ impl<'a> Node<'a> {
             "reopen of an unvalidated page"
         );
         Self::from_trusted(b, id, NodeKind::at_level(level), geo)
+    }
+}
+
+/// A branch page's separators decoded once for repeated descents (see
+/// `cursor::UpperPages`): the page's common separator prefix, each
+/// separator's [`key_head`] after that prefix, where each separator lies in
+/// the page, and every child id. A descent then binary-searches a dense
+/// array of integers instead of the page's slots and cells, and reads the
+/// page only for separators that share the search key's head.
+///
+/// Built only from a page whose cells are all well formed with whole keys
+/// (no overflow), in sorted order, and only used with that same immutable
+/// image, so a lookup needs no checks and cannot fail.
+#[derive(Debug)]
+pub(crate) struct BranchIndex {
+    /// The common prefix of every separator, as `(start, len)` in the page.
+    prefix: (u16, u16),
+    /// [`key_head`] of each separator with the prefix removed, ascending.
+    heads: Box<[u64]>,
+    /// Each separator as `(start, len)` in the page.
+    keys: Box<[(u16, u16)]>,
+    /// The `count + 1` children, leftmost first.
+    children: Box<[PageId]>,
+}
+
+impl BranchIndex {
+    /// The index of branch `node`; `None` when a cell is malformed, holds
+    /// an overflowed key or is out of order (the caller then searches the
+    /// page itself, which reports any damage).
+    pub(crate) fn build(node: &Node<'_>) -> Option<BranchIndex> {
+        if node.kind != NodeKind::Branch {
+            return None;
+        }
+        let b = node.b;
+        let leftmost = rd_u64(b, OFF_LEFTMOST).filter(|&id| id != 0)?;
+        let mut keys = Vec::with_capacity(node.count);
+        let mut children = Vec::with_capacity(node.count + 1);
+        children.push(PageId(leftmost));
+        for i in 0..node.count {
+            let off = usize::from(rd_u16(b, BRANCH_HEADER_BYTES + i * SLOT_BYTES)?);
+            if off < node.content {
+                return None;
+            }
+            let cell = parse_branch_cell(b, off, node.geo)?;
+            if cell.key.overflow.is_some() {
+                return None;
+            }
+            let start = u16::try_from(cell.key.local_start).ok()?;
+            let len = u16::try_from(cell.key.len).ok()?;
+            keys.push((start, len));
+            children.push(PageId(rd_u64(b, off + CELL_OFF_CHILD)?));
+        }
+        // `parse_branch_cell` checked that each key lies in the page.
+        let key_at = |&(start, len): &(u16, u16)| {
+            let start = usize::from(start);
+            &b[start..start + usize::from(len)]
+        };
+        // Sorted, as the searches assume (a damaged page is searched in
+        // place, where the leaf it leads to is checked like any page).
+        if keys.windows(2).any(|w| key_at(&w[0]) >= key_at(&w[1])) {
+            return None;
+        }
+        let prefix = match (keys.first(), keys.last()) {
+            (Some(first), Some(last)) => {
+                let (first_key, last_key) = (key_at(first), key_at(last));
+                let common = first_key
+                    .iter()
+                    .zip(last_key)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (first.0, u16::try_from(common).ok()?)
+            }
+            _ => (0, 0),
+        };
+        let skip = usize::from(prefix.1);
+        let heads = keys
+            .iter()
+            .map(|k| key_at(k).get(skip..).map(key_head))
+            .collect::<Option<Box<[u64]>>>()?;
+        debug_assert!(heads.windows(2).all(|w| w[0] <= w[1]));
+        Some(BranchIndex {
+            prefix,
+            heads,
+            keys: keys.into_boxed_slice(),
+            children: children.into_boxed_slice(),
+        })
+    }
+
+    /// Bytes the index holds on the heap.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.heads)
+            + std::mem::size_of_val(&*self.keys)
+            + std::mem::size_of_val(&*self.children)
+    }
+
+    /// Number of separators.
+    pub(crate) fn count(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// The child at position `pos` (`0..=count`); `None` past the end.
+    pub(crate) fn child(&self, pos: usize) -> Option<PageId> {
+        self.children.get(pos).copied()
+    }
+
+    /// `len` bytes of `page` from `start` (the image the index was built
+    /// from, where the build checked they lie); empty if they do not.
+    fn slice(page: &[u8], start: u16, len: usize) -> &[u8] {
+        let start = usize::from(start);
+        let bytes = page.get(start..start + len);
+        debug_assert!(bytes.is_some(), "index used with another page");
+        bytes.unwrap_or_default()
+    }
+
+    /// The number of separators `<= key`: the position of the child to
+    /// descend into, as [`Node::child_pos_for`] finds it on `page`, the
+    /// image the index was built from.
+    pub(crate) fn child_pos(&self, page: &[u8], key: &[u8]) -> usize {
+        let (start, skip) = (self.prefix.0, usize::from(self.prefix.1));
+        let (head_part, rest) = key.split_at(skip.min(key.len()));
+        if skip > 0 {
+            match head_part.cmp(Self::slice(page, start, skip)) {
+                Ordering::Less => return 0,
+                Ordering::Greater => return self.count(),
+                Ordering::Equal => {}
+            }
+        }
+        let head = key_head(rest);
+        let lo = self.heads.partition_point(|&h| h < head);
+        if self.heads.get(lo) != Some(&head) {
+            return lo;
+        }
+        let ties = self.heads[lo..].partition_point(|&h| h == head);
+        // Separators that share the key's head: compare their rest whole.
+        lo + self.keys[lo..lo + ties].partition_point(|&(start, len)| {
+            let stored = Self::slice(page, start, usize::from(len));
+            stored.get(skip..).unwrap_or_default() <= rest
+        })
     }
 }
 
