@@ -27,10 +27,13 @@ use std::cmp::Ordering;
 
 use mmsb_wal::PageId;
 
-use super::cell::leaf_cell_vec;
-use super::cell::{leaf_cell_size, leaf_flags, write_leaf_cell, KeySpec, ValueSpec};
-use super::format::{corrupt, read_page, Geometry, MAX_KEY_BYTES, SLOT_BYTES, UNDERFULL_DIVISOR};
-use super::insert::{grow_root, insert_separator, past_append_fill, split_node};
+use super::cell::{
+    branch_cell_vec, leaf_cell_size, leaf_flags, store_key, write_leaf_cell, KeySpec, ValueSpec,
+};
+use super::format::{
+    corrupt, read_page, Geometry, MAX_KEY_BYTES, MAX_VALUE_BYTES, SLOT_BYTES, UNDERFULL_DIVISOR,
+};
+use super::insert::{grow_root, insert_separator, past_append_fill, Split};
 use super::keys::{cmp_key, load_key, separator};
 use super::node::{Node, NodeMut, ValueLoc};
 use super::TreeHeader;
@@ -52,10 +55,36 @@ fn search_appending<P: PageRead>(
     node.search(pages, key)
 }
 
-/// Number of cells of leaf `id`.
-fn count_of<P: PageRead>(pages: &P, geo: &Geometry, id: PageId) -> Result<usize> {
-    let page = read_page(pages, id)?;
-    Ok(Node::parse(&page, id, 0, geo)?.count())
+/// The edge split of a full rightmost leaf whose last key is `last`: a
+/// new leaf holding only the entry `k`/`v` (key `key`), and the separator
+/// for the parent. The same pages and separator as [`split_node`] makes
+/// for a cell past the end of a leaf (the leaf keeps every cell), without
+/// re-reading the leaf's cells or keys.
+///
+/// [`split_node`]: super::insert::split_node
+fn edge_split<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    last: &[u8],
+    key: &[u8],
+    k: &KeySpec<'_>,
+    v: &ValueSpec<'_>,
+) -> Result<Split> {
+    debug_assert!(last < key);
+    let new_page = pages.allocate_page()?;
+    {
+        let mut node = NodeMut::init(pages.page_mut(new_page)?, new_page, 0, geo)?;
+        let size = leaf_cell_size(k, v);
+        if !node.insert_cell_with(0, size, |dst| write_leaf_cell(dst, k, v))? {
+            return Err(corrupt(new_page, "one cell does not fit an empty leaf"));
+        }
+    }
+    let sep = store_key(pages, geo, separator(last, key))?;
+    Ok(Split {
+        sep_cell: branch_cell_vec(&sep, PageId(0)),
+        new_page,
+        new_is_left: false,
+    })
 }
 
 /// A node on the path to the last written leaf, and the keys its subtree
@@ -128,6 +157,94 @@ impl BatchWriter {
         }
         self.path.clear();
         super::insert::insert(pages, header, key, value).map(drop)
+    }
+
+    /// Applies `entries` — strictly ascending keys, each with its new
+    /// value or `None` for a removal — as one [`BatchWriter::insert`] or
+    /// [`BatchWriter::remove`] per entry would, to the same tree. A run of
+    /// keys past the tree's last key (a bulk load into an empty or
+    /// ordered table) fills the rightmost leaf in one loop with the leaf
+    /// open: no page lookup, parse or search per key; the rightmost
+    /// leaf's fill target starts each next leaf as the single insert does.
+    pub fn apply_sorted<'e, P: PageWrite>(
+        &mut self,
+        pages: &mut P,
+        header: &mut TreeHeader,
+        entries: impl Iterator<Item = (&'e [u8], Option<&'e [u8]>)>,
+    ) -> Result<()> {
+        let mut entries = entries.peekable();
+        while let Some((key, value)) = entries.next() {
+            let Some(value) = value else {
+                self.remove(pages, header, key)?;
+                continue;
+            };
+            self.insert(pages, header, key, value)?;
+            if self.path.last().is_some_and(|leaf| leaf.upper.is_none()) {
+                self.append_run(pages, header, key, &mut entries)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the inserts at the front of `entries` to the rightmost leaf
+    /// while they fit under its fill target, when `prev` (just inserted)
+    /// is the tree's last key; stops at a removal, at a cell that is not
+    /// inline or at the fill target (leaving that entry to the caller).
+    fn append_run<'e, P: PageWrite, I>(
+        &mut self,
+        pages: &mut P,
+        header: &mut TreeHeader,
+        prev: &[u8],
+        entries: &mut std::iter::Peekable<I>,
+    ) -> Result<()>
+    where
+        I: Iterator<Item = (&'e [u8], Option<&'e [u8]>)>,
+    {
+        let geo = &self.geo;
+        let Some(leaf) = self.path.last() else {
+            return Ok(());
+        };
+        let id = leaf.id;
+        if leaf.upper.is_some() || self.tree != (header.root, header.height) {
+            return Ok(());
+        }
+        {
+            let page = read_page(pages, id)?;
+            let node = Node::parse(&page, id, 0, geo)?;
+            let count = node.count();
+            if count == 0 || cmp_key(pages, geo, &node.key(count - 1)?, prev)? != Ordering::Equal {
+                return Ok(());
+            }
+        }
+        let mut prev = prev;
+        let mut node = NodeMut::open(pages.page_mut(id)?, id, 0, geo)?;
+        while let Some(&(key, Some(value))) = entries.peek() {
+            debug_assert!(prev < key, "entries not ascending");
+            if prev >= key
+                || key.len() > geo.key_inline_max
+                || value.len() > MAX_VALUE_BYTES
+                || !geo.value_inline(key.len(), value.len())
+            {
+                break;
+            }
+            let k = KeySpec::with_chain(geo, key, None);
+            let v = ValueSpec::Inline(value);
+            let size = leaf_cell_size(&k, &v);
+            let (count, used, capacity) = {
+                let view = node.view();
+                (view.count(), view.used(), view.capacity())
+            };
+            if past_append_fill(used, capacity, size)
+                || !node.insert_cell_with(count, size, |dst| write_leaf_cell(dst, &k, &v))?
+            {
+                break;
+            }
+            header.len += 1;
+            self.fast_writes += 1;
+            prev = key;
+            entries.next();
+        }
+        Ok(())
     }
 
     /// Removes `key` (as [`super::remove`], without returning the value).
@@ -305,15 +422,7 @@ impl BatchWriter {
         let geo = &self.geo;
         let k = KeySpec::with_chain(geo, key, None);
         let v = ValueSpec::Inline(value);
-        let leaf = self.path[depth - 1].id;
-        let mut split = Some(split_node(
-            pages,
-            geo,
-            leaf,
-            0,
-            count_of(pages, geo, leaf)?,
-            &leaf_cell_vec(&k, &v),
-        )?);
+        let mut split = Some(edge_split(pages, geo, last, key, &k, &v)?);
         let new_leaf = split.as_ref().map(|s| s.new_page);
         debug_assert!(split.as_ref().is_some_and(|s| !s.new_is_left));
         let mut splits_above = 0usize;

@@ -1,197 +1,678 @@
 //! A transaction's buffered writes to one table: key → new value (`None`:
-//! removed), ordered by key.
+//! removed), iterated in key order.
 //!
-//! Writes in ascending key order — bulk loads, and updates that follow a
-//! scan — are the common case, and the worst one for a `BTreeMap`: every
-//! insert of a new largest key compares it with every key of each node on
-//! the right edge. So the buffer keeps two parts: `map`, a `BTreeMap`, and
-//! `tail`, a sorted `Vec` of keys all greater than every key in `map`. A key
-//! beyond the last one is pushed onto `tail` (one comparison); a key inside
-//! `tail`'s span is found by binary search; a new key inside that span
-//! moves `tail` into `map` first (in bulk when it is large). Iteration is
-//! `map` then `tail`, which is key order.
+//! Bulk loads put millions of keys, often in random order, and read none
+//! of them back before the commit. So a write costs no allocation and no
+//! ordered insert: its key and value are appended to one byte arena
+//! (`bytes`), described by a [`Slot`], and found again through a hash
+//! index (`index`: read-your-writes by key, and whether a write replaces
+//! an earlier one). Key order is built only when something needs it — a
+//! range read, the commit — by [`WriteBuffer::settle`]:
+//!
+//! - `sorted`: slots in strictly ascending key order. A key after its last
+//!   key is pushed here at once (an in-order load never sorts);
+//! - `pending`: slots written since the last settle, unsorted;
+//! - `recent`: a `BTreeMap` of keys that arrived in small numbers between
+//!   ordered reads (copied keys), so that alternating a few writes and a
+//!   range read does not re-merge a large `sorted` each time.
+//!
+//! `settle` sorts `pending` once (by an 8-byte key head, then the whole
+//! key) and merges it into `sorted` when it is large compared with what is
+//! settled, else moves it into `recent`; `recent` is merged into `sorted`
+//! once it is large in turn. Each live slot is in exactly one of the three.
+//! Ranges merge `sorted` and `recent`, which hold distinct keys.
+//!
+//! A key removed from the buffer (the undo of its first write) leaves a
+//! dead slot: out of the index and of `recent`, skipped in `sorted` and
+//! `pending` (whose order it still keeps) and dropped by the next merge.
+//! A replaced value's bytes stay in the arena until the buffer is cleared;
+//! the memory budget charge counts every write, so it errs high, not low.
 
+use std::cmp::Ordering;
 use std::collections::{btree_map, BTreeMap};
-use std::iter::Chain;
+use std::hash::BuildHasher;
 use std::ops::Bound;
-use std::slice;
 use std::sync::Arc;
 
-use crate::error::Result;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
-/// A buffered value: the new bytes, or `None` for a removal.
-pub(crate) type Buffered = Option<Arc<[u8]>>;
+use crate::error::{Error, Result};
 
-type TailEntry = (Arc<[u8]>, Buffered);
-type TailFn<'a> = fn(&'a TailEntry) -> (&'a Arc<[u8]>, &'a Buffered);
-type TailIter<'a> = std::iter::Map<slice::Iter<'a, TailEntry>, TailFn<'a>>;
+/// A buffered entry as ranges see it: the key and its new value (`None`:
+/// removed).
+pub(crate) type BufferItem<'a> = (&'a [u8], Option<&'a [u8]>);
 
-/// Buffered entries of a key range, in key order from either end.
-pub(crate) type BufferRange<'a> = Chain<btree_map::Range<'a, Arc<[u8]>, Buffered>, TailIter<'a>>;
+/// `Slot::value_len` of a buffered removal.
+const REMOVED: u32 = u32::MAX;
+
+/// `Slot::value_len` of a slot whose key is no longer buffered.
+const DEAD: u32 = u32::MAX - 1;
+
+/// Settled slots per pending slot below which a settle puts the pending
+/// keys into `recent` instead of merging them into `sorted`; also the
+/// ratio of `sorted` to `recent` past which `recent` is merged.
+const MERGE_RATIO: usize = 16;
+
+/// Entries ahead of a forward scan whose slots it prefetches.
+const PREFETCH_SLOTS_AHEAD: usize = 16;
+
+/// Entries ahead of a forward scan whose key and value bytes it prefetches.
+const PREFETCH_BYTES_AHEAD: usize = 8;
+
+/// Cache lines of one entry's bytes prefetched at most.
+const PREFETCH_LINES_MAX: usize = 4;
+
+/// Bytes per cache line (the prefetch stride).
+const CACHE_LINE_BYTES: usize = 64;
+
+/// Most slots one buffer holds (slot ids are `u32`).
+const MAX_SLOTS: usize = u32::MAX as usize - 1;
+
+/// Where one write's key and value sit in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// [`key_head`] of the key: sorts and merges compare it first, without
+    /// reading the arena.
+    head: u64,
+    key_at: usize,
+    value_at: usize,
+    key_len: u32,
+    /// The value's length, or [`REMOVED`], or [`DEAD`].
+    value_len: u32,
+}
+
+impl Slot {
+    fn is_live(&self) -> bool {
+        self.value_len != DEAD
+    }
+}
 
 /// What [`WriteBuffer::put`] found.
 #[derive(Debug)]
 pub(crate) enum Put<T> {
-    /// The key was buffered; its previous buffered value.
-    Replaced(Buffered),
+    /// The key was buffered; a copy of its previous buffered value.
+    Replaced(Option<Arc<[u8]>>),
     /// The key was not buffered; what the `on_vacant` callback returned.
     Added(T),
 }
 
 /// See the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct WriteBuffer {
-    map: BTreeMap<Arc<[u8]>, Buffered>,
-    /// Strictly ascending; every key greater than every key of `map`.
-    tail: Vec<TailEntry>,
+    /// Keys and values of every write, back to back.
+    bytes: Vec<u8>,
+    slots: Vec<Slot>,
+    /// Live slot ids with the high 32 bits of their key's hash.
+    index: HashTable<(u32, u32)>,
+    hasher: DefaultHashBuilder,
+    /// Strictly ascending keys (dead slots included).
+    sorted: Vec<u32>,
+    /// Live slots in neither `sorted` nor `pending`, by a copy of the key.
+    recent: BTreeMap<Box<[u8]>, u32>,
+    /// Slots written since the last settle, in write order.
+    pending: Vec<u32>,
+    /// Number of live slots.
+    live: usize,
+    /// Slots that died since the last clear (merges then drop them).
+    dead: usize,
+    /// Whether `index` holds every live slot; until a write arrives out of
+    /// key order it stays empty (an in-order load pays no hashing).
+    indexed: bool,
 }
 
-fn tail_pair(entry: &TailEntry) -> (&Arc<[u8]>, &Buffered) {
-    (&entry.0, &entry.1)
+impl std::fmt::Debug for WriteBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBuffer")
+            .field("live", &self.live)
+            .field("arena_bytes", &self.bytes.len())
+            .field("sorted", &self.sorted.len())
+            .field("recent", &self.recent.len())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+/// The hash the index's table is laid out by, from the 32 bits kept per
+/// entry (so that growing the table never reads a key again).
+fn table_hash(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The first 8 bytes of `key`, big-endian, zero-padded: orders keys as
+/// their bytes do, up to ties.
+fn key_head(key: &[u8]) -> u64 {
+    let mut head = [0u8; 8];
+    let n = key.len().min(8);
+    head[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(head)
 }
 
 impl WriteBuffer {
     /// Whether no key is buffered.
     pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty() && self.tail.is_empty()
+        self.live == 0
     }
 
     /// Number of buffered keys.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.map.len() + self.tail.len()
+        self.live
     }
 
     /// Forgets every buffered key.
     pub(crate) fn clear(&mut self) {
-        self.map.clear();
-        self.tail.clear();
+        self.bytes.clear();
+        self.slots.clear();
+        self.index.clear();
+        self.sorted.clear();
+        self.recent.clear();
+        self.pending.clear();
+        self.live = 0;
+        self.dead = 0;
+        self.indexed = false;
     }
 
-    /// Whether `key` falls inside the tail's span (at or after its first key).
-    fn in_tail_span(&self, key: &[u8]) -> bool {
-        self.tail
-            .first()
-            .is_some_and(|(first, _)| key >= &first[..])
+    fn slot(&self, id: u32) -> &Slot {
+        &self.slots[id as usize]
     }
 
-    /// Position of `key` in the tail (`Err`: where it would go).
-    fn tail_search(&self, key: &[u8]) -> std::result::Result<usize, usize> {
-        self.tail.binary_search_by(|(k, _)| k[..].cmp(key))
+    fn key_of(&self, slot: &Slot) -> &[u8] {
+        &self.bytes[slot.key_at..slot.key_at + slot.key_len as usize]
     }
 
-    /// Whether `key` is greater than every buffered key.
-    fn appends(&self, key: &[u8]) -> bool {
-        match self.tail.last() {
-            Some((last, _)) => key > &last[..],
-            None => self
-                .map
-                .last_key_value()
-                .is_none_or(|(last, _)| key > &last[..]),
+    fn key(&self, id: u32) -> &[u8] {
+        self.key_of(self.slot(id))
+    }
+
+    fn value_of(&self, slot: &Slot) -> Option<&[u8]> {
+        debug_assert!(slot.is_live(), "a dead slot's value is read");
+        match slot.value_len {
+            REMOVED | DEAD => None,
+            len => Some(&self.bytes[slot.value_at..slot.value_at + len as usize]),
         }
     }
 
-    /// The buffered value of `key`, if it is buffered.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&Buffered> {
-        if self.in_tail_span(key) {
-            return self.tail_search(key).ok().map(|i| &self.tail[i].1);
-        }
-        self.map.get(key)
+    fn item(&self, id: u32) -> BufferItem<'_> {
+        let slot = self.slot(id);
+        (self.key_of(slot), self.value_of(slot))
     }
 
-    /// Buffers `value` under `key` with one search. When the key was not
-    /// buffered, `on_vacant(key)` runs first (an error leaves the buffer
-    /// unchanged) and its result is returned.
+    fn hash(&self, key: &[u8]) -> u32 {
+        // The high half: foldhash mixes its last step into the top bits.
+        (self.hasher.hash_one(key) >> 32) as u32
+    }
+
+    /// The live slot holding `key`.
+    fn find(&self, key: &[u8]) -> Option<u32> {
+        if !self.indexed {
+            // Every live slot is in `sorted`, once per key.
+            let at = self
+                .sorted
+                .binary_search_by(|&id| self.key(id).cmp(key))
+                .ok()?;
+            let id = self.sorted[at];
+            return self.slot(id).is_live().then_some(id);
+        }
+        let hash = self.hash(key);
+        self.index
+            .find(table_hash(hash), |&(id, h)| {
+                h == hash && self.key(id) == key
+            })
+            .map(|&(id, _)| id)
+    }
+
+    /// Appends `value` to the arena: (offset, length or [`REMOVED`]).
+    fn store_value(&mut self, value: Option<&[u8]>) -> Result<(usize, u32)> {
+        let at = self.bytes.len();
+        let Some(value) = value else {
+            return Ok((at, REMOVED));
+        };
+        let len = u32::try_from(value.len())
+            .ok()
+            .filter(|&len| len < DEAD)
+            .ok_or(Error::TooLarge {
+                what: "buffered value",
+                len: value.len() as u64,
+                limit: u64::from(DEAD - 1),
+            })?;
+        self.bytes.extend_from_slice(value);
+        Ok((at, len))
+    }
+
+    /// The buffered value of `key`, if it is buffered (`Some(None)`: a
+    /// buffered removal).
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.find(key).map(|id| self.value_of(self.slot(id)))
+    }
+
+    /// Buffers `value` under `key` (`None`: a removal) with one hash
+    /// lookup. When the key was not buffered, `on_vacant(key)` runs first
+    /// (an error leaves the buffer unchanged) and its result is returned.
     pub(crate) fn put<T>(
         &mut self,
-        key: Arc<[u8]>,
-        value: Buffered,
+        key: &[u8],
+        value: Option<&[u8]>,
         on_vacant: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<Put<T>> {
-        if self.appends(&key) {
-            let found = on_vacant(&key)?;
-            self.tail.push((key, value));
-            return Ok(Put::Added(found));
+        // An in-order write needs no lookup: its key is new.
+        let appends = self.sorted.last().is_none_or(|&last| self.key(last) < key);
+        if let Some(id) = if appends { None } else { self.find(key) } {
+            let slot = *self.slot(id);
+            let previous = self.value_of(&slot).map(Arc::from);
+            let (value_at, value_len) = self.store_value(value)?;
+            let slot = &mut self.slots[id as usize];
+            slot.value_at = value_at;
+            slot.value_len = value_len;
+            return Ok(Put::Replaced(previous));
         }
-        if self.in_tail_span(&key) {
-            match self.tail_search(&key) {
-                Ok(i) => {
-                    let previous = std::mem::replace(&mut self.tail[i].1, value);
-                    return Ok(Put::Replaced(previous));
-                }
-                // A new key inside the tail's span: the tail joins the map.
-                Err(_) => self.settle(),
+        if self.slots.len() >= MAX_SLOTS {
+            return Err(Error::TooLarge {
+                what: "writes buffered for one table",
+                len: self.slots.len() as u64 + 1,
+                limit: MAX_SLOTS as u64,
+            });
+        }
+        if !appends && !self.indexed {
+            self.build_index();
+        }
+        let found = on_vacant(key)?;
+        let key_at = self.bytes.len();
+        let key_len = u32::try_from(key.len()).map_err(|_| Error::TooLarge {
+            what: "buffered key",
+            len: key.len() as u64,
+            limit: u64::from(u32::MAX),
+        })?;
+        self.bytes.extend_from_slice(key);
+        let (value_at, value_len) = match self.store_value(value) {
+            Ok(stored) => stored,
+            Err(err) => {
+                self.bytes.truncate(key_at);
+                return Err(err);
             }
+        };
+        let id = self.slots.len() as u32;
+        self.slots.push(Slot {
+            head: key_head(key),
+            key_at,
+            value_at,
+            key_len,
+            value_len,
+        });
+        if self.indexed {
+            let hash = self.hash(key);
+            self.index
+                .insert_unique(table_hash(hash), (id, hash), |&(_, h)| table_hash(h));
         }
-        match self.map.entry(key) {
-            btree_map::Entry::Occupied(mut slot) => Ok(Put::Replaced(slot.insert(value))),
-            btree_map::Entry::Vacant(slot) => {
-                let found = on_vacant(slot.key())?;
-                slot.insert(value);
-                Ok(Put::Added(found))
-            }
-        }
-    }
-
-    /// Removes `key` from the buffer (undoing its first buffered write).
-    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Buffered> {
-        if self.in_tail_span(key) {
-            return self.tail_search(key).ok().map(|i| self.tail.remove(i).1);
-        }
-        self.map.remove(key)
-    }
-
-    /// Moves the tail into the map: in bulk when it is large compared with
-    /// the map (`append` rebuilds both in linear time), else key by key.
-    fn settle(&mut self) {
-        if self.tail.len() * 8 >= self.map.len() {
-            let mut moved: BTreeMap<_, _> = self.tail.drain(..).collect();
-            self.map.append(&mut moved);
+        self.live += 1;
+        // A key after every sorted key keeps `sorted` sorted.
+        if appends {
+            self.sorted.push(id);
         } else {
-            for (key, value) in self.tail.drain(..) {
-                self.map.insert(key, value);
+            self.pending.push(id);
+        }
+        Ok(Put::Added(found))
+    }
+
+    /// Indexes every live slot by its key's hash: from the first write out
+    /// of key order on (before it, `sorted` holds every key and a binary
+    /// search finds them).
+    fn build_index(&mut self) {
+        debug_assert!(!self.indexed && self.pending.is_empty() && self.recent.is_empty());
+        self.index.reserve(self.live, |&(_, h)| table_hash(h));
+        for id in 0..self.slots.len() {
+            let slot = &self.slots[id];
+            if slot.is_live() {
+                let hash = self.hash(self.key_of(slot));
+                self.index
+                    .insert_unique(table_hash(hash), (id as u32, hash), |&(_, h)| table_hash(h));
             }
         }
+        self.indexed = true;
+    }
+
+    /// Removes `key` from the buffer (undoing its first buffered write);
+    /// returns its buffered value.
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Option<Arc<[u8]>>> {
+        if !self.indexed {
+            let id = self.find(key)?;
+            return Some(self.kill(id));
+        }
+        let hash = self.hash(key);
+        let (bytes, slots) = (&self.bytes, &self.slots);
+        let entry = self.index.find_entry(table_hash(hash), |&(id, h)| {
+            let slot = &slots[id as usize];
+            h == hash && &bytes[slot.key_at..slot.key_at + slot.key_len as usize] == key
+        });
+        let Ok(entry) = entry else {
+            return None;
+        };
+        let ((id, _), _) = entry.remove();
+        if let btree_map::Entry::Occupied(found) = self.recent.entry(Box::from(key)) {
+            debug_assert_eq!(*found.get(), id);
+            found.remove();
+        }
+        Some(self.kill(id))
+    }
+
+    /// Marks live slot `id` dead (already out of the index and `recent`);
+    /// returns its value.
+    fn kill(&mut self, id: u32) -> Option<Arc<[u8]>> {
+        let slot = *self.slot(id);
+        let previous = self.value_of(&slot).map(Arc::from);
+        self.slots[id as usize].value_len = DEAD;
+        self.live -= 1;
+        self.dead += 1;
+        previous
+    }
+
+    /// Sorts `ids` by key: by 8-byte key heads, then whole keys on ties.
+    fn sort_by_key(&self, ids: &mut [u32]) {
+        let mut heads: Vec<(u64, u32)> = ids.iter().map(|&id| (self.slot(id).head, id)).collect();
+        heads.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| self.key(a.1).cmp(self.key(b.1))));
+        for (dst, (_, id)) in ids.iter_mut().zip(heads) {
+            *dst = id;
+        }
+    }
+
+    /// Whether slot `a`'s key sorts before slot `b`'s.
+    fn less(&self, a: u32, b: u32) -> bool {
+        let (sa, sb) = (self.slot(a), self.slot(b));
+        match sa.head.cmp(&sb.head) {
+            Ordering::Equal => self.key_of(sa) < self.key_of(sb),
+            order => order == Ordering::Less,
+        }
+    }
+
+    /// Merges two runs of ascending, distinct keys, dropping dead slots.
+    /// A run much shorter than the other is placed by binary searches
+    /// (a bulk load's few in-order keys cost no pass over the rest).
+    fn merge(&self, a: &[u32], b: &[u32]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(a.len() + b.len());
+        let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+        if small.len().saturating_mul(MERGE_RATIO) < large.len() {
+            let mut rest = large;
+            for &id in small {
+                let at = rest.partition_point(|&other| self.less(other, id));
+                out.extend_from_slice(&rest[..at]);
+                out.push(id);
+                rest = &rest[at..];
+            }
+            out.extend_from_slice(rest);
+        } else {
+            let (mut i, mut j) = (0, 0);
+            while i < a.len() && j < b.len() {
+                if self.less(a[i], b[j]) {
+                    out.push(a[i]);
+                    i += 1;
+                } else {
+                    out.push(b[j]);
+                    j += 1;
+                }
+            }
+            out.extend_from_slice(&a[i..]);
+            out.extend_from_slice(&b[j..]);
+        }
+        if self.dead > 0 {
+            out.retain(|&id| self.slot(id).is_live());
+        }
+        out
+    }
+
+    /// Puts every pending write in key order (see the module docs). Cheap
+    /// when nothing is pending.
+    pub(crate) fn settle(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        if self.dead > 0 {
+            pending.retain(|&id| self.slot(id).is_live());
+        }
+        self.sort_by_key(&mut pending);
+        let settled = self.sorted.len() + self.recent.len();
+        if pending.len() * MERGE_RATIO >= settled {
+            let recent: Vec<u32> = std::mem::take(&mut self.recent).into_values().collect();
+            let fresh = self.merge(&recent, &pending);
+            self.sorted = self.merge(&self.sorted, &fresh);
+        } else {
+            for id in pending {
+                self.recent.insert(Box::from(self.key(id)), id);
+            }
+            if self.recent.len() * MERGE_RATIO >= self.sorted.len() {
+                let recent: Vec<u32> = std::mem::take(&mut self.recent).into_values().collect();
+                self.sorted = self.merge(&self.sorted, &recent);
+            }
+        }
+        debug_assert!(self.pending.is_empty());
     }
 
     /// Every buffered entry in key order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<[u8]>, &Buffered)> {
-        self.map.iter().chain(self.tail.iter().map(tail_pair))
+    pub(crate) fn iter(&mut self) -> BufferRange<'_> {
+        self.range(Bound::Unbounded, Bound::Unbounded)
     }
 
     /// Every buffered key in key order.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &Arc<[u8]>> {
+    pub(crate) fn keys(&mut self) -> impl Iterator<Item = &[u8]> {
         self.iter().map(|(key, _)| key)
     }
 
-    /// Entries with keys in the bounds, which must not be inverted (the
-    /// caller checks: `BTreeMap::range` panics on them).
-    pub(crate) fn range<'a>(&'a self, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> BufferRange<'a> {
-        let start = self.tail.partition_point(|(k, _)| match lower {
-            Bound::Included(l) => &k[..] < l,
-            Bound::Excluded(l) => &k[..] <= l,
-            Bound::Unbounded => false,
-        });
-        let end = self.tail.partition_point(|(k, _)| match upper {
-            Bound::Included(u) => &k[..] <= u,
-            Bound::Excluded(u) => &k[..] < u,
-            Bound::Unbounded => true,
-        });
-        let tail = &self.tail[start..end.max(start)];
-        self.map
-            .range::<[u8], _>((lower, upper))
-            .chain(tail.iter().map(tail_pair as TailFn<'a>))
+    /// Every buffered entry, in no particular order (no settle needed).
+    pub(crate) fn unordered(&self) -> impl Iterator<Item = BufferItem<'_>> {
+        self.slots
+            .iter()
+            .filter(|slot| slot.is_live())
+            .map(|slot| (self.key_of(slot), self.value_of(slot)))
     }
 
-    /// Checks the invariants (tests and debug builds).
+    /// Entries with keys in the bounds, in key order from either end;
+    /// settles first. Inverted bounds select nothing.
+    pub(crate) fn range(&mut self, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> BufferRange<'_> {
+        self.settle();
+        let this: &WriteBuffer = self;
+        let start = this.sorted.partition_point(|&id| match lower {
+            Bound::Included(l) => this.key(id) < l,
+            Bound::Excluded(l) => this.key(id) <= l,
+            Bound::Unbounded => false,
+        });
+        let end = this.sorted.partition_point(|&id| match upper {
+            Bound::Included(u) => this.key(id) <= u,
+            Bound::Excluded(u) => this.key(id) < u,
+            Bound::Unbounded => true,
+        });
+        let inverted = start > end || super::is_inverted(&lower, &upper);
+        let sorted = if inverted {
+            &[][..]
+        } else {
+            &this.sorted[start..end]
+        };
+        let recent = if inverted || this.recent.is_empty() {
+            None
+        } else {
+            Some(this.recent.range::<[u8], _>((lower, upper)))
+        };
+        BufferRange {
+            buffer: this,
+            sorted,
+            recent,
+            recent_front: None,
+            recent_back: None,
+        }
+    }
+
+    /// Checks the invariants (tests).
     #[cfg(test)]
     fn check(&self) -> bool {
-        let sorted = self.tail.windows(2).all(|w| w[0].0 < w[1].0);
-        let after_map = match (self.map.last_key_value(), self.tail.first()) {
-            (Some((last, _)), Some((first, _))) => last < first,
-            _ => true,
+        let sorted = self
+            .sorted
+            .windows(2)
+            .all(|w| self.key(w[0]) < self.key(w[1]));
+        let recent = self
+            .recent
+            .iter()
+            .all(|(key, &id)| self.slot(id).is_live() && &key[..] == self.key(id));
+        let mut seen = vec![0u8; self.slots.len()];
+        for &id in self
+            .sorted
+            .iter()
+            .chain(self.recent.values())
+            .chain(&self.pending)
+        {
+            seen[id as usize] += 1;
+        }
+        let placed = self
+            .slots
+            .iter()
+            .zip(&seen)
+            .all(|(slot, &n)| n <= 1 && (n == 1 || !slot.is_live()));
+        let live = self.slots.iter().filter(|s| s.is_live()).count();
+        let index = if self.indexed {
+            self.index.len() == self.live
+        } else {
+            self.index.is_empty() && self.pending.is_empty() && self.recent.is_empty()
         };
-        sorted && after_map
+        sorted && recent && placed && live == self.live && index
+    }
+}
+
+/// Buffered entries of a key range, in key order from either end: the
+/// `sorted` run merged with `recent` (see the module docs).
+pub(crate) struct BufferRange<'a> {
+    buffer: &'a WriteBuffer,
+    /// What is left of the range's part of `sorted` (dead slots skipped
+    /// as they are met).
+    sorted: &'a [u32],
+    recent: Option<btree_map::Range<'a, Box<[u8]>, u32>>,
+    /// A slot taken from the front (back) of `recent` and not yet yielded.
+    recent_front: Option<u32>,
+    recent_back: Option<u32>,
+}
+
+impl std::fmt::Debug for BufferRange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferRange")
+            .field("sorted_left", &self.sorted.len())
+            .finish()
+    }
+}
+
+impl<'a> BufferRange<'a> {
+    /// Drops dead slots from both ends of `sorted`.
+    fn trim_sorted(&mut self) {
+        let live = |id: &u32| self.buffer.slot(*id).is_live();
+        let start = self
+            .sorted
+            .iter()
+            .position(live)
+            .unwrap_or(self.sorted.len());
+        let end = self.sorted.iter().rposition(live).map_or(start, |i| i + 1);
+        self.sorted = &self.sorted[start..end.max(start)];
+    }
+
+    /// The next slot from `recent`'s front (`forward`) or back.
+    fn recent_peek(&mut self, forward: bool) -> Option<u32> {
+        let (near, far) = if forward {
+            (&mut self.recent_front, &mut self.recent_back)
+        } else {
+            (&mut self.recent_back, &mut self.recent_front)
+        };
+        if near.is_none() {
+            let next = match self.recent.as_mut() {
+                Some(range) if forward => range.next(),
+                Some(range) => range.next_back(),
+                None => None,
+            };
+            *near = next.map(|(_, &id)| id).or_else(|| far.take());
+        }
+        *near
+    }
+
+    /// Hints the cache about the entries a forward scan of `sorted` reads
+    /// next: their slots, and the key and value bytes of nearer ones (in
+    /// key order they lie anywhere in the arena, one miss each otherwise).
+    #[inline]
+    fn prefetch_ahead(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let buffer = self.buffer;
+            if let Some(&id) = self.sorted.get(PREFETCH_SLOTS_AHEAD) {
+                if let Some(slot) = buffer.slots.get(id as usize) {
+                    // SAFETY: a prefetch is a hint that never faults; the
+                    // address is an element of the slot vector anyway.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(slot).cast::<i8>()) };
+                }
+            }
+            let Some(&id) = self.sorted.get(PREFETCH_BYTES_AHEAD) else {
+                return;
+            };
+            let Some(slot) = buffer.slots.get(id as usize) else {
+                return;
+            };
+            let value_len = match slot.value_len {
+                REMOVED | DEAD => 0,
+                len => len as usize,
+            };
+            let end = (slot.value_at + value_len).max(slot.key_at + slot.key_len as usize);
+            let lines = (slot.key_at..end)
+                .step_by(CACHE_LINE_BYTES)
+                .take(PREFETCH_LINES_MAX);
+            for at in lines {
+                if let Some(byte) = buffer.bytes.get(at) {
+                    // SAFETY: as above; the byte lies inside the arena.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(byte).cast::<i8>()) };
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, forward: bool) -> Option<BufferItem<'a>> {
+        self.trim_sorted();
+        if forward {
+            self.prefetch_ahead();
+        }
+        let from_sorted = if forward {
+            self.sorted.first()
+        } else {
+            self.sorted.last()
+        }
+        .copied();
+        let from_recent = self.recent_peek(forward);
+        let buffer = self.buffer;
+        let take_sorted = match (from_sorted, from_recent) {
+            (None, None) => return None,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(s), Some(r)) => (buffer.key(s) < buffer.key(r)) == forward,
+        };
+        let id = if take_sorted {
+            let (first, rest) = if forward {
+                self.sorted.split_first()?
+            } else {
+                let (last, rest) = self.sorted.split_last()?;
+                (last, rest)
+            };
+            self.sorted = rest;
+            *first
+        } else if forward {
+            self.recent_front.take()?
+        } else {
+            self.recent_back.take()?
+        };
+        Some(buffer.item(id))
+    }
+}
+
+impl<'a> Iterator for BufferRange<'a> {
+    type Item = BufferItem<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step(true)
+    }
+}
+
+impl DoubleEndedIterator for BufferRange<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.step(false)
     }
 }
 
@@ -199,7 +680,6 @@ impl WriteBuffer {
 mod tests {
     use std::collections::BTreeMap;
     use std::ops::Bound;
-    use std::sync::Arc;
 
     use proptest::prelude::*;
 
@@ -207,19 +687,30 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Put(u8, Option<u8>),
-        Remove(u8),
+        Put(Vec<u8>, Option<u8>),
+        Remove(Vec<u8>),
         Range(Option<(u8, bool)>, Option<(u8, bool)>),
+        Get(Vec<u8>),
+    }
+
+    /// Keys of one or two bytes: shared 8-byte heads and prefixes of each
+    /// other, so the head sort's ties and short keys are exercised.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => any::<u8>().prop_map(|k| vec![k]),
+            1 => (any::<u8>(), 0u8..4).prop_map(|(k, l)| vec![k; 8 + usize::from(l)]),
+            // Ascending runs are the case `sorted`'s append is for.
+            2 => (200u8..=255).prop_map(|k| vec![k]),
+        ]
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (any::<u8>(), any::<Option<u8>>()).prop_map(|(k, v)| Op::Put(k, v)),
-            // Ascending runs are the case the tail is for.
-            3 => (200u8..=255, any::<Option<u8>>()).prop_map(|(k, v)| Op::Put(k, v)),
-            2 => any::<u8>().prop_map(Op::Remove),
+            8 => (key(), any::<Option<u8>>()).prop_map(|(k, v)| Op::Put(k, v)),
+            2 => key().prop_map(Op::Remove),
             2 => (any::<Option<(u8, bool)>>(), any::<Option<(u8, bool)>>())
                 .prop_map(|(l, u)| Op::Range(l, u)),
+            1 => key().prop_map(Op::Get),
         ]
     }
 
@@ -235,88 +726,171 @@ mod tests {
         b.as_ref().map(|k| &k[..])
     }
 
-    fn inverted(l: &Bound<Vec<u8>>, u: &Bound<Vec<u8>>) -> bool {
-        match (l, u) {
-            (Bound::Included(a), Bound::Included(b)) => a > b,
-            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
-                a >= b
+    type Model = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+    fn owned(item: (&[u8], Option<&[u8]>)) -> (Vec<u8>, Option<Vec<u8>>) {
+        (item.0.to_vec(), item.1.map(<[u8]>::to_vec))
+    }
+
+    /// Checks a range forward, backward and from both ends in turn.
+    fn check_range(
+        buffer: &mut WriteBuffer,
+        model: &Model,
+        l: &Bound<Vec<u8>>,
+        u: &Bound<Vec<u8>>,
+    ) -> Result<(), TestCaseError> {
+        let want: Vec<_> = if crate::mvcc::is_inverted(&as_ref(l), &as_ref(u)) {
+            Vec::new()
+        } else {
+            model
+                .range::<Vec<u8>, _>((l.clone(), u.clone()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let got: Vec<_> = buffer.range(as_ref(l), as_ref(u)).map(owned).collect();
+        prop_assert_eq!(&got, &want);
+        let mut back: Vec<_> = buffer
+            .range(as_ref(l), as_ref(u))
+            .rev()
+            .map(owned)
+            .collect();
+        back.reverse();
+        prop_assert_eq!(&back, &want);
+        let mut range = buffer.range(as_ref(l), as_ref(u));
+        let (mut front, mut rear) = (Vec::new(), Vec::new());
+        for turn in 0.. {
+            let item = if turn % 2 == 0 {
+                range.next()
+            } else {
+                range.next_back()
+            };
+            match item {
+                Some(item) if turn % 2 == 0 => front.push(owned(item)),
+                Some(item) => rear.push(owned(item)),
+                None => break,
             }
-            _ => false,
         }
+        front.extend(rear.into_iter().rev());
+        prop_assert_eq!(&front, &want);
+        Ok(())
     }
 
     proptest! {
         #[test]
         fn matches_a_btreemap(ops in prop::collection::vec(op(), 0..300)) {
             let mut buffer = WriteBuffer::default();
-            let mut model: BTreeMap<Vec<u8>, Option<Arc<[u8]>>> = BTreeMap::new();
+            let mut model = Model::new();
             for op in &ops {
                 match op {
                     Op::Put(k, v) => {
-                        let value: Option<Arc<[u8]>> = v.map(|v| Arc::from(&[v][..]));
-                        let key: Arc<[u8]> = Arc::from(&[*k][..]);
+                        let value = v.map(|v| vec![v; usize::from(v % 5)]);
                         let mut vacant_called = false;
                         let put = buffer
-                            .put(key, value.clone(), |seen| {
+                            .put(k, value.as_deref(), |seen| {
                                 vacant_called = true;
-                                assert_eq!(seen, &[*k][..]);
+                                assert_eq!(seen, &k[..]);
                                 Ok(())
                             })
                             .unwrap();
-                        match (put, model.insert(vec![*k], value)) {
-                            (Put::Replaced(got), Some(want)) => prop_assert_eq!(got, want),
+                        match (put, model.insert(k.clone(), value)) {
+                            (Put::Replaced(got), Some(want)) => {
+                                prop_assert_eq!(got.map(|v| v.to_vec()), want);
+                            }
                             (Put::Added(()), None) => prop_assert!(vacant_called),
                             (got, want) => prop_assert!(false, "{:?} vs {:?}", got, want),
                         }
                     }
                     Op::Remove(k) => {
-                        prop_assert_eq!(buffer.remove(&[*k]), model.remove(&vec![*k]));
+                        let got = buffer.remove(k).map(|v| v.map(|v| v.to_vec()));
+                        prop_assert_eq!(got, model.remove(k));
                     }
-                    Op::Range(l, u) => {
-                        let (l, u) = (bound(l), bound(u));
-                        if inverted(&l, &u) {
-                            continue;
-                        }
-                        let want: Vec<_> = model.range::<Vec<u8>, _>((l.clone(), u.clone())).collect();
-                        let got: Vec<_> = buffer.range(as_ref(&l), as_ref(&u)).collect();
-                        prop_assert_eq!(got.len(), want.len());
-                        for ((gk, gv), (wk, wv)) in got.iter().zip(&want) {
-                            prop_assert_eq!(&gk[..], &wk[..]);
-                            prop_assert_eq!(gv, wv);
-                        }
-                        let back: Vec<_> = buffer.range(as_ref(&l), as_ref(&u)).rev().collect();
-                        prop_assert_eq!(back.len(), want.len());
+                    Op::Range(l, u) => check_range(&mut buffer, &model, &bound(l), &bound(u))?,
+                    Op::Get(k) => {
+                        let got = buffer.get(k).map(|v| v.map(<[u8]>::to_vec));
+                        prop_assert_eq!(got, model.get(k).cloned());
                     }
                 }
                 prop_assert!(buffer.check());
                 prop_assert_eq!(buffer.len(), model.len());
-                for (k, v) in &model {
-                    prop_assert_eq!(buffer.get(k), Some(v));
-                }
             }
-            let all: Vec<Vec<u8>> = buffer.keys().map(|k| k.to_vec()).collect();
-            let want: Vec<Vec<u8>> = model.keys().cloned().collect();
-            prop_assert_eq!(all, want);
+            let mut unordered: Vec<_> = buffer.unordered().map(owned).collect();
+            unordered.sort();
+            let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(&unordered, &want);
+            let all: Vec<Vec<u8>> = buffer.keys().map(<[u8]>::to_vec).collect();
+            prop_assert_eq!(all, model.keys().cloned().collect::<Vec<_>>());
         }
     }
 
+    fn put(buffer: &mut WriteBuffer, key: &[u8]) {
+        buffer.put(key, Some(key), |_| Ok(())).unwrap();
+    }
+
     #[test]
-    fn ascending_writes_stay_in_the_tail_and_an_error_changes_nothing() {
+    fn ascending_writes_need_no_sort_and_an_error_changes_nothing() {
         let mut buffer = WriteBuffer::default();
         for k in 0u8..100 {
-            buffer.put(Arc::from(&[k][..]), None, |_| Ok(())).unwrap();
+            put(&mut buffer, &[k]);
         }
-        assert_eq!((buffer.map.len(), buffer.tail.len()), (0, 100));
-        let err = buffer.put(Arc::from(&[200u8][..]), None, |_| {
+        assert_eq!((buffer.sorted.len(), buffer.pending.len()), (100, 0));
+        let err = buffer.put(&[200u8], None, |_| {
             Err::<(), _>(crate::Error::InvalidArgument("no".into()))
         });
         assert!(err.is_err());
         assert_eq!(buffer.len(), 100);
-        // A new key inside the tail's span moves the tail into the map.
-        buffer
-            .put(Arc::from(&[5u8, 1][..]), None, |_| Ok(()))
-            .unwrap();
-        assert_eq!((buffer.map.len(), buffer.tail.len()), (101, 0));
-        assert!(buffer.check());
+        assert_eq!(buffer.get(&[200u8]), None);
+        // A key inside the sorted span waits for the next ordered read.
+        put(&mut buffer, &[5, 1]);
+        assert_eq!(buffer.pending.len(), 1);
+        assert_eq!(
+            buffer.iter().nth(6).map(|(k, _)| k.to_vec()),
+            Some(vec![5, 1])
+        );
+        assert!(buffer.pending.is_empty() && buffer.check());
+    }
+
+    #[test]
+    fn few_writes_between_ordered_reads_go_to_recent_then_merge() {
+        let mut buffer = WriteBuffer::default();
+        for k in (0u16..1000).map(|k| k * 2) {
+            put(&mut buffer, &k.to_be_bytes());
+        }
+        // One odd key at a time, each followed by a range read.
+        let mut merged = false;
+        for k in (0u16..200).map(|k| k * 2 + 1) {
+            put(&mut buffer, &k.to_be_bytes());
+            let n = buffer.range(Bound::Unbounded, Bound::Unbounded).count();
+            assert_eq!(n, 1001 + usize::from(k / 2));
+            assert!(buffer.check());
+            merged |= buffer.recent.is_empty();
+        }
+        assert!(merged, "recent was merged into sorted at least once");
+        assert!(!buffer.recent.is_empty() || buffer.sorted.len() == 1200);
+        let keys: Vec<Vec<u8>> = buffer.keys().map(<[u8]>::to_vec).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(keys.len(), 1200);
+    }
+
+    #[test]
+    fn random_writes_sort_once_and_removed_keys_stay_out() {
+        let mut buffer = WriteBuffer::default();
+        let mut model = BTreeMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..5000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = x.to_le_bytes()[..(x % 9) as usize].to_vec();
+            put(&mut buffer, &key);
+            model.insert(key.clone(), ());
+            if i % 7 == 0 {
+                assert!(buffer.remove(&key).is_some());
+                model.remove(&key);
+            }
+        }
+        assert!(buffer.pending.len() > 4000, "random keys wait unsorted");
+        let keys: Vec<Vec<u8>> = buffer.keys().map(<[u8]>::to_vec).collect();
+        assert_eq!(keys, model.keys().cloned().collect::<Vec<_>>());
+        assert!(buffer.recent.is_empty() && buffer.check());
     }
 }

@@ -66,8 +66,8 @@ struct TableWrites {
     created: bool,
     /// The table as of the snapshot is dropped by this transaction.
     dropped: bool,
-    /// Key → new value, or `None` for a removal. Keys are shared with the
-    /// undo log and the commit footprint (one allocation per written key).
+    /// Key → new value, or `None` for a removal, in one byte arena (no
+    /// allocation per write; see `buffer`).
     entries: WriteBuffer,
     /// Entries added minus entries removed, as this transaction sees it.
     len_delta: i64,
@@ -82,8 +82,9 @@ impl TableWrites {
         self.created || !self.dropped
     }
 
-    fn footprint(&self) -> SpaceWrites {
-        SpaceWrites::of_sorted_keys(self.created || self.dropped, self.entries.keys())
+    fn footprint(&mut self) -> SpaceWrites {
+        let whole = self.created || self.dropped;
+        SpaceWrites::of_sorted_keys(whole, self.entries.keys())
     }
 }
 
@@ -138,9 +139,11 @@ pub struct Transaction {
     buffer_charge: BufferCharge,
 }
 
-/// Bookkeeping bytes of one buffered write beside its key and value: the
-/// shared key and value allocations, the buffer's map node and the undo
-/// entry (an upper estimate).
+/// Bookkeeping bytes of one buffered write beside its key and value: its
+/// slot, hash-index entry and place in the buffer's key order (a copied
+/// key in its map, for the few written between range reads), the undo
+/// entry while a savepoint is open, and the arena's growth slack (an
+/// upper estimate).
 const WRITE_BUFFER_ENTRY_OVERHEAD_BYTES: u64 = 160;
 
 /// Bytes of a transaction's write buffer charged against the memory
@@ -394,7 +397,7 @@ impl Transaction {
                         writes.len_delta -= len_delta;
                         match previous {
                             Some(value) => {
-                                writes.entries.put(Arc::clone(&key), value, |_| Ok(()))?;
+                                writes.entries.put(&key, value.as_deref(), |_| Ok(()))?;
                             }
                             None => {
                                 writes.entries.remove(&key);
@@ -444,10 +447,11 @@ impl Transaction {
 
     /// Commits. `Error::Conflict` when a concurrent commit makes this one
     /// impossible at its isolation level; retry the whole transaction.
-    pub fn commit(self) -> Result<CommitEpoch> {
+    pub fn commit(mut self) -> Result<CommitEpoch> {
         if self.tables.is_empty() {
             return Ok(self.snapshot.snapshot());
         }
+        self.settle_buffers();
         let shared = Arc::clone(&self.shared);
         let snapshot = self.snapshot.snapshot();
         let writer = shared.writer.lock_arc();
@@ -459,10 +463,25 @@ impl Transaction {
         }
     }
 
+    /// Puts every table's buffered writes in key order (a bulk load's one
+    /// sort), before the commit takes the writer lock.
+    fn settle_buffers(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        timed(&shared.metrics.stages.tree_apply_ns, || {
+            for writes in self.tables.values_mut() {
+                writes.entries.settle();
+            }
+        });
+    }
+
     /// Under the writer lock: checks for conflicts, applies the buffer to
     /// the trees, logs and installs. Hands the lock back when it still holds it.
-    fn prepare(self, writer: WriterGuard) -> (Option<WriterGuard>, Result<Option<PendingCommit>>) {
-        let stages = &self.shared.metrics.stages;
+    fn prepare(
+        mut self,
+        writer: WriterGuard,
+    ) -> (Option<WriterGuard>, Result<Option<PendingCommit>>) {
+        let shared = Arc::clone(&self.shared);
+        let stages = &shared.metrics.stages;
         let footprint = self.footprint();
         if let Err(err) = timed(&stages.validate_ns, || self.validate(&footprint)) {
             return (Some(writer), Err(err));
@@ -475,13 +494,12 @@ impl Transaction {
         if let Err(err) = timed(&stages.tree_apply_ns, || self.apply(&mut pages)) {
             return (None, Err(err));
         }
-        let shared = Arc::clone(&self.shared);
         pages.commit_deferred(|epoch| shared.commit_log.lock().record(epoch, footprint))
     }
 
-    fn footprint(&self) -> CommitFootprint {
+    fn footprint(&mut self) -> CommitFootprint {
         let mut footprint = CommitFootprint::new();
-        for (name, writes) in &self.tables {
+        for (name, writes) in &mut self.tables {
             if writes.created || writes.dropped {
                 footprint
                     .entry(KeySpace::Catalog)
@@ -521,9 +539,9 @@ impl Transaction {
     }
 
     /// Applies the buffered writes to the newest trees.
-    fn apply(&self, pages: &mut PageWriteTransaction) -> Result<()> {
+    fn apply(&mut self, pages: &mut PageWriteTransaction) -> Result<()> {
         let mut catalog_tree = pages.meta().catalog;
-        for (name, writes) in &self.tables {
+        for (name, writes) in &mut self.tables {
             // READ COMMITTED may find a table a concurrent commit created:
             // its writes then go into that table.
             let mut current = catalog::lookup(pages, &catalog_tree, name)?;
@@ -556,12 +574,7 @@ impl Transaction {
             // In key order, mostly without a descent per key.
             let mut writer =
                 btree::BatchWriter::new(crate::page_access::PageRead::page_len(&*pages))?;
-            for (key, value) in writes.entries.iter() {
-                match value {
-                    Some(value) => writer.insert(pages, &mut entry.tree, key, value)?,
-                    None => writer.remove(pages, &mut entry.tree, key)?,
-                }
-            }
+            writer.apply_sorted(pages, &mut entry.tree, writes.entries.iter())?;
             catalog::store(pages, &mut catalog_tree, name, &entry)?;
         }
         pages.meta_mut().catalog = catalog_tree;
@@ -685,9 +698,7 @@ impl Table<'_> {
             .get(&*self.name)
             .and_then(|w| w.entries.get(key))
         {
-            return Ok(slot
-                .as_ref()
-                .map(|value| ByteView::shared(Arc::clone(value))));
+            return Ok(slot.map(|value| ByteView::shared(Arc::from(value))));
         }
         let Some(tree) = self.tx.base_tree(&self.name)? else {
             return Ok(None);
@@ -698,7 +709,7 @@ impl Table<'_> {
     /// Stores `value` under `key`; returns the value it replaces.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<Option<ByteView>> {
         check_key_value(key, Some(value))?;
-        self.write(key, Some(Arc::from(value)), Vacant::Look)
+        self.write(key, Some(value), Vacant::Look)
     }
 
     /// Removes `key`; returns its value.
@@ -715,8 +726,7 @@ impl Table<'_> {
     /// newer snapshot than the read did, it looks the key up like `insert`.
     pub fn overwrite_known(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         check_key_value(key, Some(value))?;
-        self.write(key, Some(Arc::from(value)), Vacant::KnownPresent)
-            .map(drop)
+        self.write(key, Some(value), Vacant::KnownPresent).map(drop)
     }
 
     /// Removes `key`, which the caller found present by reading this table
@@ -771,7 +781,7 @@ impl Table<'_> {
     fn write(
         &mut self,
         key: &[u8],
-        value: Option<Arc<[u8]>>,
+        value: Option<&[u8]>,
         vacant: Vacant,
     ) -> Result<Option<ByteView>> {
         self.tx.begin_statement()?;
@@ -784,20 +794,15 @@ impl Table<'_> {
         tx.shared
             .charge_write_buffer(tx.buffer_charge.bytes, cost)?;
         tx.buffer_charge.bytes += cost;
-        if !tx.tables.contains_key(&*self.name) {
-            tx.tables
-                .insert(Arc::clone(&self.name), TableWrites::default());
-        }
-        let Some(writes) = tx.tables.get_mut(&*self.name) else {
-            return Err(Error::InvalidArgument(format!(
-                "write buffer of table {:?} vanished",
-                self.name
-            )));
+        // One search of the table map per write (an `entry` would clone
+        // the name's `Arc` every time).
+        let writes = match tx.tables.get_mut(&*self.name) {
+            Some(writes) => writes,
+            None => tx.tables.entry(Arc::clone(&self.name)).or_default(),
         };
-        let key: Arc<[u8]> = Arc::from(key);
         let is_some = value.is_some();
         let snapshot = &tx.snapshot;
-        let put = writes.entries.put(Arc::clone(&key), value, |key| {
+        let put = writes.entries.put(key, value, |key| {
             if vacant == Vacant::Blind {
                 // Counted as absent; `blind` makes `len` recount.
                 return Ok((false, None));
@@ -820,9 +825,7 @@ impl Table<'_> {
         })?;
         let (old, present, previous) = match put {
             Put::Replaced(previous) => {
-                let old = previous
-                    .as_ref()
-                    .map(|old| ByteView::shared(Arc::clone(old)));
+                let old = previous.clone().map(ByteView::shared);
                 (old, previous.is_some(), Some(previous))
             }
             Put::Added((present, old)) => {
@@ -835,7 +838,7 @@ impl Table<'_> {
         if tx.open_savepoints > 0 {
             tx.undo.push(Undo::Entry {
                 table: Arc::clone(&self.name),
-                key,
+                key: Arc::from(key),
                 previous,
                 len_delta,
             });
@@ -856,14 +859,15 @@ impl Table<'_> {
             return Ok(Range::empty());
         }
         let tree = self.tx.base_tree(&self.name)?;
-        let tx: &Transaction = self.tx;
+        let tx = &mut *self.tx;
         let tree_iter = match tree {
             Some(tree) => Some(btree::range(&tx.snapshot, &tree, (lower, upper))?),
             None => None,
         };
+        // Settles the table's buffered writes (key order) first.
         let buffer = tx
             .tables
-            .get(&*self.name)
+            .get_mut(&*self.name)
             .map(|writes| writes.entries.range(lower, upper));
         Ok(Range::new(tree_iter, buffer))
     }
@@ -917,7 +921,7 @@ fn recount_len_delta(
     writes: &TableWrites,
 ) -> Result<i64> {
     let mut delta = 0i64;
-    for (key, value) in writes.entries.iter() {
+    for (key, value) in writes.entries.unordered() {
         let present = match base {
             Some(tree) if tree.len > 0 => btree::get(snapshot, &tree, key)?.is_some(),
             _ => false,
@@ -1051,11 +1055,15 @@ impl<'r> ReadOnlyTable<'r> {
 /// See [`crate::Database::commit_batch`].
 pub(crate) fn commit_batch(
     shared: &Arc<Shared>,
-    transactions: Vec<Transaction>,
+    mut transactions: Vec<Transaction>,
 ) -> Vec<Result<CommitEpoch>> {
     enum Outcome {
         Done(Result<CommitEpoch>),
         Pending(PendingCommit),
+    }
+    // Key order is built before the writer lock is taken.
+    for tx in &mut transactions {
+        tx.settle_buffers();
     }
     let mut writer = Some(shared.writer.lock_arc());
     let mut outcomes = Vec::with_capacity(transactions.len());
@@ -1350,6 +1358,47 @@ mod tests {
     }
 
     #[test]
+    fn a_random_order_load_reads_its_own_writes_and_commits_them() {
+        let db = memory_db();
+        put(&db, &20_000u32.to_be_bytes(), b"old");
+        let mut tx = db.begin_write().expect("begin");
+        let mut t = tx.open_table("t").expect("open");
+        let keys: Vec<[u8; 4]> = (0..3000u32)
+            .map(|i| (i * 7919 % 10_007).to_be_bytes())
+            .collect();
+        for (n, key) in keys.iter().enumerate() {
+            t.insert(key, key).expect("insert");
+            if n % 500 == 0 {
+                // A range read in the middle of the load sees every write.
+                let seen = t.iter().expect("iter").count();
+                assert_eq!(seen, n + 2, "the loaded keys and the committed one");
+                assert_eq!(t.get(key).expect("get").as_deref(), Some(&key[..]));
+            }
+        }
+        let old = t.insert(&20_000u32.to_be_bytes(), b"new").expect("insert");
+        assert_eq!(old.as_deref(), Some(&b"old"[..]));
+        let removed = t.remove(&keys[7]).expect("remove");
+        assert_eq!(removed.as_deref(), Some(&keys[7][..]));
+        let all: Vec<Vec<u8>> = t
+            .iter()
+            .expect("iter")
+            .map(|e| e.expect("entry").0.to_vec())
+            .collect();
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "key order");
+        assert_eq!(all.len(), keys.len());
+        tx.commit().expect("commit");
+        let read = db.begin_read().expect("read");
+        let table = read.open_table("t").expect("open");
+        assert_eq!(table.len(), keys.len() as u64);
+        for key in keys.iter().filter(|k| **k != keys[7]) {
+            assert_eq!(table.get(key).expect("get").as_deref(), Some(&key[..]));
+        }
+        assert_eq!(table.get(&keys[7]).expect("get"), None);
+        let five = table.get(&20_000u32.to_be_bytes()).expect("get");
+        assert_eq!(five.as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
     fn read_committed_writes_see_each_new_snapshot() {
         let db = memory_db();
         put(&db, b"a", b"1");
@@ -1371,5 +1420,66 @@ mod tests {
             3
         );
         tx.commit().expect("commit");
+    }
+
+    /// A read-only handle over a tree with more branch pages than the first
+    /// tier of its branch cache keeps: gets and range seeks through the
+    /// kept pages (and their indexes) see the handle's snapshot while a
+    /// writer rewrites every key.
+    #[test]
+    fn read_only_handles_see_their_snapshot_through_kept_branch_pages() {
+        let db = Options {
+            storage: Arc::new(MemStorage::new()),
+            checkpoint_on_close: false,
+            ..Options::default()
+        }
+        .open("/mvcc/long-keys.mmsb")
+        .expect("open");
+        // Long keys that differ only at their end: separators cannot be
+        // shortened, so few fit a branch page and there are many of those.
+        let key = |i: u32| {
+            let mut key = vec![b'k'; 390];
+            key.extend(format!("{:010}", i.wrapping_mul(2_654_435_761)).bytes());
+            key
+        };
+        let rows = 6_000u32;
+        let write_all = |value: &[u8]| {
+            let mut tx = db.begin_write().expect("begin");
+            let mut table = tx.open_table("t").expect("open");
+            for i in 0..rows {
+                table.insert(&key(i), value).expect("insert");
+            }
+            drop(table);
+            tx.commit().expect("commit");
+        };
+        write_all(b"old");
+        let read = db.begin_read().expect("read");
+        let table = read.open_table("t").expect("open");
+        let mut keys: Vec<Vec<u8>> = (0..rows).map(key).collect();
+        keys.sort();
+        for (n, k) in keys.iter().enumerate() {
+            assert_eq!(table.get(k).expect("get").as_deref(), Some(&b"old"[..]));
+            if n == rows as usize / 2 {
+                write_all(b"new");
+            }
+        }
+        for (n, start) in keys.iter().enumerate().step_by(97) {
+            let mut range = table.range(&start[..]..).expect("range");
+            for want in keys.iter().skip(n).take(3) {
+                let (k, v) = range.next_entry().expect("an entry").expect("read");
+                assert_eq!((k, v), (&want[..], &b"old"[..]));
+            }
+        }
+        assert!(table.get(b"key:").expect("get").is_none());
+        assert!(
+            table.upper.spilled(),
+            "more branch pages than the first tier"
+        );
+        let fresh = db.begin_read().expect("read");
+        let fresh = fresh.open_table("t").expect("open");
+        assert_eq!(
+            fresh.get(&keys[0]).expect("get").as_deref(),
+            Some(&b"new"[..])
+        );
     }
 }

@@ -11,7 +11,7 @@ use crate::mvcc::view::ByteView;
 use crate::txn::PageReadTransaction;
 
 type TreeItem = (KeyGuard, ValueGuard);
-type BufferItem<'a> = (&'a Arc<[u8]>, &'a Option<Arc<[u8]>>);
+use super::buffer::BufferItem;
 pub(crate) use super::buffer::BufferRange;
 
 /// Entries of a table in key order, from either end.
@@ -158,9 +158,9 @@ impl<'a> Range<'a> {
             if let Some(value) = value {
                 let key = match tree_item {
                     Some((tree_key, _)) => ByteView::from_page(tree_key),
-                    None => ByteView::shared(Arc::clone(key)),
+                    None => ByteView::shared(Arc::from(key)),
                 };
-                return Some(Ok((key, ByteView::shared(Arc::clone(value)))));
+                return Some(Ok((key, ByteView::shared(Arc::from(value)))));
             }
             // A buffered removal: the key is gone; look at the next one.
         }

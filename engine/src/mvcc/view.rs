@@ -1,6 +1,6 @@
 //! [`ByteView`]: bytes handed to callers without a copy where possible: a
-//! view into a page held in memory, or a shared buffer from a transaction's
-//! own writes.
+//! view into a page held in memory; a transaction's own buffered writes are
+//! copied out of its write buffer (an arena that later writes may move).
 
 use std::fmt;
 use std::ops::Deref;
@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::btree::PageSlice;
 
 /// Bytes of a key or value. Borrowed from the page when the page is in
-/// memory (no copy); shared with the transaction's write buffer otherwise.
+/// memory (no copy); a copy of the transaction's own buffered write
+/// otherwise (a reference-counted buffer, cheap to clone).
 #[derive(Clone)]
 pub struct ByteView {
     repr: Repr,

@@ -2,6 +2,8 @@
 //! of writes (sorted like a transaction's buffer, or shuffled) must leave
 //! byte-identical pages, the same header, and the contents of a
 //! `BTreeMap` model; the fast path must actually be taken on sorted loads.
+//! Sorted batches also go through `BatchWriter::apply_sorted` (a third
+//! tree), which must leave the same pages again.
 
 use std::collections::BTreeMap;
 
@@ -50,7 +52,9 @@ fn fail(e: crate::Error) -> TestCaseError {
 fn run(page_len: usize, batches: &[(Vec<Write>, bool)]) -> Result<u64, TestCaseError> {
     let mut fast = MemPages::new(page_len);
     let mut slow = MemPages::new(page_len);
+    let mut bulk = MemPages::new(page_len);
     let (mut fast_h, mut slow_h) = (TreeHeader::EMPTY, TreeHeader::EMPTY);
+    let mut bulk_h = TreeHeader::EMPTY;
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut fast_writes = 0;
     for (writes, sorted) in batches {
@@ -63,15 +67,32 @@ fn run(page_len: usize, batches: &[(Vec<Write>, bool)]) -> Result<u64, TestCaseE
             let buffer: BTreeMap<_, _> = batch.into_iter().collect();
             batch = buffer.into_iter().collect();
         }
+        let mut bulk_writer = BatchWriter::new(page_len).map_err(fail)?;
+        if *sorted {
+            let entries = batch.iter().map(|(k, v)| (&k[..], v.as_deref()));
+            bulk_writer
+                .apply_sorted(&mut bulk, &mut bulk_h, entries)
+                .map_err(fail)?;
+        }
         let mut writer = BatchWriter::new(page_len).map_err(fail)?;
         for (k, v) in &batch {
             match v {
                 Some(v) => {
+                    if !*sorted {
+                        bulk_writer
+                            .insert(&mut bulk, &mut bulk_h, k, v)
+                            .map_err(fail)?;
+                    }
                     writer.insert(&mut fast, &mut fast_h, k, v).map_err(fail)?;
                     insert(&mut slow, &mut slow_h, k, v).map_err(fail)?;
                     model.insert(k.clone(), v.clone());
                 }
                 None => {
+                    if !*sorted {
+                        bulk_writer
+                            .remove(&mut bulk, &mut bulk_h, k)
+                            .map_err(fail)?;
+                    }
                     writer.remove(&mut fast, &mut fast_h, k).map_err(fail)?;
                     remove(&mut slow, &mut slow_h, k).map_err(fail)?;
                     model.remove(k);
@@ -80,10 +101,13 @@ fn run(page_len: usize, batches: &[(Vec<Write>, bool)]) -> Result<u64, TestCaseE
         }
         fast_writes += writer.fast_writes();
         prop_assert_eq!(fast_h, slow_h);
+        prop_assert_eq!(bulk_h, slow_h);
         prop_assert_eq!(fast_h.len, model.len() as u64);
         prop_assert_eq!(fast.ids(), slow.ids());
+        prop_assert_eq!(bulk.ids(), slow.ids());
         for id in fast.ids() {
             prop_assert!(fast.raw(id) == slow.raw(id), "page {} differs", id);
+            prop_assert!(bulk.raw(id) == slow.raw(id), "page {} differs (bulk)", id);
         }
         check_tree(&fast, &fast_h).map_err(fail)?;
         let all: Vec<_> = iter(&fast, &fast_h)
@@ -143,6 +167,47 @@ fn an_ordered_load_starts_new_leaves_without_a_descent() {
     let fast = run(512, &[(writes, true)]).expect("batches agree");
     // Only the writes into the one-leaf tree's root split take the slow path.
     assert!(fast + 2 >= n, "{fast} of {n} writes took the fast path");
+}
+
+#[test]
+fn apply_sorted_appends_an_ordered_load_in_the_open_leaf() {
+    let page_len = 4080;
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (1..3000u16)
+        .filter(|id| !id.is_multiple_of(97))
+        .map(|id| (key(id), value((40, id as u8))))
+        .collect();
+    let mut pages = MemPages::new(page_len);
+    let mut h = TreeHeader::EMPTY;
+    let mut writer = BatchWriter::new(page_len).expect("writer");
+    let sorted = entries.iter().map(|(k, v)| (&k[..], Some(&v[..])));
+    writer
+        .apply_sorted(&mut pages, &mut h, sorted)
+        .expect("apply");
+    assert_eq!(h.len, entries.len() as u64);
+    check_tree(&pages, &h).expect("a valid tree");
+    // Only the root leaf's first insert and each new leaf take another path.
+    let n = entries.len() as u64;
+    assert!(
+        writer.fast_writes() + 100 >= n,
+        "{} of {n}",
+        writer.fast_writes()
+    );
+    // A removal and a key inside the loaded range stop the run; the rest
+    // is applied as usual.
+    let more = [
+        (key(5), None),
+        (key(7), Some(value((10, 1)))),
+        (key(3001), Some(value((10, 2)))),
+    ];
+    let sorted = more.iter().map(|(k, v)| (&k[..], v.as_deref()));
+    writer
+        .apply_sorted(&mut pages, &mut h, sorted)
+        .expect("apply");
+    assert_eq!(h.len, n);
+    assert_eq!(get(&pages, &h, &key(5)).expect("get"), None);
+    let seven = get(&pages, &h, &key(7)).expect("get").map(|v| v.to_vec());
+    assert_eq!(seven, Some(value((10, 1))));
+    check_tree(&pages, &h).expect("a valid tree");
 }
 
 #[test]
