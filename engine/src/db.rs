@@ -53,7 +53,7 @@ use crate::page_file::{
     seal_page, FileHeader, PageFile, DEFAULT_PAGE_SIZE, HEADER_MAGIC, MAX_PAGE_SIZE,
     PAGE_TRAILER_LEN,
 };
-use crate::page_hash::PageSet;
+use crate::page_hash::{PageMap, PageSet};
 use crate::page_table::PageTable;
 use crate::snapshots::SnapshotRegistry;
 use crate::txn::{ChangedPage, PageReadTransaction, PageWriteTransaction};
@@ -256,8 +256,10 @@ pub(crate) struct Shared {
     /// Serialises checkpoints.
     checkpoint_lock: Mutex<()>,
     durable_page_count: AtomicU64,
-    /// Pages changed since the last checkpoint → epoch of their newest change.
-    pub(crate) dirty: Mutex<BTreeMap<PageId, CommitEpoch>>,
+    /// Pages changed since the last checkpoint → epoch of their newest
+    /// change (a hash map: a commit of a thousand scattered pages inserts
+    /// each in O(1); the checkpoint sorts what it writes).
+    pub(crate) dirty: Mutex<PageMap<CommitEpoch>>,
     /// Pages whose delta chains could not be folded yet (a reader pins them).
     pending_fold: Mutex<PageSet>,
     tlog_bytes_at_checkpoint: AtomicU64,
@@ -889,7 +891,7 @@ impl Shared {
             .map_err(ReplayFailure::Session)?;
         }
         self.settle_damaged_pages(damaged)?;
-        self.dirty.lock().append(&mut dirty);
+        self.dirty.lock().extend(std::mem::take(&mut dirty));
         Ok((last, replayed, commits))
     }
 
@@ -977,7 +979,7 @@ impl Shared {
             kept_dirty.extend(state.dirty.remove_entry(&page_id));
         }
         self.pages.clear();
-        self.dirty.lock().append(state.dirty);
+        self.dirty.lock().extend(std::mem::take(state.dirty));
         for (page_id, image) in state.replayed.drain() {
             self.pages.insert_clean(page_id, Arc::from(image));
         }

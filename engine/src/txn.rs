@@ -10,6 +10,8 @@
 //! [`Error::MemoryBudgetExceeded`]); the commit's admission takes the charge
 //! over, and rollback or drop gives it back.
 
+mod diff;
+
 use std::sync::Arc;
 
 use mmsb_wal::{CommitEpoch, Delta, PageId};
@@ -307,7 +309,7 @@ fn dirty_deltas(dirty: PageMap<DirtyPage>) -> Result<Vec<ChangedPage>> {
     pages.sort_unstable_by_key(|(id, _)| *id);
     let mut out = Vec::with_capacity(pages.len());
     for (id, page) in pages {
-        let delta = Delta::from_diff(id, &page.original, &page.image)?;
+        let delta = diff::page_delta(id, &page.original, &page.image)?;
         if !delta.is_empty() {
             out.push(ChangedPage {
                 delta: Arc::new(delta),
