@@ -206,6 +206,40 @@ fn writes(statement: &Ast) -> bool {
     !matches!(statement, Ast::Query(_) | Ast::Explain { .. })
 }
 
+/// Largest text or bytes buffer, in bytes, a connection keeps between
+/// prepared statement runs for the next run's parameter.
+const MAX_KEPT_PARAM_BYTES: usize = 4096;
+
+/// Heap bytes `value` holds (its string or byte buffer's capacity).
+fn heap_bytes(value: &Value) -> usize {
+    match value {
+        Value::Text(text) => text.capacity(),
+        Value::Blob(bytes) => bytes.capacity(),
+        _ => 0,
+    }
+}
+
+/// Runs one DML statement of an explicit transaction that has no
+/// SAVEPOINT open, without a statement savepoint (no undo entry per
+/// written row, nothing to release). Statement atomicity still holds as
+/// seen from SQL: an error marks the transaction failed (`failed`), and a
+/// failed transaction with no savepoint accepts only ROLLBACK (COMMIT
+/// rolls back too), so the failing statement's partial writes are never
+/// read or committed: they are discarded with the whole transaction.
+fn run_unguarded(
+    tx: &mut Transaction,
+    failed: &mut bool,
+    statement: &Ast,
+    params: &[Value],
+    cache: Option<&PlanCache>,
+    memo: Option<&mut PlanMemo>,
+) -> Result<StatementResult> {
+    debug_assert!(!*failed, "a failed transaction runs no statement");
+    let result = run_data_statement(tx, statement, params, cache, memo);
+    *failed = result.is_err();
+    result
+}
+
 /// Runs one data statement (DML, DDL, EXPLAIN) in `tx`, with the plan
 /// cache of a prepared statement if there is one.
 fn run_data_statement(
@@ -460,12 +494,24 @@ impl Connection {
         statement: &Statement,
         params: &[&dyn ToSql],
     ) -> Result<StatementResult> {
-        // Parameters go into a list reused from run to run (one allocation
-        // fewer per statement); it is taken out so `self` stays free.
+        // Parameters go into a list reused from run to run; it is taken out
+        // so `self` stays free. Its values are kept too: a text or bytes
+        // parameter is copied into the previous run's buffer (no allocation
+        // per run), unless that buffer grew past `MAX_KEPT_PARAM_BYTES`.
         let mut values = std::mem::take(&mut self.param_scratch);
-        values.extend(params.iter().map(|p| p.to_sql()));
+        values.truncate(params.len());
+        for (slot, param) in values.iter_mut().zip(params) {
+            param.to_sql_into(slot);
+        }
+        let kept = values.len();
+        values.extend(params[kept..].iter().map(|p| p.to_sql()));
+        debug_assert_eq!(values.len(), params.len());
         let result = self.run_cached(&statement.parsed.statement, &values, Some(&statement.cache));
-        values.clear();
+        for value in &mut values {
+            if heap_bytes(value) > MAX_KEPT_PARAM_BYTES {
+                *value = Value::Null;
+            }
+        }
         self.param_scratch = values;
         result
     }
@@ -700,10 +746,11 @@ impl Connection {
                 let Some(tx) = explicit.tx.as_mut() else {
                     return Err(QueryError::invalid("no transaction"));
                 };
-                let memo = if matches!(
+                let dml = matches!(
                     statement,
                     Ast::Query(_) | Ast::Insert(_) | Ast::Update(_) | Ast::Delete(_)
-                ) {
+                );
+                let memo = if dml {
                     (explicit.isolation != IsolationLevel::ReadCommitted)
                         .then_some(&mut explicit.checked_plans)
                 } else {
@@ -711,6 +758,9 @@ impl Connection {
                     explicit.checked_plans.clear();
                     None
                 };
+                if dml && explicit.savepoints.is_empty() {
+                    return run_unguarded(tx, &mut explicit.failed, statement, params, cache, memo);
+                }
                 let savepoint = tx.savepoint();
                 match run_data_statement(tx, statement, params, cache, memo) {
                     Ok(result) => {
@@ -748,5 +798,100 @@ impl Drop for Connection {
         if let Some(Explicit { tx: Some(tx), .. }) = self.explicit.take() {
             tx.rollback();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mmsb_engine::Options;
+
+    use super::*;
+
+    fn connect() -> Connection {
+        let db = Options {
+            storage: Arc::new(mmsb_wal::storage::MemStorage::new()),
+            checkpoint_on_close: false,
+            ..Options::default()
+        }
+        .open("/connection/db.mmsb")
+        .expect("in-memory database");
+        Connection::new(db).expect("connection")
+    }
+
+    fn count(c: &mut Connection) -> Option<i64> {
+        c.query("SELECT count(*) FROM t", &[])
+            .expect("count")
+            .scalar::<Option<i64>>()
+            .expect("scalar")
+    }
+
+    #[test]
+    fn a_failing_statement_without_savepoint_aborts_and_commit_discards_it() {
+        let mut c = connect();
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)")
+            .expect("create");
+        c.execute("INSERT INTO t VALUES (1, 'a')").expect("insert");
+        c.execute("BEGIN").expect("begin");
+        c.execute("INSERT INTO t VALUES (2, 'b')").expect("insert");
+        // Row 3 is written before row 1 repeats a key.
+        let err = c
+            .execute("INSERT INTO t VALUES (3, 'c'), (1, 'dup')")
+            .expect_err("duplicate key");
+        assert!(err.to_string().contains("duplicate key"), "{err}");
+        let aborted = c.query("SELECT count(*) FROM t", &[]).expect_err("aborted");
+        assert!(aborted.to_string().contains("aborted"), "{aborted}");
+        let tags = c.execute("COMMIT").expect("commit");
+        assert_eq!(tags[0].tag(), "ROLLBACK");
+        assert_eq!(count(&mut c), Some(1));
+    }
+
+    #[test]
+    fn a_failing_statement_after_a_savepoint_is_undone_whole() {
+        let mut c = connect();
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)")
+            .expect("create");
+        c.execute("BEGIN; INSERT INTO t VALUES (1, 'a'); SAVEPOINT s")
+            .expect("begin");
+        c.execute("INSERT INTO t VALUES (3, 'c'), (1, 'dup')")
+            .expect_err("duplicate key");
+        c.execute("ROLLBACK TO SAVEPOINT s").expect("rollback to");
+        c.execute("INSERT INTO t VALUES (2, 'b')").expect("insert");
+        c.execute("COMMIT").expect("commit");
+        let ids = c.query("SELECT id FROM t ORDER BY id", &[]).expect("ids");
+        let ids: Vec<i64> = (0..ids.len())
+            .filter_map(|i| ids.get(i).and_then(|r| r.get::<i64>(0).ok()))
+            .collect();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn prepared_parameters_reuse_their_buffers_without_leaking_values() {
+        let mut c = connect();
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)")
+            .expect("create");
+        let insert = c.prepare("INSERT INTO t VALUES ($1, $2)").expect("prepare");
+        let long = "x".repeat(MAX_KEPT_PARAM_BYTES + 1);
+        let texts: [Option<&str>; 5] = [
+            Some("a long first text"),
+            Some("b"),
+            None,
+            Some(&long),
+            Some("c"),
+        ];
+        for (id, text) in (0i64..).zip(texts) {
+            insert.execute(&mut c, &[&id, &text]).expect("insert");
+        }
+        let select = c.prepare("SELECT s FROM t WHERE id = $1").expect("prepare");
+        for (id, text) in (0i64..).zip(texts) {
+            let rows = select.query(&mut c, &[&id]).expect("select");
+            let got = rows.get(0).and_then(|r| r.get::<Option<String>>(0).ok());
+            assert_eq!(got, Some(text.map(str::to_owned)), "row {id}");
+        }
+        assert!(c
+            .param_scratch
+            .iter()
+            .all(|v| heap_bytes(v) <= MAX_KEPT_PARAM_BYTES));
     }
 }

@@ -287,11 +287,49 @@ impl fmt::Display for Value {
 pub trait ToSql {
     /// The SQL value.
     fn to_sql(&self) -> Value;
+
+    /// Stores the SQL value in `slot`, which holds an earlier value (a
+    /// prepared statement's parameter list is reused from run to run).
+    /// Text and bytes copy into the slot's buffer when it has one, so a
+    /// statement run a million times allocates no string per run.
+    fn to_sql_into(&self, slot: &mut Value) {
+        *slot = self.to_sql();
+    }
+}
+
+/// Copies `text` into `slot`, reusing its string buffer when it holds one.
+fn text_into(text: &str, slot: &mut Value) {
+    match slot {
+        Value::Text(buffer) => {
+            buffer.clear();
+            buffer.push_str(text);
+        }
+        other => *other = Value::Text(text.to_owned()),
+    }
+}
+
+/// Copies `bytes` into `slot`, reusing its byte buffer when it holds one.
+fn blob_into(bytes: &[u8], slot: &mut Value) {
+    match slot {
+        Value::Blob(buffer) => {
+            buffer.clear();
+            buffer.extend_from_slice(bytes);
+        }
+        other => *other = Value::Blob(bytes.to_vec()),
+    }
 }
 
 impl ToSql for Value {
     fn to_sql(&self) -> Value {
         self.clone()
+    }
+
+    fn to_sql_into(&self, slot: &mut Value) {
+        match self {
+            Value::Text(text) => text_into(text, slot),
+            Value::Blob(bytes) => blob_into(bytes, slot),
+            other => *slot = other.clone(),
+        }
     }
 }
 
@@ -328,11 +366,19 @@ impl ToSql for str {
     fn to_sql(&self) -> Value {
         Value::Text(self.to_owned())
     }
+
+    fn to_sql_into(&self, slot: &mut Value) {
+        text_into(self, slot);
+    }
 }
 
 impl ToSql for String {
     fn to_sql(&self) -> Value {
         Value::Text(self.clone())
+    }
+
+    fn to_sql_into(&self, slot: &mut Value) {
+        text_into(self, slot);
     }
 }
 
@@ -340,11 +386,19 @@ impl ToSql for [u8] {
     fn to_sql(&self) -> Value {
         Value::Blob(self.to_vec())
     }
+
+    fn to_sql_into(&self, slot: &mut Value) {
+        blob_into(self, slot);
+    }
 }
 
 impl ToSql for Vec<u8> {
     fn to_sql(&self) -> Value {
         Value::Blob(self.clone())
+    }
+
+    fn to_sql_into(&self, slot: &mut Value) {
+        blob_into(self, slot);
     }
 }
 
@@ -352,11 +406,22 @@ impl<T: ToSql + ?Sized> ToSql for &T {
     fn to_sql(&self) -> Value {
         (**self).to_sql()
     }
+
+    fn to_sql_into(&self, slot: &mut Value) {
+        (**self).to_sql_into(slot);
+    }
 }
 
 impl<T: ToSql> ToSql for Option<T> {
     fn to_sql(&self) -> Value {
         self.as_ref().map_or(Value::Null, ToSql::to_sql)
+    }
+
+    fn to_sql_into(&self, slot: &mut Value) {
+        match self {
+            Some(value) => value.to_sql_into(slot),
+            None => *slot = Value::Null,
+        }
     }
 }
 
@@ -480,5 +545,65 @@ mod tests {
         assert_eq!(format_real(1e20), "1e+20");
         assert_eq!(format_real(1.5e-7), "1.5e-07");
         assert_eq!(Value::Blob(vec![1, 171]).to_string(), "\\x01ab");
+    }
+
+    fn any_param() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            any::<bool>().prop_map(Value::Boolean),
+            "[a-z]{0,40}".prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
+        ]
+    }
+
+    proptest::proptest! {
+        /// A reused slot ends up holding exactly what `to_sql` returns,
+        /// whatever value it held before (the model: a fresh conversion).
+        #[test]
+        fn to_sql_into_a_reused_slot_equals_to_sql(
+            sequence in proptest::collection::vec(any_param(), 1..20)
+        ) {
+            let mut slot = Value::Null;
+            for value in &sequence {
+                value.to_sql_into(&mut slot);
+                proptest::prop_assert_eq!(&slot, &value.to_sql());
+                match value {
+                    Value::Text(text) => {
+                        text.to_sql_into(&mut slot);
+                        proptest::prop_assert_eq!(&slot, &text.to_sql());
+                        text.as_str().to_sql_into(&mut slot);
+                        proptest::prop_assert_eq!(&slot, &text.to_sql());
+                    }
+                    Value::Blob(bytes) => {
+                        bytes.to_sql_into(&mut slot);
+                        proptest::prop_assert_eq!(&slot, &bytes.to_sql());
+                        Some(bytes.as_slice()).to_sql_into(&mut slot);
+                        proptest::prop_assert_eq!(&slot, &bytes.to_sql());
+                    }
+                    _ => {}
+                }
+            }
+            None::<String>.to_sql_into(&mut slot);
+            proptest::prop_assert_eq!(slot, Value::Null);
+        }
+    }
+
+    #[test]
+    fn text_into_a_text_slot_keeps_its_buffer() {
+        let mut slot = Value::Text(String::with_capacity(64));
+        let before = match &slot {
+            Value::Text(text) => text.as_ptr(),
+            _ => unreachable!(),
+        };
+        "row 7".to_sql_into(&mut slot);
+        match &slot {
+            Value::Text(text) => {
+                assert_eq!(text, "row 7");
+                assert_eq!(text.as_ptr(), before, "the buffer was reused");
+            }
+            other => panic!("expected text, got {other:?}"),
+        }
     }
 }
