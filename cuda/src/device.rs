@@ -1408,6 +1408,29 @@ impl SimulatedDevice {
     }
 }
 
+impl SimulatedDevice {
+    /// Fires an armed fault before a mirror fold changes anything: out of
+    /// memory (for an allocation of `bytes`) or a failed launch; any other
+    /// armed fault stays armed.
+    fn fire_armed_fault(&mut self, bytes: u64) -> Result<(), GpuError> {
+        match self.fault.take() {
+            Some(FaultInjection::OutOfMemory) => Err(GpuError::OutOfMemory {
+                call: "cuMemAlloc (simulated)",
+                bytes,
+            }),
+            Some(FaultInjection::FailLaunch) => Err(GpuError::Driver {
+                call: "cuLaunchKernel (simulated)",
+                code: 719,
+                name: "CUDA_ERROR_LAUNCH_FAILED".into(),
+            }),
+            other => {
+                self.fault = other;
+                Ok(())
+            }
+        }
+    }
+}
+
 impl DeviceMerger for SimulatedDevice {
     fn name(&self) -> &str {
         "gpu-simulated"
@@ -1477,22 +1500,7 @@ impl DeviceMerger for SimulatedDevice {
         batch: &MergeBatch<'_>,
         plan: &ShardPlan,
     ) -> Result<DeviceStats, GpuError> {
-        match self.fault.take() {
-            Some(FaultInjection::OutOfMemory) => {
-                return Err(GpuError::OutOfMemory {
-                    call: "cuMemAlloc (simulated)",
-                    bytes: batch.images().len() as u64,
-                })
-            }
-            Some(FaultInjection::FailLaunch) => {
-                return Err(GpuError::Driver {
-                    call: "cuLaunchKernel (simulated)",
-                    code: 719,
-                    name: "CUDA_ERROR_LAUNCH_FAILED".into(),
-                })
-            }
-            other => self.fault = other,
-        }
+        self.fire_armed_fault(batch.images().len() as u64)?;
         let (index, images) = self
             .mirror
             .as_mut()
@@ -1564,22 +1572,7 @@ impl DeviceMerger for SimulatedDevice {
     /// Adopts the arena's new pages, then folds its chunks in order with
     /// the kernel's twin, each over the block bytes the kernel would read.
     fn mirror_fold_arena(&mut self, arena: &RankArena) -> Result<DeviceStats, GpuError> {
-        match self.fault.take() {
-            Some(FaultInjection::OutOfMemory) => {
-                return Err(GpuError::OutOfMemory {
-                    call: "cuMemAlloc (simulated)",
-                    bytes: arena.blocks().len() as u64,
-                })
-            }
-            Some(FaultInjection::FailLaunch) => {
-                return Err(GpuError::Driver {
-                    call: "cuLaunchKernel (simulated)",
-                    code: 719,
-                    name: "CUDA_ERROR_LAUNCH_FAILED".into(),
-                })
-            }
-            other => self.fault = other,
-        }
+        self.fire_armed_fault(arena.blocks().len() as u64)?;
         let (index, images) = self
             .mirror
             .as_mut()
