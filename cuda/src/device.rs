@@ -1408,6 +1408,33 @@ impl SimulatedDevice {
     }
 }
 
+/// The simulated mirror's fold of one chunk: gathers the images of `slots`,
+/// folds them with the kernel's twin, and scatters them back.
+fn fold_mirror_slots(
+    images: &mut [u8],
+    page_len: usize,
+    slots: &[u32],
+    view: &ChunkView<'_>,
+    tiles: Tiles,
+) -> Result<(), GpuError> {
+    let mut work = Vec::with_capacity(slots.len() * page_len);
+    for &slot in slots {
+        let at = slot as usize * page_len;
+        let image = images
+            .get(at..at + page_len)
+            .ok_or_else(|| GpuError::Unsupported(format!("mirror slot {slot}")))?;
+        work.extend_from_slice(image);
+    }
+    crate::emulate::fold_chunk_with(&mut work, page_len, view, tiles);
+    for (&slot, page) in slots.iter().zip(work.chunks_exact(page_len)) {
+        let at = slot as usize * page_len;
+        if let Some(image) = images.get_mut(at..at + page_len) {
+            image.copy_from_slice(page);
+        }
+    }
+    Ok(())
+}
+
 impl SimulatedDevice {
     /// Fires an armed fault before a mirror fold changes anything: out of
     /// memory (for an allocation of `bytes`) or a failed launch; any other
@@ -1522,21 +1549,7 @@ impl DeviceMerger for SimulatedDevice {
             let chunk_slots = slots
                 .get(range.clone())
                 .ok_or_else(|| GpuError::Unsupported(format!("chunk {chunk_index}")))?;
-            let mut work = Vec::with_capacity(range.len() * page_len);
-            for &slot in chunk_slots {
-                let at = slot as usize * page_len;
-                let image = images
-                    .get(at..at + page_len)
-                    .ok_or_else(|| GpuError::Unsupported(format!("mirror slot {slot}")))?;
-                work.extend_from_slice(image);
-            }
-            crate::emulate::fold_chunk_with(&mut work, page_len, &view, self.tiles);
-            for (&slot, page) in chunk_slots.iter().zip(work.chunks_exact(page_len)) {
-                let at = slot as usize * page_len;
-                if let Some(image) = images.get_mut(at..at + page_len) {
-                    image.copy_from_slice(page);
-                }
-            }
+            fold_mirror_slots(images, page_len, chunk_slots, &view, self.tiles)?;
             stats.chunks += 1;
             stats.meta_bytes += meta.len() as u64;
         }
@@ -1593,21 +1606,7 @@ impl DeviceMerger for SimulatedDevice {
         for chunk in arena.chunks() {
             let view = arena.view(chunk)?;
             let slots = arena.slots(chunk)?;
-            let mut work = Vec::with_capacity(slots.len() * page_len);
-            for &slot in &slots {
-                let at = slot as usize * page_len;
-                let image = images
-                    .get(at..at + page_len)
-                    .ok_or_else(|| GpuError::Unsupported(format!("mirror slot {slot}")))?;
-                work.extend_from_slice(image);
-            }
-            crate::emulate::fold_chunk_with(&mut work, page_len, &view, self.tiles);
-            for (&slot, page) in slots.iter().zip(work.chunks_exact(page_len)) {
-                let at = slot as usize * page_len;
-                if let Some(image) = images.get_mut(at..at + page_len) {
-                    image.copy_from_slice(page);
-                }
-            }
+            fold_mirror_slots(images, page_len, &slots, &view, self.tiles)?;
             stats.chunks += 1;
             stats.meta_bytes += view.layout().total_len as u64;
         }

@@ -296,18 +296,7 @@ impl ShardedMerge {
         drop(devices);
         let outcomes = outcomes?;
         debug_assert_eq!(outcomes.len(), world);
-        let mut total = DeltaCounts::EMPTY;
-        for ((shard, phases), (counts, timed)) in self
-            .shards
-            .iter_mut()
-            .zip(self.phases.iter_mut())
-            .zip(outcomes)
-        {
-            shard.counts = shard.counts.combine(counts);
-            *phases = timed;
-            total = total.combine(counts);
-        }
-        Ok(total)
+        Ok(self.record_outcomes(outcomes))
     }
 
     /// A builder of decode arenas for this communicator's GPUs: deltas go
@@ -363,6 +352,12 @@ impl ShardedMerge {
         drop(devices);
         let outcomes = outcomes?;
         debug_assert_eq!(outcomes.len(), world);
+        Ok(self.record_outcomes(outcomes))
+    }
+
+    /// Adds each rank's fold outcome to its shard's counts and phases;
+    /// returns the counts over all ranks.
+    fn record_outcomes(&mut self, outcomes: Vec<(DeltaCounts, FoldPhases)>) -> DeltaCounts {
         let mut total = DeltaCounts::EMPTY;
         for ((shard, phases), (counts, timed)) in self
             .shards
@@ -374,7 +369,7 @@ impl ShardedMerge {
             *phases = timed;
             total = total.combine(counts);
         }
-        Ok(total)
+        total
     }
 
     /// Moves each `(page, new_owner)`: the page's image goes from its
