@@ -251,15 +251,16 @@ fn run_data_statement(
 ) -> Result<StatementResult> {
     match statement {
         Ast::Query(_) | Ast::Insert(_) | Ast::Update(_) | Ast::Delete(_) => {
-            let memoized = match (cache, memo.as_deref()) {
-                (Some(cache), Some(memo)) => memo.get(&cache.id()).cloned(),
-                _ => None,
-            };
-            let was_memoized = memoized.is_some();
-            let cached = match (memoized, cache) {
-                (Some(plan), _) => Some(plan),
-                (None, Some(cache)) => cache.lookup(tx)?,
-                (None, None) => None,
+            // A plan already checked in this transaction runs borrowed from
+            // the memo (no reference count taken per run).
+            if let (Some(cache), Some(memo)) = (cache, memo.as_deref()) {
+                if let Some(cached) = memo.get(&cache.id()) {
+                    return run_cached_plan(tx, cached, params);
+                }
+            }
+            let cached = match cache {
+                Some(cache) => cache.lookup(tx)?,
+                None => None,
             };
             let cached = match cached {
                 Some(cached) => cached,
@@ -278,16 +279,10 @@ fn run_data_statement(
                     fresh
                 }
             };
-            if let (Some(cache), Some(memo), false) = (cache, memo, was_memoized) {
+            if let (Some(cache), Some(memo)) = (cache, memo) {
                 memo.insert(cache.id(), Arc::clone(&cached));
             }
-            check_param_count(cached.params, params.len())?;
-            if cached.subqueries.is_empty() {
-                run_plan(tx, &cached.plan, params)
-            } else {
-                let plan = with_subqueries(tx, &cached.plan, &cached.subqueries, params)?;
-                run_plan(tx, &plan, params)
-            }
+            run_cached_plan(tx, &cached, params)
         }
         Ast::Explain {
             analyze: false,
@@ -346,6 +341,21 @@ fn run_data_statement(
             "statement {}",
             statement_kind(other)
         ))),
+    }
+}
+
+/// Runs a bound plan with its subqueries, once the parameters are counted.
+fn run_cached_plan(
+    tx: &mut Transaction,
+    cached: &CachedPlan,
+    params: &[Value],
+) -> Result<StatementResult> {
+    check_param_count(cached.params, params.len())?;
+    if cached.subqueries.is_empty() {
+        run_plan(tx, &cached.plan, params)
+    } else {
+        let plan = with_subqueries(tx, &cached.plan, &cached.subqueries, params)?;
+        run_plan(tx, &plan, params)
     }
 }
 

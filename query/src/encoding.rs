@@ -199,6 +199,7 @@ const ROW_TAG_FALSE: u8 = 5;
 const ROW_TAG_TRUE: u8 = 6;
 
 /// Appends `value` as a LEB128 varint.
+#[inline]
 pub fn put_varint(mut value: u64, out: &mut Vec<u8>) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -243,6 +244,15 @@ pub fn encode_row(values: &[Value]) -> Vec<u8> {
     out
 }
 
+/// Appends the start of a row of `count` values (its format byte and
+/// column count) to `out`; [`encode_row_value`] of each value, in column
+/// order, completes it.
+#[inline]
+pub fn encode_row_header(count: usize, out: &mut Vec<u8>) {
+    out.push(ROW_FORMAT);
+    put_varint(count as u64, out);
+}
+
 /// Appends the encoding of a row of `count` values to `out` (a reused
 /// buffer: no allocation once it is large enough).
 pub fn encode_row_into<'v>(
@@ -250,8 +260,7 @@ pub fn encode_row_into<'v>(
     count: usize,
     out: &mut Vec<u8>,
 ) {
-    out.push(ROW_FORMAT);
-    put_varint(count as u64, out);
+    encode_row_header(count, out);
     let start = out.len();
     let mut written = 0usize;
     for value in values {
@@ -580,23 +589,31 @@ pub fn row_column(
     read_raw_value(at).map(|(value, _)| Some(value))
 }
 
+/// Appends the row encoding of INTEGER `i` (see [`encode_row_value`]).
+#[inline]
+pub fn encode_row_integer(i: i64, out: &mut Vec<u8>) {
+    out.push(ROW_TAG_INTEGER);
+    put_varint(((i << 1) ^ (i >> 63)) as u64, out);
+}
+
+/// Appends the row encoding of TEXT `s` (see [`encode_row_value`]).
+#[inline]
+pub fn encode_row_text(s: &str, out: &mut Vec<u8>) {
+    out.push(ROW_TAG_TEXT);
+    put_varint(s.len() as u64, out);
+    out.extend_from_slice(s.as_bytes());
+}
+
 /// Appends the row encoding of one value (tag and payload) to `out`.
 pub fn encode_row_value(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Null => out.push(ROW_TAG_NULL),
-        Value::Integer(i) => {
-            out.push(ROW_TAG_INTEGER);
-            put_varint(((*i << 1) ^ (*i >> 63)) as u64, out);
-        }
+        Value::Integer(i) => encode_row_integer(*i, out),
         Value::Real(r) => {
             out.push(ROW_TAG_REAL);
             out.extend_from_slice(&r.to_le_bytes());
         }
-        Value::Text(s) => {
-            out.push(ROW_TAG_TEXT);
-            put_varint(s.len() as u64, out);
-            out.extend_from_slice(s.as_bytes());
-        }
+        Value::Text(s) => encode_row_text(s, out),
         Value::Blob(b) => {
             out.push(ROW_TAG_BLOB);
             put_varint(b.len() as u64, out);

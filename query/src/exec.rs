@@ -9,6 +9,8 @@
 //! bare columns read just their column, and an UPDATE of non-key,
 //! non-indexed columns splices the new values into the stored row.
 
+mod direct;
+
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 
@@ -26,6 +28,8 @@ use crate::plan::{
     InsertSource, JoinKind, KeyBound, Plan, Returning, SelectPlan, SetOp, Source, UpdatePlan,
 };
 use crate::value::{DataType, Value};
+
+pub use direct::DirectInsert;
 
 /// Rows produced by a statement: column names and values.
 pub type RowSet = (Vec<String>, Vec<Vec<Value>>);
@@ -1286,6 +1290,9 @@ pub fn run_insert(
     params: &[Value],
 ) -> Result<(u64, Option<RowSet>)> {
     let schema = &plan.table;
+    if let Some(direct) = &plan.direct {
+        return Ok((direct.run(tx, schema, &plan.data_table, params)?, None));
+    }
     if let InsertSource::Values(rows) = &plan.source {
         if plan.returning.is_none() && schema.indexes.is_empty() {
             return Ok((insert_values_direct(tx, plan, rows, params)?, None));

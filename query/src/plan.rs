@@ -216,6 +216,10 @@ pub struct InsertPlan {
     pub source: InsertSource,
     /// RETURNING.
     pub returning: Option<Returning>,
+    /// The direct form of a one-row VALUES insert, compiled when bound
+    /// (`None`: the general path). Cleared by anything that rewrites the
+    /// plan's expressions.
+    pub direct: Option<crate::exec::DirectInsert>,
 }
 
 /// An UPDATE.
@@ -768,6 +772,8 @@ pub fn plan_exprs_mut(plan: &mut Plan, f: &mut dyn FnMut(&mut Expr) -> Result<()
     let returning = match plan {
         Plan::Select(select) => return select_exprs_mut(select, f),
         Plan::Insert(insert) => {
+            // The direct form was compiled from the expressions about to change.
+            insert.direct = None;
             match &mut insert.source {
                 InsertSource::Values(rows) => {
                     for e in rows.iter_mut().flatten().flatten() {

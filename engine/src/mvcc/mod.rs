@@ -284,6 +284,20 @@ impl Transaction {
     pub fn open_table(&mut self, name: &str) -> Result<Table<'_>> {
         catalog::validate_name(name)?;
         self.begin_statement()?;
+        // A table this transaction wrote (each statement of a bulk load):
+        // one search gives its existence and its shared name, and no
+        // catalog read is recorded again (see `table_exists`).
+        if let Some((shared, writes)) = self.tables.get_key_value(name) {
+            if writes.exists() {
+                let name = Arc::clone(shared);
+                return Ok(Table {
+                    space: KeySpace::Table(Arc::clone(&name)),
+                    name,
+                    tx: self,
+                    write_base: None,
+                });
+            }
+        }
         if !self.table_exists(name)? {
             self.change_table(name, |writes| {
                 writes.created = true;

@@ -98,12 +98,14 @@ impl Binder<'_> {
             }
         };
         let returning = self.bind_returning(insert.returning.as_deref(), &table)?;
+        let direct = DirectInsert::compile(&table, &columns, &source, returning.as_ref());
         Ok(InsertPlan {
             data_table: table.data_table(),
             table,
             columns,
             source,
             returning,
+            direct,
         })
     }
 

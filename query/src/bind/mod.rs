@@ -14,6 +14,7 @@ use sqlparser::parser::Parser;
 
 use crate::catalog::{load_table_bytes, TableSchema};
 use crate::error::{QueryError, Result};
+use crate::exec::DirectInsert;
 use crate::expr::{BinOp, Expr, Func};
 use crate::plan::{
     choose_access, conjuncts, implied_conjuncts, AggCall, AggFunc, Aggregation, DeletePlan,
