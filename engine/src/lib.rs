@@ -70,4 +70,5 @@ pub use salvage::{
 #[cfg(loom)]
 #[doc(hidden)]
 pub use snapshots::SnapshotRegistry;
+pub use txn::WrittenRanges;
 pub use txn::{PageReadTransaction, PageWriteTransaction};

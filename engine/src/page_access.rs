@@ -51,6 +51,16 @@ pub trait PageRead {
 pub trait PageWrite: PageRead {
     /// A mutable private copy of the page; changes become a delta at commit.
     fn page_mut(&mut self, id: PageId) -> Result<&mut [u8]>;
+    /// [`PageWrite::page_mut`], with the page's record of changed ranges
+    /// when the implementation keeps one: the caller must note in it every
+    /// byte range it changes before it asks for another page (the commit
+    /// then diffs only those ranges). `None` (the default): nothing to note.
+    fn page_mut_noted(
+        &mut self,
+        id: PageId,
+    ) -> Result<(&mut [u8], Option<&mut crate::txn::WrittenRanges>)> {
+        Ok((self.page_mut(id)?, None))
+    }
     /// A fresh page, zero-filled, owned by this transaction.
     fn allocate_page(&mut self) -> Result<PageId>;
     /// Returns a page to the free list when the transaction commits.

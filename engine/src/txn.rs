@@ -9,8 +9,15 @@
 //! before it is made ([`Shared::charge_page_copy`]; back-pressure, then
 //! [`Error::MemoryBudgetExceeded`]); the commit's admission takes the charge
 //! over, and rollback or drop gives it back.
+//!
+//! Diff: each dirty page keeps a [`WrittenRanges`] record; writers that
+//! note their changes ([`PageWrite::page_mut_noted`]) let the commit diff
+//! only those ranges, any other write makes it diff the whole page.
 
 mod diff;
+mod written;
+
+pub use written::WrittenRanges;
 
 use std::sync::Arc;
 
@@ -100,6 +107,8 @@ impl Drop for PageReadTransaction {
 struct DirtyPage {
     original: Arc<[u8]>,
     image: Arc<[u8]>,
+    /// Where `image` may differ from `original`.
+    written: WrittenRanges,
 }
 
 /// The single write transaction. Dropping it without commit rolls it back.
@@ -196,19 +205,31 @@ impl PageWriteTransaction {
                 Ok(slot.insert(DirtyPage {
                     image: Arc::clone(&original),
                     original,
+                    written: WrittenRanges::default(),
                 }))
             }
         }
     }
 
+    /// The private copy of page `id`, to change anywhere: the commit diffs
+    /// the whole page.
     fn page_image_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
+        let (image, written) = self.page_image_noted(id)?;
+        written.set_whole();
+        Ok(image)
+    }
+
+    /// The private copy of page `id` and its record of changed ranges,
+    /// which the caller keeps true.
+    fn page_image_noted(&mut self, id: PageId) -> Result<(&mut [u8], &mut WrittenRanges)> {
         let page = self.ensure_dirty(id)?;
         if Arc::get_mut(&mut page.image).is_none() {
             // Shared with the original or with a PageRef handed out: copy on write.
             page.image = Arc::from(&page.image[..]);
         }
-        Arc::get_mut(&mut page.image)
-            .ok_or_else(|| Error::Corrupted("internal: page copy is shared".into()))
+        let image = Arc::get_mut(&mut page.image)
+            .ok_or_else(|| Error::Corrupted("internal: page copy is shared".into()))?;
+        Ok((image, &mut page.written))
     }
 
     /// A private, all-zero image of page `id` (a page being allocated),
@@ -218,6 +239,7 @@ impl PageWriteTransaction {
     fn zeroed_image_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
         let zero = self.shared.zero_page();
         let page = self.ensure_dirty(id)?;
+        page.written.set_whole();
         if Arc::get_mut(&mut page.image).is_none() {
             page.image = Arc::from(&zero[..]);
         } else if let Some(image) = Arc::get_mut(&mut page.image) {
@@ -309,7 +331,7 @@ fn dirty_deltas(dirty: PageMap<DirtyPage>) -> Result<Vec<ChangedPage>> {
     pages.sort_unstable_by_key(|(id, _)| *id);
     let mut out = Vec::with_capacity(pages.len());
     for (id, page) in pages {
-        let delta = diff::page_delta(id, &page.original, &page.image)?;
+        let delta = page_delta(id, &page)?;
         if !delta.is_empty() {
             out.push(ChangedPage {
                 delta: Arc::new(delta),
@@ -319,6 +341,22 @@ fn dirty_deltas(dirty: PageMap<DirtyPage>) -> Result<Vec<ChangedPage>> {
         }
     }
     Ok(out)
+}
+
+/// The delta of one dirty page: its noted ranges diffed, or the whole page.
+/// Debug builds check the noted ranges against the whole-page diff.
+fn page_delta(id: PageId, page: &DirtyPage) -> Result<Delta> {
+    let Some(ranges) = page.written.ranges() else {
+        return diff::page_delta(id, &page.original, &page.image);
+    };
+    let delta = diff::page_delta_in(id, &page.original, &page.image, ranges)?;
+    debug_assert_eq!(
+        delta,
+        diff::page_delta(id, &page.original, &page.image)?,
+        "page {id}: a change outside the noted ranges {:?}",
+        page.written
+    );
+    Ok(delta)
 }
 
 impl Drop for PageWriteTransaction {
@@ -346,6 +384,12 @@ impl PageWrite for PageWriteTransaction {
     fn page_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
         check_data_page(id, &self.meta)?;
         self.page_image_mut(id)
+    }
+
+    fn page_mut_noted(&mut self, id: PageId) -> Result<(&mut [u8], Option<&mut WrittenRanges>)> {
+        check_data_page(id, &self.meta)?;
+        let (image, written) = self.page_image_noted(id)?;
+        Ok((image, Some(written)))
     }
 
     fn allocate_page(&mut self) -> Result<PageId> {

@@ -115,7 +115,27 @@ impl Delta {
     where
         I: IntoIterator<Item = DeltaRun<'a>>,
     {
-        let mut delta = Delta::new(page_id);
+        Self::from_sorted_runs_reserved(page_id, runs, 0, 0)
+    }
+
+    /// [`Delta::from_sorted_runs`] with room for `runs_hint` runs and
+    /// `payload_hint` changed bytes reserved up front (hints: more are
+    /// taken, fewer leave spare capacity), saving the reallocations of a
+    /// growing delta.
+    pub fn from_sorted_runs_reserved<'a, I>(
+        page_id: PageId,
+        runs: I,
+        runs_hint: usize,
+        payload_hint: usize,
+    ) -> Result<Self, DeltaError>
+    where
+        I: IntoIterator<Item = DeltaRun<'a>>,
+    {
+        let mut delta = Delta {
+            page_id,
+            runs: Vec::with_capacity(runs_hint),
+            payload: Vec::with_capacity(payload_hint.min(MAX_PAGE_LEN)),
+        };
         let mut prev_end = 0usize;
         for run in runs {
             if run.bytes.is_empty() {

@@ -37,6 +37,21 @@ const KNOWN_FLAGS: u8 = FLAG_BODY_ZSTD;
 /// many small deltas, and the bound caps what decoding a hostile record may
 /// allocate. Larger records rely on per-delta encodings.
 pub const MAX_ZSTD_BODY_BYTES: usize = 4 << 20;
+/// Bodies longer than [`BODY_TRIAL_MIN_BODY_BYTES`] are compressed whole
+/// only when their first `BODY_TRIAL_BYTES` bytes compress by at least one
+/// [`BODY_TRIAL_MIN_GAIN_SHARE`]th: the sampling probe reads a few hundred
+/// bytes and passes bodies of incompressible cells mixed with small varint
+/// headers, on which a whole-body zstd call (a few hundred KiB, about
+/// 3.5 instructions a byte) saves a few percent of bytes at best, less
+/// than the time it costs (a batch of random 150-byte values: 7.5%).
+const BODY_TRIAL_BYTES: usize = 16 << 10;
+/// Bodies at least this long take the trial first (small ones, the pass's
+/// main use, are compressed whole at once: the trial would cost a good share
+/// of the whole call).
+const BODY_TRIAL_MIN_BODY_BYTES: usize = 4 * BODY_TRIAL_BYTES;
+/// The trial passes when zstd saves at least one this-many-th of its bytes
+/// (12.5%).
+const BODY_TRIAL_MIN_GAIN_SHARE: usize = 8;
 /// Bytes of the version and flags fields.
 const RECORD_PREFIX_BYTES: usize = 2;
 /// Offset of the flags byte from the start of the record.
@@ -302,6 +317,10 @@ fn compress_body(
         return Ok(false);
     }
     let mut frame = Vec::new();
+    if body_len >= BODY_TRIAL_MIN_BODY_BYTES && !trial_pays(&out[body_start..], config, &mut frame)?
+    {
+        return Ok(false);
+    }
     zstd_compress(&out[body_start..], config.zstd_level, &mut frame)?;
     if varint_len(body_len as u64) + frame.len() >= body_len {
         return Ok(false);
@@ -310,6 +329,14 @@ fn compress_body(
     put_varint(out, body_len as u64);
     out.extend_from_slice(&frame);
     Ok(true)
+}
+
+/// Whether zstd saves at least one [`BODY_TRIAL_MIN_GAIN_SHARE`]th of the
+/// first [`BODY_TRIAL_BYTES`] of `body` (`frame` is scratch).
+fn trial_pays(body: &[u8], config: &CodecConfig, frame: &mut Vec<u8>) -> Result<bool, CodecError> {
+    let trial = &body[..body.len().min(BODY_TRIAL_BYTES)];
+    zstd_compress(trial, config.zstd_level, frame)?;
+    Ok(frame.len() + trial.len() / BODY_TRIAL_MIN_GAIN_SHARE <= trial.len())
 }
 
 /// Reads `count` deltas that must fill `reader` exactly.
@@ -707,6 +734,65 @@ mod tests {
         let stats_off = record.encode(&no_pass, &mut off).unwrap();
         assert!(!stats_off.body_zstd);
         assert!(out.len() < off.len());
+        assert_eq!(CommitRecord::decode(&out, 4096).unwrap(), record);
+    }
+
+    /// A delta writing `len` random bytes (from `seed`) at offset 0 of `page`.
+    fn random_delta(page: u64, len: usize, seed: u64) -> Delta {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        sparse_delta(page, &[(0, &bytes)])
+    }
+
+    #[test]
+    fn gate_skips_zstd_after_misses_and_retries_until_it_wins() {
+        let text = b"account 00012345 balance 0000001000 updated ".repeat(20);
+        let mut deltas: Vec<Delta> = (0..40).map(|page| random_delta(page, 600, page)).collect();
+        deltas.extend((40..100).map(|page| sparse_delta(page, &[(0, &text[..])])));
+        let record = CommitRecord::new(deltas);
+        let mut out = Vec::new();
+        let stats = record.encode(&CodecConfig::default(), &mut out).unwrap();
+        // After the streak the gate skips up to 32 compressible pages
+        // before its next try wins, then admits every one.
+        assert!(
+            (20..60).contains(&stats.zstd_deltas),
+            "{} zstd deltas",
+            stats.zstd_deltas
+        );
+        assert_eq!(CommitRecord::decode(&out, 4096).unwrap(), record);
+    }
+
+    #[test]
+    fn large_incompressible_bodies_skip_the_body_pass() {
+        // Deltas under the per-delta zstd threshold, random bytes behind
+        // compressible run headers: the trial stops the whole-body call.
+        let deltas: Vec<Delta> = (0..2000)
+            .map(|page| {
+                let mut delta = random_delta(page, 120, page);
+                delta.write(1000, &[0u8; 8]).unwrap();
+                delta
+            })
+            .collect();
+        let record = CommitRecord::new(deltas);
+        let mut out = Vec::new();
+        let stats = record.encode(&CodecConfig::default(), &mut out).unwrap();
+        assert!(out.len() > BODY_TRIAL_MIN_BODY_BYTES);
+        assert!(!stats.body_zstd);
+        assert_eq!(CommitRecord::decode(&out, 4096).unwrap(), record);
+    }
+
+    #[test]
+    fn large_compressible_bodies_take_the_body_pass() {
+        let text = b"account 00012345 balance 0000001000 updated ".repeat(2);
+        let deltas: Vec<Delta> = (0..2000)
+            .map(|page| sparse_delta(page * 7, &[((page as usize * 13) % 3000, &text[..])]))
+            .collect();
+        let record = CommitRecord::new(deltas);
+        let mut out = Vec::new();
+        let stats = record.encode(&CodecConfig::default(), &mut out).unwrap();
+        assert!(stats.raw_bytes > BODY_TRIAL_MIN_BODY_BYTES);
+        assert!(stats.body_zstd);
+        assert!(stats.ratio() > 3.0, "ratio {}", stats.ratio());
         assert_eq!(CommitRecord::decode(&out, 4096).unwrap(), record);
     }
 

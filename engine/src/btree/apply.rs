@@ -383,7 +383,8 @@ impl BatchWriter {
             };
             (found, idx, replace_fits)
         };
-        let mut node = NodeMut::open(pages.page_mut(id)?, id, 0, geo)?;
+        // Only the leaf changes, every change through `node`: noted.
+        let mut node = NodeMut::open_noted(pages.page_mut_noted(id)?, id, 0, geo)?;
         if found {
             if !replace_fits {
                 return Ok(false);

@@ -182,7 +182,7 @@ fn insert_leaf<P: PageWrite>(
         let k = KeySpec::with_chain(geo, key, key_chain);
         let v = replace_value(pages, geo, k.stored_len(), old_loc, value)?;
         let new_size = leaf_cell_size(&k, &v);
-        let mut node = NodeMut::open(pages.page_mut(id)?, id, 0, geo)?;
+        let mut node = NodeMut::open_noted(pages.page_mut_noted(id)?, id, 0, geo)?;
         if new_size <= old_size {
             node.overwrite_leaf_value(idx, leaf_flags(&k, &v), value.len(), &v.part())?;
             return Ok((Some(old_value), None));
@@ -213,7 +213,7 @@ fn place_leaf_cell<P: PageWrite>(
     k: &KeySpec<'_>,
     v: &ValueSpec<'_>,
 ) -> Result<Option<Split>> {
-    let mut node = NodeMut::open(pages.page_mut(id)?, id, 0, geo)?;
+    let mut node = NodeMut::open_noted(pages.page_mut_noted(id)?, id, 0, geo)?;
     let size = leaf_cell_size(k, v);
     if node.insert_cell_with(idx, size, |d| write_leaf_cell(d, k, v))? {
         return Ok(None);
@@ -261,7 +261,7 @@ pub(crate) fn insert_separator<P: PageWrite>(
         new_page,
         new_is_left,
     } = split;
-    let mut node = NodeMut::open(pages.page_mut(id)?, id, level, geo)?;
+    let mut node = NodeMut::open_noted(pages.page_mut_noted(id)?, id, level, geo)?;
     if new_is_left {
         let old_child = node.view().child(pos)?;
         node.set_child(pos, new_page)?;

@@ -15,6 +15,7 @@ use super::format::*;
 use super::keys::cmp_key;
 use crate::error::Result;
 use crate::page_access::PageRead;
+use crate::txn::WrittenRanges;
 
 /// Leaf or branch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -729,13 +730,42 @@ pub(crate) struct NodeMut<'a> {
     id: PageId,
     kind: NodeKind,
     geo: &'a Geometry,
+    /// Where every change is noted, when the page keeps a record (see
+    /// [`NodeMut::open_noted`]).
+    noted: Option<&'a mut WrittenRanges>,
 }
 
 impl<'a> NodeMut<'a> {
     /// Opens page `id` (validated like [`Node::parse`]) for editing.
     pub(crate) fn open(b: &'a mut [u8], id: PageId, level: u8, geo: &'a Geometry) -> Result<Self> {
+        Self::open_noted((b, None), id, level, geo)
+    }
+
+    /// [`NodeMut::open`] on a page from
+    /// [`PageWrite::page_mut_noted`](crate::page_access::PageWrite::page_mut_noted):
+    /// every edit notes the bytes it changes in the page's record.
+    pub(crate) fn open_noted(
+        (b, noted): (&'a mut [u8], Option<&'a mut WrittenRanges>),
+        id: PageId,
+        level: u8,
+        geo: &'a Geometry,
+    ) -> Result<Self> {
         let kind = Node::parse(b, id, level, geo)?.kind();
-        Ok(NodeMut { b, id, kind, geo })
+        Ok(NodeMut {
+            b,
+            id,
+            kind,
+            geo,
+            noted,
+        })
+    }
+
+    /// Notes that bytes `range` change (when the page keeps a record).
+    fn note(&mut self, range: Range<usize>) {
+        debug_assert!(range.start <= range.end && range.end <= self.b.len());
+        if let Some(noted) = self.noted.as_deref_mut() {
+            noted.note(range);
+        }
     }
 
     /// Formats a fresh (zero-filled) page as an empty node.
@@ -755,7 +785,13 @@ impl<'a> NodeMut<'a> {
         b[OFF_LEVEL] = level;
         b[OFF_RESERVED_BYTE] = 0;
         b[OFF_RESERVED_TAIL..LEAF_HEADER_BYTES].fill(0);
-        let mut node = NodeMut { b, id, kind, geo };
+        let mut node = NodeMut {
+            b,
+            id,
+            kind,
+            geo,
+            noted: None,
+        };
         node.set_count(0);
         node.set_content(geo.page_len);
         node.set_frag(0);
@@ -773,22 +809,26 @@ impl<'a> NodeMut<'a> {
     fn set_count(&mut self, v: usize) {
         debug_assert!(v <= u16::MAX as usize);
         wr_u16(self.b, OFF_COUNT, v as u16);
+        self.note(OFF_COUNT..OFF_COUNT + 2);
     }
 
     fn set_content(&mut self, v: usize) {
         debug_assert!(v <= u16::MAX as usize);
         wr_u16(self.b, OFF_CONTENT, v as u16);
+        self.note(OFF_CONTENT..OFF_CONTENT + 2);
     }
 
     fn set_frag(&mut self, v: usize) {
         debug_assert!(v <= u16::MAX as usize);
         wr_u16(self.b, OFF_FRAG, v as u16);
+        self.note(OFF_FRAG..OFF_FRAG + 2);
     }
 
     /// Sets the leftmost child of a branch.
     pub(crate) fn set_leftmost(&mut self, child: PageId) {
         debug_assert_eq!(self.kind, NodeKind::Branch);
         wr_u64(self.b, OFF_LEFTMOST, child.0);
+        self.note(OFF_LEFTMOST..OFF_LEFTMOST + PAGE_ID_BYTES);
     }
 
     /// Sets the child at position `pos` (0 = leftmost) of a branch.
@@ -798,6 +838,7 @@ impl<'a> NodeMut<'a> {
         } else {
             let off = self.view().cell_off(pos - 1)?;
             wr_u64(self.b, off + CELL_OFF_CHILD, child.0);
+            self.note(off + CELL_OFF_CHILD..off + CELL_OFF_CHILD + PAGE_ID_BYTES);
         }
         Ok(())
     }
@@ -826,6 +867,8 @@ impl<'a> NodeMut<'a> {
         let slot = self.kind.header_len() + idx * SLOT_BYTES;
         self.b.copy_within(slot..slots_end, slot + SLOT_BYTES);
         wr_u16(self.b, slot, start as u16);
+        self.note(start..start + size);
+        self.note(slot..slots_end + SLOT_BYTES);
         self.set_count(count + 1);
         self.set_content(start);
         Ok(true)
@@ -852,6 +895,7 @@ impl<'a> NodeMut<'a> {
             self.compact()?;
         }
         let mut start = self.view().content;
+        let cells_end = start;
         let slot = self.kind.header_len() + idx * SLOT_BYTES;
         let shift = cells.len() * SLOT_BYTES;
         self.b.copy_within(slot..slots_end, slot + shift);
@@ -860,6 +904,8 @@ impl<'a> NodeMut<'a> {
             self.b[start..start + cell.len()].copy_from_slice(cell);
             wr_u16(self.b, slot + k * SLOT_BYTES, start as u16);
         }
+        self.note(start..cells_end);
+        self.note(slot..slots_end + shift);
         self.set_count(count + cells.len());
         self.set_content(start);
         Ok(true)
@@ -885,6 +931,7 @@ impl<'a> NodeMut<'a> {
             hdr + range.end * SLOT_BYTES..slots_end,
             hdr + range.start * SLOT_BYTES,
         );
+        self.note(hdr + range.start * SLOT_BYTES..slots_end);
         let left = count - range.len();
         self.set_count(left);
         if left == 0 {
@@ -910,6 +957,7 @@ impl<'a> NodeMut<'a> {
             return Ok(false);
         }
         self.b[off..off + cell.len()].copy_from_slice(cell);
+        self.note(off..off + cell.len());
         self.set_frag(frag + old - cell.len());
         Ok(true)
     }
@@ -938,6 +986,7 @@ impl<'a> NodeMut<'a> {
         self.b[off] = flags;
         wr_u32(self.b, off + CELL_OFF_VALUE_LEN, value_len as u32);
         self.b[value_off..value_off + value_part.len()].copy_from_slice(value_part);
+        self.note(off..value_off + value_part.len());
         self.set_frag(frag + old_size - new_size);
         Ok(())
     }
@@ -953,6 +1002,8 @@ impl<'a> NodeMut<'a> {
         }
         cells.sort_unstable_by_key(|&(off, _, _)| std::cmp::Reverse(off));
         let slots_end = self.kind.header_len() + count * SLOT_BYTES;
+        // Noted up front: a corrupt cell stops the moves half way.
+        self.note(self.kind.header_len()..self.b.len());
         let mut end = self.b.len();
         for (off, size, i) in cells {
             if off + size > end || end - size < slots_end {

@@ -14,6 +14,13 @@
 //! `from_diff`'s own rule (changed spans closer than `DIFF_GAP_JOIN_LEN`
 //! equal bytes share a run). The result is the same delta, byte for byte
 //! (checked against `from_diff` by a property test).
+//!
+//! [`page_delta_in`] takes the windows from the ranges a writer noted
+//! (`written`): the bytes outside them are equal by the writer's promise,
+//! and noted ranges lie at least [`DIFF_GAP_JOIN_LEN`] bytes apart, so the
+//! same rule inside them gives the same delta without reading the rest.
+
+use std::ops::Range;
 
 use mmsb_wal::delta::{DIFF_GAP_JOIN_LEN, MAX_PAGE_LEN};
 use mmsb_wal::{Delta, DeltaRun, PageId};
@@ -28,6 +35,11 @@ pub(crate) const DIFF_BLOCK_BYTES: usize = 64;
 /// Bytes skipped with one comparison while an equal stretch lasts; a span
 /// that differs is then scanned block by block.
 const DIFF_SPAN_BYTES: usize = 8 * DIFF_BLOCK_BYTES;
+
+/// Runs reserved per noted window: a window usually holds one run, the
+/// slot array of a leaf insert two or three (equal high bytes of shifted
+/// slots split it).
+const RUNS_PER_WINDOW_HINT: usize = 2;
 
 /// Bytes of the words the scan inside a window compares at once.
 const WORD_BYTES: usize = 8;
@@ -46,12 +58,43 @@ pub(crate) fn page_delta(page_id: PageId, old: &[u8], new: &[u8]) -> Result<Delt
         new,
         pos: 0,
         window_end: 0,
+        windows: None::<std::iter::Empty<(usize, usize)>>,
     };
     Ok(Delta::from_sorted_runs(page_id, runs)?)
 }
 
+/// The delta that turns `old` into `new` when they differ only inside
+/// `windows` (sorted, each at least [`DIFF_GAP_JOIN_LEN`] bytes before the
+/// next, within the images): the same delta as [`page_delta`], reading
+/// only the windows' bytes.
+pub(crate) fn page_delta_in<I>(page_id: PageId, old: &[u8], new: &[u8], windows: I) -> Result<Delta>
+where
+    I: Iterator<Item = Range<usize>> + Clone,
+{
+    if old.len() != new.len() || new.len() > MAX_PAGE_LEN {
+        return Ok(Delta::from_diff(page_id, old, new)?);
+    }
+    let windows = windows.map(|w| (w.start, w.end.min(new.len())));
+    // The runs lie inside the windows: their bytes bound the payload.
+    let payload_hint = windows.clone().map(|(s, e)| e.saturating_sub(s)).sum();
+    let runs_hint = windows.clone().count() * RUNS_PER_WINDOW_HINT;
+    let runs = ChangedRuns {
+        old,
+        new,
+        pos: 0,
+        window_end: 0,
+        windows: Some(windows),
+    };
+    Ok(Delta::from_sorted_runs_reserved(
+        page_id,
+        runs,
+        runs_hint,
+        payload_hint,
+    )?)
+}
+
 /// The runs of the diff of two equally long images, in offset order.
-struct ChangedRuns<'a> {
+struct ChangedRuns<'a, W> {
     old: &'a [u8],
     new: &'a [u8],
     /// Where the search for the next run starts.
@@ -59,9 +102,12 @@ struct ChangedRuns<'a> {
     /// End of the window being scanned (a block boundary, or the length);
     /// at or before `pos` when no window is open.
     window_end: usize,
+    /// The windows to scan, when known (noted ranges); `None`: found by
+    /// comparing blocks.
+    windows: Option<W>,
 }
 
-impl<'a> Iterator for ChangedRuns<'a> {
+impl<'a, W: Iterator<Item = (usize, usize)>> Iterator for ChangedRuns<'a, W> {
     type Item = DeltaRun<'a>;
 
     fn next(&mut self) -> Option<DeltaRun<'a>> {
@@ -80,7 +126,11 @@ impl<'a> Iterator for ChangedRuns<'a> {
                 }
                 self.pos = self.window_end;
             }
-            let (start, end) = next_window(self.old, self.new, self.pos)?;
+            let (start, end) = match &mut self.windows {
+                Some(windows) => windows.find(|&(start, end)| start < end)?,
+                None => next_window(self.old, self.new, self.pos)?,
+            };
+            debug_assert!(start >= self.pos && end <= self.new.len());
             self.pos = start;
             self.window_end = end;
         }
@@ -237,6 +287,35 @@ mod tests {
     }
 
     proptest! {
+        /// Diffing only the noted ranges of the edits gives the whole-page
+        /// delta (the writer's promise: nothing changed outside them).
+        #[test]
+        fn noted_windows_give_the_whole_page_delta(
+            len in 64usize..1200,
+            seed in any::<u8>(),
+            edits in prop::collection::vec((0usize..1200, 1usize..40, any::<u8>()), 0..6),
+        ) {
+            let old: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed) % 3).collect();
+            let mut new = old.clone();
+            let mut written = super::super::WrittenRanges::default();
+            for (at, n, byte) in edits {
+                let at = at % len;
+                let end = (at + n).min(len);
+                for (i, b) in new[at..end].iter_mut().enumerate() {
+                    *b = if i % 5 == 4 { *b } else { byte.wrapping_add(i as u8) };
+                }
+                written.note(at..end);
+            }
+            let whole = page_delta(PAGE, &old, &new).unwrap();
+            let noted = written
+                .ranges()
+                .map(|ranges| page_delta_in(PAGE, &old, &new, ranges).unwrap());
+            prop_assert_eq!(noted.is_none(), written.is_whole());
+            if let Some(noted) = noted {
+                prop_assert_eq!(noted, whole);
+            }
+        }
+
         #[test]
         fn the_delta_is_the_one_from_diff_builds(
             len in 1usize..1200,

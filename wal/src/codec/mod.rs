@@ -12,7 +12,9 @@
 //! sample of it does not look incompressible (`sample`: zstd is predicted
 //! to save too little, as on random keys and values); when zstd halves the
 //! raw size it is taken (see [`ZSTD_CLEAR_WIN_FACTOR`]), else the RLE
-//! encoding is built and the smallest candidate wins.
+//! encoding is built and the smallest candidate wins. Within one record,
+//! a streak of large deltas on which zstd lost makes the `gate` skip the
+//! probe and zstd on most of the following ones.
 //!
 //! Decoding validates every count, length, offset and varint against the
 //! input's size and the caller's page length limit before using it; a
@@ -22,6 +24,7 @@
 //! The commit record that holds the encoded deltas is in `record`.
 
 mod build;
+mod gate;
 mod raw;
 mod rle;
 mod sample;
@@ -257,6 +260,8 @@ pub(crate) const MIN_ENCODED_DELTA_BYTES: usize = 3;
 pub(crate) struct EncodeScratch {
     raw: Vec<u8>,
     compressed: Vec<u8>,
+    /// Whether zstd has been paying on this record's large deltas.
+    gate: gate::ZstdGate,
 }
 
 /// Buffers reused across the deltas of one record while decoding.
@@ -300,9 +305,10 @@ pub(crate) fn encode_delta(
     }
 }
 
-/// The smallest of RLE, raw and (for large enough deltas) zstd; RLE is not
-/// tried when zstd already shrinks the raw encoding to at most one
-/// [`ZSTD_CLEAR_WIN_FACTOR`]th.
+/// The smallest of RLE, raw and (for large enough deltas) zstd;
+/// RLE is not tried when zstd already shrinks the raw encoding to at most
+/// one [`ZSTD_CLEAR_WIN_FACTOR`]th. zstd is tried only where the record's
+/// gate admits it (see `gate`), which learns from the outcome.
 fn encode_adaptive(
     delta: &Delta,
     prev_page: PageId,
@@ -311,10 +317,32 @@ fn encode_adaptive(
     scratch: &mut EncodeScratch,
 ) -> Result<DeltaEncoding, CodecError> {
     let raw_len = raw_encoded_len(delta);
-    let zstd_len = try_zstd(delta, raw_len, config, scratch)?;
+    let tried = raw_len >= config.zstd_min_bytes && scratch.gate.admits();
+    let zstd_len = if tried {
+        try_zstd(delta, config.zstd_level, scratch)?
+    } else {
+        None
+    };
+    let encoding = write_smallest(delta, prev_page, raw_len, zstd_len, out, scratch);
+    if tried {
+        scratch.gate.record(encoding == DeltaEncoding::Zstd);
+    }
+    Ok(encoding)
+}
+
+/// Writes the smallest of the zstd entry in `scratch` (when `zstd_len`
+/// says there is one), RLE and raw; returns the encoding written.
+fn write_smallest(
+    delta: &Delta,
+    prev_page: PageId,
+    raw_len: usize,
+    zstd_len: Option<usize>,
+    out: &mut Vec<u8>,
+    scratch: &EncodeScratch,
+) -> DeltaEncoding {
     if zstd_len.is_some_and(|len| len.saturating_mul(ZSTD_CLEAR_WIN_FACTOR) <= raw_len) {
         write_zstd(out, scratch);
-        return Ok(DeltaEncoding::Zstd);
+        return DeltaEncoding::Zstd;
     }
     let start = out.len();
     encode_rle(delta, prev_page, out);
@@ -322,33 +350,29 @@ fn encode_adaptive(
     if zstd_len.is_some_and(|len| len < rle_len.min(raw_len)) {
         out.truncate(start);
         write_zstd(out, scratch);
-        return Ok(DeltaEncoding::Zstd);
+        return DeltaEncoding::Zstd;
     }
     if raw_len < rle_len {
         out.truncate(start);
         encode_raw(delta, out);
-        return Ok(DeltaEncoding::Raw);
+        return DeltaEncoding::Raw;
     }
-    Ok(DeltaEncoding::Rle)
+    DeltaEncoding::Rle
 }
 
-/// Compresses the raw encoding of `delta` into `scratch` when it is long
-/// enough and does not look incompressible; returns the zstd entry's length.
+/// Compresses the raw encoding of `delta` into `scratch` unless it looks
+/// incompressible; returns the zstd entry's length.
 fn try_zstd(
     delta: &Delta,
-    raw_len: usize,
-    config: &CodecConfig,
+    level: i32,
     scratch: &mut EncodeScratch,
 ) -> Result<Option<usize>, CodecError> {
-    if raw_len < config.zstd_min_bytes {
-        return Ok(None);
-    }
     scratch.raw.clear();
     raw::encode(delta, &mut scratch.raw);
     if looks_incompressible(&scratch.raw) {
         return Ok(None);
     }
-    zstd_frame::compress(&scratch.raw, config.zstd_level, &mut scratch.compressed)?;
+    zstd_frame::compress(&scratch.raw, level, &mut scratch.compressed)?;
     Ok(Some(zstd_entry_len(scratch)))
 }
 
