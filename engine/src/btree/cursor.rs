@@ -1372,12 +1372,14 @@ mod tests {
     /// Keys with long shared prefixes and equal heads, short keys and keys
     /// that are prefixes of others.
     fn awkward_key() -> impl Strategy<Value = Vec<u8>> {
-        (0u8..4, 0u32..400, 0usize..3).prop_map(|(prefix, n, tail)| {
+        (0u8..5, 0u32..400, 0usize..3).prop_map(|(prefix, n, tail)| {
             let mut key = match prefix {
                 0 => Vec::new(),
                 1 => b"a".to_vec(),
                 2 => b"user:0000".to_vec(),
-                _ => vec![0xff; 11],
+                3 => vec![0xff; 11],
+                // Longer than the prefix a branch index keeps inline.
+                _ => b"tenant-0042/orders/2026-11/".to_vec(),
             };
             key.extend_from_slice(&n.to_be_bytes()[..4 - tail]);
             key
