@@ -839,3 +839,78 @@ mod tests {
         assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }
+
+/// What [`probe_reads`] measured: the time of each round of point reads.
+#[derive(Debug, Clone)]
+pub struct ReadProbe {
+    /// Point reads per round.
+    pub reads_per_round: usize,
+    /// Wall time of each round, in the order run.
+    pub rounds: Vec<Duration>,
+    /// Wall time of the bulk load that built the tree.
+    pub bulk_load: Duration,
+}
+
+impl ReadProbe {
+    /// Nanoseconds per read of the round at quantile `q` (0 = fastest).
+    pub fn ns_per_read(&self, q: f64) -> f64 {
+        let mut sorted = self.rounds.clone();
+        sorted.sort_unstable();
+        let Some(last) = sorted.len().checked_sub(1) else {
+            return f64::NAN;
+        };
+        let at = ((last as f64) * q.clamp(0.0, 1.0)).round() as usize;
+        sorted[at].as_secs_f64() * 1e9 / self.reads_per_round.max(1) as f64
+    }
+}
+
+/// Diagnosis, not a ranked phase: bulk-loads `data` and runs its batch
+/// writes (the tree of the comparison's read phases), then `rounds` rounds
+/// of `reads_per_round` point reads of loaded keys in shuffled order, each
+/// round in its own read transaction and timed alone. On a machine shared
+/// with other work the fastest rounds are the ones nothing interrupted, so
+/// their times compare engines (or builds) where whole-phase times cannot.
+pub fn probe_reads(
+    engine: &dyn BenchEngine,
+    data: &Dataset,
+    rounds: usize,
+    reads_per_round: usize,
+) -> Result<ReadProbe> {
+    let ((), bulk_load) = timed(|| {
+        engine.write(&mut |w| {
+            for i in data.bulk() {
+                w.insert(&data.keys[i], &data.values[i])?;
+            }
+            Ok(())
+        })
+    })?;
+    for n in 0..data.cfg.batch_txs {
+        engine.write(&mut |w| {
+            for i in data.batch(n) {
+                w.insert(&data.keys[i], &data.values[i])?;
+            }
+            Ok(())
+        })?;
+    }
+    let order = &data.lookup_order;
+    let per_round = reads_per_round.clamp(1, order.len().max(1));
+    let mut probe = ReadProbe {
+        reads_per_round: per_round,
+        rounds: Vec::with_capacity(rounds),
+        bulk_load,
+    };
+    for round in 0..rounds {
+        let start = (round * per_round) % order.len().max(1);
+        let slice = &order[start..(start + per_round).min(order.len())];
+        let ((_, missing), t) = timed(|| read_keys(engine, data, slice))?;
+        check(
+            engine.name(),
+            Phase::RandomReads,
+            "keys missing",
+            missing,
+            0,
+        )?;
+        probe.rounds.push(t);
+    }
+    Ok(probe)
+}

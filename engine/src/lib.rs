@@ -29,6 +29,7 @@ mod error;
 mod eviction;
 #[doc(hidden)]
 pub mod fuzz_hooks;
+mod huge_pages;
 mod memory;
 pub mod merge;
 mod meta;

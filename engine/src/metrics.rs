@@ -151,6 +151,11 @@ pub struct MetricsSnapshot {
     pub pages_in_memory: u64,
     /// Bytes held only for older snapshots: unfolded deltas and old base images (gauge).
     pub pinned_version_bytes: u64,
+    /// 2 MiB regions holding page images that the kernel backed with a
+    /// huge page on the worker's advice (see `Options::huge_page_images`).
+    pub huge_page_regions_collapsed: u64,
+    /// Huge-page advice the kernel refused (no free huge page, say).
+    pub huge_page_collapses_refused: u64,
     /// Live read snapshots (gauge).
     pub live_snapshots: u64,
     /// Page versions folded by the merge worker or at commit.

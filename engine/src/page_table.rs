@@ -21,10 +21,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crossbeam::utils::CachePadded;
 use mmsb_wal::{CommitEpoch, Delta, PageId};
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
+use crate::huge_pages::HugePageAdvisor;
 use crate::merge::MergeKernel;
 use crate::page_hash::PageMap;
 
@@ -234,20 +236,41 @@ impl Drop for InstallPins<'_> {
 /// Every page in memory, sharded by page id.
 #[derive(Debug)]
 pub struct PageTable {
-    shards: Box<[RwLock<PageMap<PageVersions>>]>,
+    /// One cache line per shard's lock: readers on different cores take
+    /// different shards' locks without invalidating each other's lines.
+    shards: Box<[CachePadded<RwLock<PageMap<PageVersions>>>]>,
     stats: PageTableStats,
+    /// Where the images live: advised onto huge pages by the worker.
+    huge_pages: HugePageAdvisor,
 }
 
 impl Default for PageTable {
     fn default() -> Self {
         PageTable {
-            shards: (0..SHARD_COUNT).map(|_| RwLock::default()).collect(),
+            shards: (0..SHARD_COUNT)
+                .map(|_| CachePadded::new(RwLock::default()))
+                .collect(),
             stats: PageTableStats::default(),
+            huge_pages: HugePageAdvisor::new(false),
         }
     }
 }
 
 impl PageTable {
+    /// An empty table; with `huge_page_images`, the images it takes in are
+    /// noted for huge-page advice (see [`crate::huge_pages`]).
+    pub(crate) fn with_huge_page_images(huge_page_images: bool) -> Self {
+        PageTable {
+            huge_pages: HugePageAdvisor::new(huge_page_images),
+            ..PageTable::default()
+        }
+    }
+
+    /// The advisor noting where this table's images live.
+    pub(crate) fn huge_pages(&self) -> &HugePageAdvisor {
+        &self.huge_pages
+    }
+
     fn shard(&self, page_id: PageId) -> &RwLock<PageMap<PageVersions>> {
         &self.shards[(page_id.get() as usize) & (SHARD_COUNT - 1)]
     }
@@ -306,6 +329,7 @@ impl PageTable {
     /// Adds a page read from disk (valid for every epoch until it changes).
     /// Keeps the existing entry if another thread loaded it first.
     pub fn insert_clean(&self, page_id: PageId, image: Arc<[u8]>) -> Arc<[u8]> {
+        self.huge_pages.note(&image);
         let mut shard = self.shard(page_id).write();
         let versions = shard.entry(page_id).or_insert_with(|| {
             self.stats.pages.fetch_add(1, Ordering::Relaxed);
@@ -324,6 +348,7 @@ impl PageTable {
         image: Arc<[u8]>,
         snapshot: CommitEpoch,
     ) -> Result<Arc<[u8]>> {
+        self.huge_pages.note(&image);
         let mut shard = self.shard(page_id).write();
         let versions = shard.entry(page_id).or_insert_with(|| {
             self.stats.pages.fetch_add(1, Ordering::Relaxed);
@@ -345,6 +370,7 @@ impl PageTable {
         prior: impl FnOnce() -> Arc<[u8]>,
     ) {
         let page_id = delta.page_id();
+        self.huge_pages.note(&image);
         let mut shard = self.shard(page_id).write();
         let mut created = false;
         let versions = shard.entry(page_id).or_insert_with(|| {

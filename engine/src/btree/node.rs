@@ -548,6 +548,9 @@ impl<'a> Node<'a> {
 pub(crate) struct BranchIndex {
     /// The common prefix of every separator, as `(start, len)` in the page.
     prefix: (u16, u16),
+    /// The prefix's first [`BRANCH_PREFIX_INLINE_BYTES`] bytes: a descent
+    /// compares a short prefix without touching the page image.
+    prefix_inline: [u8; BRANCH_PREFIX_INLINE_BYTES],
     /// [`key_head`] of each separator with the prefix removed, ascending.
     heads: Box<[u64]>,
     /// Each separator as `(start, len)` in the page.
@@ -606,6 +609,11 @@ impl BranchIndex {
             _ => (0, 0),
         };
         let skip = usize::from(prefix.1);
+        let mut prefix_inline = [0u8; BRANCH_PREFIX_INLINE_BYTES];
+        if let Some(first) = keys.first() {
+            let shared = skip.min(BRANCH_PREFIX_INLINE_BYTES);
+            prefix_inline[..shared].copy_from_slice(&key_at(first)[..shared]);
+        }
         let heads = keys
             .iter()
             .map(|k| key_at(k).get(skip..).map(key_head))
@@ -613,6 +621,7 @@ impl BranchIndex {
         debug_assert!(heads.windows(2).all(|w| w[0] <= w[1]));
         Some(BranchIndex {
             prefix,
+            prefix_inline,
             heads,
             keys: keys.into_boxed_slice(),
             children: children.into_boxed_slice(),
@@ -652,7 +661,11 @@ impl BranchIndex {
         let (start, skip) = (self.prefix.0, usize::from(self.prefix.1));
         let (head_part, rest) = key.split_at(skip.min(key.len()));
         if skip > 0 {
-            match head_part.cmp(Self::slice(page, start, skip)) {
+            let prefix = match self.prefix_inline.get(..skip) {
+                Some(inline) => inline,
+                None => Self::slice(page, start, skip),
+            };
+            match head_part.cmp(prefix) {
                 Ordering::Less => return 0,
                 Ordering::Greater => return self.count(),
                 Ordering::Equal => {}
@@ -671,6 +684,10 @@ impl BranchIndex {
         })
     }
 }
+
+/// Prefix bytes a [`BranchIndex`] keeps beside its heads (longer common
+/// prefixes are compared in the page).
+const BRANCH_PREFIX_INLINE_BYTES: usize = 16;
 
 /// Parses the leaf cell at `off`; `None` when malformed.
 pub(crate) fn parse_leaf_cell<'a>(b: &'a [u8], off: usize, geo: &Geometry) -> Option<LeafCell<'a>> {
