@@ -36,6 +36,7 @@ mod meta;
 mod metrics;
 mod mvcc;
 pub mod page_access;
+mod page_directory;
 pub mod page_file;
 mod page_hash;
 mod page_table;

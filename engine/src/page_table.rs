@@ -28,6 +28,7 @@ use parking_lot::RwLock;
 use crate::error::{Error, Result};
 use crate::huge_pages::HugePageAdvisor;
 use crate::merge::MergeKernel;
+use crate::page_directory::HeadDirectory;
 use crate::page_hash::PageMap;
 
 /// The fastest merge kernel this CPU runs, chosen once.
@@ -77,6 +78,9 @@ struct PageVersions {
     /// A commit admitted against this entry's present size is about to
     /// install into it: eviction must leave it (see [`InstallPins`]).
     install_pending: AtomicBool,
+    /// The table's [`HeadDirectory`] points at `head` (only while `chain`
+    /// is empty; changed under the shard's write lock).
+    in_directory: bool,
 }
 
 impl Clone for PageVersions {
@@ -90,6 +94,8 @@ impl Clone for PageVersions {
             chain_charge: self.chain_charge,
             referenced: AtomicBool::new(self.referenced.load(Ordering::Relaxed)),
             install_pending: AtomicBool::new(self.install_pending.load(Ordering::Relaxed)),
+            // A copy is not what the directory points at.
+            in_directory: false,
         }
     }
 }
@@ -138,6 +144,7 @@ impl PageVersions {
             chain_charge: 0,
             referenced: AtomicBool::new(true),
             install_pending: AtomicBool::new(false),
+            in_directory: false,
         }
     }
 
@@ -242,6 +249,8 @@ pub struct PageTable {
     stats: PageTableStats,
     /// Where the images live: advised onto huge pages by the worker.
     huge_pages: HugePageAdvisor,
+    /// Heads of entries with an empty chain, read without a lock.
+    directory: HeadDirectory,
 }
 
 impl Default for PageTable {
@@ -252,6 +261,7 @@ impl Default for PageTable {
                 .collect(),
             stats: PageTableStats::default(),
             huge_pages: HugePageAdvisor::new(false),
+            directory: HeadDirectory::default(),
         }
     }
 }
@@ -277,6 +287,11 @@ impl PageTable {
 
     /// The page as of `snapshot`, or `None` when the page is not in memory.
     pub fn read(&self, page_id: PageId, snapshot: CommitEpoch) -> Result<Option<Arc<[u8]>>> {
+        // An entry with an empty chain has one version, every live
+        // snapshot's (see `page_directory`): no lock, no hash probe.
+        if let Some(image) = self.directory.get(page_id) {
+            return Ok(Some(image));
+        }
         let shard = self.shard(page_id).read();
         shard
             .get(&page_id)
@@ -337,7 +352,28 @@ impl PageTable {
             self.grow(versions.resident_bytes());
             versions
         });
+        self.publish_if_alone(page_id, versions);
         Arc::clone(&versions.head)
+    }
+
+    /// Points the directory at the entry's head when its chain is empty
+    /// and it does not already (the caller holds the shard's write lock).
+    fn publish_if_alone(&self, page_id: PageId, versions: &mut PageVersions) {
+        if versions.chain.is_empty() && !versions.in_directory {
+            versions.in_directory = self.directory.publish(page_id, &versions.head);
+        }
+    }
+
+    /// Takes the entry's head out of the directory (the caller holds the
+    /// shard's write lock); a fast-path read since the last sweep counts as
+    /// a reference.
+    fn unpublish(&self, page_id: PageId, versions: &mut PageVersions) {
+        if versions.in_directory {
+            versions.in_directory = false;
+            if self.directory.unpublish(page_id) {
+                versions.touch();
+            }
+        }
     }
 
     /// [`PageTable::insert_clean`], then the page as of `snapshot`, under
@@ -356,6 +392,7 @@ impl PageTable {
             self.grow(versions.resident_bytes());
             versions
         });
+        self.publish_if_alone(page_id, versions);
         versions.read_at(page_id, snapshot)
     }
 
@@ -382,6 +419,9 @@ impl PageTable {
             epoch > versions.head_epoch(),
             "deltas must arrive in epoch order"
         );
+        // Before `epoch` becomes visible: a snapshot that sees it must not
+        // find the old head in the directory.
+        self.unpublish(page_id, versions);
         // A new entry has not been charged yet: it starts from nothing.
         let before_resident = if created {
             0
@@ -416,7 +456,9 @@ impl PageTable {
             versions.fold(page_id, limit)?;
             self.adjust_pinned(before, versions.pinned_bytes());
             self.adjust_resident(before_resident, versions.resident_bytes());
-            if !versions.chain.is_empty() {
+            if versions.chain.is_empty() {
+                self.publish_if_alone(page_id, versions);
+            } else {
                 still_pinned.push(page_id);
             }
         }
@@ -474,7 +516,13 @@ impl PageTable {
         let mut evicted = Evicted::default();
         let mut map = self.shards[shard & (SHARD_COUNT - 1)].write();
         map.retain(|&page_id, versions| {
-            if evicted.bytes >= want_bytes || versions.referenced.swap(false, Ordering::Relaxed) {
+            if evicted.bytes >= want_bytes {
+                return true;
+            }
+            // Both bits are taken: the entry's (locked reads) and the
+            // directory's (fast-path reads).
+            let read_fast = versions.in_directory && self.directory.take_referenced(page_id);
+            if versions.referenced.swap(false, Ordering::Relaxed) || read_fast {
                 return true;
             }
             if !versions.chain.is_empty()
@@ -483,6 +531,7 @@ impl PageTable {
             {
                 return true;
             }
+            self.unpublish(page_id, versions);
             evicted.pages += 1;
             evicted.bytes += versions.resident_bytes();
             false
@@ -506,6 +555,9 @@ impl PageTable {
             cleared.bytes += map.values().map(PageVersions::resident_bytes).sum::<u64>();
             let pinned: u64 = map.values().map(PageVersions::pinned_bytes).sum();
             self.stats.pinned_bytes.fetch_sub(pinned, Ordering::Relaxed);
+            for (&page_id, versions) in map.iter_mut() {
+                self.unpublish(page_id, versions);
+            }
             map.clear();
         }
         self.stats.pages.fetch_sub(cleared.pages, Ordering::Relaxed);
