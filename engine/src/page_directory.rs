@@ -36,12 +36,14 @@ use std::sync::{Arc, OnceLock};
 use crossbeam::epoch;
 use mmsb_wal::PageId;
 
-/// Page ids one chunk of the directory covers (32 KiB of words).
-pub(crate) const CHUNK_PAGES: usize = 4096;
+/// Page ids one chunk of the directory covers (128 KiB of words, made on
+/// the first publication into it).
+pub(crate) const CHUNK_PAGES: usize = 16 * 1024;
 
 /// Chunks the directory may have: page ids below 64 Mi (256 GiB of 4 KiB
-/// pages) are covered; pages past them always take the locked path.
-pub(crate) const CHUNKS_MAX: usize = 16 * 1024;
+/// pages) are covered; pages past them always take the locked path. The
+/// table of chunk pointers (~96 KiB) is made with the page table.
+pub(crate) const CHUNKS_MAX: usize = 4 * 1024;
 
 /// The reference bit in a word.
 const REFERENCED_BIT: usize = 1;
