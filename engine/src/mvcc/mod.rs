@@ -71,7 +71,7 @@ struct TableWrites {
     entries: WriteBuffer,
     /// Entries added minus entries removed, as this transaction sees it.
     len_delta: i64,
-    /// A blind delete ([`Table::delete`]) buffered a key without learning
+    /// A blind put or delete ([`Table::put`], [`Table::delete`]) buffered a key without learning
     /// whether the snapshot holds it: `len_delta` counts such a key as
     /// absent there, and [`Table::len`] recounts from the buffer instead.
     blind: bool,
@@ -649,7 +649,8 @@ enum Vacant {
     Look,
     /// The caller read it in this transaction and found it present.
     KnownPresent,
-    /// Do not look it up: the caller ignores the old value (a blind delete).
+    /// Do not look it up: the caller ignores the old value (a blind put
+    /// or delete).
     Blind,
 }
 
@@ -724,6 +725,18 @@ impl Table<'_> {
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<Option<ByteView>> {
         check_key_value(key, Some(value))?;
         self.write(key, Some(value), Vacant::Look)
+    }
+
+    /// Stores `value` under `key` without looking up the value it replaces
+    /// (a blind put): the cheap write for callers that ignore what
+    /// [`Table::insert`] returns, as most key-value stores' `put` does.
+    /// Conflict checks are those of `insert` (the write set holds the key).
+    /// After a blind put, [`Table::len`] in this transaction looks up every
+    /// buffered key of the table once per call; the committed length is
+    /// counted exactly when the commit applies the write.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        check_key_value(key, Some(value))?;
+        self.write(key, Some(value), Vacant::Blind).map(drop)
     }
 
     /// Removes `key`; returns its value.
