@@ -468,14 +468,7 @@ pub fn run_workload(
         results.push(result);
     };
 
-    let ((), t) = timed(|| {
-        engine.write(&mut |w| {
-            for i in data.bulk() {
-                w.insert(&data.keys[i], &data.values[i])?;
-            }
-            Ok(())
-        })
-    })?;
+    let ((), t) = timed(|| bulk_load(engine, data))?;
     record(Phase::BulkLoad, millis(t), engine.stats());
 
     let ((), t) = timed(|| {
@@ -487,17 +480,7 @@ pub fn run_workload(
     })?;
     record(Phase::IndividualWrites, millis(t), engine.stats());
 
-    let ((), t) = timed(|| {
-        for n in 0..cfg.batch_txs {
-            engine.write(&mut |w| {
-                for i in data.batch(n) {
-                    w.insert(&data.keys[i], &data.values[i])?;
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
-    })?;
+    let ((), t) = timed(|| batch_writes(engine, data))?;
     record(Phase::BatchWrites, millis(t), engine.stats());
 
     let (len, t) = timed(|| {
@@ -581,6 +564,29 @@ pub fn run_workload(
     record(Phase::CompactionStep, millis(t), engine.stats());
     record(Phase::SizeAfterCompaction, disk_usage(dir)?, engine.stats());
     Ok((results, what))
+}
+
+/// The bulk load: every entry of `data.bulk()` in one write transaction.
+fn bulk_load(engine: &dyn BenchEngine, data: &Dataset) -> Result<()> {
+    engine.write(&mut |w| {
+        for i in data.bulk() {
+            w.insert(&data.keys[i], &data.values[i])?;
+        }
+        Ok(())
+    })
+}
+
+/// The batch writes: `batch_txs` write transactions of `batch_len` inserts.
+fn batch_writes(engine: &dyn BenchEngine, data: &Dataset) -> Result<()> {
+    for n in 0..data.cfg.batch_txs {
+        engine.write(&mut |w| {
+            for i in data.batch(n) {
+                w.insert(&data.keys[i], &data.values[i])?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// Point reads of `order` in one read transaction: (digest sum, missing).
@@ -876,22 +882,8 @@ pub fn probe_reads(
     rounds: usize,
     reads_per_round: usize,
 ) -> Result<ReadProbe> {
-    let ((), bulk_load) = timed(|| {
-        engine.write(&mut |w| {
-            for i in data.bulk() {
-                w.insert(&data.keys[i], &data.values[i])?;
-            }
-            Ok(())
-        })
-    })?;
-    for n in 0..data.cfg.batch_txs {
-        engine.write(&mut |w| {
-            for i in data.batch(n) {
-                w.insert(&data.keys[i], &data.values[i])?;
-            }
-            Ok(())
-        })?;
-    }
+    let ((), bulk_load) = timed(|| bulk_load(engine, data))?;
+    batch_writes(engine, data)?;
     let order = &data.lookup_order;
     let per_round = reads_per_round.clamp(1, order.len().max(1));
     let mut probe = ReadProbe {
