@@ -1760,6 +1760,7 @@ fn spawn_workers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
 fn worker_loop(shared: Weak<Shared>, interval: Duration) {
     let sample_interval = Duration::from_millis(SYSTEM_SAMPLE_INTERVAL_MS);
     let mut last_sample: Option<Instant> = None;
+    let mut last_commits = u64::MAX;
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -1777,11 +1778,15 @@ fn worker_loop(shared: Weak<Shared>, interval: Duration) {
         if let Err(err) = shared.fold_pending() {
             tracing::error!(error = %err, "merge worker failed");
         }
-        // Only while no commit holds the writer lock: a collapse stalls
-        // the page faults of a commit allocating its images.
-        if shared.writer.try_lock().is_some() {
+        // Only once writes pause (no commit since the last pass, none
+        // holding the writer lock): a collapse copies 2 MiB and stalls the
+        // page faults of a commit allocating its images, and under a stream
+        // of commits the regions fill with images soon replaced.
+        let commits = shared.metrics.commits.load(Ordering::Relaxed);
+        if commits == last_commits && shared.writer.try_lock().is_some() {
             shared.pages.huge_pages().collapse_noted();
         }
+        last_commits = commits;
         // Dirty pages past their share of the memory budget are written
         // back too, so that eviction may drop them.
         let writeback = shared.writeback_due();

@@ -46,10 +46,11 @@ pub(crate) const HUGE_PAGE_BYTES: usize = 2 << 20;
 pub(crate) const NOTED_REGIONS_MAX: usize = 4096;
 
 /// Regions one [`HugePageAdvisor::collapse_noted`] call advises at most,
-/// so one worker pass stays short: a collapse copies 2 MiB and holds the
-/// process's memory-map lock meanwhile, stalling other threads' page
-/// faults (a commit allocating images) for about 0.1 ms each.
-pub(crate) const COLLAPSES_PER_PASS_MAX: usize = 8;
+/// so one worker pass stays short (a few tens of ms): a collapse copies
+/// 2 MiB and holds the process's memory-map lock meanwhile, stalling other
+/// threads' page faults for about 0.1–0.5 ms each. The worker calls it only
+/// while writes pause.
+pub(crate) const COLLAPSES_PER_PASS_MAX: usize = 32;
 
 /// Regions the advisor remembers as collapsed: 64 GiB of images; past it
 /// the set is cleared (re-advising a collapsed region is a cheap no-op).
