@@ -41,6 +41,42 @@ struct Explicit {
     checked_plans: PlanMemo,
 }
 
+impl Explicit {
+    /// The shortcut of a prepared one-row INSERT whose plan this
+    /// transaction already checked and compiled to a direct insert
+    /// ([`crate::exec::DirectInsert`]): it runs that insert with no
+    /// per-statement dispatch. Taken only where the general path would run
+    /// the same plan the same way (`run_data` then `run_unguarded`): the
+    /// transaction is started, not failed, not READ ONLY, has no SAVEPOINT
+    /// (so the statement runs unguarded and an error marks it failed, as
+    /// there), the plan is in this transaction's memo (REPEATABLE READ and
+    /// SERIALIZABLE; cleared by DDL and ROLLBACK TO), has no subqueries and
+    /// takes exactly `params.len()` parameters. `None`: take the general
+    /// path, which handles (and reports) everything else.
+    #[inline]
+    fn direct_insert(
+        &mut self,
+        cache: &PlanCache,
+        params: &[Value],
+    ) -> Option<Result<StatementResult>> {
+        if self.failed || self.read_only || !self.savepoints.is_empty() {
+            return None;
+        }
+        let tx = self.tx.as_mut()?;
+        let cached = self.checked_plans.get(&cache.id())?;
+        let Plan::Insert(insert) = &*cached.plan else {
+            return None;
+        };
+        let direct = insert.direct.as_ref()?;
+        if cached.params != params.len() || !cached.subqueries.is_empty() {
+            return None;
+        }
+        let result = direct.run(tx, &insert.table, &insert.data_table, params);
+        self.failed = result.is_err();
+        Some(result.map(|n| rows_result("INSERT", n, None)))
+    }
+}
+
 /// Hashes a plan cache's identity (an address) with one multiply: the
 /// memo is looked up once per prepared statement run, and SipHash cost
 /// more than the rest of that lookup. Addresses come from this process.
@@ -516,7 +552,14 @@ impl Connection {
         let kept = values.len();
         values.extend(params[kept..].iter().map(|p| p.to_sql()));
         debug_assert_eq!(values.len(), params.len());
-        let result = self.run_cached(&statement.parsed.statement, &values, Some(&statement.cache));
+        let direct = match self.explicit.as_mut() {
+            Some(explicit) => explicit.direct_insert(&statement.cache, &values),
+            None => None,
+        };
+        let result = match direct {
+            Some(result) => result,
+            None => self.run_cached(&statement.parsed.statement, &values, Some(&statement.cache)),
+        };
         for value in &mut values {
             if heap_bytes(value) > MAX_KEPT_PARAM_BYTES {
                 *value = Value::Null;
@@ -903,5 +946,117 @@ mod tests {
             .param_scratch
             .iter()
             .all(|v| heap_bytes(v) <= MAX_KEPT_PARAM_BYTES));
+    }
+
+    /// One step of a session driving a prepared one-row INSERT.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Begin,
+        Insert(i64, Option<String>),
+        Savepoint,
+        RollbackTo,
+        Release,
+        Commit,
+        Rollback,
+        /// A statement that fails (the transaction is aborted).
+        Fail,
+        /// DDL in the transaction (the plan memo is cleared).
+        AddColumn,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => Just(Step::Begin),
+            8 => (0i64..6, proptest::option::of("[a-c]{0,2}"))
+                .prop_map(|(id, s)| Step::Insert(id, s)),
+            1 => Just(Step::Savepoint),
+            1 => Just(Step::RollbackTo),
+            1 => Just(Step::Release),
+            1 => Just(Step::Commit),
+            1 => Just(Step::Rollback),
+            1 => Just(Step::Fail),
+            1 => Just(Step::AddColumn),
+        ]
+    }
+
+    /// Runs `steps`, inserting with a prepared statement (`prepared`, the
+    /// direct shortcut where it applies) or with SQL text (the general
+    /// path); returns each step's outcome and the table's rows.
+    fn session(steps: &[Step], prepared: bool) -> (Vec<String>, Vec<Vec<Value>>) {
+        let mut c = connect();
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s VARCHAR(1))")
+            .expect("create");
+        let insert = c.prepare("INSERT INTO t VALUES ($1, $2)").expect("prepare");
+        let mut added = 0;
+        let outcomes = steps
+            .iter()
+            .map(|step| {
+                let outcome = match step {
+                    Step::Insert(id, s) if prepared => insert.execute(&mut c, &[id, s]),
+                    Step::Insert(id, s) => c.execute_one("INSERT INTO t VALUES ($1, $2)", &[id, s]),
+                    Step::AddColumn => {
+                        added += 1;
+                        c.execute_one(&format!("ALTER TABLE t ADD COLUMN c{added} INTEGER"), &[])
+                    }
+                    other => {
+                        let sql = match other {
+                            Step::Begin => "BEGIN",
+                            Step::Savepoint => "SAVEPOINT s",
+                            Step::RollbackTo => "ROLLBACK TO SAVEPOINT s",
+                            Step::Release => "RELEASE SAVEPOINT s",
+                            Step::Commit => "COMMIT",
+                            Step::Rollback => "ROLLBACK",
+                            _ => "SELECT 1 / 0",
+                        };
+                        c.execute_one(sql, &[])
+                    }
+                };
+                match outcome {
+                    Ok(result) => format!("{} {}", result.tag(), result.affected),
+                    Err(err) => format!("{} {err}", err.sqlstate()),
+                }
+            })
+            .collect();
+        c.execute("ROLLBACK").expect("rollback");
+        let rows = c
+            .query("SELECT id, s FROM t ORDER BY id", &[])
+            .expect("select")
+            .iter()
+            .map(|r| r.values().to_vec())
+            .collect();
+        (outcomes, rows)
+    }
+
+    #[test]
+    fn a_prepared_insert_after_a_duplicate_key_is_refused_until_rollback() {
+        let mut c = connect();
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)")
+            .expect("create");
+        let insert = c.prepare("INSERT INTO t VALUES ($1, $2)").expect("prepare");
+        c.execute("BEGIN").expect("begin");
+        for id in 0i64..3 {
+            insert.execute(&mut c, &[&id, &"a"]).expect("insert");
+        }
+        let err = insert.execute(&mut c, &[&1i64, &"b"]).expect_err("dup");
+        assert!(err.to_string().contains("duplicate key"), "{err}");
+        assert!(c.transaction_failed());
+        let aborted = insert.execute(&mut c, &[&9i64, &"c"]).expect_err("aborted");
+        assert_eq!(aborted.sqlstate(), "25P02");
+        assert_eq!(c.execute("COMMIT").expect("commit")[0].tag(), "ROLLBACK");
+        assert_eq!(count(&mut c), Some(0));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn prepared_inserts_in_transactions_match_the_general_path(
+            steps in proptest::collection::vec(step(), 1..24),
+        ) {
+            let (direct, direct_rows) = session(&steps, true);
+            let (general, general_rows) = session(&steps, false);
+            proptest::prop_assert_eq!(direct, general);
+            proptest::prop_assert_eq!(direct_rows, general_rows);
+        }
     }
 }

@@ -297,6 +297,18 @@ pub trait ToSql {
     }
 }
 
+/// Stores a scalar in `slot`: in place when the slot already holds one of
+/// its kind (no drop of the old value, the usual case of a prepared
+/// statement's parameter list), else replacing what it holds.
+macro_rules! scalar_into {
+    ($slot:expr, $variant:ident, $value:expr) => {
+        match $slot {
+            Value::$variant(old) => *old = $value,
+            other => *other = Value::$variant($value),
+        }
+    };
+}
+
 /// Copies `text` into `slot`, reusing its string buffer when it holds one.
 fn text_into(text: &str, slot: &mut Value) {
     match slot {
@@ -328,6 +340,9 @@ impl ToSql for Value {
         match self {
             Value::Text(text) => text_into(text, slot),
             Value::Blob(bytes) => blob_into(bytes, slot),
+            Value::Integer(i) => scalar_into!(slot, Integer, *i),
+            Value::Real(r) => scalar_into!(slot, Real, *r),
+            Value::Boolean(b) => scalar_into!(slot, Boolean, *b),
             other => *slot = other.clone(),
         }
     }
@@ -339,6 +354,11 @@ macro_rules! to_sql_integer {
             fn to_sql(&self) -> Value {
                 Value::Integer(i64::from(*self))
             }
+
+            #[inline]
+            fn to_sql_into(&self, slot: &mut Value) {
+                scalar_into!(slot, Integer, i64::from(*self));
+            }
         }
     )*};
 }
@@ -348,17 +368,32 @@ impl ToSql for f64 {
     fn to_sql(&self) -> Value {
         Value::Real(*self)
     }
+
+    #[inline]
+    fn to_sql_into(&self, slot: &mut Value) {
+        scalar_into!(slot, Real, *self);
+    }
 }
 
 impl ToSql for f32 {
     fn to_sql(&self) -> Value {
         Value::Real(f64::from(*self))
     }
+
+    #[inline]
+    fn to_sql_into(&self, slot: &mut Value) {
+        scalar_into!(slot, Real, f64::from(*self));
+    }
 }
 
 impl ToSql for bool {
     fn to_sql(&self) -> Value {
         Value::Boolean(*self)
+    }
+
+    #[inline]
+    fn to_sql_into(&self, slot: &mut Value) {
+        scalar_into!(slot, Boolean, *self);
     }
 }
 
@@ -604,6 +639,45 @@ mod tests {
                 assert_eq!(text.as_ptr(), before, "the buffer was reused");
             }
             other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scalars_into_a_slot_replace_whatever_it_held() {
+        let params: [&dyn ToSql; 7] = [
+            &7i32,
+            &-2i64,
+            &1.5f64,
+            &0.25f32,
+            &true,
+            &Value::Integer(3),
+            &Value::Real(-1.0),
+        ];
+        let expected = [
+            Value::Integer(7),
+            Value::Integer(-2),
+            Value::Real(1.5),
+            Value::Real(0.25),
+            Value::Boolean(true),
+            Value::Integer(3),
+            Value::Real(-1.0),
+        ];
+        let earlier = [
+            Value::Null,
+            Value::Integer(9),
+            Value::Text("old".into()),
+            Value::Real(8.0),
+            Value::Boolean(false),
+            Value::Blob(vec![1]),
+            Value::Integer(4),
+        ];
+        for (param, want) in params.iter().zip(&expected) {
+            for old in &earlier {
+                let mut slot = old.clone();
+                param.to_sql_into(&mut slot);
+                assert_eq!(&slot, want, "{old:?} replaced");
+                assert_eq!(&param.to_sql(), want);
+            }
         }
     }
 }
