@@ -348,6 +348,9 @@ mod tests {
         // A second note of the same regions advises only the refused ones.
         advisor.last_region.store(usize::MAX, Ordering::Relaxed);
         advisor.note(&buffer);
-        assert_eq!(advisor.collapse_noted(COLLAPSES_PER_PASS_MAX) as u64, refused);
+        assert_eq!(
+            advisor.collapse_noted(COLLAPSES_PER_PASS_MAX) as u64,
+            refused
+        );
     }
 }
