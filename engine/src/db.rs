@@ -1308,12 +1308,6 @@ impl Shared {
     /// snapshot needs. Called without the writer lock.
     pub(crate) fn finish_commit(&self, pending: PendingCommit) -> Result<CommitEpoch> {
         let stages = &self.metrics.stages;
-        if pending.touched.len() >= crate::huge_pages::COMMIT_COLLAPSE_MIN_PAGES {
-            // A bulk load's new images: the worker advises them while this
-            // thread runs the fsync.
-            self.pages.huge_pages().request_collapse();
-            self.wake_worker();
-        }
         timed(&stages.durable_wait_ns, || {
             self.tlog.wait_durable(pending.ticket)
         })
@@ -1788,14 +1782,9 @@ fn worker_loop(shared: Weak<Shared>, interval: Duration) {
         // holding the writer lock): a collapse copies 2 MiB and stalls the
         // page faults of a commit allocating its images, and under a stream
         // of commits the regions fill with images soon replaced.
-        // A big commit's request is served at once (see
-        // `COMMIT_COLLAPSE_MIN_PAGES`).
         let commits = shared.metrics.commits.load(Ordering::Relaxed);
-        let huge_pages = shared.pages.huge_pages();
-        if huge_pages.take_request() {
-            huge_pages.collapse_noted(usize::MAX);
-        } else if commits == last_commits && shared.writer.try_lock().is_some() {
-            huge_pages.collapse_noted(crate::huge_pages::COLLAPSES_PER_PASS_MAX);
+        if commits == last_commits && shared.writer.try_lock().is_some() {
+            shared.pages.huge_pages().collapse_noted();
         }
         last_commits = commits;
         // Dirty pages past their share of the memory budget are written

@@ -45,18 +45,12 @@ pub(crate) const HUGE_PAGE_BYTES: usize = 2 << 20;
 /// this are dropped (the region is noted again by its next image).
 pub(crate) const NOTED_REGIONS_MAX: usize = 4096;
 
-/// Regions one worker pass advises at most, so a pass stays short: a
-/// collapse copies 2 MiB and holds the process's memory-map lock meanwhile,
-/// stalling other threads' page faults (and reads of that region) for about
-/// 0.1–0.5 ms. The worker advises only while writes pause.
-pub(crate) const COLLAPSES_PER_PASS_MAX: usize = 8;
-
-/// Pages a commit must install to have the worker advise the regions it
-/// filled at once, while the commit's thread waits for its TLog fsync (a
-/// bulk load: new, long-lived images, and an fsync of that much TLog takes
-/// far longer than the collapses); smaller commits' regions wait until
-/// writes pause.
-pub(crate) const COMMIT_COLLAPSE_MIN_PAGES: usize = 4096;
+/// Regions one [`HugePageAdvisor::collapse_noted`] call advises at most,
+/// so one worker pass stays short (a few tens of ms): a collapse copies
+/// 2 MiB and holds the process's memory-map lock meanwhile, stalling other
+/// threads' page faults for about 0.1–0.5 ms each. The worker calls it only
+/// while writes pause.
+pub(crate) const COLLAPSES_PER_PASS_MAX: usize = 32;
 
 /// Regions the advisor remembers as collapsed: 64 GiB of images; past it
 /// the set is cleared (re-advising a collapsed region is a cheap no-op).
@@ -84,8 +78,6 @@ pub(crate) struct HugePageAdvisor {
     noted: Mutex<Vec<usize>>,
     /// Regions advised already (only the worker touches it).
     collapsed: Mutex<HashSet<usize>>,
-    /// A big commit asked for its regions to be advised now.
-    urgent: AtomicBool,
     stats: HugePageStats,
 }
 
@@ -97,7 +89,6 @@ impl HugePageAdvisor {
             last_region: AtomicUsize::new(usize::MAX),
             noted: Mutex::new(Vec::new()),
             collapsed: Mutex::new(HashSet::new()),
-            urgent: AtomicBool::new(false),
             stats: HugePageStats::default(),
         }
     }
@@ -136,19 +127,6 @@ impl HugePageAdvisor {
         }
     }
 
-    /// Asks the worker to advise every noted region at its next pass,
-    /// writes or not (see [`COMMIT_COLLAPSE_MIN_PAGES`]).
-    pub(crate) fn request_collapse(&self) {
-        if self.is_enabled() {
-            self.urgent.store(true, Ordering::Release);
-        }
-    }
-
-    /// Takes a pending [`HugePageAdvisor::request_collapse`].
-    pub(crate) fn take_request(&self) -> bool {
-        self.urgent.swap(false, Ordering::AcqRel)
-    }
-
     /// Regions noted and waiting for the worker.
     #[cfg(test)]
     pub(crate) fn noted_len(&self) -> usize {
@@ -156,10 +134,9 @@ impl HugePageAdvisor {
     }
 
     /// Advises the kernel to collapse every noted region not advised yet,
-    /// at most `most` of them (the rest stay noted); returns how many it
-    /// advised. Runs in the background worker ([`COLLAPSES_PER_PASS_MAX`])
-    /// or in a big commit's thread before it waits for its fsync.
-    pub(crate) fn collapse_noted(&self, most: usize) -> usize {
+    /// at most [`COLLAPSES_PER_PASS_MAX`] of them; returns how many it
+    /// advised. Runs in the background worker.
+    pub(crate) fn collapse_noted(&self) -> usize {
         if !self.is_enabled() {
             return 0;
         }
@@ -182,7 +159,7 @@ impl HugePageAdvisor {
             if collapsed.contains(&region) {
                 continue;
             }
-            if advised == most {
+            if advised == COLLAPSES_PER_PASS_MAX {
                 rest.push(region);
                 continue;
             }
@@ -300,7 +277,7 @@ mod tests {
         let advisor = HugePageAdvisor::new(false);
         advisor.note(&[1u8; 4096]);
         assert_eq!(advisor.noted_len(), 0);
-        assert_eq!(advisor.collapse_noted(COLLAPSES_PER_PASS_MAX), 0);
+        assert_eq!(advisor.collapse_noted(), 0);
     }
 
     #[test]
@@ -333,7 +310,7 @@ mod tests {
             *byte = (i % 251) as u8;
         }
         advisor.note(&buffer);
-        let advised = advisor.collapse_noted(COLLAPSES_PER_PASS_MAX);
+        let advised = advisor.collapse_noted();
         // The buffer spans 4 or 5 regions (the outer ones partly).
         assert!((4..=5).contains(&advised), "{advised}");
         let stats = advisor.stats();
@@ -348,9 +325,6 @@ mod tests {
         // A second note of the same regions advises only the refused ones.
         advisor.last_region.store(usize::MAX, Ordering::Relaxed);
         advisor.note(&buffer);
-        assert_eq!(
-            advisor.collapse_noted(COLLAPSES_PER_PASS_MAX) as u64,
-            refused
-        );
+        assert_eq!(advisor.collapse_noted() as u64, refused);
     }
 }
