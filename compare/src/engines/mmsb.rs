@@ -138,7 +138,7 @@ fn metrics_delta(before: &MetricsSnapshot, now: &MetricsSnapshot) -> String {
         "commits {} tlog_fsyncs {} tlog_MiB {:.1} data_fsyncs {} pages_written_back {} \
          checkpoints {} pages_read {} folds {} | stage ms: validate {:.1} tree_apply {:.1} \
          diff {:.1} encode {:.1} log_append {:.1} install {:.1} durable_wait {:.1} \
-         publish_fold {:.1} | pages_in_memory {} huge_page_regions {} (refused {})",
+         publish_fold {:.1} | pages_in_memory {} pinned_version_bytes {} huge_page_regions {} (refused {})",
         now.commits.saturating_sub(before.commits),
         now.tlog_fsyncs.saturating_sub(before.tlog_fsyncs),
         now.tlog_bytes_written
@@ -160,6 +160,7 @@ fn metrics_delta(before: &MetricsSnapshot, now: &MetricsSnapshot) -> String {
         ms(a.durable_wait, b.durable_wait),
         ms(a.publish_fold, b.publish_fold),
         now.pages_in_memory,
+        now.pinned_version_bytes,
         now.huge_page_regions_collapsed,
         now.huge_page_collapses_refused,
     )
