@@ -1453,7 +1453,7 @@ fn arena_correctness(quick: bool) -> BenchResult<usize> {
             let expected = cpu_reference(&work)?;
             let records = tlog_records(&work, mode)?;
             let half = records.len() / 2;
-            for world in [1usize, 2].into_iter().filter(|&w| w <= count) {
+            for world in NCCL_WORLD_SIZES.into_iter().filter(|&w| w <= count) {
                 let ordinals: Vec<usize> = (0..world).collect();
                 let mut sharded =
                     ShardedMerge::from_devices(&ordinals, page_len, &GpuConfig::default())?;
@@ -1562,7 +1562,7 @@ fn nccl_arena_path(
         decode_ms + batch_ms
     ));
     let batch = work.batch()?;
-    for world in [1usize, 2].into_iter().filter(|&w| w <= count) {
+    for world in NCCL_WORLD_SIZES.into_iter().filter(|&w| w <= count) {
         let ordinals: Vec<usize> = (0..world).collect();
         let mut sharded = ShardedMerge::from_devices(&ordinals, PAGE_LEN, config)?;
         // Pages resident, as for the old path's resident fold.
