@@ -856,21 +856,10 @@ impl Drop for Connection {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use mmsb_engine::Options;
-
     use super::*;
 
     fn connect() -> Connection {
-        let db = Options {
-            storage: Arc::new(mmsb_wal::storage::MemStorage::new()),
-            checkpoint_on_close: false,
-            ..Options::default()
-        }
-        .open("/connection/db.mmsb")
-        .expect("in-memory database");
-        Connection::new(db).expect("connection")
+        crate::test_db::memory_connection("/connection/db.mmsb")
     }
 
     fn count(c: &mut Connection) -> Option<i64> {

@@ -1796,22 +1796,13 @@ mod encoded_path_tests {
     //! against the general paths as the model: the same statement in a
     //! shape that takes the general path (`v + 0` instead of `v`,
     //! `RETURNING` on an UPDATE) must give the same result.
-    use std::sync::Arc;
 
-    use mmsb_engine::{Database, Options};
     use proptest::prelude::*;
 
     use crate::{Connection, Value};
 
     fn connect() -> Connection {
-        let db: Database = Options {
-            storage: Arc::new(mmsb_wal::storage::MemStorage::new()),
-            checkpoint_on_close: false,
-            ..Options::default()
-        }
-        .open("/encoded/db.mmsb")
-        .expect("in-memory database");
-        Connection::new(db).expect("connection")
+        crate::test_db::memory_connection("/encoded/db.mmsb")
     }
 
     fn rows(c: &mut Connection, sql: &str) -> Vec<Vec<Value>> {

@@ -38,6 +38,8 @@ mod expr;
 mod parse;
 mod plan;
 mod rows;
+#[cfg(test)]
+mod test_db;
 mod value;
 #[cfg(test)]
 mod write_tests;

@@ -3,21 +3,14 @@
 //! present writes they hand the engine, against a simple model.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use mmsb_engine::{Database, Options};
+use mmsb_engine::Database;
 use proptest::prelude::*;
 
 use crate::{Connection, Value};
 
 fn memory_db() -> Database {
-    Options {
-        storage: Arc::new(mmsb_wal::storage::MemStorage::new()),
-        checkpoint_on_close: false,
-        ..Options::default()
-    }
-    .open("/write/db.mmsb")
-    .expect("in-memory database")
+    crate::test_db::memory_db("/write/db.mmsb")
 }
 
 fn connect() -> Connection {

@@ -320,23 +320,14 @@ mod tests {
     //! general path (the same statement with `RETURNING`, which never
     //! compiles to a direct insert) must give the same outcome, error
     //! text included, and leave the same rows.
-    use std::sync::Arc;
 
-    use mmsb_engine::{Database, Options};
     use proptest::prelude::*;
 
     use crate::plan::Plan;
     use crate::{Connection, Value};
 
     fn connect() -> Connection {
-        let db: Database = Options {
-            storage: Arc::new(mmsb_wal::storage::MemStorage::new()),
-            checkpoint_on_close: false,
-            ..Options::default()
-        }
-        .open("/direct/db.mmsb")
-        .expect("in-memory database");
-        Connection::new(db).expect("connection")
+        crate::test_db::memory_connection("/direct/db.mmsb")
     }
 
     /// The direct form `sql` binds to in `c`'s database.
