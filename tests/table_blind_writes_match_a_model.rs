@@ -129,10 +129,8 @@ proptest! {
     }
 }
 
-/// Keys present before the transaction, put blind: replaced, not counted
-/// twice, before and after the commit; a new key put blind is counted once.
-#[test]
-fn a_blind_put_over_a_present_key_keeps_len() {
+/// A database whose table holds keys 0..10, committed.
+fn db_with_ten_keys() -> Database {
     let db = memory_db();
     let mut tx = db.begin_write().unwrap();
     let mut table = tx.open_table(TABLE).unwrap();
@@ -141,6 +139,14 @@ fn a_blind_put_over_a_present_key_keeps_len() {
     }
     drop(table);
     tx.commit().unwrap();
+    db
+}
+
+/// Keys present before the transaction, put blind: replaced, not counted
+/// twice, before and after the commit; a new key put blind is counted once.
+#[test]
+fn a_blind_put_over_a_present_key_keeps_len() {
+    let db = db_with_ten_keys();
     let mut tx = db.begin_write().unwrap();
     let mut table = tx.open_table(TABLE).unwrap();
     table.put(&key(3), b"w").unwrap();
@@ -159,14 +165,7 @@ fn a_blind_put_over_a_present_key_keeps_len() {
 /// commit, and `len` counts it as removed before the commit.
 #[test]
 fn a_blind_delete_of_a_present_key_lowers_len() {
-    let db = memory_db();
-    let mut tx = db.begin_write().unwrap();
-    let mut table = tx.open_table(TABLE).unwrap();
-    for k in 0..10 {
-        table.insert(&key(k), b"v").unwrap();
-    }
-    drop(table);
-    tx.commit().unwrap();
+    let db = db_with_ten_keys();
     let mut tx = db.begin_write().unwrap();
     let mut table = tx.open_table(TABLE).unwrap();
     table.delete(&key(3)).unwrap();
