@@ -46,9 +46,9 @@ pub(crate) const HUGE_PAGE_BYTES: usize = 2 << 20;
 pub(crate) const NOTED_REGIONS_MAX: usize = 4096;
 
 /// Regions one [`HugePageAdvisor::collapse_noted`] call advises at most,
-/// so one worker pass stays short (a few tens of ms): a collapse copies
-/// 2 MiB and holds the process's memory-map lock meanwhile, stalling other
-/// threads' page faults for about 0.1–0.5 ms each. The worker calls it only
+/// so one worker pass stays short: a collapse copies 2 MiB and holds the
+/// process's memory-map lock meanwhile, stalling other threads' page faults
+/// (the stall per collapse is not measured here). The worker calls it only
 /// while writes pause.
 pub(crate) const COLLAPSES_PER_PASS_MAX: usize = 32;
 
