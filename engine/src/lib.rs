@@ -63,6 +63,11 @@ pub use mvcc::{
     ByteView, IsolationLevel, Range, ReadOnlyTable, ReadTransaction, Savepoint, Table, Transaction,
 };
 pub use page_access::{PageRead, PageRef, PageWrite};
+/// The page table's head directory, exposed only to the loom model tests
+/// (`engine/tests/loom_page_directory.rs`, built with `--cfg loom`).
+#[cfg(loom)]
+#[doc(hidden)]
+pub use page_directory::HeadDirectory;
 pub use salvage::{
     salvage, LostRange, SalvageOptions, SalvageReport, TableSalvage, SALVAGE_BATCH_BYTES,
     SALVAGE_BATCH_ROWS,
