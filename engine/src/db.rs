@@ -115,7 +115,8 @@ pub struct Options {
     /// When a commit is durable: `Immediate` (fsync before commit returns,
     /// the default) or `Eventual` (background fsync every interval).
     pub durability: Durability,
-    /// A background checkpoint starts once the TLog grew by this many bytes.
+    /// A background checkpoint starts once the TLog holds this many bytes
+    /// of frames past the last checkpoint's epoch.
     pub checkpoint_tlog_bytes: u64,
     /// Target size of one TLog segment.
     pub tlog_segment_bytes: u64,
@@ -269,7 +270,6 @@ pub(crate) struct Shared {
     pub(crate) dirty: Mutex<PageMap<CommitEpoch>>,
     /// Pages whose delta chains could not be folded yet (a reader pins them).
     pending_fold: Mutex<PageSet>,
-    tlog_bytes_at_checkpoint: AtomicU64,
     /// The manifest on disk is missing, damaged or does not match the
     /// header: the next checkpoint writes one even with nothing dirty.
     manifest_stale: AtomicBool,
@@ -705,7 +705,6 @@ impl Shared {
             checkpoint_lock: Mutex::new(()),
             dirty: Mutex::default(),
             pending_fold: Mutex::default(),
-            tlog_bytes_at_checkpoint: AtomicU64::new(0),
             manifest_stale: AtomicBool::new(manifest_stale),
             poisoned: AtomicBool::new(false),
             metrics: Metrics::default(),
@@ -1359,9 +1358,24 @@ impl Shared {
         }
     }
 
+    /// Bytes of TLog frames past the checkpointed epoch: counted from where
+    /// that epoch's frames end, not from what was appended when the
+    /// checkpoint ran (a commit appended but not yet visible then is not
+    /// covered by it, and counts).
+    fn tlog_bytes_past_checkpoint(&self) -> u64 {
+        let checkpointed = self.header.lock().checkpoint_epoch;
+        self.tlog.bytes_after(checkpointed)
+    }
+
+    /// Whether a checkpoint now would cover `checkpoint_tlog_bytes` of TLog
+    /// frames: those past the checkpointed epoch up to the visible one.
+    /// Frames of commits not yet visible (a bulk load installing its pages)
+    /// wait until they are: a checkpoint could not truncate them, and would
+    /// write their pages as of an older epoch, to be written again.
     fn checkpoint_due(&self) -> bool {
-        let written = self.tlog.stats().bytes_written;
-        written.saturating_sub(self.tlog_bytes_at_checkpoint.load(Ordering::Relaxed))
+        let past_visible = self.tlog.bytes_after(self.snapshots.visible());
+        self.tlog_bytes_past_checkpoint()
+            .saturating_sub(past_visible)
             >= self.options.checkpoint_tlog_bytes
     }
 
@@ -1400,7 +1414,6 @@ impl Shared {
                 pages_written: 0,
             });
         }
-        let tlog_bytes = self.tlog.stats().bytes_written;
         // Write-ahead: no page may reach the data file before the commits it
         // holds are durable in the TLog. With `Durability::Eventual` the
         // epoch is visible before it is durable; a crash that then kept the
@@ -1441,8 +1454,6 @@ impl Shared {
             .store(meta.page_count, Ordering::Release);
         self.tlog.truncate_through(epoch)?;
         self.dirty.lock().retain(|_, changed| *changed > epoch);
-        self.tlog_bytes_at_checkpoint
-            .store(tlog_bytes, Ordering::Relaxed);
         Metrics::bump(&self.metrics.checkpoints);
         Metrics::add(&self.metrics.pages_written_back, written as u64);
         Ok(CheckpointStats {
@@ -1889,5 +1900,82 @@ mod manifest_and_repair_tests {
         second.write(40, &[2u8; 60]).unwrap();
         damage.cover(&second);
         assert!(damage.is_fully_covered());
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_trigger_tests {
+    use super::*;
+    use crate::page_access::PageWrite;
+    use mmsb_wal::storage::MemStorage;
+
+    /// Bytes past the checkpoint that make a background checkpoint due.
+    const THRESHOLD_BYTES: u64 = 64 * 1024;
+
+    fn db() -> Database {
+        Options {
+            storage: Arc::new(MemStorage::new()),
+            background_workers: false,
+            checkpoint_on_close: false,
+            checkpoint_tlog_bytes: THRESHOLD_BYTES,
+            ..Options::default()
+        }
+        .open("/trigger.mmsb")
+        .unwrap()
+    }
+
+    /// One commit of `pages` new pages of incompressible bytes from `seed`
+    /// (so each adds about a page to the TLog).
+    fn commit_pages(db: &Database, pages: usize, seed: u64) {
+        let mut tx = db.begin_page_write().unwrap();
+        let mut state = seed | 1;
+        for _ in 0..pages {
+            let id = tx.allocate_page().unwrap();
+            for byte in tx.page_mut(id).unwrap() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = (state >> 32) as u8;
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn the_growth_count_restarts_at_each_checkpoint_epoch() {
+        let db = db();
+        let shared = &db.inner.shared;
+        assert!(!shared.checkpoint_due());
+        commit_pages(&db, 4, 1);
+        assert!(!shared.checkpoint_due(), "4 pages are below the threshold");
+        commit_pages(&db, 20, 2);
+        assert!(shared.checkpoint_due(), "24 pages are past the threshold");
+        shared.checkpoint().unwrap();
+        assert!(!shared.checkpoint_due(), "the checkpoint covered them");
+    }
+
+    #[test]
+    fn a_frame_appended_but_not_visible_at_a_checkpoint_still_counts() {
+        let db = db();
+        let shared = &db.inner.shared;
+        commit_pages(&db, 4, 1);
+        // A commit whose frame is durable but not yet visible when the
+        // checkpoint runs (a bulk load installing its pages): its frame is
+        // appended behind the engine's back, so it never becomes visible.
+        let next = CommitEpoch(db.last_commit().get() + 1);
+        let frame = vec![0u8; 4 * THRESHOLD_BYTES as usize];
+        let ticket = shared.tlog.append(next, &frame).unwrap();
+        shared.tlog.wait_durable(ticket).unwrap();
+        let stats = shared.checkpoint().unwrap();
+        assert!(stats.epoch < next);
+        assert_eq!(shared.header.lock().checkpoint_epoch, stats.epoch);
+        assert!(
+            shared.tlog_bytes_past_checkpoint() >= frame.len() as u64,
+            "a frame the checkpoint did not cover was counted as covered"
+        );
+        // A checkpoint now could not cover the frame: not due until visible.
+        assert!(!shared.checkpoint_due());
+        shared.snapshots.publish(next);
+        assert!(shared.checkpoint_due(), "the frame is visible now");
     }
 }

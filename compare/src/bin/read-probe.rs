@@ -3,10 +3,17 @@
 //! reads and prints quantiles of the per-read time (the fastest rounds are
 //! the uninterrupted ones). Usage: `read-probe ENGINE DIR [ENTRIES] [ROUNDS]
 //! [READS_PER_ROUND]`.
+//!
+//! Environment: `READ_PROBE_CHECKPOINT=1` runs the engine's compaction step
+//! (for mmsb `Database::checkpoint`, which writes the bulk load back) after
+//! the writes and before the first read round, and prints what it did;
+//! `READ_PROBE_COLLAPSE=1` asks the kernel to collapse the heap into huge
+//! pages every half second.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
-use mmsb_compare::engine::EngineKind;
+use mmsb_compare::engine::{BenchEngine, EngineKind, KvReader, KvWriter};
 use mmsb_compare::workload::{probe_reads, Dataset, WorkloadConfig};
 use mmsb_compare::Error;
 
@@ -33,6 +40,14 @@ fn main() -> Result<(), Error> {
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::Config(format!("creating: {e}")))?;
     let engine = kind.open(&dir)?;
+    let engine: Box<dyn BenchEngine> = if std::env::var_os("READ_PROBE_CHECKPOINT").is_some() {
+        Box::new(CompactBeforeReads {
+            inner: parking_lot::Mutex::new(engine),
+            done: std::sync::Once::new(),
+        })
+    } else {
+        engine
+    };
     if std::env::var_os("READ_PROBE_COLLAPSE").is_some() {
         std::thread::spawn(|| loop {
             std::thread::sleep(std::time::Duration::from_millis(500));
@@ -61,6 +76,57 @@ fn main() -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// An engine whose first read transaction is preceded by its compaction
+/// step (after the probe's writes, before its reads).
+struct CompactBeforeReads {
+    inner: parking_lot::Mutex<Box<dyn BenchEngine>>,
+    done: std::sync::Once,
+}
+
+impl BenchEngine for CompactBeforeReads {
+    fn name(&self) -> &'static str {
+        self.inner.lock().name()
+    }
+
+    fn write(
+        &self,
+        body: &mut dyn FnMut(&mut dyn KvWriter) -> mmsb_compare::Result<()>,
+    ) -> mmsb_compare::Result<()> {
+        self.inner.lock().write(body)
+    }
+
+    fn read(
+        &self,
+        body: &mut dyn FnMut(&mut dyn KvReader) -> mmsb_compare::Result<()>,
+    ) -> mmsb_compare::Result<()> {
+        let mut result = Ok(());
+        self.done.call_once(|| {
+            let mut inner = self.inner.lock();
+            if let Some(stats) = inner.stats() {
+                println!("  before the compaction step: {stats}");
+            }
+            let started = Instant::now();
+            result = inner.compact().map(|what| {
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                println!("  compaction step {what}: {ms:.0} ms");
+                if let Some(stats) = inner.stats() {
+                    println!("  {stats}");
+                }
+            });
+        });
+        result?;
+        self.inner.lock().read(body)
+    }
+
+    fn compact(&mut self) -> mmsb_compare::Result<&'static str> {
+        self.inner.get_mut().compact()
+    }
+
+    fn stats(&self) -> Option<String> {
+        self.inner.lock().stats()
+    }
 }
 
 /// Diagnosis: asks the kernel to collapse every private anonymous mapping

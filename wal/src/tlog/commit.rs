@@ -47,7 +47,10 @@ use super::format::{
 };
 use super::recover::{Recovered, Segment};
 use super::scan::{corrupted, ReplaySegment};
-use super::{segments_to_replay, CommitTicket, Counters, Durability, TLogConfig, SPARE_FILE_NAME};
+use super::{
+    segments_to_replay, CommitTicket, Counters, Durability, TLogConfig, SPARE_FILE_NAME,
+    SPARE_LIMIT_TARGETS,
+};
 use crate::storage::Storage;
 use crate::{CommitEpoch, Result, WalError};
 
@@ -578,7 +581,13 @@ impl Shared {
             doomed
         };
         for segment in doomed {
-            if self.keep_as_spare(&segment.path)? {
+            // A segment far past the target (a huge frame) is not kept: the
+            // spare would hold its bytes on disk until the next rotation.
+            let spare_limit = self
+                .config
+                .segment_target_bytes
+                .saturating_mul(SPARE_LIMIT_TARGETS);
+            if segment.allocated <= spare_limit && self.keep_as_spare(&segment.path)? {
                 continue;
             }
             self.delete_segment(&segment.path)?;

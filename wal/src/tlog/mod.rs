@@ -10,8 +10,8 @@
 //! directory, each opened by a header; `docs/format-tlog.md` gives the bytes.
 //! The active segment is preallocated with zeros ahead of its write position
 //! so that a commit's fdatasync flushes data, not a file-size change; a
-//! truncated segment is kept as a spare file and renamed into place by the
-//! next rotation.
+//! truncated segment (unless far past the segment target) is kept as a spare
+//! file and renamed into place by the next rotation.
 //! Every access goes through [`Storage`], so tests inject faults and crashes.
 //!
 //! Submodules: [`format`] (bytes), `scan` (reading back), `recover` (open-time
@@ -32,6 +32,7 @@ use std::thread::JoinHandle;
 
 use commit::Shared;
 pub use commit::GATHER_WAIT_LIMIT_MICROS;
+use parking_lot::Mutex;
 pub use scan::{Replay, READ_CHUNK_BYTES};
 
 use crate::storage::{Storage, StorageFile};
@@ -51,6 +52,22 @@ pub const DEFAULT_GROUP_BUFFER_LIMIT_BYTES: u64 = 8 << 20;
 /// Default bytes of zeros written ahead of the active segment's write
 /// position whenever a flush reaches past the file's size.
 pub const DEFAULT_PREALLOCATE_BYTES: u64 = 1 << 20;
+
+/// A truncated segment is kept as the spare file only when its file is at
+/// most this many segment targets long; a longer one (a frame far larger
+/// than the target) is deleted, so a checkpoint brings the log's files back
+/// to a few segment targets.
+pub const SPARE_LIMIT_TARGETS: u64 = 2;
+
+/// Frames whose end position [`TLog::bytes_after`] remembers exactly (the
+/// most recent ones); older frames are remembered about every
+/// [`POSITION_STEP_BYTES`].
+pub const EXACT_POSITION_FRAMES: usize = 64;
+
+/// Spacing of the positions [`TLog::bytes_after`] remembers for frames older
+/// than the last [`EXACT_POSITION_FRAMES`]: its answer about such an epoch is
+/// at most this many bytes too high.
+pub const POSITION_STEP_BYTES: u64 = 1 << 20;
 
 /// Name of the lock file that keeps a second process out of the directory.
 pub const LOCK_FILE_NAME: &str = "tlog.lock";
@@ -256,6 +273,8 @@ impl Counters {
 #[derive(Debug)]
 pub struct TLog {
     shared: Arc<Shared>,
+    /// Where each epoch's frames end in the appended bytes (for `bytes_after`).
+    positions: Mutex<PositionIndex>,
     /// The background flusher of [`Durability::Eventual`]; joined on drop.
     flusher: Option<JoinHandle<()>>,
     /// Held open so the directory lock lasts as long as the log.
@@ -281,8 +300,10 @@ impl TLog {
             .map_err(|err| WalError::io(format!("looking for {}", spare.display()), err))?;
         let shared = Arc::new(Shared::new(storage, config, recovered, has_spare, counters));
         let flusher = commit::start_flusher(&shared)?;
+        let positions = Mutex::new(PositionIndex::new(shared.last_epoch()));
         Ok(TLog {
             shared,
+            positions,
             flusher,
             _lock: lock,
         })
@@ -301,7 +322,10 @@ impl TLog {
     /// above every epoch appended before (`InvalidArgument` otherwise); a
     /// payload above `max_frame_bytes` is `TooLarge`.
     pub fn append(&self, epoch: CommitEpoch, payload: &[u8]) -> Result<CommitTicket> {
-        self.shared.append(epoch, payload)
+        let ticket = self.shared.append(epoch, payload)?;
+        let frame_bytes = (format::FRAME_OVERHEAD_BYTES + payload.len()) as u64;
+        self.positions.lock().record(epoch, frame_bytes);
+        Ok(ticket)
     }
 
     /// Blocks until the ticket's frame is durable ([`Durability::Immediate`]);
@@ -323,7 +347,20 @@ impl TLog {
     /// `epoch`; never the active segment. Call it once the page store holds
     /// everything up to `epoch` durably.
     pub fn truncate_through(&self, epoch: CommitEpoch) -> Result<()> {
-        self.shared.truncate_through(epoch)
+        self.shared.truncate_through(epoch)?;
+        self.positions.lock().forget_through(epoch);
+        Ok(())
+    }
+
+    /// Bytes of the frames appended since open whose epoch is above `epoch`
+    /// (headers and trailers included; the frames a checkpoint through
+    /// `epoch` leaves to the log), whether flushed yet or not. Never below
+    /// the true figure; above it only when `epoch` is older than the last
+    /// [`EXACT_POSITION_FRAMES`] frames (by less than [`POSITION_STEP_BYTES`]),
+    /// when `epoch` is older than the last `truncate_through` (then every
+    /// byte appended counts), or by the frames of appends still returning.
+    pub fn bytes_after(&self, epoch: CommitEpoch) -> u64 {
+        self.positions.lock().bytes_after(epoch)
     }
 
     /// The highest epoch appended (after open: of the last valid frame; 0 if
@@ -360,6 +397,84 @@ impl Drop for TLog {
         {
             Ok(()) | Err(WalError::Poisoned) => {}
             Err(err) => tracing::warn!(%err, "flushing the TLog on close failed"),
+        }
+    }
+}
+
+/// Where the frames of each epoch end in the byte stream appended since
+/// open: exactly for the last [`EXACT_POSITION_FRAMES`] frames, about every
+/// [`POSITION_STEP_BYTES`] before them (so it stays small between two
+/// truncations, however many commits they hold).
+///
+/// Invariant: every mark's bytes are at most the bytes of the frames with an
+/// epoch at or below its epoch (a mark is set only by the highest epoch
+/// recorded so far, so every frame it counts is at or below it), which makes
+/// [`PositionIndex::bytes_after`] an upper bound even when two appends
+/// record out of epoch order.
+#[derive(Debug)]
+struct PositionIndex {
+    /// Frame bytes appended since open.
+    appended_bytes: u64,
+    /// Highest epoch recorded (at open: the log's last epoch).
+    last_epoch: CommitEpoch,
+    /// Older marks `(epoch, appended bytes through it)`, epochs increasing,
+    /// at least [`POSITION_STEP_BYTES`] apart; the first is the base.
+    coarse: VecDeque<(CommitEpoch, u64)>,
+    /// The marks of the last [`EXACT_POSITION_FRAMES`] frames, oldest first.
+    recent: VecDeque<(CommitEpoch, u64)>,
+}
+
+impl PositionIndex {
+    /// An index whose base is the log's last epoch at open (no bytes).
+    fn new(last_epoch: CommitEpoch) -> Self {
+        PositionIndex {
+            appended_bytes: 0,
+            last_epoch,
+            coarse: VecDeque::from([(last_epoch, 0)]),
+            recent: VecDeque::with_capacity(EXACT_POSITION_FRAMES + 1),
+        }
+    }
+
+    /// Counts one appended frame of `frame_bytes` with `epoch`.
+    fn record(&mut self, epoch: CommitEpoch, frame_bytes: u64) {
+        self.appended_bytes += frame_bytes;
+        if epoch <= self.last_epoch {
+            // Recorded after a later epoch: counted, but marks no position.
+            return;
+        }
+        self.last_epoch = epoch;
+        self.recent.push_back((epoch, self.appended_bytes));
+        if self.recent.len() > EXACT_POSITION_FRAMES {
+            if let Some(old) = self.recent.pop_front() {
+                let last_coarse = self.coarse.back().map_or(0, |&(_, bytes)| bytes);
+                if old.1 - last_coarse >= POSITION_STEP_BYTES {
+                    self.coarse.push_back(old);
+                }
+            }
+        }
+    }
+
+    /// Appended bytes through the latest mark at or below `epoch` (0 when
+    /// none is).
+    fn bytes_through(&self, epoch: CommitEpoch) -> u64 {
+        let latest_at_or_below = |marks: &VecDeque<(CommitEpoch, u64)>| {
+            let after = marks.partition_point(|&(mark, _)| mark <= epoch);
+            after.checked_sub(1).map(|at| marks[at].1)
+        };
+        latest_at_or_below(&self.recent)
+            .or_else(|| latest_at_or_below(&self.coarse))
+            .unwrap_or(0)
+    }
+
+    fn bytes_after(&self, epoch: CommitEpoch) -> u64 {
+        self.appended_bytes - self.bytes_through(epoch)
+    }
+
+    /// Drops the coarse marks before the latest one at or below `epoch`,
+    /// which becomes the base.
+    fn forget_through(&mut self, epoch: CommitEpoch) {
+        while self.coarse.get(1).is_some_and(|&(mark, _)| mark <= epoch) {
+            self.coarse.pop_front();
         }
     }
 }

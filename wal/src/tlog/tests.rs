@@ -1357,3 +1357,137 @@ fn crashes_while_writing_over_a_recycled_segment_keep_acknowledged_commits() {
         "torn writes were never exercised ({torn_seen})"
     );
 }
+
+/// Bytes of all the files in the log's directory.
+fn dir_bytes(storage: &MemStorage) -> usize {
+    storage
+        .list_dir(&dir())
+        .unwrap()
+        .iter()
+        .map(|path| file_len(storage, path))
+        .sum()
+}
+
+#[test]
+fn a_truncated_segment_far_past_the_target_is_deleted_not_kept_as_spare() {
+    let storage = MemStorage::new();
+    let config = recycling_config();
+    let target = config.segment_target_bytes as usize;
+    let log = open(&storage, config.clone());
+    commit(&log, 1).unwrap();
+    // One frame ten times the segment target, then a small one that rotates.
+    let huge = vec![7u8; 10 * target];
+    let ticket = log.append(CommitEpoch(2), &huge).unwrap();
+    log.wait_durable(ticket).unwrap();
+    commit(&log, 3).unwrap();
+    assert!(dir_bytes(&storage) > 10 * target);
+    log.truncate_through(CommitEpoch(2)).unwrap();
+    assert!(
+        !storage.exists(&dir().join(SPARE_FILE_NAME)).unwrap(),
+        "the huge segment became the spare"
+    );
+    assert_eq!(log.stats().segments_deleted, 1);
+    let limit = (SPARE_LIMIT_TARGETS as usize + 1) * target;
+    assert!(
+        dir_bytes(&storage) <= limit,
+        "{} bytes left on disk, more than {limit}",
+        dir_bytes(&storage)
+    );
+    assert_eq!(replay_all(&log, 2).unwrap(), expected(3..=3));
+}
+
+#[test]
+fn a_truncated_segment_near_the_target_is_still_kept_as_spare() {
+    let storage = MemStorage::new();
+    let log = open(&storage, recycling_config());
+    for epoch in 1..=40 {
+        commit(&log, epoch).unwrap();
+    }
+    log.truncate_through(CommitEpoch(20)).unwrap();
+    assert!(storage.exists(&dir().join(SPARE_FILE_NAME)).unwrap());
+}
+
+#[test]
+fn bytes_after_counts_the_frames_past_an_epoch_flushed_or_not() {
+    let storage = MemStorage::new();
+    let log = open(&storage, small_config());
+    let frame = |epoch: u64| (FRAME_OVERHEAD_BYTES + payload(epoch).len()) as u64;
+    for epoch in 1..=10 {
+        commit(&log, epoch).unwrap();
+    }
+    // Appended, not yet durable: still counted.
+    log.append(CommitEpoch(11), &payload(11)).unwrap();
+    for through in 0..=11u64 {
+        let want: u64 = (through + 1..=11).map(frame).sum();
+        assert_eq!(
+            log.bytes_after(CommitEpoch(through)),
+            want,
+            "after {through}"
+        );
+    }
+    // Truncation does not change what lies past the epoch.
+    log.truncate_through(CommitEpoch(6)).unwrap();
+    assert_eq!(log.bytes_after(CommitEpoch(6)), (7..=11).map(frame).sum());
+    // A reopened log counts from its last epoch.
+    log.flush().unwrap();
+    drop(log);
+    let log = open(&storage, small_config());
+    assert_eq!(log.bytes_after(CommitEpoch(11)), 0);
+    commit(&log, 12).unwrap();
+    assert_eq!(log.bytes_after(CommitEpoch(11)), frame(12));
+}
+
+#[test]
+fn an_append_recorded_out_of_order_never_lowers_bytes_after() {
+    let mut index = PositionIndex::new(CommitEpoch(0));
+    index.record(CommitEpoch(2), 100);
+    index.record(CommitEpoch(1), 10);
+    // Epoch 1's frame came after epoch 2's mark: an upper bound, not exact.
+    assert_eq!(index.bytes_after(CommitEpoch(1)), 110);
+    assert_eq!(index.bytes_after(CommitEpoch(2)), 10);
+    assert_eq!(index.bytes_after(CommitEpoch(0)), 110);
+}
+
+proptest! {
+    /// Against a model holding every frame: `bytes_after` is exact for the
+    /// last `EXACT_POSITION_FRAMES` frames and at most `POSITION_STEP_BYTES`
+    /// high before them, for every epoch at or past the last truncation; the
+    /// marks past the truncation are a step apart.
+    #[test]
+    fn bytes_after_matches_a_model_of_every_frame(
+        frames in proptest::collection::vec(1u64..400_000, 1..600),
+        cuts in proptest::collection::vec(0usize..600, 0..4),
+        probe in 0usize..600,
+    ) {
+        let mut index = PositionIndex::new(CommitEpoch(0));
+        let mut model: Vec<u64> = Vec::new();
+        let mut cut_at = 0u64;
+        for (i, &bytes) in frames.iter().enumerate() {
+            let epoch = i as u64 + 1;
+            index.record(CommitEpoch(epoch), bytes);
+            model.push(bytes);
+            if cuts.contains(&i) {
+                cut_at = epoch;
+                index.forget_through(CommitEpoch(cut_at));
+            }
+        }
+        let last = frames.len() as u64;
+        let through = cut_at + probe as u64 % (last - cut_at + 1);
+        let want: u64 = model[through as usize..].iter().sum();
+        let got = index.bytes_after(CommitEpoch(through));
+        prop_assert!(got >= want, "{got} < {want}");
+        if last - through < EXACT_POSITION_FRAMES as u64 {
+            prop_assert_eq!(got, want);
+        } else {
+            prop_assert!(got < want + POSITION_STEP_BYTES, "{got} vs {want}");
+        }
+        // Marks at or below the cut may linger until the next truncation;
+        // past it, they are at least a step apart.
+        let held: u64 = model[cut_at as usize..].iter().sum();
+        let past_cut = index.coarse.iter().filter(|m| m.0.get() > cut_at).count() as u64;
+        prop_assert!(
+            past_cut <= held / POSITION_STEP_BYTES + 1,
+            "{past_cut} coarse marks for {held} bytes"
+        );
+    }
+}
