@@ -178,6 +178,13 @@ pub fn run_child(kind: EngineKind, workload: WorkloadConfig, scratch: &Path) -> 
     }
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     let mark_monotonic = std::env::var_os(MONOTONIC_ENV).is_some();
+    if mark_monotonic {
+        eprintln!(
+            "{}: workload starts [at CLOCK_MONOTONIC {:.6} s]",
+            kind.name(),
+            monotonic_seconds()
+        );
+    }
     let (results, compaction) = {
         let mut engine = kind.open(&dir)?;
         let mut progress = |result: &PhaseResult| {
