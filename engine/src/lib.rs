@@ -59,6 +59,7 @@ pub use memory::{
 pub use metrics::{CommitStageNanos, MetricsSnapshot};
 pub use mmsb_wal::tlog::Durability;
 pub use mmsb_wal::{CommitEpoch, PageId};
+pub use mvcc::TableHandle;
 pub use mvcc::{
     ByteView, IsolationLevel, Range, ReadOnlyTable, ReadTransaction, Savepoint, Table, Transaction,
 };

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use mmsb_engine::{Database, IsolationLevel, Savepoint, Transaction};
+use mmsb_engine::{Database, IsolationLevel, Savepoint, TableHandle, Transaction};
 use sqlparser::ast::{self, Statement as Ast};
 
 use crate::bind::{statement_kind, Binder};
@@ -39,6 +39,10 @@ struct Explicit {
     /// snapshot cannot see another session's DDL). Cleared by DDL and
     /// ROLLBACK TO.
     checked_plans: PlanMemo,
+    /// The data table the last direct insert wrote, resolved once for the
+    /// statements after it (the engine re-resolves it by name after DDL or
+    /// ROLLBACK TO, so it is never stale).
+    direct_table: Option<TableHandle>,
 }
 
 impl Explicit {
@@ -71,7 +75,13 @@ impl Explicit {
         if cached.params != params.len() || !cached.subqueries.is_empty() {
             return None;
         }
-        let result = direct.run(tx, &insert.table, &insert.data_table, params);
+        let result = direct.run_with_handle(
+            tx,
+            &insert.table,
+            &insert.data_table,
+            params,
+            &mut self.direct_table,
+        );
         self.failed = result.is_err();
         Some(result.map(|n| rows_result("INSERT", n, None)))
     }
@@ -641,6 +651,7 @@ impl Connection {
             savepoints: Vec::new(),
             failed: false,
             checked_plans: PlanMemo::default(),
+            direct_table: None,
         });
         Ok(StatementResult::done("BEGIN"))
     }

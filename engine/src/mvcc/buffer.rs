@@ -446,9 +446,19 @@ impl WriteBuffer {
         debug_assert!(self.pending.is_empty());
     }
 
-    /// Every buffered entry in key order.
-    pub(crate) fn iter(&mut self) -> BufferRange<'_> {
-        self.range(Bound::Unbounded, Bound::Unbounded)
+    /// Every buffered entry in key order; settles first. While every
+    /// write so far came in key order (no index built: `sorted` holds
+    /// every key, in arena order) a plain walk of `sorted`;
+    /// otherwise the merging, prefetching [`BufferRange`].
+    pub(crate) fn iter(&mut self) -> Entries<'_> {
+        if self.indexed {
+            return Entries::Merged(self.range(Bound::Unbounded, Bound::Unbounded));
+        }
+        debug_assert!(self.pending.is_empty() && self.recent.is_empty());
+        Entries::InOrder {
+            buffer: self,
+            ids: self.sorted.iter(),
+        }
     }
 
     /// Every buffered key in key order.
@@ -531,6 +541,41 @@ impl WriteBuffer {
             self.index.is_empty() && self.pending.is_empty() && self.recent.is_empty()
         };
         sorted && recent && placed && live == self.live && index
+    }
+}
+
+/// Every buffered entry in key order ([`WriteBuffer::iter`]).
+pub(crate) enum Entries<'a> {
+    /// A buffer written in key order: its `sorted` slots, dead ones skipped.
+    InOrder {
+        buffer: &'a WriteBuffer,
+        ids: std::slice::Iter<'a, u32>,
+    },
+    /// Any other buffer.
+    Merged(BufferRange<'a>),
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = BufferItem<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Entries::InOrder { buffer, ids } => loop {
+                let slot = buffer.slot(*ids.next()?);
+                if slot.is_live() {
+                    return Some((buffer.key_of(slot), buffer.value_of(slot)));
+                }
+            },
+            Entries::Merged(range) => range.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Entries::InOrder { ids, .. } => (0, Some(ids.len())),
+            Entries::Merged(range) => range.size_hint(),
+        }
     }
 }
 
@@ -819,6 +864,48 @@ mod tests {
             prop_assert_eq!(&unordered, &want);
             let all: Vec<Vec<u8>> = buffer.keys().map(<[u8]>::to_vec).collect();
             prop_assert_eq!(all, model.keys().cloned().collect::<Vec<_>>());
+        }
+    }
+
+    proptest! {
+        /// A buffer written only in key order (with replacements and
+        /// removals of earlier keys, which build no index) iterates by the
+        /// plain walk, like the model.
+        #[test]
+        fn in_order_writes_iterate_like_a_btreemap(
+            steps in prop::collection::vec((1u8..4, any::<u8>(), 0u8..3), 0..200),
+        ) {
+            let mut buffer = WriteBuffer::default();
+            let mut model = Model::new();
+            let mut next = 0u16;
+            for (gap, value, action) in steps {
+                match action {
+                    // Later keys ascend; a replacement or removal goes back.
+                    0 | 1 if !model.is_empty() => {
+                        let back = usize::from(value) % model.len();
+                        let key = model.keys().nth(back).cloned().unwrap_or_default();
+                        if action == 0 {
+                            buffer.put(&key, Some(&[value]), |_| Ok(())).unwrap();
+                            model.insert(key, Some(vec![value]));
+                        } else {
+                            buffer.remove(&key);
+                            model.remove(&key);
+                        }
+                    }
+                    _ => {
+                        next += u16::from(gap);
+                        let key = next.to_be_bytes().to_vec();
+                        buffer.put(&key, Some(&[value]), |_| Ok(())).unwrap();
+                        model.insert(key, Some(vec![value]));
+                    }
+                }
+            }
+            prop_assert!(!buffer.indexed && buffer.check());
+            let in_order = matches!(buffer.iter(), super::Entries::InOrder { .. });
+            prop_assert!(in_order, "not the plain walk");
+            let got: Vec<_> = buffer.iter().map(owned).collect();
+            let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(got, want);
         }
     }
 

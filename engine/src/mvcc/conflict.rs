@@ -28,6 +28,10 @@ pub(crate) enum KeySpace {
     Table(Arc<str>),
 }
 
+/// Longest first key whose length [`SpaceWrites::of_sorted_keys`] takes
+/// for every key's when it reserves room, in bytes.
+const MAX_GUESSED_KEY_BYTES: usize = 64;
+
 /// The keys one commit wrote in one key space.
 ///
 /// The keys are copied back to back into one buffer rather than shared
@@ -50,11 +54,22 @@ pub(crate) struct SpaceWrites {
 impl SpaceWrites {
     /// Writes of the keys `keys` yields, which must be strictly ascending.
     pub fn of_sorted_keys<K: AsRef<[u8]>>(whole: bool, keys: impl Iterator<Item = K>) -> Self {
+        let (lower, upper) = keys.size_hint();
+        let count = upper.unwrap_or(lower);
         let mut writes = SpaceWrites {
             whole,
             bytes: Vec::new(),
-            ends: Vec::with_capacity(keys.size_hint().0),
+            ends: Vec::with_capacity(count),
         };
+        let mut keys = keys.peekable();
+        // Keys of one table are often of one length: room for `count` of
+        // the first one's when it is short (more is grown as usual).
+        if let Some(first) = keys.peek() {
+            let len = first.as_ref().len();
+            if len <= MAX_GUESSED_KEY_BYTES {
+                writes.bytes.reserve(len.saturating_mul(count));
+            }
+        }
         for key in keys {
             writes.bytes.extend_from_slice(key.as_ref());
             writes.ends.push(writes.bytes.len());

@@ -14,6 +14,7 @@
 
 mod buffer;
 mod conflict;
+mod handle;
 mod range;
 mod view;
 
@@ -33,6 +34,7 @@ use crate::txn::{PageReadTransaction, PageWriteTransaction};
 use buffer::{Put, WriteBuffer};
 pub(crate) use conflict::CommitLog;
 use conflict::{CommitFootprint, KeySpace, ReadDependency, ReadSet, SpaceWrites};
+pub use handle::TableHandle;
 pub use range::Range;
 pub use view::ByteView;
 
@@ -137,6 +139,10 @@ pub struct Transaction {
     last_write_base: Option<(Arc<str>, CommitEpoch, Option<TreeHeader>)>,
     /// What the write buffer is charged against the memory budget.
     buffer_charge: BufferCharge,
+    /// Bumped whenever a table's whole entry in `tables` changes (created,
+    /// dropped, restored or removed by a rollback): a [`TableHandle`]
+    /// taken at another generation is resolved again by name.
+    tables_generation: u64,
 }
 
 /// Bookkeeping bytes of one buffered write beside its key and value: its
@@ -146,12 +152,61 @@ pub struct Transaction {
 /// upper estimate).
 const WRITE_BUFFER_ENTRY_OVERHEAD_BYTES: u64 = 160;
 
+/// Bytes charged to the memory budget ahead of a transaction's writes,
+/// when the budget has room (one budget lock per chunk instead of one per
+/// write); writes then use them up without touching the budget.
+const WRITE_BUFFER_CHARGE_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// A prepaid chunk is at most the budget divided by this.
+const WRITE_BUFFER_CHARGE_CHUNKS_PER_BUDGET: u64 = 256;
+
 /// Bytes of a transaction's write buffer charged against the memory
 /// budget; given back when the transaction ends (commit, rollback, drop).
 /// A key written twice is charged twice: the charge errs high.
 struct BufferCharge {
     shared: Arc<Shared>,
+    /// Everything charged to the budget, `prepaid` included.
     bytes: u64,
+    /// Charged but not yet used by a write (less than a chunk).
+    prepaid: u64,
+}
+
+impl BufferCharge {
+    /// Charges one write of `cost` bytes: from the prepaid bytes, else a
+    /// new chunk when the budget has room for it at once, else exactly
+    /// `cost` as [`Shared::charge_write_buffer`] does (evicting, waiting
+    /// for write-back, or failing with `MemoryBudgetExceeded`).
+    #[inline]
+    fn charge(&mut self, cost: u64) -> Result<()> {
+        if cost <= self.prepaid {
+            self.prepaid -= cost;
+            return Ok(());
+        }
+        self.charge_more(cost)
+    }
+
+    fn charge_more(&mut self, cost: u64) -> Result<()> {
+        debug_assert!(self.prepaid <= self.bytes);
+        let used = self.bytes - self.prepaid;
+        let chunk = cost.max(WRITE_BUFFER_CHARGE_CHUNK_BYTES);
+        let shared = &*self.shared;
+        let budget = shared.memory.effective_bytes();
+        // Prepaid bytes stay a sliver of a small budget.
+        let chunk = chunk.min(cost.max(budget / WRITE_BUFFER_CHARGE_CHUNKS_PER_BUDGET));
+        let fits = used.saturating_add(chunk) <= budget;
+        if fits
+            && shared
+                .memory
+                .try_charge_transaction_bytes(|| shared.pages.resident_bytes(), chunk)
+        {
+            self.bytes += chunk;
+            self.prepaid += chunk - cost;
+            return Ok(());
+        }
+        shared.charge_write_buffer(used, cost)?;
+        self.bytes += cost;
+        Ok(())
+    }
 }
 
 impl Drop for BufferCharge {
@@ -184,6 +239,7 @@ impl Transaction {
         let buffer_charge = BufferCharge {
             shared: Arc::clone(&shared),
             bytes: 0,
+            prepaid: 0,
         };
         Ok(Transaction {
             start_epoch: snapshot.snapshot(),
@@ -198,6 +254,7 @@ impl Transaction {
             open_savepoints: 0,
             last_write_base: None,
             buffer_charge,
+            tables_generation: 0,
         })
     }
 
@@ -370,6 +427,7 @@ impl Transaction {
     fn change_table(&mut self, name: &str, change: impl FnOnce(&mut TableWrites)) {
         // A created or dropped table changes the trees writes go to.
         self.last_write_base = None;
+        self.tables_generation += 1;
         let table = self.shared_name(name);
         if self.open_savepoints > 0 {
             let previous = self.tables.get(name).cloned();
@@ -423,6 +481,7 @@ impl Transaction {
                 }
                 Some(Undo::Table { table, previous }) => {
                     self.last_write_base = None;
+                    self.tables_generation += 1;
                     match previous {
                         Some(writes) => {
                             self.tables.insert(table, writes);
@@ -776,101 +835,15 @@ impl Table<'_> {
         self.write(key, None, Vacant::Blind).map(drop)
     }
 
-    /// [`Transaction::base_tree`], remembered per snapshot (one catalog
-    /// lookup per handle instead of one per write).
-    fn write_base(&mut self) -> Result<Option<TreeHeader>> {
-        let epoch = self.tx.snapshot.snapshot();
-        if let Some((at, tree)) = self.write_base {
-            if at == epoch {
-                debug_assert_eq!(tree, self.tx.base_tree(&self.name)?);
-                return Ok(tree);
-            }
-        }
-        // A new handle on the table the last write went to (the next
-        // statement of a bulk load) reuses what that write found.
-        if let Some((name, at, tree)) = &self.tx.last_write_base {
-            if *at == epoch && Arc::ptr_eq(name, &self.name) {
-                let tree = *tree;
-                debug_assert_eq!(tree, self.tx.base_tree(&self.name)?);
-                self.write_base = Some((epoch, tree));
-                return Ok(tree);
-            }
-        }
-        let tree = self.tx.base_tree(&self.name)?;
-        self.write_base = Some((epoch, tree));
-        self.tx.last_write_base = Some((Arc::clone(&self.name), epoch, tree));
-        Ok(tree)
-    }
-
-    /// Buffers one write with a single search of the buffer; a key not yet
-    /// buffered is looked up in the snapshot's tree (for the old value and
-    /// the length change) unless `vacant` says the caller knows it is there.
+    /// Buffers one write (see [`Transaction::write_to`]).
     fn write(
         &mut self,
         key: &[u8],
         value: Option<&[u8]>,
         vacant: Vacant,
     ) -> Result<Option<ByteView>> {
-        self.tx.begin_statement()?;
-        // READ COMMITTED: the caller's read may predate this call's snapshot.
-        let known =
-            vacant == Vacant::KnownPresent && self.tx.isolation != IsolationLevel::ReadCommitted;
-        let base = self.write_base()?;
-        let tx = &mut *self.tx;
-        let cost = write_buffer_cost(key.len(), value.as_ref().map_or(0, |v| v.len()));
-        tx.shared
-            .charge_write_buffer(tx.buffer_charge.bytes, cost)?;
-        tx.buffer_charge.bytes += cost;
-        // One search of the table map per write (an `entry` would clone
-        // the name's `Arc` every time).
-        let writes = match tx.tables.get_mut(&*self.name) {
-            Some(writes) => writes,
-            None => tx.tables.entry(Arc::clone(&self.name)).or_default(),
-        };
-        let is_some = value.is_some();
-        let snapshot = &tx.snapshot;
-        let put = writes.entries.put(key, value, |key| {
-            if vacant == Vacant::Blind {
-                // Counted as absent; `blind` makes `len` recount.
-                return Ok((false, None));
-            }
-            let found = match base {
-                // An empty snapshot tree (a bulk load into a new table) holds no key.
-                Some(tree) if !known && tree.len > 0 => {
-                    btree::get(snapshot, &tree, key)?.map(ByteView::from_page)
-                }
-                _ => None,
-            };
-            debug_assert!(
-                !known
-                    || base.is_some_and(|tree| {
-                        btree::get(snapshot, &tree, key).is_ok_and(|v| v.is_some())
-                    }),
-                "a key written as known present is absent from the snapshot"
-            );
-            Ok((known || found.is_some(), found))
-        })?;
-        let (old, present, previous) = match put {
-            Put::Replaced(previous) => {
-                let old = previous.clone().map(ByteView::shared);
-                (old, previous.is_some(), Some(previous))
-            }
-            Put::Added((present, old)) => {
-                writes.blind |= vacant == Vacant::Blind;
-                (old, present, None)
-            }
-        };
-        let len_delta = i64::from(is_some) - i64::from(present);
-        writes.len_delta += len_delta;
-        if tx.open_savepoints > 0 {
-            tx.undo.push(Undo::Entry {
-                table: Arc::clone(&self.name),
-                key: Arc::from(key),
-                previous,
-                len_delta,
-            });
-        }
-        Ok(old)
+        self.tx
+            .write_to(&self.name, &mut self.write_base, key, value, vacant)
     }
 
     /// Entries with keys in `bounds`, in key order, from either end.
@@ -936,6 +909,112 @@ impl Table<'_> {
     /// Whether the table has no entries.
     pub fn is_empty(&mut self) -> Result<bool> {
         Ok(self.len()? == 0)
+    }
+}
+
+impl Transaction {
+    /// [`Transaction::base_tree`] of table `name`, remembered per snapshot
+    /// in `cache` (one catalog lookup per table handle instead of one per
+    /// write) and for the next handle on the table the last write went to.
+    fn write_base(
+        &mut self,
+        name: &Arc<str>,
+        cache: &mut Option<(CommitEpoch, Option<TreeHeader>)>,
+    ) -> Result<Option<TreeHeader>> {
+        let epoch = self.snapshot.snapshot();
+        if let Some((at, tree)) = *cache {
+            if at == epoch {
+                debug_assert_eq!(tree, self.base_tree(name)?);
+                return Ok(tree);
+            }
+        }
+        // A new handle on the table the last write went to (the next
+        // statement of a bulk load) reuses what that write found.
+        if let Some((last, at, tree)) = &self.last_write_base {
+            if *at == epoch && Arc::ptr_eq(last, name) {
+                let tree = *tree;
+                debug_assert_eq!(tree, self.base_tree(name)?);
+                *cache = Some((epoch, tree));
+                return Ok(tree);
+            }
+        }
+        let tree = self.base_tree(name)?;
+        *cache = Some((epoch, tree));
+        self.last_write_base = Some((Arc::clone(name), epoch, tree));
+        Ok(tree)
+    }
+
+    /// Buffers one write to table `name` (which exists as this transaction
+    /// sees it) with a single search of the buffer; a key not yet buffered
+    /// is looked up in the snapshot's tree (for the old value and the
+    /// length change) unless `vacant` says the caller knows it is there.
+    /// `write_base`: the caller's cache of [`Transaction::write_base`].
+    fn write_to(
+        &mut self,
+        name: &Arc<str>,
+        write_base: &mut Option<(CommitEpoch, Option<TreeHeader>)>,
+        key: &[u8],
+        value: Option<&[u8]>,
+        vacant: Vacant,
+    ) -> Result<Option<ByteView>> {
+        self.begin_statement()?;
+        // READ COMMITTED: the caller's read may predate this call's snapshot.
+        let known =
+            vacant == Vacant::KnownPresent && self.isolation != IsolationLevel::ReadCommitted;
+        let base = self.write_base(name, write_base)?;
+        let tx = self;
+        let cost = write_buffer_cost(key.len(), value.as_ref().map_or(0, |v| v.len()));
+        tx.buffer_charge.charge(cost)?;
+        // One search of the table map per write (an `entry` would clone
+        // the name's `Arc` every time).
+        let writes = match tx.tables.get_mut(&**name) {
+            Some(writes) => writes,
+            None => tx.tables.entry(Arc::clone(name)).or_default(),
+        };
+        let is_some = value.is_some();
+        let snapshot = &tx.snapshot;
+        let put = writes.entries.put(key, value, |key| {
+            if vacant == Vacant::Blind {
+                // Counted as absent; `blind` makes `len` recount.
+                return Ok((false, None));
+            }
+            let found = match base {
+                // An empty snapshot tree (a bulk load into a new table) holds no key.
+                Some(tree) if !known && tree.len > 0 => {
+                    btree::get(snapshot, &tree, key)?.map(ByteView::from_page)
+                }
+                _ => None,
+            };
+            debug_assert!(
+                !known
+                    || base.is_some_and(|tree| {
+                        btree::get(snapshot, &tree, key).is_ok_and(|v| v.is_some())
+                    }),
+                "a key written as known present is absent from the snapshot"
+            );
+            Ok((known || found.is_some(), found))
+        })?;
+        let (old, present, previous) = match put {
+            Put::Replaced(previous) => {
+                let old = previous.clone().map(ByteView::shared);
+                (old, previous.is_some(), Some(previous))
+            }
+            Put::Added((present, old)) => {
+                writes.blind |= vacant == Vacant::Blind;
+                (old, present, None)
+            }
+        };
+        let len_delta = i64::from(is_some) - i64::from(present);
+        writes.len_delta += len_delta;
+        if tx.open_savepoints > 0 {
+            tx.undo.push(Undo::Entry {
+                table: Arc::clone(name),
+                key: Arc::from(key),
+                previous,
+                len_delta,
+            });
+        }
+        Ok(old)
     }
 }
 

@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use mmsb_engine::Transaction;
+use mmsb_engine::{ByteView, TableHandle, Transaction};
 
 use super::{check_constraints, duplicate, reserve_rowids};
 use crate::catalog::TableSchema;
@@ -67,6 +67,30 @@ pub struct DirectInsert {
     /// The primary key's column when it has exactly one (its key is
     /// encoded as the row is, from the value already in hand).
     key_column: Option<usize>,
+}
+
+/// The data table a run writes: its name, and the caller's handle slot
+/// when it keeps one (`None`: opened by name).
+struct Target<'a> {
+    data_table: &'a str,
+    handle: Option<&'a mut Option<TableHandle>>,
+}
+
+impl Target<'_> {
+    /// Inserts `row` under `key` into the data table (through the handle,
+    /// resolved first when it is missing or names another table); returns
+    /// the value it replaced.
+    #[inline]
+    fn insert(self, tx: &mut Transaction, key: &[u8], row: &[u8]) -> Result<Option<ByteView>> {
+        let Some(slot) = self.handle else {
+            return Ok(tx.open_table(self.data_table)?.insert(key, row)?);
+        };
+        let handle = match slot {
+            Some(handle) if handle.name() == self.data_table => handle,
+            slot => slot.insert(tx.table_handle(self.data_table)?),
+        };
+        Ok(tx.insert_via(handle, key, row)?)
+    }
 }
 
 /// Key and row buffers reused from statement to statement on a thread (a
@@ -209,6 +233,40 @@ impl DirectInsert {
         data_table: &str,
         params: &[Value],
     ) -> Result<u64> {
+        self.run_in(
+            tx,
+            schema,
+            Target {
+                data_table,
+                handle: None,
+            },
+            params,
+        )
+    }
+
+    /// [`DirectInsert::run`] with `handle`, the data table a previous
+    /// statement resolved (see [`TableHandle`]): used when it names
+    /// `data_table`, else replaced by a handle on `data_table`.
+    pub fn run_with_handle(
+        &self,
+        tx: &mut Transaction,
+        schema: &TableSchema,
+        data_table: &str,
+        params: &[Value],
+        handle: &mut Option<TableHandle>,
+    ) -> Result<u64> {
+        let handle = Some(handle);
+        self.run_in(tx, schema, Target { data_table, handle }, params)
+    }
+
+    /// Runs the insert of one row into `table`.
+    fn run_in(
+        &self,
+        tx: &mut Transaction,
+        schema: &TableSchema,
+        table: Target<'_>,
+        params: &[Value],
+    ) -> Result<u64> {
         debug_assert_eq!(self.columns.len(), schema.columns.len());
         debug_assert!(schema.indexes.is_empty());
         let rowid = match schema.has_rowid() {
@@ -218,7 +276,7 @@ impl DirectInsert {
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
                 let scratch = &mut *scratch;
-                let result = self.write_row(tx, schema, data_table, params, rowid, scratch);
+                let result = self.write_row(tx, schema, table, params, rowid, scratch);
                 for buffer in [&mut scratch.key, &mut scratch.row] {
                     if buffer.capacity() > MAX_KEPT_BUFFER_BYTES {
                         *buffer = Vec::new();
@@ -232,7 +290,7 @@ impl DirectInsert {
                     key: Vec::new(),
                     row: Vec::new(),
                 };
-                self.write_row(tx, schema, data_table, params, rowid, &mut scratch)
+                self.write_row(tx, schema, table, params, rowid, &mut scratch)
             }
         })?;
         Ok(1)
@@ -244,7 +302,7 @@ impl DirectInsert {
         &self,
         tx: &mut Transaction,
         schema: &TableSchema,
-        data_table: &str,
+        table: Target<'_>,
         params: &[Value],
         rowid: Option<i64>,
         scratch: &mut Scratch,
@@ -281,8 +339,7 @@ impl DirectInsert {
             }
         }
         debug_assert!(rowid.is_none() || !keyed, "a rowid table has no key column");
-        let mut data = tx.open_table(data_table)?;
-        if data.insert(key, row)?.is_some() {
+        if table.insert(tx, key, row)?.is_some() {
             let constraint = format!("{}_pkey", schema.name);
             let values = (0..self.columns.len())
                 .map(|c| self.stored_value(c, params).map(Cow::into_owned))
