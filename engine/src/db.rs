@@ -1435,8 +1435,18 @@ impl Shared {
             .collect();
         page_ids.sort_unstable();
         page_ids.dedup();
-        for chunk in page_ids.chunks(self.checkpoint_chunk_pages(CHECKPOINT_CHUNK_PAGES)) {
-            written += self.write_back_chunk(seq, chunk, epoch)?;
+        let chunk_pages = self.checkpoint_chunk_pages(CHECKPOINT_CHUNK_PAGES);
+        let last_chunk = page_ids.len().saturating_sub(1) / chunk_pages.max(1);
+        for (index, chunk) in page_ids.chunks(chunk_pages).enumerate() {
+            // The last chunk is copied whole, so that the double-write file
+            // keeps, as it always did, a copy of the last pages written
+            // (for `mmsb check` and the repair of later damage to them).
+            let copy_below = if index == last_chunk {
+                u64::MAX
+            } else {
+                previous.page_count
+            };
+            written += self.write_back_chunk(seq, chunk, epoch, copy_below)?;
         }
         let header = FileHeader {
             checkpoint_seq: seq,
@@ -1488,9 +1498,24 @@ impl Shared {
         Ok(())
     }
 
-    /// Seals the pages as of `epoch`, writes them to the double-write file,
-    /// then in place, then syncs.
-    fn write_back_chunk(&self, seq: u64, chunk: &[PageId], epoch: CommitEpoch) -> Result<usize> {
+    /// Seals the pages as of `epoch`, writes those below `copy_below` to
+    /// the double-write file, then all of them in place, then syncs.
+    ///
+    /// `copy_below` is at least the page count of the checkpoint on disk: a
+    /// page at or past that count needs no double-write copy to survive a
+    /// torn write, since until the header names this checkpoint recovery
+    /// never reads it (replay starts such pages from zeros,
+    /// [`Shared::load_page_for_replay`]), and the header moves only after
+    /// this sync. So most of a bulk load's fresh pages are written once, not
+    /// twice.
+    fn write_back_chunk(
+        &self,
+        seq: u64,
+        chunk: &[PageId],
+        epoch: CommitEpoch,
+        copy_below: u64,
+    ) -> Result<usize> {
+        debug_assert!(copy_below >= self.durable_page_count());
         let mut sealed = Vec::with_capacity(chunk.len());
         for &page_id in chunk {
             let image = self.read_page_at(page_id, epoch)?;
@@ -1499,12 +1524,20 @@ impl Shared {
             seal_page(page_id, &image, epoch, &mut page);
             sealed.push((page_id, page));
         }
-        self.page_file.write_double_write(seq, &sealed)?;
+        let overwritten: Vec<(PageId, &[u8])> = sealed
+            .iter()
+            .filter(|(page_id, _)| page_id.get() < copy_below)
+            .map(|(page_id, page)| (*page_id, &page[..]))
+            .collect();
+        let double_written = !overwritten.is_empty();
+        if double_written {
+            self.page_file.write_double_write(seq, &overwritten)?;
+        }
         for (page_id, page) in &sealed {
             self.page_file.write_sealed(*page_id, page)?;
         }
         self.page_file.sync("sync written-back pages")?;
-        Metrics::add(&self.metrics.data_fsyncs, 2);
+        Metrics::add(&self.metrics.data_fsyncs, 1 + u64::from(double_written));
         Ok(sealed.len())
     }
 

@@ -99,6 +99,14 @@ impl EncodeStats {
             DeltaEncoding::Zstd => self.zstd_deltas += 1,
         }
     }
+
+    /// Adds the per-delta counts of a part of the record encoded apart.
+    fn absorb(&mut self, part: &EncodeStats) {
+        self.raw_deltas += part.raw_deltas;
+        self.rle_deltas += part.rle_deltas;
+        self.zstd_deltas += part.zstd_deltas;
+        self.changed_bytes += part.changed_bytes;
+    }
 }
 
 impl CommitRecord {
@@ -274,8 +282,36 @@ fn encode_inner<'a>(
     out.push(0);
     put_varint(out, stats.delta_count as u64);
     let body_start = out.len();
+    let parts = parallel_parts(stats.raw_bytes, config);
+    let zstd_entry_bytes = if parts > 1 {
+        let deltas: Vec<&Delta> = deltas.collect();
+        encode_parts(&deltas, parts, config, out, &mut stats)?
+    } else {
+        encode_run(deltas, PageId(0), config, out, &mut stats)?
+    };
+    if config.mode == CodecMode::Adaptive {
+        stats.body_zstd = compress_body(out, body_start, zstd_entry_bytes, config)?;
+        if stats.body_zstd {
+            out[start + FLAGS_OFFSET] |= FLAG_BODY_ZSTD;
+        }
+    }
+    stats.encoded_bytes = out.len() - start;
+    debug_assert!(config.mode != CodecMode::Raw || stats.encoded_bytes == stats.raw_bytes);
+    debug_assert!(config.mode != CodecMode::Adaptive || stats.encoded_bytes <= stats.raw_bytes);
+    Ok(stats)
+}
+
+/// Appends the entries of `deltas`, the first one's page id relative to
+/// `prev_page`, counting them into `stats`; returns the bytes of the
+/// entries zstd encoded.
+fn encode_run<'a>(
+    deltas: impl Iterator<Item = &'a Delta>,
+    mut prev_page: PageId,
+    config: &CodecConfig,
+    out: &mut Vec<u8>,
+    stats: &mut EncodeStats,
+) -> Result<usize, WalError> {
     let mut scratch = EncodeScratch::default();
-    let mut prev_page = PageId(0);
     let mut zstd_entry_bytes = 0usize;
     for delta in deltas {
         let entry_start = out.len();
@@ -287,16 +323,79 @@ fn encode_inner<'a>(
         stats.changed_bytes += delta.changed_len();
         prev_page = delta.page_id();
     }
-    if config.mode == CodecMode::Adaptive {
-        stats.body_zstd = compress_body(out, body_start, zstd_entry_bytes, config)?;
-        if stats.body_zstd {
-            out[start + FLAGS_OFFSET] |= FLAG_BODY_ZSTD;
-        }
+    Ok(zstd_entry_bytes)
+}
+
+/// A record whose deltas are at least this many raw bytes is encoded in
+/// parts on several threads (zstd is most of a large commit's encoding:
+/// a bulk load's fresh leaves are each their own zstd frame).
+pub const PARALLEL_ENCODE_MIN_RAW_BYTES: usize = 1 << 20;
+
+/// Raw bytes each part of a parallel encoding gets at least (below this
+/// the hand-off costs more than the part's encoding).
+const PARALLEL_ENCODE_PART_MIN_RAW_BYTES: usize = 256 << 10;
+
+/// Most parts one record is encoded in.
+const PARALLEL_ENCODE_MAX_PARTS: usize = 8;
+
+/// How many parts a record of `raw_bytes` is encoded in: 1 (on the
+/// calling thread) unless it is adaptive (the only mode with zstd) and
+/// large, else as many as the thread pool and the size allow.
+fn parallel_parts(raw_bytes: usize, config: &CodecConfig) -> usize {
+    if config.mode != CodecMode::Adaptive || raw_bytes < PARALLEL_ENCODE_MIN_RAW_BYTES {
+        return 1;
     }
-    stats.encoded_bytes = out.len() - start;
-    debug_assert!(config.mode != CodecMode::Raw || stats.encoded_bytes == stats.raw_bytes);
-    debug_assert!(config.mode != CodecMode::Adaptive || stats.encoded_bytes <= stats.raw_bytes);
-    Ok(stats)
+    rayon::current_num_threads()
+        .min(raw_bytes / PARALLEL_ENCODE_PART_MIN_RAW_BYTES)
+        .clamp(1, PARALLEL_ENCODE_MAX_PARTS)
+}
+
+/// Encodes `deltas` as `parts` consecutive runs on rayon's pool and
+/// appends them in order: part `i` starts its page ids from the last
+/// page of part `i - 1`, so the body is a valid sequence of entries that
+/// decodes to the same deltas. Each part has its own zstd gate, so the
+/// encodings chosen (not what they decode to) can differ from a
+/// one-thread encoding; they depend only on the deltas and `parts`.
+/// Returns the bytes of the entries zstd encoded.
+fn encode_parts(
+    deltas: &[&Delta],
+    parts: usize,
+    config: &CodecConfig,
+    out: &mut Vec<u8>,
+    stats: &mut EncodeStats,
+) -> Result<usize, WalError> {
+    use rayon::prelude::*;
+    debug_assert!(parts > 1);
+    let part_len = deltas.len().div_ceil(parts).max(1);
+    let encoded: Vec<Result<(Vec<u8>, EncodeStats, usize), WalError>> = deltas
+        .par_chunks(part_len)
+        .enumerate()
+        .map(|(i, part)| {
+            let prev_page = match i.checked_sub(1) {
+                Some(before) => deltas[before * part_len + part_len - 1].page_id(),
+                None => PageId(0),
+            };
+            let mut bytes =
+                Vec::with_capacity(part.iter().map(|d| codec::raw_encoded_len(d)).sum());
+            let mut part_stats = EncodeStats::default();
+            let zstd = encode_run(
+                part.iter().copied(),
+                prev_page,
+                config,
+                &mut bytes,
+                &mut part_stats,
+            )?;
+            Ok((bytes, part_stats, zstd))
+        })
+        .collect();
+    let mut zstd_entry_bytes = 0;
+    for part in encoded {
+        let (bytes, part_stats, zstd) = part?;
+        out.extend_from_slice(&bytes);
+        stats.absorb(&part_stats);
+        zstd_entry_bytes += zstd;
+    }
+    Ok(zstd_entry_bytes)
 }
 
 /// Replaces the body that starts at `body_start` with its zstd frame when
@@ -1027,5 +1126,95 @@ mod tests {
                 offset: 1
             }))
         ));
+    }
+
+    /// A record of `deltas` whose body is encoded in `parts` parts (1: on
+    /// this thread, as a small record is), framed as `encode_inner` frames it.
+    fn record_in_parts(deltas: &[Delta], parts: usize) -> (Vec<u8>, EncodeStats) {
+        let config = CodecConfig::default();
+        let mut out = vec![RECORD_FORMAT_VERSION, 0];
+        put_varint(&mut out, deltas.len() as u64);
+        let mut stats = EncodeStats::default();
+        if parts > 1 {
+            let refs: Vec<&Delta> = deltas.iter().collect();
+            encode_parts(&refs, parts, &config, &mut out, &mut stats).unwrap();
+        } else {
+            encode_run(deltas.iter(), PageId(0), &config, &mut out, &mut stats).unwrap();
+        }
+        (out, stats)
+    }
+
+    /// Pages of random bytes, of repeated text and sparse edits, with gaps
+    /// and a step back in the page ids: about 1.4 MiB raw.
+    fn large_record_deltas() -> Vec<Delta> {
+        let text = b"account 00012345 balance 0000001000 updated ".repeat(90);
+        (0..420u64)
+            .map(|i| {
+                let page = if i == 200 { 3 } else { 10 + i * 3 };
+                match i % 3 {
+                    0 => random_delta(page, 4000, i),
+                    1 => sparse_delta(page, &[(96, &text[..])]),
+                    _ => sparse_delta(page, &[(8, b"slot"), (2000, &[7; 300])]),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_record_encoded_in_parts_decodes_to_the_same_deltas() {
+        let deltas = large_record_deltas();
+        let (one, one_stats) = record_in_parts(&deltas, 1);
+        let want = CommitRecord::new(deltas.clone());
+        assert_eq!(CommitRecord::decode(&one, 4096).unwrap(), want);
+        for parts in [2, 3, 7] {
+            let (bytes, stats) = record_in_parts(&deltas, parts);
+            assert_eq!(
+                CommitRecord::decode(&bytes, 4096).unwrap(),
+                want,
+                "{parts} parts"
+            );
+            assert_eq!(
+                stats.raw_deltas + stats.rle_deltas + stats.zstd_deltas,
+                deltas.len(),
+                "{parts} parts: {stats:?}"
+            );
+            assert_eq!(stats.changed_bytes, one_stats.changed_bytes);
+            // Each part's gate starts afresh: zstd is tried at least as often.
+            assert!(
+                stats.zstd_deltas >= one_stats.zstd_deltas,
+                "{stats:?} vs {one_stats:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_record_is_encoded_in_parts_and_round_trips() {
+        let deltas = large_record_deltas();
+        let raw = raw_record_len(deltas.iter());
+        assert!(raw >= PARALLEL_ENCODE_MIN_RAW_BYTES, "{raw} raw bytes");
+        let config = CodecConfig::default();
+        let expected_parts =
+            rayon::current_num_threads().min(raw / PARALLEL_ENCODE_PART_MIN_RAW_BYTES);
+        assert_eq!(
+            parallel_parts(raw, &config),
+            expected_parts.clamp(1, PARALLEL_ENCODE_MAX_PARTS)
+        );
+        assert_eq!(
+            parallel_parts(raw, &CodecConfig::with_mode(CodecMode::Rle)),
+            1
+        );
+        assert_eq!(
+            parallel_parts(PARALLEL_ENCODE_MIN_RAW_BYTES - 1, &config),
+            1
+        );
+        let mut out = vec![0xAB];
+        let stats = encode_deltas(&deltas, &config, &mut out).unwrap();
+        assert_eq!(out[0], 0xAB, "bytes before the record are kept");
+        assert_eq!(stats.encoded_bytes, out.len() - 1);
+        assert_eq!(stats.delta_count, deltas.len());
+        assert_eq!(
+            CommitRecord::decode(&out[1..], 4096).unwrap(),
+            CommitRecord::new(deltas)
+        );
     }
 }
