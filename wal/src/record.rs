@@ -350,6 +350,10 @@ fn parallel_parts(raw_bytes: usize, config: &CodecConfig) -> usize {
         .clamp(1, PARALLEL_ENCODE_MAX_PARTS)
 }
 
+/// One part of a parallel encoding: its entries, their counts, and the
+/// bytes of those zstd encoded.
+type EncodedPart = (Vec<u8>, EncodeStats, usize);
+
 /// Encodes `deltas` as `parts` consecutive runs on rayon's pool and
 /// appends them in order: part `i` starts its page ids from the last
 /// page of part `i - 1`, so the body is a valid sequence of entries that
@@ -367,7 +371,7 @@ fn encode_parts(
     use rayon::prelude::*;
     debug_assert!(parts > 1);
     let part_len = deltas.len().div_ceil(parts).max(1);
-    let encoded: Vec<Result<(Vec<u8>, EncodeStats, usize), WalError>> = deltas
+    let encoded: Vec<Result<EncodedPart, WalError>> = deltas
         .par_chunks(part_len)
         .enumerate()
         .map(|(i, part)| {
