@@ -74,7 +74,7 @@ while IFS= read -r line; do
     svg="$out/$engine-$slug.svg"
     perf script -i "$work/perf.data" --time "$previous_end,$end" 2>/dev/null \
         | "$tools_bin/inferno-collapse-perf" --all >"$folded_dir/$engine-$slug.folded"
-    weight="$(awk '{ s += $NF } END { print s + 0 }' "$folded_dir/$engine-$slug.folded")"
+    weight="$(awk '{ s += $NF } END { printf "%d\n", s }' "$folded_dir/$engine-$slug.folded")"
     if [[ "$weight" -gt 0 ]]; then
         "$tools_bin/inferno-flamegraph" --title "$engine: $label ($value), N = $entries" \
             --width 1600 <"$folded_dir/$engine-$slug.folded" >"$svg"
