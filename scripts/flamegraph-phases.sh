@@ -34,11 +34,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-command -v perf >/dev/null || { echo "perf is not installed" >&2; exit 1; }
-tools_bin="$PWD/tools/bin"
-if [[ ! -x "$tools_bin/inferno-flamegraph" ]]; then
-    cargo install inferno --locked --root tools
-fi
+# shellcheck source=scripts/flamegraph-tools.sh
+. scripts/flamegraph-tools.sh
 
 cargo build --release --locked --manifest-path compare/Cargo.toml --bin mmsb-compare
 target_dir="${CARGO_TARGET_DIR:-compare/target}"

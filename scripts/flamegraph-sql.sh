@@ -26,11 +26,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-command -v perf >/dev/null || { echo "perf is not installed" >&2; exit 1; }
-tools_bin="$PWD/tools/bin"
-if [[ ! -x "$tools_bin/inferno-flamegraph" ]]; then
-    cargo install inferno --locked --root tools
-fi
+# shellcheck source=scripts/flamegraph-tools.sh
+. scripts/flamegraph-tools.sh
 
 # `cargo bench --no-run` prints the bench executable's path.
 binary="$(cargo bench --locked --bench sql_vs_sqlite --no-run --message-format=json 2>/dev/null \
