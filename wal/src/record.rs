@@ -375,9 +375,10 @@ fn encode_parts(
         .par_chunks(part_len)
         .enumerate()
         .map(|(i, part)| {
-            let prev_page = match i.checked_sub(1) {
-                Some(before) => deltas[before * part_len + part_len - 1].page_id(),
-                None => PageId(0),
+            // Part `i` continues from the last page of part `i - 1`.
+            let prev_page = match i {
+                0 => PageId(0),
+                _ => deltas[i * part_len - 1].page_id(),
             };
             let mut bytes =
                 Vec::with_capacity(part.iter().map(|d| codec::raw_encoded_len(d)).sum());

@@ -474,18 +474,30 @@ mod tests {
         (outcomes, stored)
     }
 
+    /// Runs `rows` through `insert` (the direct path) and through the same
+    /// statement with `RETURNING 1` (always the general path): the same
+    /// outcomes, error texts and stored rows.
+    fn direct_matches_general(
+        schema: &str,
+        insert: &str,
+        rows: &[Vec<Value>],
+    ) -> Result<(), TestCaseError> {
+        let (direct_outcomes, direct_rows) = run(schema, insert, rows);
+        let general = format!("{insert} RETURNING 1");
+        let (general_outcomes, general_rows) = run(schema, &general, rows);
+        prop_assert_eq!(direct_outcomes, general_outcomes);
+        prop_assert_eq!(direct_rows, general_rows);
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn direct_inserts_match_the_general_path(
             rows in proptest::collection::vec(
                 proptest::collection::vec(any_value(), 4), 1..12),
         ) {
-            let direct = "INSERT INTO t (b, id, r, s) VALUES ($1, $2, $3, $4)";
-            let general = "INSERT INTO t (b, id, r, s) VALUES ($1, $2, $3, $4) RETURNING 1";
-            let (direct_outcomes, direct_rows) = run(SCHEMA, direct, &rows);
-            let (general_outcomes, general_rows) = run(SCHEMA, general, &rows);
-            prop_assert_eq!(direct_outcomes, general_outcomes);
-            prop_assert_eq!(direct_rows, general_rows);
+            let insert = "INSERT INTO t (b, id, r, s) VALUES ($1, $2, $3, $4)";
+            direct_matches_general(SCHEMA, insert, &rows)?;
         }
 
         #[test]
@@ -493,12 +505,8 @@ mod tests {
             rows in proptest::collection::vec(
                 proptest::collection::vec(any_value(), 3), 1..8),
         ) {
-            let direct = "INSERT INTO t (s, r, b) VALUES ($1, $2, $3)";
-            let general = "INSERT INTO t (s, r, b) VALUES ($1, $2, $3) RETURNING 1";
-            let (direct_outcomes, direct_rows) = run(SCHEMA_ROWID, direct, &rows);
-            let (general_outcomes, general_rows) = run(SCHEMA_ROWID, general, &rows);
-            prop_assert_eq!(direct_outcomes, general_outcomes);
-            prop_assert_eq!(direct_rows, general_rows);
+            let insert = "INSERT INTO t (s, r, b) VALUES ($1, $2, $3)";
+            direct_matches_general(SCHEMA_ROWID, insert, &rows)?;
         }
     }
 }
