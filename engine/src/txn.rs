@@ -424,3 +424,78 @@ impl PageWrite for PageWriteTransaction {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod noted_diff_tests {
+    //! Random inserts into a loaded tree diff only what their writers
+    //! noted: a whole-page diff is left to pages the transaction allocated
+    //! and the meta page (a writer that takes plain `page_mut` on an
+    //! existing page, or notes too many ranges, fails this).
+
+    use mmsb_wal::storage::MemStorage;
+
+    use super::*;
+    use crate::btree::{BatchWriter, TreeHeader};
+    use crate::db::Options;
+
+    /// A key of 24 bytes spread over the key space by `i`.
+    fn key(i: u64) -> [u8; 24] {
+        let mut k = [0u8; 24];
+        let mixed = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        k[..8].copy_from_slice(&mixed.to_be_bytes());
+        k[8..16].copy_from_slice(&i.to_le_bytes());
+        k
+    }
+
+    #[test]
+    fn random_inserts_diff_only_noted_ranges_of_existing_pages() {
+        let db = Options {
+            storage: Arc::new(MemStorage::new()),
+            background_workers: false,
+            checkpoint_on_close: false,
+            ..Options::default()
+        }
+        .open("/noted.mmsb")
+        .unwrap();
+        let mut tree = TreeHeader::EMPTY;
+        let value = [7u8; 150];
+        let mut tx = db.begin_page_write().unwrap();
+        let mut loaded: Vec<[u8; 24]> = (0..3000).map(key).collect();
+        loaded.sort_unstable();
+        let mut writer = BatchWriter::new(tx.page_len()).unwrap();
+        let entries = loaded.iter().map(|k| (&k[..], Some(&value[..])));
+        writer.apply_sorted(&mut tx, &mut tree, entries).unwrap();
+        tx.commit().unwrap();
+
+        // Two rounds, so the second meets leaves split and refilled (holes).
+        for round in 0..2u64 {
+            let mut tx = db.begin_page_write().unwrap();
+            let pages_before = tx.page_count();
+            let mut fresh: Vec<[u8; 24]> =
+                (0..400).map(|i| key(10_000 + round * 1000 + i)).collect();
+            fresh.sort_unstable();
+            let mut writer = BatchWriter::new(tx.page_len()).unwrap();
+            let entries = fresh.iter().map(|k| (&k[..], Some(&value[..])));
+            writer.apply_sorted(&mut tx, &mut tree, entries).unwrap();
+            tx.meta_mut();
+            let (mut noted, mut whole) = (0, 0);
+            for (id, page) in &tx.dirty {
+                if !page.written.is_whole() {
+                    noted += 1;
+                    continue;
+                }
+                whole += 1;
+                assert!(
+                    *id == META_PAGE || id.get() >= pages_before,
+                    "round {round}: existing page {id} is diffed whole"
+                );
+            }
+            assert!(noted > 100, "round {round}: {noted} noted, {whole} whole");
+            assert!(
+                tx.page_count() > pages_before,
+                "round {round}: leaves split"
+            );
+            tx.commit().unwrap();
+        }
+    }
+}

@@ -31,14 +31,19 @@ use super::cell::{
     branch_cell_vec, leaf_cell_size, leaf_flags, store_key, write_leaf_cell, KeySpec, ValueSpec,
 };
 use super::format::{
-    corrupt, read_page, Geometry, MAX_KEY_BYTES, MAX_VALUE_BYTES, SLOT_BYTES, UNDERFULL_DIVISOR,
+    corrupt, read_page, Geometry, MAX_KEY_BYTES, MAX_TREE_HEIGHT, MAX_VALUE_BYTES, SLOT_BYTES,
+    UNDERFULL_DIVISOR,
 };
 use super::insert::{grow_root, insert_separator, past_append_fill, Split};
-use super::keys::{cmp_key, load_key, separator};
+use super::keys::{cmp_key, load_key, load_key_into, separator};
 use super::node::{Node, NodeMut, ValueLoc};
 use super::TreeHeader;
 use crate::error::Result;
 use crate::page_access::{PageRead, PageWrite};
+
+/// Fence buffers kept for reuse by the next descents (two per level of
+/// the tallest tree a path holds).
+const SPARE_FENCES_MAX: usize = 2 * MAX_TREE_HEIGHT as usize;
 
 /// Bytes per CPU cache line (what one prefetch fetches).
 const CACHE_LINE_BYTES: usize = 64;
@@ -144,6 +149,9 @@ pub struct BatchWriter {
     /// The leaf last prefetched whole (see [`prefetch_page`]): a run of
     /// keys in one leaf fetches it once.
     prefetched: PageId,
+    /// Fence buffers of nodes dropped from the path, reused by the next
+    /// descents (a random batch descends once per key: no allocation).
+    spare_fences: Vec<Vec<u8>>,
 }
 
 impl BatchWriter {
@@ -155,6 +163,7 @@ impl BatchWriter {
             tree: (PageId(0), 0),
             fast_writes: 0,
             prefetched: PageId(0),
+            spare_fences: Vec::new(),
         })
     }
 
@@ -304,9 +313,11 @@ impl BatchWriter {
         }
         // Keep the branches whose ranges hold the key (the root holds all).
         while self.path.last().is_some_and(|n| !n.covers(key)) {
-            self.path.pop();
+            self.drop_last();
         }
-        self.path.truncate(height.saturating_sub(1));
+        while self.path.len() > height.saturating_sub(1) {
+            self.drop_last();
+        }
         if self.path.is_empty() {
             header.validate()?;
             if header.is_empty() {
@@ -330,9 +341,28 @@ impl BatchWriter {
         Ok(true)
     }
 
+    /// Drops the path's last node, keeping its fence buffers for reuse.
+    fn drop_last(&mut self) {
+        let Some(node) = self.path.pop() else {
+            return;
+        };
+        for fence in [node.lower, node.upper].into_iter().flatten() {
+            if self.spare_fences.len() < SPARE_FENCES_MAX {
+                self.spare_fences.push(fence);
+            }
+        }
+    }
+
     /// The child of the deepest cached branch that `key` belongs in, with
-    /// its fences.
-    fn child_for<P: PageRead>(&self, pages: &P, height: usize, key: &[u8]) -> Result<CachedNode> {
+    /// its fences (in reused buffers).
+    fn child_for<P: PageRead>(
+        &mut self,
+        pages: &P,
+        height: usize,
+        key: &[u8],
+    ) -> Result<CachedNode> {
+        let mut lower_buf = self.spare_fences.pop().unwrap_or_default();
+        let mut upper_buf = self.spare_fences.pop().unwrap_or_default();
         let depth = self.path.len() - 1;
         let parent = &self.path[depth];
         // Levels count up from the leaves (0); the root is at `height - 1`.
@@ -343,14 +373,24 @@ impl BatchWriter {
         let pos = node.child_pos_for(pages, key)?;
         // Deeper separators are tighter than the ones above them.
         let lower = if pos > 0 {
-            Some(load_key(pages, &self.geo, &node.key(pos - 1)?)?)
+            load_key_into(pages, &self.geo, &node.key(pos - 1)?, &mut lower_buf)?;
+            Some(lower_buf)
         } else {
-            parent.lower.clone()
+            parent.lower.as_deref().map(|fence| {
+                lower_buf.clear();
+                lower_buf.extend_from_slice(fence);
+                lower_buf
+            })
         };
         let upper = if pos < node.count() {
-            Some(load_key(pages, &self.geo, &node.key(pos)?)?)
+            load_key_into(pages, &self.geo, &node.key(pos)?, &mut upper_buf)?;
+            Some(upper_buf)
         } else {
-            parent.upper.clone()
+            parent.upper.as_deref().map(|fence| {
+                upper_buf.clear();
+                upper_buf.extend_from_slice(fence);
+                upper_buf
+            })
         };
         Ok(CachedNode {
             id: node.child(pos)?,

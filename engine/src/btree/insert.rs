@@ -423,16 +423,21 @@ pub(crate) fn split_node<P: PageWrite>(
     if n < if branch { 3 } else { 2 } {
         return Err(corrupt(id, "page is full with too few cells"));
     }
+    // Every cell after the insert, each parsed once.
+    let mut all: Vec<&[u8]> = Vec::with_capacity(n);
+    for v in 0..n {
+        all.push(match v.cmp(&new_idx) {
+            std::cmp::Ordering::Equal => new_cell,
+            std::cmp::Ordering::Less => old.cell_bytes(v)?,
+            std::cmp::Ordering::Greater => old.cell_bytes(v - 1)?,
+        });
+    }
     let cell = |v: usize| -> Result<&[u8]> {
-        match v.cmp(&new_idx) {
-            std::cmp::Ordering::Equal => Ok(new_cell),
-            std::cmp::Ordering::Less => old.cell_bytes(v),
-            std::cmp::Ordering::Greater => old.cell_bytes(v - 1),
-        }
+        all.get(v)
+            .copied()
+            .ok_or_else(|| corrupt(id, "split index past the cells"))
     };
-    let sizes = (0..n)
-        .map(|v| cell(v).map(|c| c.len() + SLOT_BYTES))
-        .collect::<Result<Vec<_>>>()?;
+    let sizes: Vec<usize> = all.iter().map(|c| c.len() + SLOT_BYTES).collect();
     let Cut { s, new_is_left } = choose_split(&sizes, new_idx, branch);
     // A leaf's middle cut may leave the new cell on the old page.
     let new_cell_stays = !new_is_left && new_idx < s;
@@ -458,8 +463,10 @@ pub(crate) fn split_node<P: PageWrite>(
             };
             node.set_leftmost(leftmost);
         }
-        let cells = moved.map(cell).collect::<Result<Vec<_>>>()?;
-        if !node.insert_cells(0, &cells)? {
+        let cells = all
+            .get(moved)
+            .ok_or_else(|| corrupt(id, "split range past the cells"))?;
+        if !node.insert_cells(0, cells)? {
             return Err(corrupt(id, "split half does not fit a page"));
         }
     }

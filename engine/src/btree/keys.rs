@@ -42,11 +42,23 @@ pub(crate) fn load_key<P: PageRead>(
     key: &KeyRef<'_>,
 ) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(key.len.min(super::format::OVERFLOW_PREALLOC_BYTES_MAX));
+    load_key_into(pages, geo, key, &mut out)?;
+    Ok(out)
+}
+
+/// [`load_key`] into `out` (cleared first), reusing its buffer.
+pub(crate) fn load_key_into<P: PageRead>(
+    pages: &P,
+    geo: &Geometry,
+    key: &KeyRef<'_>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    out.clear();
     out.extend_from_slice(key.local);
     if let Some(first) = key.overflow {
-        read_chain(pages, geo, first, key.len - key.local.len(), &mut out)?;
+        read_chain(pages, geo, first, key.len - key.local.len(), out)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The shortest `s` with `left < s <= right` (a prefix of `right`).

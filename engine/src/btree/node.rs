@@ -4,7 +4,11 @@
 //! overwrite a cell, patch a child pointer, compact free space.
 //!
 //! Edits touch only the bytes that change (a slot shift, a header field, the
-//! new cell), so the transaction's diff of the page stays small.
+//! new cell), so the transaction's diff of the page stays small. A cell
+//! that does not fit the free gap between the slot array and the cells
+//! goes into the smallest hole removed cells left (counted in the page's
+//! `frag` bytes) that holds it; only when none does is the page compacted,
+//! which moves cells and so rewrites (and logs) most of the page.
 
 use std::cmp::Ordering;
 use std::ops::Range;
@@ -397,10 +401,14 @@ impl<'a> Node<'a> {
             .ok_or_else(|| corrupt(self.id, format_args!("malformed branch cell {i}")))
     }
 
-    /// Bytes cell `i` occupies.
+    /// Bytes cell `i` occupies (an inline leaf cell ends with its value:
+    /// the checks of [`Node::inline_entry`], without a full parse).
     pub(crate) fn cell_size(&self, i: usize) -> Result<usize> {
         match self.kind {
-            NodeKind::Leaf => self.leaf_cell(i).map(|c| c.size),
+            NodeKind::Leaf => match self.inline_entry(i) {
+                Some((_, _, value_end)) => Ok(value_end - self.cell_off(i)?),
+                None => self.leaf_cell(i).map(|c| c.size),
+            },
             NodeKind::Branch => self.branch_cell(i).map(|c| c.size),
         }
     }
@@ -410,6 +418,55 @@ impl<'a> Node<'a> {
         let off = self.cell_off(i)?;
         let size = self.cell_size(i)?;
         Ok(&self.b[off..off + size])
+    }
+
+    /// The cells' `(offset, size)`, sorted by offset.
+    fn cell_spans(&self) -> Result<Vec<(usize, usize)>> {
+        let mut spans = Vec::with_capacity(self.count);
+        for i in 0..self.count {
+            spans.push((self.cell_off(i)?, self.cell_size(i)?));
+        }
+        spans.sort_unstable();
+        Ok(spans)
+    }
+
+    /// Where a cell of `size` bytes fits in a hole of the cell area (free
+    /// bytes between cells, counted in `frag`): the start that ends it at
+    /// the top of the smallest such hole, `None` when no hole is large
+    /// enough. Errors on overlapping cells.
+    pub(crate) fn hole_for(&self, size: usize) -> Result<Option<usize>> {
+        let mut best: Option<(usize, usize)> = None;
+        let mut free_from = self.content;
+        let holes_then_end = self.cell_spans()?.into_iter().chain([(self.b.len(), 0)]);
+        for (off, cell_size) in holes_then_end {
+            if off < free_from || off > self.b.len() {
+                return Err(corrupt(self.id, "cells overlap"));
+            }
+            let hole = off - free_from;
+            if hole >= size && best.is_none_or(|(smallest, _)| hole < smallest) {
+                best = Some((hole, off - size));
+            }
+            free_from = off + cell_size;
+        }
+        Ok(best.map(|(_, start)| start))
+    }
+
+    /// Whether the cells lie inside the cell area without overlapping and
+    /// account, with `frag`, for all of it (for debug assertions).
+    pub(crate) fn layout_is_consistent(&self) -> bool {
+        let Ok(spans) = self.cell_spans() else {
+            return false;
+        };
+        let mut end = self.content;
+        let mut live = 0;
+        for (off, size) in spans {
+            if off < end || off + size > self.b.len() {
+                return false;
+            }
+            end = off + size;
+            live += size;
+        }
+        live + self.frag == self.b.len() - self.content
     }
 
     /// Child at position `pos` (0 = leftmost, `pos` in `0..=count`).
@@ -876,10 +933,24 @@ impl<'a> NodeMut<'a> {
         if content - slots_end + frag < need {
             return Ok(false);
         }
-        if content - slots_end < need {
-            self.compact()?;
-        }
-        let start = self.view().content - size;
+        let hole = if content - slots_end >= need {
+            None
+        } else if content - slots_end >= SLOT_BYTES && frag >= size {
+            // The gap holds the slot but not the cell: a hole left by
+            // removed cells may (a compaction would rewrite the page).
+            self.view().hole_for(size)?
+        } else {
+            None
+        };
+        let start = match hole {
+            Some(start) => start,
+            None => {
+                if content - slots_end < need {
+                    self.compact()?;
+                }
+                self.view().content - size
+            }
+        };
         write(&mut self.b[start..start + size]);
         let slot = self.kind.header_len() + idx * SLOT_BYTES;
         self.b.copy_within(slot..slots_end, slot + SLOT_BYTES);
@@ -887,7 +958,14 @@ impl<'a> NodeMut<'a> {
         self.note(start..start + size);
         self.note(slot..slots_end + SLOT_BYTES);
         self.set_count(count + 1);
-        self.set_content(start);
+        if hole.is_some() {
+            let frag = self.view().frag;
+            debug_assert!(frag >= size, "a hole is counted in the free bytes");
+            self.set_frag(frag - size);
+            debug_assert!(self.view().layout_is_consistent());
+        } else {
+            self.set_content(start);
+        }
         Ok(true)
     }
 
@@ -1183,6 +1261,160 @@ mod read_path_tests {
                     prop_assert_eq!(cell.key.local_start, key);
                     prop_assert_eq!(cell.value, ValueLoc::Inline { start: value, end });
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod hole_tests {
+    //! Inserts that reuse a hole left by removed cells instead of
+    //! compacting the page, against a model of the leaf's entries.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::btree::cell::{leaf_cell_vec, KeySpec, ValueSpec};
+
+    const PAGE_LEN: usize = 1024;
+    const ID: PageId = PageId(2);
+
+    fn cell(geo: &Geometry, key: &[u8], value: &[u8]) -> Vec<u8> {
+        leaf_cell_vec(
+            &KeySpec::with_chain(geo, key, None),
+            &ValueSpec::Inline(value),
+        )
+    }
+
+    /// The leaf's entries, in slot order.
+    fn entries(page: &[u8], geo: &Geometry) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let node = Node::parse(page, ID, 0, geo).expect("parse");
+        (0..node.count())
+            .map(|i| {
+                let c = node.leaf_cell(i).expect("cell");
+                let ValueLoc::Inline { start, end } = c.value else {
+                    panic!("inline value expected");
+                };
+                (c.key.local.to_vec(), page[start..end].to_vec())
+            })
+            .collect()
+    }
+
+    /// Whether `old` and `new` agree outside the ranges `written` noted.
+    fn equal_outside(old: &[u8], new: &[u8], written: &WrittenRanges) -> bool {
+        let Some(ranges) = written.ranges() else {
+            return true;
+        };
+        let mut covered = vec![false; old.len()];
+        for r in ranges {
+            covered[r].iter_mut().for_each(|c| *c = true);
+        }
+        (0..old.len()).all(|i| covered[i] || old[i] == new[i])
+    }
+
+    #[test]
+    fn a_full_gap_reuses_a_removed_cells_hole_without_compacting() {
+        let geo = Geometry::new(PAGE_LEN).expect("geometry");
+        let mut page = vec![0u8; PAGE_LEN];
+        let mut node = NodeMut::init(&mut page, ID, 0, &geo).expect("init");
+        let mut n = 0u8;
+        while node
+            .insert_cell(usize::from(n), &cell(&geo, &[b'k', n], &[n; 60]))
+            .expect("insert")
+        {
+            n += 1;
+        }
+        assert!(n > 4, "{n} cells fit");
+        // A middle cell's bytes become a hole (it does not border the gap).
+        node.remove_cells(2..3).expect("remove");
+        let before = node.view();
+        let (content, frag) = (before.content_start(), before.frag());
+        assert!(frag > 0);
+        let others: Vec<usize> = (0..before.count())
+            .map(|i| before.cell_off(i).expect("slot"))
+            .collect();
+        let old = page.clone();
+        let mut written = WrittenRanges::default();
+        let mut node =
+            NodeMut::open_noted((&mut page, Some(&mut written)), ID, 0, &geo).expect("open");
+        assert!(node
+            .insert_cell(2, &cell(&geo, &[b'k', 2], &[9; 60]))
+            .expect("insert"));
+        let after = node.view();
+        assert_eq!(after.content_start(), content, "no compaction");
+        assert_eq!(after.frag(), frag - cell(&geo, &[b'k', 2], &[9; 60]).len());
+        assert!(after.layout_is_consistent());
+        let moved: Vec<usize> = (0..after.count())
+            .filter(|&i| i != 2)
+            .map(|i| after.cell_off(i).expect("slot"))
+            .collect();
+        assert_eq!(moved, others, "the other cells stay where they were");
+        let noted: usize = written.ranges().expect("noted").map(|r| r.len()).sum();
+        assert!(noted < 200, "{noted} bytes noted");
+        assert!(equal_outside(&old, &page, &written));
+        assert_eq!(entries(&page, &geo)[2], (vec![b'k', 2], vec![9; 60]));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u8, usize),
+        Remove(u8),
+    }
+
+    fn op_gen() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (any::<u8>(), 0usize..120).prop_map(|(k, n)| Op::Insert(k, n)),
+            2 => any::<u8>().prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        /// Inserts and removals on one leaf keep its entries equal to a
+        /// model's, its layout consistent, and every change inside the
+        /// noted ranges, hole or no hole.
+        #[test]
+        fn edits_match_a_model_and_stay_inside_the_noted_ranges(
+            ops in prop::collection::vec(op_gen(), 1..200),
+        ) {
+            let geo = Geometry::new(PAGE_LEN).expect("geometry");
+            let mut page = vec![0u8; PAGE_LEN];
+            NodeMut::init(&mut page, ID, 0, &geo).expect("init");
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for op in ops {
+                let old = page.clone();
+                let mut written = WrittenRanges::default();
+                let mut node = NodeMut::open_noted((&mut page, Some(&mut written)), ID, 0, &geo)
+                    .expect("open");
+                match op {
+                    Op::Insert(k, n) => {
+                        let key = vec![k];
+                        if model.contains_key(&key) {
+                            continue;
+                        }
+                        let value = vec![k ^ 0x5a; n];
+                        let idx = model.range(..key.clone()).count();
+                        if node.insert_cell(idx, &cell(&geo, &key, &value)).expect("insert") {
+                            model.insert(key, value);
+                        } else {
+                            prop_assert_eq!(&page, &old, "a refused insert changes nothing");
+                        }
+                    }
+                    Op::Remove(k) => {
+                        let key = vec![k];
+                        if model.remove(&key).is_none() {
+                            continue;
+                        }
+                        let idx = model.range(..key).count();
+                        node.remove_cells(idx..idx + 1).expect("remove");
+                    }
+                }
+                let node = Node::parse(&page, ID, 0, &geo).expect("parse");
+                prop_assert!(node.layout_is_consistent());
+                prop_assert!(equal_outside(&old, &page, &written));
+                let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                prop_assert_eq!(entries(&page, &geo), want);
             }
         }
     }

@@ -45,6 +45,9 @@ const RUNS_PER_WINDOW_HINT: usize = 2;
 const WORD_BYTES: usize = 8;
 
 const _: () = assert!(DIFF_BLOCK_BYTES > DIFF_GAP_JOIN_LEN);
+// `run_end`: an equal stretch inside a word that differs (at most
+// `WORD_BYTES - 2` bytes) is too short to end a run.
+const _: () = assert!(DIFF_GAP_JOIN_LEN >= WORD_BYTES - 1);
 
 /// The delta that turns `old` into `new` (two images of page `page_id`):
 /// the same delta as [`Delta::from_diff`].
@@ -178,16 +181,56 @@ fn next_window(old: &[u8], new: &[u8], from: usize) -> Option<(usize, usize)> {
 /// The run that starts at the difference at `start`: it ends at the first
 /// equal byte that is not followed, within [`DIFF_GAP_JOIN_LEN`] bytes and
 /// before `limit`, by another difference (the equal byte at `limit`, a
-/// window's end, never is).
+/// window's end, never is). That is the start of the first stretch of
+/// equal bytes that is at least [`DIFF_GAP_JOIN_LEN`] long or reaches
+/// `limit`; found a word at a time by carrying the length of the equal
+/// stretch that ends the previous word (a stretch inside one word that
+/// differs somewhere is shorter than a word, so too short to end the run).
 fn run_end(old: &[u8], new: &[u8], start: usize, limit: usize) -> usize {
-    let mut end = start;
-    loop {
-        end = first_equal(old, new, end, limit);
-        match first_difference(old, new, end, limit) {
-            Some(at) if at - end < DIFF_GAP_JOIN_LEN => end = at,
-            _ => return end,
+    let (old_words, _) = old[start..limit].as_chunks::<WORD_BYTES>();
+    let (new_words, _) = new[start..limit].as_chunks::<WORD_BYTES>();
+    // Equal bytes right before `pos` (fewer than DIFF_GAP_JOIN_LEN).
+    let mut equal = 0usize;
+    let mut pos = start;
+    for (a, b) in old_words.iter().zip(new_words) {
+        let x = u64::from_le_bytes(*a) ^ u64::from_le_bytes(*b);
+        if !has_zero_byte(x) {
+            // Every byte differs (the common case inside a run).
+            equal = 0;
+        } else {
+            // Equal bytes at the low (first) end of the word: all when x == 0.
+            let low = (x.trailing_zeros() / 8) as usize;
+            if equal + low >= DIFF_GAP_JOIN_LEN {
+                return pos - equal;
+            }
+            equal = if x == 0 {
+                equal + WORD_BYTES
+            } else {
+                (x.leading_zeros() / 8) as usize
+            };
         }
+        pos += WORD_BYTES;
     }
+    while pos < limit {
+        if old[pos] == new[pos] {
+            equal += 1;
+            if equal >= DIFF_GAP_JOIN_LEN {
+                return pos + 1 - equal;
+            }
+        } else {
+            equal = 0;
+        }
+        pos += 1;
+    }
+    limit - equal
+}
+
+/// Whether some byte of `x` is zero (exact: a borrow only reaches bytes
+/// above the lowest zero byte).
+fn has_zero_byte(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
 }
 
 /// Reads the little-endian word at `at` (a full word must fit).
@@ -208,24 +251,6 @@ fn first_difference(old: &[u8], new: &[u8], from: usize, limit: usize) -> Option
         pos += WORD_BYTES;
     }
     (pos..limit).find(|&i| old[i] != new[i])
-}
-
-/// First index in `[from, limit)` where the images agree, `limit` when none.
-fn first_equal(old: &[u8], new: &[u8], from: usize, limit: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut pos = from;
-    while pos + WORD_BYTES <= limit {
-        let x = word_at(old, pos) ^ word_at(new, pos);
-        // Byte i of `x` is zero iff the images agree there; the lowest
-        // flagged byte is exact (higher flags may be borrows).
-        let equal_bytes = x.wrapping_sub(ONES) & !x & HIGHS;
-        if equal_bytes != 0 {
-            return pos + (equal_bytes.trailing_zeros() / 8) as usize;
-        }
-        pos += WORD_BYTES;
-    }
-    (pos..limit).find(|&i| old[i] == new[i]).unwrap_or(limit)
 }
 
 #[cfg(test)]
@@ -314,6 +339,29 @@ mod tests {
             if let Some(noted) = noted {
                 prop_assert_eq!(noted, whole);
             }
+        }
+
+        /// Two-letter images: equal stretches of every length at every
+        /// offset of a word, where a run ends or two runs join.
+        #[test]
+        fn runs_end_where_from_diff_ends_them(
+            len in 1usize..600,
+            old_bits in prop::collection::vec(any::<bool>(), 600),
+            flips in prop::collection::vec(0u8..4, 600),
+        ) {
+            let old: Vec<u8> = old_bits[..len].iter().map(|&b| u8::from(b)).collect();
+            // A quarter of the bytes change: stretches of 0 to ~20 equal bytes.
+            let new: Vec<u8> = old
+                .iter()
+                .zip(&flips)
+                .map(|(&b, &f)| if f == 0 { b ^ 1 } else { b })
+                .collect();
+            check_same_as_from_diff(&old, &new);
+            let whole = std::iter::once(0..len);
+            prop_assert_eq!(
+                page_delta_in(PAGE, &old, &new, whole).unwrap(),
+                Delta::from_diff(PAGE, &old, &new).unwrap()
+            );
         }
 
         #[test]
