@@ -1436,17 +1436,12 @@ impl Shared {
         page_ids.sort_unstable();
         page_ids.dedup();
         let chunk_pages = self.checkpoint_chunk_pages(CHECKPOINT_CHUNK_PAGES);
-        let last_chunk = page_ids.len().saturating_sub(1) / chunk_pages.max(1);
-        for (index, chunk) in page_ids.chunks(chunk_pages).enumerate() {
-            // The last chunk is copied whole, so that the double-write file
-            // keeps, as it always did, a copy of the last pages written
-            // (for `mmsb check` and the repair of later damage to them).
-            let copy_below = if index == last_chunk {
-                u64::MAX
-            } else {
-                previous.page_count
-            };
-            written += self.write_back_chunk(seq, chunk, epoch, copy_below)?;
+        for chunk in page_ids.chunks(chunk_pages) {
+            // Only pages the checkpoint on disk holds get a double-write
+            // copy: torn-write protection needs no more (see
+            // `write_back_chunk`), and fresh pages copied would only grow
+            // the file (a bulk load's last chunk: megabytes).
+            written += self.write_back_chunk(seq, chunk, epoch, previous.page_count)?;
         }
         let header = FileHeader {
             checkpoint_seq: seq,
@@ -1506,8 +1501,11 @@ impl Shared {
     /// torn write, since until the header names this checkpoint recovery
     /// never reads it (replay starts such pages from zeros,
     /// [`Shared::load_page_for_replay`]), and the header moves only after
-    /// this sync. So most of a bulk load's fresh pages are written once, not
-    /// twice.
+    /// this sync. So a bulk load's fresh pages are written once, not twice.
+    /// Once the chunk is synced, a double-write file longer than
+    /// [`crate::page_file::DOUBLE_WRITE_RETAINED_MAX_BYTES`] is emptied (it
+    /// has done its job); a smaller one stays to repair later damage to the
+    /// pages it holds.
     fn write_back_chunk(
         &self,
         seq: u64,
@@ -1537,6 +1535,11 @@ impl Shared {
             self.page_file.write_sealed(*page_id, page)?;
         }
         self.page_file.sync("sync written-back pages")?;
+        if double_written {
+            // The copies protected writes that are synced now: a large set
+            // of them is not kept on disk until the next checkpoint.
+            self.page_file.retire_double_write()?;
+        }
         Metrics::add(&self.metrics.data_fsyncs, 1 + u64::from(double_written));
         Ok(sealed.len())
     }

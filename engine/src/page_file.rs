@@ -56,6 +56,11 @@ const REBUILD_MISSING_PAGES_MAX: u64 = 1 << 20;
 const DWB_MAGIC: [u8; 8] = *b"MMSBDWB1";
 /// Bytes of the double-write file header.
 const DWB_HEADER_LEN: usize = 32;
+/// Largest double-write file kept once the in-place writes it protected
+/// are synced ([`PageFile::retire_double_write`]): a
+/// few pages stay to repair later damage to them, a checkpoint chunk of
+/// thousands does not stay on disk as megabytes of copies no recovery needs.
+pub const DOUBLE_WRITE_RETAINED_MAX_BYTES: u64 = 1 << 20;
 
 /// One header slot: what the last completed checkpoint covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -723,6 +728,34 @@ impl PageFile {
             .map_err(|err| Error::io("sync database directory", err))
     }
 
+    /// Empties the double-write file when it is longer than
+    /// [`DOUBLE_WRITE_RETAINED_MAX_BYTES`]. Call it only once
+    /// the in-place writes of its chunk are synced: from then on no torn
+    /// write can need the copies. Not synced: should the emptying be lost in
+    /// a crash, the file holds those copies again, each of them the image
+    /// now in place, which recovery only ever compares against.
+    pub fn retire_double_write(&self) -> Result<()> {
+        let exists = self
+            .storage
+            .exists(&self.dwb_path)
+            .map_err(|err| Error::io("stat double-write file", err))?;
+        if !exists {
+            return Ok(());
+        }
+        let dwb = self
+            .storage
+            .open_file(&self.dwb_path, false)
+            .map_err(|err| Error::io("open double-write file", err))?;
+        let len = dwb
+            .len()
+            .map_err(|err| Error::io("stat double-write file", err))?;
+        if len <= DOUBLE_WRITE_RETAINED_MAX_BYTES {
+            return Ok(());
+        }
+        dwb.set_len(0)
+            .map_err(|err| Error::io("empty double-write file", err))
+    }
+
     /// Repairs every page that fails verification but has a copy in a
     /// complete double-write file, and syncs. Returns how many pages were
     /// repaired. A torn or missing double-write file means in-place writes
@@ -1014,6 +1047,46 @@ mod tests {
             "nothing left to repair"
         );
         assert_eq!(page_file.read_page(PageId(1)).unwrap(), vec![42u8; 4080]);
+    }
+
+    /// The double-write copies of a large chunk are dropped once its pages
+    /// are in place; a small file stays, and still repairs its pages.
+    #[test]
+    fn only_a_small_double_write_file_is_kept_after_its_writes() {
+        let (storage, page_file, _) = new_file(4096);
+        let dwb = Path::new("/db/test.mmsb-dwb");
+        page_file.retire_double_write().unwrap();
+        assert!(
+            !storage.exists(dwb).unwrap(),
+            "nothing to retire, nothing made"
+        );
+        let entry_bytes = 8 + 4096;
+        let pages_over = DOUBLE_WRITE_RETAINED_MAX_BYTES as usize / entry_bytes + 1;
+        let large: Vec<(PageId, Vec<u8>)> = (1..=pages_over as u64)
+            .map(|id| (PageId(id), sealed(PageId(id), id as u8, 2)))
+            .collect();
+        page_file.write_double_write(1, &large).unwrap();
+        let written = storage.file_bytes(dwb).unwrap().len() as u64;
+        assert!(written > DOUBLE_WRITE_RETAINED_MAX_BYTES, "{written}");
+        page_file.retire_double_write().unwrap();
+        assert!(storage.file_bytes(dwb).unwrap().is_empty());
+        assert!(page_file.double_write_pages().unwrap().is_empty());
+        assert_eq!(page_file.restore_double_write().unwrap(), 0);
+
+        let small = &large[..pages_over - 1];
+        page_file.write_double_write(2, small).unwrap();
+        let kept = storage.file_bytes(dwb).unwrap();
+        assert!(kept.len() as u64 <= DOUBLE_WRITE_RETAINED_MAX_BYTES);
+        page_file.retire_double_write().unwrap();
+        assert_eq!(storage.file_bytes(dwb).unwrap(), kept, "a small file stays");
+        for (page_id, page) in small {
+            page_file.write_sealed(*page_id, page).unwrap();
+        }
+        let mut bytes = storage.file_bytes(Path::new("/db/test.mmsb")).unwrap();
+        bytes[2 * 4096 + 7] ^= 1;
+        storage.set_file_bytes(Path::new("/db/test.mmsb"), bytes);
+        assert_eq!(page_file.restore_double_write().unwrap(), 1);
+        assert_eq!(page_file.read_page(PageId(2)).unwrap(), vec![2u8; 4080]);
     }
 
     #[test]
