@@ -18,6 +18,14 @@
 //! per page id instead of eight. The TLog frames, checksums and orders
 //! records; this module knows nothing of frames. Byte layouts:
 //! `docs/format-record.md`.
+//!
+//! Choosing the body pass costs something too (a probe of a few thousand
+//! instructions, a trial compression on a large body), so two cheap
+//! checks come first: a body mostly made of entries the per-delta zstd try
+//! already judged is not probed again, and a per-thread gate skips most
+//! passes after a streak that missed (see `BodyGate`).
+
+use std::cell::Cell;
 
 use crate::codec::{
     self, put_varint, varint_len, zstd_compress, zstd_decompress, CodecConfig, CodecError,
@@ -283,14 +291,14 @@ fn encode_inner<'a>(
     put_varint(out, stats.delta_count as u64);
     let body_start = out.len();
     let parts = parallel_parts(stats.raw_bytes, config);
-    let zstd_entry_bytes = if parts > 1 {
+    let judged = if parts > 1 {
         let deltas: Vec<&Delta> = deltas.collect();
         encode_parts(&deltas, parts, config, out, &mut stats)?
     } else {
         encode_run(deltas, PageId(0), config, out, &mut stats)?
     };
     if config.mode == CodecMode::Adaptive {
-        stats.body_zstd = compress_body(out, body_start, zstd_entry_bytes, config)?;
+        stats.body_zstd = compress_body(out, body_start, judged, config)?;
         if stats.body_zstd {
             out[start + FLAGS_OFFSET] |= FLAG_BODY_ZSTD;
         }
@@ -301,29 +309,63 @@ fn encode_inner<'a>(
     Ok(stats)
 }
 
+/// Bytes of a run of encoded entries that the whole-body zstd pass would
+/// gain little on: entries zstd encoded already, and entries of deltas
+/// large enough for the per-delta zstd try (at least
+/// [`CodecConfig::zstd_min_bytes`] raw) that did not come out zstd (the
+/// compressibility probe refused them, zstd lost to RLE or raw, or the
+/// gate skipped them after a streak of such losses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct JudgedBytes {
+    /// Bytes of zstd-encoded entries.
+    zstd: usize,
+    /// Bytes of the entries of large deltas that zstd passed on.
+    refused: usize,
+}
+
+impl JudgedBytes {
+    fn add(&mut self, other: JudgedBytes) {
+        self.zstd += other.zstd;
+        self.refused += other.refused;
+    }
+
+    /// Whether these bytes are at least half of a body of `body_len`
+    /// bytes: the body pass could then gain on less than half of it,
+    /// and its probe (thousands of instructions) or its zstd call (tens
+    /// of thousands) would cost more than it saves (a single-row commit
+    /// of random bytes: its leaf delta was probed already).
+    fn dominate(&self, body_len: usize) -> bool {
+        (self.zstd + self.refused).saturating_mul(2) >= body_len
+    }
+}
+
 /// Appends the entries of `deltas`, the first one's page id relative to
 /// `prev_page`, counting them into `stats`; returns the bytes of the
-/// entries zstd encoded.
+/// entries zstd encoded or passed on.
 fn encode_run<'a>(
     deltas: impl Iterator<Item = &'a Delta>,
     mut prev_page: PageId,
     config: &CodecConfig,
     out: &mut Vec<u8>,
     stats: &mut EncodeStats,
-) -> Result<usize, WalError> {
+) -> Result<JudgedBytes, WalError> {
     let mut scratch = EncodeScratch::default();
-    let mut zstd_entry_bytes = 0usize;
+    let mut judged = JudgedBytes::default();
+    let adaptive = config.mode == CodecMode::Adaptive;
     for delta in deltas {
         let entry_start = out.len();
         let encoding = codec::encode_delta(delta, prev_page, config, out, &mut scratch)?;
+        let entry_bytes = out.len() - entry_start;
         if encoding == DeltaEncoding::Zstd {
-            zstd_entry_bytes += out.len() - entry_start;
+            judged.zstd += entry_bytes;
+        } else if adaptive && codec::raw_encoded_len(delta) >= config.zstd_min_bytes {
+            judged.refused += entry_bytes;
         }
         stats.count(encoding);
         stats.changed_bytes += delta.changed_len();
         prev_page = delta.page_id();
     }
-    Ok(zstd_entry_bytes)
+    Ok(judged)
 }
 
 /// A record whose deltas are at least this many raw bytes is encoded in
@@ -351,8 +393,8 @@ fn parallel_parts(raw_bytes: usize, config: &CodecConfig) -> usize {
 }
 
 /// One part of a parallel encoding: its entries, their counts, and the
-/// bytes of those zstd encoded.
-type EncodedPart = (Vec<u8>, EncodeStats, usize);
+/// bytes of those zstd encoded or passed on.
+type EncodedPart = (Vec<u8>, EncodeStats, JudgedBytes);
 
 /// Encodes `deltas` as `parts` consecutive runs on rayon's pool and
 /// appends them in order: part `i` starts its page ids from the last
@@ -360,14 +402,14 @@ type EncodedPart = (Vec<u8>, EncodeStats, usize);
 /// decodes to the same deltas. Each part has its own zstd gate, so the
 /// encodings chosen (not what they decode to) can differ from a
 /// one-thread encoding; they depend only on the deltas and `parts`.
-/// Returns the bytes of the entries zstd encoded.
+/// Returns the bytes of the entries zstd encoded or passed on.
 fn encode_parts(
     deltas: &[&Delta],
     parts: usize,
     config: &CodecConfig,
     out: &mut Vec<u8>,
     stats: &mut EncodeStats,
-) -> Result<usize, WalError> {
+) -> Result<JudgedBytes, WalError> {
     use rayon::prelude::*;
     debug_assert!(parts > 1);
     let part_len = deltas.len().div_ceil(parts).max(1);
@@ -383,41 +425,127 @@ fn encode_parts(
             let mut bytes =
                 Vec::with_capacity(part.iter().map(|d| codec::raw_encoded_len(d)).sum());
             let mut part_stats = EncodeStats::default();
-            let zstd = encode_run(
+            let judged = encode_run(
                 part.iter().copied(),
                 prev_page,
                 config,
                 &mut bytes,
                 &mut part_stats,
             )?;
-            Ok((bytes, part_stats, zstd))
+            Ok((bytes, part_stats, judged))
         })
         .collect();
-    let mut zstd_entry_bytes = 0;
+    let mut judged = JudgedBytes::default();
     for part in encoded {
-        let (bytes, part_stats, zstd) = part?;
+        let (bytes, part_stats, part_judged) = part?;
         out.extend_from_slice(&bytes);
         stats.absorb(&part_stats);
-        zstd_entry_bytes += zstd;
+        judged.add(part_judged);
     }
-    Ok(zstd_entry_bytes)
+    Ok(judged)
+}
+
+/// Whole-body passes in a row (on one thread) that may miss — the probe
+/// refuses the body, the trial fails, or zstd does not shrink it — before
+/// [`BodyGate`] starts skipping passes.
+pub const BODY_MISS_STREAK_MAX: u32 = 4;
+
+/// Most records whose body pass [`BodyGate`] skips between two tries.
+pub const BODY_SKIP_MAX_RECORDS: u32 = 32;
+
+/// How the whole-body pass fared on the last records this thread encoded:
+/// the per-record counterpart of the codec's per-delta zstd gate. A stream
+/// of small commits of random bytes (a key-value workload's single-row
+/// commits) pays the compressibility probe, a few thousand instructions,
+/// on every record and never gains; after [`BODY_MISS_STREAK_MAX`] misses
+/// in a row the gate lets only one record in `2^k` try (`k` growing with
+/// the streak, the gap capped at [`BODY_SKIP_MAX_RECORDS`]), and a win
+/// reopens it fully. A skipped record is written exactly as one the pass
+/// does not pay on (flag clear), so the format is untouched; the cost is,
+/// at worst, a few compressible records of a changed workload stored
+/// without the pass until the next try wins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BodyGate {
+    /// Tries in a row that missed.
+    misses: u32,
+    /// Records still to skip before the next try.
+    skip_left: u32,
+}
+
+impl BodyGate {
+    /// Whether the next record may try the pass; counts a skip.
+    fn admits(&mut self) -> bool {
+        if self.skip_left > 0 {
+            self.skip_left -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// Records the outcome of a try the gate admitted.
+    fn record(&mut self, won: bool) {
+        if won {
+            *self = BodyGate::default();
+            return;
+        }
+        self.misses = self.misses.saturating_add(1);
+        if self.misses >= BODY_MISS_STREAK_MAX {
+            let doublings = (self.misses - BODY_MISS_STREAK_MAX).min(BODY_SKIP_MAX_RECORDS.ilog2());
+            self.skip_left = (1u32 << doublings).min(BODY_SKIP_MAX_RECORDS);
+        }
+        debug_assert!(self.skip_left <= BODY_SKIP_MAX_RECORDS);
+    }
+}
+
+thread_local! {
+    /// The body gate of the records this thread encodes (each committing
+    /// thread learns from its own stream of commits).
+    static BODY_GATE: Cell<BodyGate> = const {
+        Cell::new(BodyGate {
+            misses: 0,
+            skip_left: 0,
+        })
+    };
 }
 
 /// Replaces the body that starts at `body_start` with its zstd frame when
-/// the pass applies and wins; returns whether it did. Skipped when the body
-/// is mostly zstd-encoded deltas already.
+/// the pass applies and wins; returns whether it did. Skipped, before any
+/// probe, when at least half the body is entries that zstd encoded already
+/// or passed on (see [`JudgedBytes`]), or when this thread's [`BodyGate`]
+/// says so.
 fn compress_body(
     out: &mut Vec<u8>,
     body_start: usize,
-    zstd_entry_bytes: usize,
+    judged: JudgedBytes,
     config: &CodecConfig,
 ) -> Result<bool, CodecError> {
     let body_len = out.len() - body_start;
     let applies = body_len >= config.record_zstd_min_bytes
         && body_len <= MAX_ZSTD_BODY_BYTES
-        && zstd_entry_bytes * 2 < body_len
-        && !codec::looks_incompressible(&out[body_start..]);
+        && !judged.dominate(body_len);
     if !applies {
+        return Ok(false);
+    }
+    let mut gate = BODY_GATE.get();
+    if !gate.admits() {
+        BODY_GATE.set(gate);
+        return Ok(false);
+    }
+    let result = try_body_pass(out, body_start, config);
+    gate.record(matches!(result, Ok(true)));
+    BODY_GATE.set(gate);
+    result
+}
+
+/// The body pass proper: the probe, the trial of a large body, zstd; the
+/// body is replaced only when its frame is smaller.
+fn try_body_pass(
+    out: &mut Vec<u8>,
+    body_start: usize,
+    config: &CodecConfig,
+) -> Result<bool, CodecError> {
+    let body_len = out.len() - body_start;
+    if codec::looks_incompressible(&out[body_start..]) {
         return Ok(false);
     }
     let mut frame = Vec::new();
@@ -839,6 +967,151 @@ mod tests {
         assert!(!stats_off.body_zstd);
         assert!(out.len() < off.len());
         assert_eq!(CommitRecord::decode(&out, 4096).unwrap(), record);
+    }
+
+    #[test]
+    fn a_body_mostly_of_a_refused_large_delta_skips_the_body_pass() {
+        // A single-row commit of random bytes: its leaf delta is large
+        // enough for the per-delta zstd try, which the probe refuses; the
+        // body beside it is a small edit.
+        let deltas = vec![random_delta(1, 600, 1), sparse_delta(2, &[(8, b"slot")])];
+        let config = CodecConfig::default();
+        let (mut out, mut stats) = (Vec::new(), EncodeStats::default());
+        let judged = encode_run(deltas.iter(), PageId(0), &config, &mut out, &mut stats).unwrap();
+        assert_eq!(judged.zstd, 0);
+        assert!(judged.refused > 600 && judged.refused < out.len());
+        assert!(judged.dominate(out.len()));
+        let record = CommitRecord::new(deltas);
+        let mut encoded = Vec::new();
+        assert!(!record.encode(&config, &mut encoded).unwrap().body_zstd);
+        assert_eq!(CommitRecord::decode(&encoded, 4096).unwrap(), record);
+    }
+
+    #[test]
+    fn rle_mode_judges_nothing() {
+        let deltas = [random_delta(1, 600, 1)];
+        let config = CodecConfig::with_mode(CodecMode::Rle);
+        let (mut out, mut stats) = (Vec::new(), EncodeStats::default());
+        let judged = encode_run(deltas.iter(), PageId(0), &config, &mut out, &mut stats).unwrap();
+        assert_eq!(judged, JudgedBytes::default());
+        assert!(!judged.dominate(out.len()));
+    }
+
+    #[test]
+    fn many_small_deltas_beside_a_refused_one_still_take_the_body_pass() {
+        let mut deltas = vec![random_delta(1, 600, 1)];
+        deltas.extend((0..200u64).map(|page| {
+            sparse_delta(
+                10 + page * 3,
+                &[((page as usize * 40) % 4000, &[page as u8, 0, 1])],
+            )
+        }));
+        let record = CommitRecord::new(deltas);
+        let mut out = Vec::new();
+        let stats = record.encode(&CodecConfig::default(), &mut out).unwrap();
+        assert!(stats.body_zstd, "the small deltas are most of the body");
+        assert_eq!(CommitRecord::decode(&out, 4096).unwrap(), record);
+    }
+
+    #[test]
+    fn the_body_gate_backs_off_after_a_streak_of_misses_and_a_win_reopens_it() {
+        let mut gate = BodyGate::default();
+        for _ in 0..BODY_MISS_STREAK_MAX - 1 {
+            assert!(gate.admits());
+            gate.record(false);
+        }
+        assert_eq!(
+            gate.skip_left, 0,
+            "no skip before the streak is long enough"
+        );
+        // The gaps double: 1, 2, 4, ... up to the cap.
+        let mut gaps = Vec::new();
+        for _ in 0..10 {
+            assert!(gate.admits());
+            gate.record(false);
+            let mut gap = 0;
+            while !gate.admits() {
+                gap += 1;
+            }
+            gaps.push(gap);
+            // `admits` said yes: that try is the next loop's; undo its count.
+            gate.skip_left = 0;
+        }
+        assert_eq!(gaps, [1, 2, 4, 8, 16, 32, 32, 32, 32, 32]);
+        gate.record(true);
+        assert_eq!(gate, BodyGate::default());
+    }
+
+    proptest! {
+        /// Model: whatever the outcomes, the gate never skips more than
+        /// `BODY_SKIP_MAX_RECORDS` records in a row, never skips before a
+        /// streak of `BODY_MISS_STREAK_MAX` misses, and a win reopens it.
+        #[test]
+        fn the_body_gate_skips_boundedly(outcomes in prop::collection::vec(any::<bool>(), 0..200)) {
+            let mut gate = BodyGate::default();
+            let (mut skipped_in_a_row, mut misses_in_a_row) = (0u32, 0u32);
+            let mut outcomes = outcomes.into_iter();
+            for _ in 0..2000 {
+                if !gate.admits() {
+                    skipped_in_a_row += 1;
+                    prop_assert!(skipped_in_a_row <= BODY_SKIP_MAX_RECORDS);
+                    prop_assert!(misses_in_a_row >= BODY_MISS_STREAK_MAX);
+                    continue;
+                }
+                skipped_in_a_row = 0;
+                let Some(won) = outcomes.next() else { break };
+                gate.record(won);
+                misses_in_a_row = if won { 0 } else { misses_in_a_row + 1 };
+                if won {
+                    prop_assert!(gate.admits(), "a win reopens the gate");
+                    gate = BodyGate::default();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_of_incompressible_records_stops_probing_until_a_try_wins() {
+        // A thread of its own: the gate is per thread.
+        let outcome = std::thread::spawn(|| {
+            let config = CodecConfig::default();
+            // Small random deltas (under the per-delta zstd threshold), a
+            // body over the pass's minimum: the probe refuses each one.
+            let noise = |seed: u64| {
+                CommitRecord::new(vec![
+                    random_delta(1, 200, 2 * seed),
+                    random_delta(2, 40, 2 * seed + 1),
+                ])
+            };
+            let text = b"account 00012345 balance 0000001000 updated ".repeat(4);
+            let prose = CommitRecord::new(vec![
+                sparse_delta(1, &[(0, &text[..90])]),
+                sparse_delta(2, &[(0, &text[..90])]),
+            ]);
+            let encode = |record: &CommitRecord| {
+                let mut out = Vec::new();
+                let stats = record.encode(&config, &mut out).unwrap();
+                assert_eq!(&CommitRecord::decode(&out, 4096).unwrap(), record);
+                stats.body_zstd
+            };
+            assert!(encode(&prose), "a fresh gate tries the pass, and it wins");
+            for seed in 0..u64::from(BODY_MISS_STREAK_MAX) {
+                assert!(!encode(&noise(seed)));
+            }
+            // The streak is long enough: the next record is skipped
+            // (stored without the pass although it would gain).
+            let skipped = !encode(&prose);
+            // Within the cap a try comes, wins, and reopens the gate.
+            let mut tries = 0;
+            while !encode(&prose) {
+                tries += 1;
+                assert!(tries <= BODY_SKIP_MAX_RECORDS);
+            }
+            (skipped, BODY_GATE.get())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(outcome, (true, BodyGate::default()));
     }
 
     /// A delta writing `len` random bytes (from `seed`) at offset 0 of `page`.
