@@ -4,7 +4,8 @@
 //! Files of a database at `PATH`:
 //! - `PATH`: the data file (header page, meta page, data pages);
 //! - `PATH-tlog/`: the TLog segments;
-//! - `PATH-dwb`: the double-write file of the last checkpoint;
+//! - `PATH-dwb`: the double-write file (copies of the pages a checkpoint
+//!   chunk overwrites; emptied once synced when over 1 MiB);
 //! - `PATH-manifest`: the checkpoint manifest (per-page CRC table, SHA-256).
 //!
 //! Recovery: pick the newest valid header slot, load the manifest that
@@ -107,6 +108,11 @@ fn backoff(attempt: u32) {
 /// Pages a checkpoint writes per double-write round (bounds its memory).
 const CHECKPOINT_CHUNK_PAGES: usize = 4096;
 
+/// While commits stream, a due background checkpoint waits until the TLog
+/// holds this many times `checkpoint_tlog_bytes` past the checkpoint (see
+/// [`Shared::checkpoint_due`]).
+pub const CHECKPOINT_URGENT_FACTOR: u64 = 4;
+
 /// How a database is opened. `Options::default()` is what `Database::open` uses.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -116,7 +122,11 @@ pub struct Options {
     /// the default) or `Eventual` (background fsync every interval).
     pub durability: Durability,
     /// A background checkpoint starts once the TLog holds this many bytes
-    /// of frames past the last checkpoint's epoch.
+    /// of frames past the last checkpoint's epoch, at the first worker pass
+    /// that finds writes paused (no commit since its previous pass); while
+    /// commits stream it waits until the TLog holds
+    /// [`CHECKPOINT_URGENT_FACTOR`] times this many, so that its writes and
+    /// syncs do not queue the commits' fsyncs behind them.
     pub checkpoint_tlog_bytes: u64,
     /// Target size of one TLog segment.
     pub tlog_segment_bytes: u64,
@@ -233,6 +243,30 @@ pub(crate) struct PendingCommit {
     touched: Vec<PageId>,
     record_bytes: u64,
     deltas: u64,
+    /// Counts this commit as finishing until it is dropped.
+    _finishing: FinishingCommit,
+}
+
+/// One commit between its append to the TLog and the end of its
+/// [`Shared::finish_commit`] (durable wait, publish, fold), or its failure:
+/// counted in `Shared::commits_finishing` while it lives, so the worker
+/// sees a long commit (a bulk load folding its pages) as writes in progress
+/// even though it no longer holds the writer lock.
+#[derive(Debug)]
+struct FinishingCommit(Arc<AtomicU64>);
+
+impl FinishingCommit {
+    fn start(count: &Arc<AtomicU64>) -> FinishingCommit {
+        count.fetch_add(1, Ordering::AcqRel);
+        FinishingCommit(Arc::clone(count))
+    }
+}
+
+impl Drop for FinishingCommit {
+    fn drop(&mut self) {
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a finishing commit was counted once");
+    }
 }
 
 /// What the writer lock protects.
@@ -260,6 +294,9 @@ pub(crate) struct Shared {
     pub(crate) pages: PageTable,
     pub(crate) snapshots: SnapshotRegistry,
     pub(crate) writer: Arc<Mutex<WriterState>>,
+    /// Commits logged but not yet through `finish_commit` (see
+    /// [`FinishingCommit`]).
+    commits_finishing: Arc<AtomicU64>,
     header: Mutex<FileHeader>,
     /// Serialises checkpoints.
     checkpoint_lock: Mutex<()>,
@@ -682,6 +719,10 @@ impl Shared {
                 segment_target_bytes: options.tlog_segment_bytes,
                 max_frame_bytes: options.max_commit_bytes,
                 durability: options.durability,
+                // A checkpoint covering the whole active segment retires it
+                // (at the next commit) once it holds a quarter of a segment.
+                retire_covered_min_bytes: (options.tlog_segment_bytes / 4)
+                    .min(mmsb_wal::tlog::DEFAULT_RETIRE_COVERED_MIN_BYTES),
                 ..TLogConfig::new(tlog_dir(path))
             },
         )?;
@@ -700,6 +741,7 @@ impl Shared {
             writer: Arc::new(Mutex::new(WriterState {
                 last_epoch: header.checkpoint_epoch,
             })),
+            commits_finishing: Arc::default(),
             durable_page_count: AtomicU64::new(header.page_count),
             header: Mutex::new(header),
             checkpoint_lock: Mutex::new(()),
@@ -1271,6 +1313,7 @@ impl Shared {
         })?;
         let ticket = timed(&stages.log_append_ns, || self.tlog.append(epoch, &payload))
             .map_err(|err| self.poison(err.into()))?;
+        let finishing = FinishingCommit::start(&self.commits_finishing);
         let delta_count = pages.len();
         let touched = timed(&stages.install_ns, || self.install(epoch, pages));
         writer.last_epoch = epoch;
@@ -1281,6 +1324,7 @@ impl Shared {
             touched,
             record_bytes: payload.len() as u64,
             deltas: delta_count as u64,
+            _finishing: finishing,
         }))
     }
 
@@ -1367,16 +1411,30 @@ impl Shared {
         self.tlog.bytes_after(checkpointed)
     }
 
-    /// Whether a checkpoint now would cover `checkpoint_tlog_bytes` of TLog
-    /// frames: those past the checkpointed epoch up to the visible one.
-    /// Frames of commits not yet visible (a bulk load installing its pages)
-    /// wait until they are: a checkpoint could not truncate them, and would
-    /// write their pages as of an older epoch, to be written again.
-    fn checkpoint_due(&self) -> bool {
+    /// Whether a background checkpoint should run now: when one would cover
+    /// `checkpoint_tlog_bytes` of TLog frames (those past the checkpointed
+    /// epoch up to the visible one) and `writes_paused`, or
+    /// [`CHECKPOINT_URGENT_FACTOR`] times that however busy the writers are.
+    ///
+    /// A checkpoint's in-place writes and syncs share the disk with the
+    /// commits' TLog fsyncs, and a commit's fsync then waits for them (it
+    /// doubled the latency of single-put durable commits): so while commits
+    /// stream, the checkpoint waits for a pause, bounded by the urgent
+    /// size (which bounds the TLog, and so recovery time). Frames of commits
+    /// not yet visible (a bulk load installing its pages) wait until they
+    /// are: a checkpoint could not truncate them, and would write their
+    /// pages as of an older epoch, to be written again.
+    fn checkpoint_due(&self, writes_paused: bool) -> bool {
         let past_visible = self.tlog.bytes_after(self.snapshots.visible());
-        self.tlog_bytes_past_checkpoint()
-            .saturating_sub(past_visible)
-            >= self.options.checkpoint_tlog_bytes
+        let covered = self
+            .tlog_bytes_past_checkpoint()
+            .saturating_sub(past_visible);
+        let threshold = self.options.checkpoint_tlog_bytes;
+        if writes_paused {
+            covered >= threshold
+        } else {
+            covered >= threshold.saturating_mul(CHECKPOINT_URGENT_FACTOR)
+        }
     }
 
     /// Writes every page changed up to the visible epoch back to the data
@@ -1561,6 +1619,7 @@ impl Shared {
             pages_read_from_disk: load(&m.pages_read_from_disk),
             pages_written_back: load(&m.pages_written_back),
             checkpoints: load(&m.checkpoints),
+            checkpoints_deferred: load(&m.checkpoints_deferred),
             recovery_micros: load(&m.recovery_micros),
             recovered_commits: load(&m.recovered_commits),
             recovery_peak_bytes: load(&m.recovery_peak_bytes),
@@ -1825,19 +1884,31 @@ fn worker_loop(shared: Weak<Shared>, interval: Duration) {
         if let Err(err) = shared.fold_pending() {
             tracing::error!(error = %err, "merge worker failed");
         }
-        // Only once writes pause (no commit since the last pass, none
-        // holding the writer lock): a collapse copies 2 MiB and stalls the
-        // page faults of a commit allocating its images, and under a stream
-        // of commits the regions fill with images soon replaced.
+        // Huge-page collapses wait until no commit finished since the last
+        // pass and none holds the writer lock (one may still be finishing:
+        // its durable wait and fold allocate no images): a collapse copies
+        // 2 MiB and stalls the page faults of a commit allocating its
+        // images, and under a stream of commits the regions fill with
+        // images soon replaced.
         let commits = shared.metrics.commits.load(Ordering::Relaxed);
-        if commits == last_commits && shared.writer.try_lock().is_some() {
+        let no_commit_applying = commits == last_commits && shared.writer.try_lock().is_some();
+        if no_commit_applying {
             shared.pages.huge_pages().collapse_noted();
         }
         last_commits = commits;
+        // A checkpoint short of urgent (`checkpoint_due`) also waits for
+        // the commits still finishing: their fsyncs are what it would slow.
+        let writes_paused =
+            no_commit_applying && shared.commits_finishing.load(Ordering::Acquire) == 0;
         // Dirty pages past their share of the memory budget are written
-        // back too, so that eviction may drop them.
+        // back too (at once: eviction waits for them), so that eviction
+        // may drop them.
         let writeback = shared.writeback_due();
-        if (writeback || shared.checkpoint_due()) && !shared.poisoned.load(Ordering::Acquire) {
+        let due = shared.checkpoint_due(writes_paused);
+        if !due && !writes_paused && shared.checkpoint_due(true) {
+            Metrics::bump(&shared.metrics.checkpoints_deferred);
+        }
+        if (writeback || due) && !shared.poisoned.load(Ordering::Acquire) {
             if let Err(err) = shared.checkpoint() {
                 tracing::error!(error = %err, "background checkpoint failed");
             }
@@ -1942,13 +2013,13 @@ mod manifest_and_repair_tests {
 #[cfg(test)]
 mod checkpoint_trigger_tests {
     use super::*;
-    use crate::page_access::PageWrite;
+    use crate::page_access::{PageRead, PageWrite};
     use mmsb_wal::storage::MemStorage;
 
     /// Bytes past the checkpoint that make a background checkpoint due.
     const THRESHOLD_BYTES: u64 = 64 * 1024;
 
-    fn db() -> Database {
+    fn options() -> Options {
         Options {
             storage: Arc::new(MemStorage::new()),
             background_workers: false,
@@ -1956,8 +2027,10 @@ mod checkpoint_trigger_tests {
             checkpoint_tlog_bytes: THRESHOLD_BYTES,
             ..Options::default()
         }
-        .open("/trigger.mmsb")
-        .unwrap()
+    }
+
+    fn db() -> Database {
+        options().open("/trigger.mmsb").unwrap()
     }
 
     /// One commit of `pages` new pages of incompressible bytes from `seed`
@@ -1981,13 +2054,106 @@ mod checkpoint_trigger_tests {
     fn the_growth_count_restarts_at_each_checkpoint_epoch() {
         let db = db();
         let shared = &db.inner.shared;
-        assert!(!shared.checkpoint_due());
+        assert!(!shared.checkpoint_due(true));
         commit_pages(&db, 4, 1);
-        assert!(!shared.checkpoint_due(), "4 pages are below the threshold");
+        assert!(
+            !shared.checkpoint_due(true),
+            "4 pages are below the threshold"
+        );
         commit_pages(&db, 20, 2);
-        assert!(shared.checkpoint_due(), "24 pages are past the threshold");
+        assert!(
+            shared.checkpoint_due(true),
+            "24 pages are past the threshold"
+        );
         shared.checkpoint().unwrap();
-        assert!(!shared.checkpoint_due(), "the checkpoint covered them");
+        assert!(!shared.checkpoint_due(true), "the checkpoint covered them");
+    }
+
+    #[test]
+    fn while_commits_stream_a_checkpoint_waits_for_the_urgent_size() {
+        let db = db();
+        let shared = &db.inner.shared;
+        let pages_per_threshold = (THRESHOLD_BYTES / 4096) as usize;
+        commit_pages(&db, pages_per_threshold + 4, 1);
+        assert!(shared.checkpoint_due(true), "due once writes pause");
+        assert!(!shared.checkpoint_due(false), "deferred while they stream");
+        let urgent_pages = pages_per_threshold * CHECKPOINT_URGENT_FACTOR as usize;
+        commit_pages(&db, urgent_pages, 2);
+        assert!(shared.checkpoint_due(false), "urgent: due however busy");
+        shared.checkpoint().unwrap();
+        assert!(!shared.checkpoint_due(false));
+        assert!(!shared.checkpoint_due(true));
+    }
+
+    #[test]
+    fn a_due_checkpoint_runs_once_writes_pause() {
+        let db = Options {
+            background_workers: true,
+            worker_interval_ms: 1,
+            ..options()
+        }
+        .open("/paused.mmsb")
+        .unwrap();
+        commit_pages(&db, (THRESHOLD_BYTES / 4096) as usize + 4, 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db.metrics().checkpoints == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint after writes paused"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            !db.inner.shared.checkpoint_due(true),
+            "it covered the commit"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_covering_the_tlog_frees_it_at_the_next_commit() {
+        let storage = Arc::new(MemStorage::new());
+        let options = Options {
+            storage: storage.clone(),
+            tlog_segment_bytes: 16 << 20,
+            ..options()
+        };
+        // The frames of 300 pages, then of 1 (each segment is preallocated
+        // 1 MiB ahead of its frames).
+        let (pages, preallocated) = (300, 1 << 20);
+        let tlog_bytes = || {
+            let files = storage
+                .list_dir(&tlog_dir(Path::new("/retire.mmsb")))
+                .unwrap();
+            let lens = files.iter().map(|path| {
+                let file = storage.open_file(path, false).unwrap();
+                file.len().unwrap()
+            });
+            lens.sum::<u64>()
+        };
+        let db = options.clone().open("/retire.mmsb").unwrap();
+        commit_pages(&db, pages, 1);
+        let before = tlog_bytes();
+        assert!(before > pages as u64 * 4096, "{before} bytes of TLog");
+        db.checkpoint().unwrap();
+        commit_pages(&db, 1, 2);
+        let after = tlog_bytes();
+        assert!(
+            after < preallocated + 16 * 4096,
+            "{after} bytes of TLog still on disk"
+        );
+        let pages = |db: &Database| {
+            let rx = db.begin_page_read().unwrap();
+            // Pages 0 and 1 are the engine's (meta and catalog).
+            (2..rx.page_count())
+                .map(|id| rx.read_page(PageId(id)).unwrap().to_vec())
+                .collect::<Vec<_>>()
+        };
+        let written = pages(&db);
+        let last = db.last_commit();
+        drop(db);
+        let db = options.open("/retire.mmsb").unwrap();
+        assert_eq!(db.last_commit(), last);
+        assert!(pages(&db) == written, "a page changed across the reopen");
     }
 
     #[test]
@@ -2010,8 +2176,8 @@ mod checkpoint_trigger_tests {
             "a frame the checkpoint did not cover was counted as covered"
         );
         // A checkpoint now could not cover the frame: not due until visible.
-        assert!(!shared.checkpoint_due());
+        assert!(!shared.checkpoint_due(true));
         shared.snapshots.publish(next);
-        assert!(shared.checkpoint_due(), "the frame is visible now");
+        assert!(shared.checkpoint_due(true), "the frame is visible now");
     }
 }

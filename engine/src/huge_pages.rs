@@ -13,7 +13,7 @@
 //!
 //! How: the page table notes the address of every image it takes in
 //! ([`HugePageAdvisor::note`], a compare with the last region noted and,
-//! on a new region, a push to a bounded list); the background worker calls
+//! on a new region, an insert into a bounded set); the background worker calls
 //! [`HugePageAdvisor::collapse_noted`], which asks the kernel to collapse
 //! each region not yet collapsed (`madvise(MADV_COLLAPSE)`, Linux 6.1 and
 //! later; it works whatever `/sys/kernel/mm/transparent_hugepage/enabled`
@@ -41,8 +41,9 @@ use parking_lot::Mutex;
 /// pages).
 pub(crate) const HUGE_PAGE_BYTES: usize = 2 << 20;
 
-/// Regions noted and not yet collapsed that the advisor keeps; notes past
-/// this are dropped (the region is noted again by its next image).
+/// Distinct regions noted and not yet collapsed that the advisor keeps;
+/// notes of further regions are dropped (a region is noted again by its
+/// next image).
 pub(crate) const NOTED_REGIONS_MAX: usize = 4096;
 
 /// Regions one [`HugePageAdvisor::collapse_noted`] call advises at most,
@@ -74,8 +75,12 @@ pub(crate) struct HugePageAdvisor {
     enabled: AtomicBool,
     /// The region noted last: consecutive images mostly share one.
     last_region: AtomicUsize,
-    /// Regions noted since the last pass, at most [`NOTED_REGIONS_MAX`].
-    noted: Mutex<Vec<usize>>,
+    /// Distinct regions noted since the last pass, at most
+    /// [`NOTED_REGIONS_MAX`]: a set, because images of scattered pages
+    /// (random inserts) alternate between a few regions, and a list of
+    /// every change of region would fill with repeats and drop the regions
+    /// noted later.
+    noted: Mutex<HashSet<usize>>,
     /// Regions advised already (only the worker touches it).
     collapsed: Mutex<HashSet<usize>>,
     stats: HugePageStats,
@@ -87,7 +92,7 @@ impl HugePageAdvisor {
         HugePageAdvisor {
             enabled: AtomicBool::new(enabled && advice_is_possible()),
             last_region: AtomicUsize::new(usize::MAX),
-            noted: Mutex::new(Vec::new()),
+            noted: Mutex::new(HashSet::new()),
             collapsed: Mutex::new(HashSet::new()),
             stats: HugePageStats::default(),
         }
@@ -121,9 +126,7 @@ impl HugePageAdvisor {
             if noted.len() >= NOTED_REGIONS_MAX {
                 break;
             }
-            if noted.last() != Some(&region) {
-                noted.push(region);
-            }
+            noted.insert(region);
         }
     }
 
@@ -140,15 +143,15 @@ impl HugePageAdvisor {
         if !self.is_enabled() {
             return 0;
         }
-        let mut batch = {
+        let batch = {
             let mut noted = self.noted.lock();
             if noted.is_empty() {
                 return 0;
             }
-            std::mem::take(&mut *noted)
+            let mut batch: Vec<usize> = noted.drain().collect();
+            batch.sort_unstable();
+            batch
         };
-        batch.sort_unstable();
-        batch.dedup();
         let mut collapsed = self.collapsed.lock();
         if collapsed.len() >= COLLAPSED_REGIONS_MAX {
             collapsed.clear();
@@ -269,7 +272,32 @@ mod tests {
         let straddling = aligned + HUGE_PAGE_BYTES - 100;
         advisor.note(&buffer[straddling..straddling + 4096]);
         let first = (base + aligned) / HUGE_PAGE_BYTES;
-        assert_eq!(*advisor.noted.lock(), vec![first, first + 1]);
+        assert_eq!(*advisor.noted.lock(), HashSet::from([first, first + 1]));
+    }
+
+    #[test]
+    fn images_alternating_between_regions_note_each_region_once() {
+        let advisor = HugePageAdvisor::new(true);
+        if !advisor.is_enabled() {
+            eprintln!("skipped: no huge-page advice on this OS");
+            return;
+        }
+        // Images of scattered pages: each note changes region, over and over
+        // (a list of every change filled with repeats and dropped the rest).
+        let fake = |region: usize| {
+            let address = (region * 2 + 1) * HUGE_PAGE_BYTES;
+            // SAFETY: never read: note looks at the address and length only.
+            unsafe { std::slice::from_raw_parts(address as *const u8, 1) }
+        };
+        for round in 0..NOTED_REGIONS_MAX {
+            advisor.note(fake(round % 3));
+        }
+        advisor.note(fake(7));
+        assert_eq!(
+            advisor.noted_len(),
+            4,
+            "three repeated regions and a later one"
+        );
     }
 
     #[test]

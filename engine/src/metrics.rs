@@ -16,6 +16,7 @@ pub struct Metrics {
     pub(crate) pages_written_back: AtomicU64,
     pub(crate) data_fsyncs: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    pub(crate) checkpoints_deferred: AtomicU64,
     pub(crate) recovery_micros: AtomicU64,
     pub(crate) recovered_commits: AtomicU64,
     pub(crate) recovery_peak_bytes: AtomicU64,
@@ -129,6 +130,9 @@ pub struct MetricsSnapshot {
     pub pages_written_back: u64,
     /// Completed checkpoints.
     pub checkpoints: u64,
+    /// Worker passes that found a background checkpoint due but put it off
+    /// because commits were streaming (see `Options::checkpoint_tlog_bytes`).
+    pub checkpoints_deferred: u64,
     /// Time the last open spent recovering, in microseconds.
     pub recovery_micros: u64,
     /// Commits replayed from the TLog at the last open.

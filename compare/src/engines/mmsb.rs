@@ -136,7 +136,7 @@ fn metrics_delta(before: &MetricsSnapshot, now: &MetricsSnapshot) -> String {
     let (a, b) = (&now.commit_stages, &before.commit_stages);
     format!(
         "commits {} tlog_fsyncs {} tlog_MiB {:.1} data_fsyncs {} pages_written_back {} \
-         checkpoints {} pages_read {} folds {} | stage ms: validate {:.1} tree_apply {:.1} \
+         checkpoints {} (deferred {}) pages_read {} folds {} | stage ms: validate {:.1} tree_apply {:.1} \
          diff {:.1} encode {:.1} log_append {:.1} install {:.1} durable_wait {:.1} \
          publish_fold {:.1} | pages_in_memory {} pinned_version_bytes {} huge_page_regions {} (refused {})",
         now.commits.saturating_sub(before.commits),
@@ -148,6 +148,8 @@ fn metrics_delta(before: &MetricsSnapshot, now: &MetricsSnapshot) -> String {
         now.pages_written_back
             .saturating_sub(before.pages_written_back),
         now.checkpoints.saturating_sub(before.checkpoints),
+        now.checkpoints_deferred
+            .saturating_sub(before.checkpoints_deferred),
         now.pages_read_from_disk
             .saturating_sub(before.pages_read_from_disk),
         now.folds.saturating_sub(before.folds),

@@ -12,10 +12,12 @@
 //! nothing written since the last good fsync can be trusted until a reopen
 //! re-validates the files.
 //!
-//! Frames are buffered before the segment they go to is known (a flush may
-//! rotate first), so `append` buffers each frame with a blank segment tag and
-//! its payload's CRC; the leader stamps the tag and the frame CRC (an O(1)
-//! CRC combine per frame) once it holds the active segment.
+//! Frames are buffered before the segment they go to is known for sure (a
+//! flush may rotate first), so `append` stamps each frame whole, tag and
+//! CRC, for the segment the next flush is expected to write to
+//! (`Shared::expected_seq`), outside every lock and in one CRC pass; the
+//! leader restamps only the frames stamped for another segment (those
+//! buffered across a rotation: once per segment at most, not per commit).
 //!
 //! Preallocation: the active segment's file is kept longer than its frames,
 //! zeros past the write position ([`TLogConfig::preallocate_bytes`] at a
@@ -35,6 +37,7 @@
 use std::collections::VecDeque;
 use std::mem;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,8 +45,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::format::{
-    commit_frame_header, payload_crc, segment_file_name, stamp_frame, SegmentHeader,
-    FRAME_HEADER_BYTES, FRAME_OVERHEAD_BYTES, FRAME_TRAILER_BYTES, SEGMENT_HEADER_BYTES,
+    commit_frame_header, decode_frame_header, frame_crc_matches, payload_crc, segment_file_name,
+    segment_tag, stamp_frame, SegmentHeader, FRAME_HEADER_BYTES, FRAME_OVERHEAD_BYTES,
+    FRAME_TRAILER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use super::recover::{Recovered, Segment};
 use super::scan::{corrupted, ReplaySegment};
@@ -76,6 +80,10 @@ pub(crate) struct Shared {
     appended_cv: Condvar,
     /// The segment files; locked by the flush leader, truncation and replay.
     writer: Mutex<Writer>,
+    /// Sequence number of the segment the next flush is expected to write
+    /// to: `append` stamps frames for it. Only a hint: the flush restamps
+    /// every frame stamped for another segment.
+    expected_seq: AtomicU64,
 }
 
 /// What the state lock guards.
@@ -115,12 +123,13 @@ struct State {
     stop: bool,
 }
 
-/// One buffered frame: its byte range in the buffer and its payload's CRC.
+/// One buffered frame: its byte range in the buffer and the sequence number
+/// of the segment its tag and CRC were stamped for.
 #[derive(Debug, Clone, Copy)]
 struct FrameSlot {
     start: usize,
     len: usize,
-    payload_crc: u32,
+    stamped_seq: u64,
 }
 
 /// The segment files of the log.
@@ -131,6 +140,10 @@ struct Writer {
     next_seq: u64,
     /// Whether a deleted segment waits in the spare file for the next rotation.
     has_spare: bool,
+    /// A truncation through this epoch covered every frame of the active
+    /// segment: the next flush starts a new segment, then deletes every
+    /// segment whose frames all lie at or below it.
+    retire_through: Option<CommitEpoch>,
 }
 
 /// Frames a leader took from the buffer.
@@ -150,6 +163,10 @@ impl Shared {
         counters: Counters,
     ) -> Self {
         let last = recovered.last_epoch;
+        let expected_seq = match recovered.segments.back() {
+            Some(active) if active.len < config.segment_target_bytes => active.seq,
+            _ => recovered.next_seq,
+        };
         Shared {
             storage,
             config,
@@ -178,7 +195,9 @@ impl Shared {
                 segments: recovered.segments,
                 next_seq: recovered.next_seq,
                 has_spare,
+                retire_through: None,
             }),
+            expected_seq: AtomicU64::new(expected_seq),
         }
     }
 
@@ -209,7 +228,8 @@ impl Shared {
         Ok(())
     }
 
-    /// Frames the payload outside the lock, then buffers it in call order.
+    /// Frames the payload outside the lock (stamped for the expected
+    /// segment), then buffers it in call order.
     pub(crate) fn append(&self, epoch: CommitEpoch, payload: &[u8]) -> Result<CommitTicket> {
         let len = payload.len() as u64;
         if len > self.config.max_frame_bytes {
@@ -219,10 +239,12 @@ impl Shared {
                 limit: self.config.max_frame_bytes,
             });
         }
-        // The segment tag is stamped by the flush; the payload CRC is done here,
-        // outside the lock, by the committing thread.
-        let header = commit_frame_header(0, epoch, payload.len());
-        let payload_crc = payload_crc(payload);
+        // The whole frame is stamped here, outside the lock, by the
+        // committing thread; the flush restamps it only if it goes to
+        // another segment.
+        let stamped_seq = self.expected_seq.load(Ordering::Acquire);
+        let header = commit_frame_header(stamped_seq, epoch, payload.len());
+        let crc = whole_frame_crc(&header, payload);
         let frame_len = FRAME_OVERHEAD_BYTES + payload.len();
         let mut state = self.state.lock();
         loop {
@@ -248,11 +270,11 @@ impl Shared {
         state.buf.reserve(frame_len);
         state.buf.extend_from_slice(&header);
         state.buf.extend_from_slice(payload);
-        state.buf.extend_from_slice(&[0u8; FRAME_TRAILER_BYTES]);
+        state.buf.extend_from_slice(&crc.to_le_bytes());
         state.slots.push(FrameSlot {
             start,
             len: frame_len,
-            payload_crc,
+            stamped_seq,
         });
         state.buf_first.get_or_insert(epoch);
         state.buf_frames += 1;
@@ -345,7 +367,9 @@ impl Shared {
     fn write_batch(&self, batch: &mut Batch) -> Result<()> {
         let mut writer = self.writer.lock();
         let target_bytes = self.config.segment_target_bytes;
-        let reuse = writer.segments.back().is_some_and(|s| s.len < target_bytes);
+        let retiring = writer.retire_through.take();
+        let reuse =
+            retiring.is_none() && writer.segments.back().is_some_and(|s| s.len < target_bytes);
         let mut active = match writer.segments.pop_back() {
             Some(active) if reuse => active,
             previous => {
@@ -357,13 +381,34 @@ impl Shared {
                 self.next_segment(&mut writer, batch.first)?
             }
         };
-        for slot in &batch.slots {
-            let frame = &mut batch.bytes[slot.start..slot.start + slot.len];
-            stamp_frame(frame, active.seq, slot.payload_crc);
-        }
+        restamp_frames(batch, active.seq);
         let result = self.append_batch(&mut active, &mut batch.bytes);
+        // The next flush writes here again unless this one filled the segment.
+        let next = if active.len < target_bytes {
+            active.seq
+        } else {
+            writer.next_seq
+        };
+        self.expected_seq.store(next, Ordering::Release);
         writer.segments.push_back(active);
-        result
+        result?;
+        if let Some(epoch) = retiring {
+            let covered = pop_covered(&mut writer.segments, epoch);
+            drop(writer);
+            self.delete_retired(covered);
+        }
+        Ok(())
+    }
+
+    /// Deletes segments a checkpoint covered whole (the active one until
+    /// this flush). A failure only leaves a segment that the next
+    /// truncation deletes: the batch it follows is durable already.
+    fn delete_retired(&self, covered: Vec<Segment>) {
+        for segment in covered {
+            if let Err(err) = self.delete_segment(&segment.path) {
+                tracing::warn!(%err, "deleting a TLog segment a checkpoint covered failed");
+            }
+        }
     }
 
     /// Writes `bytes` at the active segment's write position and fsyncs
@@ -568,15 +613,21 @@ impl Shared {
     /// remaining segments always form a run without gaps.
     pub(crate) fn truncate_through(&self, epoch: CommitEpoch) -> Result<()> {
         self.check_poison()?;
+        // Read before the writer lock (never held together with the state
+        // lock). A frame appended after this read lies above `epoch`: its
+        // flush still rotates, and `pop_covered` keeps the segment it went to.
+        let all_covered = self.state.lock().appended <= epoch;
         let doomed = {
             let mut writer = self.writer.lock();
-            let mut doomed = Vec::new();
-            while writer
-                .segments
-                .get(1)
-                .is_some_and(|next| next.first_epoch.get() - 1 <= epoch.get())
-            {
-                doomed.extend(writer.segments.pop_front());
+            let doomed = pop_covered(&mut writer.segments, epoch);
+            let retire = all_covered
+                && writer
+                    .segments
+                    .back()
+                    .is_some_and(|active| active.len >= self.config.retire_covered_min_bytes);
+            if retire {
+                writer.retire_through = Some(epoch);
+                self.expected_seq.store(writer.next_seq, Ordering::Release);
             }
             doomed
         };
@@ -673,6 +724,32 @@ impl Shared {
     }
 }
 
+/// The CRC32 of `header ++ payload`, the frame's trailer, in one pass (for
+/// a small frame far cheaper than combining the payload's CRC with the
+/// header's, which costs a few thousand instructions whatever the length).
+fn whole_frame_crc(header: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Restamps, for the segment `seq`, every frame of `batch` stamped for
+/// another one (buffered while the expected segment changed).
+fn restamp_frames(batch: &mut Batch, seq: u64) {
+    for slot in batch.slots.iter().filter(|slot| slot.stamped_seq != seq) {
+        let frame = &mut batch.bytes[slot.start..slot.start + slot.len];
+        let payload = &frame[FRAME_HEADER_BYTES..frame.len() - FRAME_TRAILER_BYTES];
+        let crc = payload_crc(payload);
+        stamp_frame(frame, seq, crc);
+    }
+    debug_assert!(batch.slots.iter().all(|slot| {
+        let frame = &batch.bytes[slot.start..slot.start + slot.len];
+        frame_crc_matches(frame)
+            && decode_frame_header(frame).is_ok_and(|h| h.segment_tag == segment_tag(seq))
+    }));
+}
+
 /// Takes the buffered frames (at least one) as a batch.
 fn take_batch(state: &mut State) -> Batch {
     debug_assert!(state.buf_frames > 0 && !state.buf.is_empty());
@@ -686,6 +763,20 @@ fn take_batch(state: &mut State) -> Batch {
         first: state.buf_first.take().unwrap_or(state.appended),
         last: state.appended,
     }
+}
+
+/// Takes the oldest segments whose frames all lie at or below `epoch`
+/// (known from the next segment's first epoch, since epochs increase); never
+/// the last one.
+fn pop_covered(segments: &mut VecDeque<Segment>, epoch: CommitEpoch) -> Vec<Segment> {
+    let mut covered = Vec::new();
+    while segments
+        .get(1)
+        .is_some_and(|next| next.first_epoch.get() - 1 <= epoch.get())
+    {
+        covered.extend(segments.pop_front());
+    }
+    covered
 }
 
 /// Keeps a flushed batch's allocations for the next swap, unless they grew huge.
@@ -715,4 +806,89 @@ pub(crate) fn start_flusher(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()
         .spawn(move || shared.run_flusher(interval))
         .map(Some)
         .map_err(|err| WalError::io("starting the TLog flusher thread", err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::encode_commit_frame;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A batch of frames, each stamped as `append` stamps it, for the
+    /// segment given beside its payload.
+    fn batch_of(frames: &[(u64, Vec<u8>)]) -> Batch {
+        let mut bytes = Vec::new();
+        let mut slots = Vec::new();
+        for (i, (seq, payload)) in frames.iter().enumerate() {
+            let epoch = CommitEpoch(i as u64 + 1);
+            let header = commit_frame_header(*seq, epoch, payload.len());
+            let start = bytes.len();
+            bytes.extend_from_slice(&header);
+            bytes.extend_from_slice(payload);
+            bytes.extend_from_slice(&whole_frame_crc(&header, payload).to_le_bytes());
+            slots.push(FrameSlot {
+                start,
+                len: bytes.len() - start,
+                stamped_seq: *seq,
+            });
+        }
+        Batch {
+            bytes,
+            slots,
+            first: CommitEpoch(1),
+            last: CommitEpoch(frames.len().max(1) as u64),
+        }
+    }
+
+    #[test]
+    fn a_frame_stamped_at_append_equals_the_encoded_frame() {
+        let payload = b"one small commit record".to_vec();
+        let batch = batch_of(&[(7, payload.clone())]);
+        let mut expected = Vec::new();
+        encode_commit_frame(&mut expected, 7, CommitEpoch(1), &payload);
+        assert_eq!(batch.bytes, expected);
+    }
+
+    #[test]
+    fn frames_stamped_for_another_segment_are_restamped_and_others_kept() {
+        let mut batch = batch_of(&[(3, vec![1; 40]), (4, vec![2; 10]), (3, vec![])]);
+        let kept = batch.bytes[batch.slots[1].start..][..batch.slots[1].len].to_vec();
+        restamp_frames(&mut batch, 4);
+        let mut expected = Vec::new();
+        for (i, payload) in [vec![1; 40], vec![2; 10], vec![]].iter().enumerate() {
+            encode_commit_frame(&mut expected, 4, CommitEpoch(i as u64 + 1), payload);
+        }
+        assert_eq!(batch.bytes, expected);
+        assert_eq!(
+            &batch.bytes[batch.slots[1].start..][..batch.slots[1].len],
+            &kept[..]
+        );
+    }
+
+    proptest! {
+        /// Model: whatever segment each frame was stamped for at append,
+        /// after the flush's restamp every frame is byte for byte the frame
+        /// `encode_commit_frame` makes for the segment written to.
+        #[test]
+        fn restamped_batches_match_encoded_frames(
+            frames in prop::collection::vec(
+                (0u64..3, prop::collection::vec(any::<u8>(), 0..300)),
+                1..12,
+            ),
+            target in 0u64..3,
+        ) {
+            // Sequence numbers past the 24-bit tag wrap, too.
+            let frames: Vec<(u64, Vec<u8>)> = frames
+                .into_iter()
+                .map(|(seq, payload)| (seq << 23, payload))
+                .collect();
+            let mut batch = batch_of(&frames);
+            restamp_frames(&mut batch, target << 23);
+            let mut expected = Vec::new();
+            for (i, (_, payload)) in frames.iter().enumerate() {
+                encode_commit_frame(&mut expected, target << 23, CommitEpoch(i as u64 + 1), payload);
+            }
+            prop_assert_eq!(batch.bytes, expected);
+        }
+    }
 }

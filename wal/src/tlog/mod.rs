@@ -53,6 +53,9 @@ pub const DEFAULT_GROUP_BUFFER_LIMIT_BYTES: u64 = 8 << 20;
 /// position whenever a flush reaches past the file's size.
 pub const DEFAULT_PREALLOCATE_BYTES: u64 = 1 << 20;
 
+/// Default [`TLogConfig::retire_covered_min_bytes`].
+pub const DEFAULT_RETIRE_COVERED_MIN_BYTES: u64 = 1 << 20;
+
 /// A truncated segment is kept as the spare file only when its file is at
 /// most this many segment targets long; a longer one (a frame far larger
 /// than the target) is deleted, so a checkpoint brings the log's files back
@@ -127,6 +130,11 @@ pub struct TLogConfig {
     /// size, so that most flushes overwrite and their fdatasync commits no
     /// file-size change. 0 turns preallocation and segment recycling off.
     pub preallocate_bytes: u64,
+    /// When a truncation covers every frame of the active segment and that
+    /// segment holds at least this many bytes, the next flush starts a new
+    /// segment and deletes it (instead of appending behind frames no
+    /// recovery needs). `u64::MAX` keeps the active segment.
+    pub retire_covered_min_bytes: u64,
 }
 
 impl TLogConfig {
@@ -140,6 +148,7 @@ impl TLogConfig {
             group_buffer_limit_bytes: DEFAULT_GROUP_BUFFER_LIMIT_BYTES,
             open_validation: OpenValidation::AllFrames,
             preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
+            retire_covered_min_bytes: DEFAULT_RETIRE_COVERED_MIN_BYTES,
         }
     }
 
@@ -344,7 +353,10 @@ impl TLog {
     }
 
     /// Deletes the oldest segments whose frames all have an epoch at or below
-    /// `epoch`; never the active segment. Call it once the page store holds
+    /// `epoch`; never the active segment, but when every frame appended is
+    /// at or below `epoch` and the active segment holds at least
+    /// [`TLogConfig::retire_covered_min_bytes`], the next flush writes to a
+    /// new segment and deletes that one. Call it once the page store holds
     /// everything up to `epoch` durably.
     pub fn truncate_through(&self, epoch: CommitEpoch) -> Result<()> {
         self.shared.truncate_through(epoch)?;

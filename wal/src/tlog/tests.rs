@@ -1064,7 +1064,11 @@ proptest! {
     #[test]
     fn log_matches_a_model(ops in proptest::collection::vec(op(), 1..40)) {
         let mem = MemStorage::new();
-        let config = eventual(3_600_000);
+        // Truncations that cover the active segment retire it too.
+        let config = TLogConfig {
+            retire_covered_min_bytes: 64,
+            ..eventual(3_600_000)
+        };
         let mut storage = TestStorage::new(&mem);
         let mut log = storage.open(config.clone());
         let mut model = Model::default();
@@ -1490,4 +1494,109 @@ proptest! {
             "{past_cut} coarse marks for {held} bytes"
         );
     }
+}
+
+/// A config whose active segment is retired by any truncation covering it.
+fn retiring_config() -> TLogConfig {
+    TLogConfig {
+        retire_covered_min_bytes: 0,
+        ..TLogConfig::new(dir())
+    }
+}
+
+#[test]
+fn a_covered_active_segment_is_retired_by_the_next_flush() {
+    let storage = MemStorage::new();
+    let log = open(&storage, retiring_config());
+    for epoch in 1..=10 {
+        commit(&log, epoch).unwrap();
+    }
+    let before = segment_paths(&storage);
+    assert_eq!(before.len(), 1);
+    log.truncate_through(CommitEpoch(10)).unwrap();
+    assert_eq!(segment_paths(&storage), before, "kept until the next flush");
+    commit(&log, 11).unwrap();
+    let after = segment_paths(&storage);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "the next flush wrote to a new segment");
+    assert_eq!(log.stats().segments_deleted, 1);
+    assert_eq!(replay_all(&log, 0).unwrap(), expected(11..=11));
+    drop(log);
+    let log = open(&storage, retiring_config());
+    assert_eq!(replay_all(&log, 0).unwrap(), expected(11..=11));
+    assert_eq!(log.last_epoch(), CommitEpoch(11));
+}
+
+#[test]
+fn a_frame_past_the_truncation_keeps_the_active_segment() {
+    let storage = MemStorage::new();
+    let log = open(&storage, retiring_config());
+    for epoch in 1..=10 {
+        commit(&log, epoch).unwrap();
+    }
+    let before = segment_paths(&storage);
+    log.truncate_through(CommitEpoch(9)).unwrap();
+    commit(&log, 11).unwrap();
+    assert_eq!(segment_paths(&storage), before);
+    assert_eq!(replay_all(&log, 9).unwrap(), expected(10..=11));
+}
+
+#[test]
+fn a_small_covered_segment_is_kept_below_the_retire_size() {
+    let storage = MemStorage::new();
+    let log = open(&storage, TLogConfig::new(dir()));
+    for epoch in 1..=10 {
+        commit(&log, epoch).unwrap();
+    }
+    let before = segment_paths(&storage);
+    log.truncate_through(CommitEpoch(10)).unwrap();
+    commit(&log, 11).unwrap();
+    assert_eq!(
+        segment_paths(&storage),
+        before,
+        "under 1 MiB: not worth a new file"
+    );
+    assert_eq!(replay_all(&log, 10).unwrap(), expected(11..=11));
+}
+
+#[test]
+fn a_frame_appended_while_the_truncation_runs_is_never_deleted() {
+    // Frames keep coming on another thread while truncations retire the
+    // active segment: every frame past a truncation stays replayable.
+    let storage = MemStorage::new();
+    let log = Arc::new(open(&storage, retiring_config()));
+    commit(&log, 1).unwrap();
+    let writer = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for epoch in 2..=400 {
+                commit(&log, epoch).unwrap();
+            }
+        })
+    };
+    let mut through = 0;
+    while !writer.is_finished() {
+        let durable = log.durable_epoch().get();
+        log.truncate_through(CommitEpoch(durable)).unwrap();
+        through = through.max(durable);
+        let replayed = replay_all(&log, through).unwrap();
+        let last = through + replayed.len() as u64;
+        assert_eq!(
+            replayed,
+            expected(through + 1..=last),
+            "a gap past {through}"
+        );
+    }
+    writer.join().unwrap();
+    assert_eq!(
+        replay_all(&log, through).unwrap(),
+        expected(through + 1..=400)
+    );
+    log.truncate_through(CommitEpoch(400)).unwrap();
+    commit(&log, 401).unwrap();
+    assert_eq!(replay_all(&log, 0).unwrap(), expected(401..=401));
+    assert!(
+        log.stats().segments_deleted > 0,
+        "the covered segment was retired"
+    );
 }
