@@ -113,6 +113,13 @@ const CHECKPOINT_CHUNK_PAGES: usize = 4096;
 /// [`Shared::checkpoint_due`]).
 pub const CHECKPOINT_URGENT_FACTOR: u64 = 4;
 
+/// Writes count as paused once no commit has finished for this long (and
+/// none is finishing or applying): a background checkpoint short of
+/// urgent and the huge-page collapses wait for that. Longer than the gap
+/// between the commits of a stream (a 1,000-row commit takes a few ms), so
+/// a worker pass woken between two of them does not take it for a pause.
+pub const WRITES_PAUSED_AFTER_MS: u64 = 50;
+
 /// How a database is opened. `Options::default()` is what `Database::open` uses.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -123,8 +130,9 @@ pub struct Options {
     pub durability: Durability,
     /// A background checkpoint starts once the TLog holds this many bytes
     /// of frames past the last checkpoint's epoch, at the first worker pass
-    /// that finds writes paused (no commit since its previous pass); while
-    /// commits stream it waits until the TLog holds
+    /// that finds writes paused (no commit finished for
+    /// [`WRITES_PAUSED_AFTER_MS`]); while commits stream it waits until the
+    /// TLog holds
     /// [`CHECKPOINT_URGENT_FACTOR`] times this many, so that its writes and
     /// syncs do not queue the commits' fsyncs behind them.
     pub checkpoint_tlog_bytes: u64,
@@ -297,6 +305,10 @@ pub(crate) struct Shared {
     /// Commits logged but not yet through `finish_commit` (see
     /// [`FinishingCommit`]).
     commits_finishing: Arc<AtomicU64>,
+    /// When the last commit finished, in ms since `opened_at` (0: none yet).
+    last_commit_end_ms: AtomicU64,
+    /// When the database was opened (the clock of `last_commit_end_ms`).
+    opened_at: Instant,
     header: Mutex<FileHeader>,
     /// Serialises checkpoints.
     checkpoint_lock: Mutex<()>,
@@ -742,6 +754,8 @@ impl Shared {
                 last_epoch: header.checkpoint_epoch,
             })),
             commits_finishing: Arc::default(),
+            last_commit_end_ms: AtomicU64::new(0),
+            opened_at: Instant::now(),
             durable_page_count: AtomicU64::new(header.page_count),
             header: Mutex::new(header),
             checkpoint_lock: Mutex::new(()),
@@ -1360,6 +1374,8 @@ impl Shared {
             self.fold(pending.touched)
         })?;
         Metrics::bump(&self.metrics.commits);
+        self.last_commit_end_ms
+            .store(self.elapsed_ms(), Ordering::Release);
         Metrics::add(&self.metrics.commit_record_bytes, pending.record_bytes);
         Metrics::add(&self.metrics.deltas_committed, pending.deltas);
         Ok(pending.epoch)
@@ -1383,6 +1399,21 @@ impl Shared {
             return Ok(());
         }
         self.fold(pending)
+    }
+
+    /// Milliseconds since the database was opened.
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.opened_at.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether writes pause: no commit finished in the last
+    /// [`WRITES_PAUSED_AFTER_MS`], none is finishing (`finishing_counts`:
+    /// its durable wait, publish and fold) and none holds the writer lock.
+    fn writes_paused(&self, finishing_counts: bool) -> bool {
+        let last_end_ms = self.last_commit_end_ms.load(Ordering::Acquire);
+        let quiet = self.elapsed_ms().saturating_sub(last_end_ms) >= WRITES_PAUSED_AFTER_MS;
+        let finishing = finishing_counts && self.commits_finishing.load(Ordering::Acquire) > 0;
+        quiet && !finishing && self.writer.try_lock().is_some()
     }
 
     /// Wakes the background worker.
@@ -1866,7 +1897,6 @@ fn spawn_workers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
 fn worker_loop(shared: Weak<Shared>, interval: Duration) {
     let sample_interval = Duration::from_millis(SYSTEM_SAMPLE_INTERVAL_MS);
     let mut last_sample: Option<Instant> = None;
-    let mut last_commits = u64::MAX;
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -1884,22 +1914,17 @@ fn worker_loop(shared: Weak<Shared>, interval: Duration) {
         if let Err(err) = shared.fold_pending() {
             tracing::error!(error = %err, "merge worker failed");
         }
-        // Huge-page collapses wait until no commit finished since the last
-        // pass and none holds the writer lock (one may still be finishing:
-        // its durable wait and fold allocate no images): a collapse copies
-        // 2 MiB and stalls the page faults of a commit allocating its
-        // images, and under a stream of commits the regions fill with
-        // images soon replaced.
-        let commits = shared.metrics.commits.load(Ordering::Relaxed);
-        let no_commit_applying = commits == last_commits && shared.writer.try_lock().is_some();
-        if no_commit_applying {
+        // Huge-page collapses wait until writes pause (a commit may still
+        // be finishing: its durable wait and fold allocate no images): a
+        // collapse copies 2 MiB and stalls the page faults of a commit
+        // allocating its images, and under a stream of commits the regions
+        // fill with images soon replaced.
+        if shared.writes_paused(false) {
             shared.pages.huge_pages().collapse_noted();
         }
-        last_commits = commits;
         // A checkpoint short of urgent (`checkpoint_due`) also waits for
         // the commits still finishing: their fsyncs are what it would slow.
-        let writes_paused =
-            no_commit_applying && shared.commits_finishing.load(Ordering::Acquire) == 0;
+        let writes_paused = shared.writes_paused(true);
         // Dirty pages past their share of the memory budget are written
         // back too (at once: eviction waits for them), so that eviction
         // may drop them.
@@ -2083,6 +2108,29 @@ mod checkpoint_trigger_tests {
         shared.checkpoint().unwrap();
         assert!(!shared.checkpoint_due(false));
         assert!(!shared.checkpoint_due(true));
+    }
+
+    #[test]
+    fn a_finishing_commit_is_writing_for_checkpoints_not_for_collapses() {
+        let db = db();
+        let shared = &db.inner.shared;
+        commit_pages(&db, 1, 1);
+        std::thread::sleep(Duration::from_millis(WRITES_PAUSED_AFTER_MS + 10));
+        assert!(shared.writes_paused(true), "quiet since the commit");
+        let finishing = FinishingCommit::start(&shared.commits_finishing);
+        assert!(
+            !shared.writes_paused(true),
+            "a commit is in its durable wait"
+        );
+        assert!(shared.writes_paused(false), "collapses may run meanwhile");
+        drop(finishing);
+        assert!(shared.writes_paused(true));
+        let writer = shared.writer.lock();
+        assert!(
+            !shared.writes_paused(false),
+            "a commit holds the writer lock"
+        );
+        drop(writer);
     }
 
     #[test]
