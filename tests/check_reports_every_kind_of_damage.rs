@@ -88,6 +88,17 @@ fn build(dir: &Path, leak: bool, logged: bool) -> (PathBuf, Option<PageId>) {
     (path, leaked)
 }
 
+/// Commits one row into table `t`, then checkpoints.
+fn insert_and_checkpoint(db: &Database, key: &[u8], value: &[u8]) {
+    let mut tx = db.begin_write().expect("begin");
+    tx.open_table("t")
+        .expect("t")
+        .insert(key, value)
+        .expect("insert");
+    tx.commit().expect("commit");
+    db.checkpoint().expect("checkpoint");
+}
+
 fn check(path: &Path) -> CheckReport {
     check_database(path, &CheckOptions::default()).expect("check runs")
 }
@@ -255,23 +266,11 @@ fn a_page_with_a_double_write_copy_is_a_warning() {
     let path = dir.path().join("db.mmsb");
     {
         let db = options().open(&path).expect("open");
-        let mut tx = db.begin_write().expect("begin");
-        tx.open_table("t")
-            .expect("t")
-            .insert(b"k", b"v")
-            .expect("insert");
-        tx.commit().expect("commit");
-        db.checkpoint().expect("checkpoint");
+        insert_and_checkpoint(&db, b"k", b"v");
         // Page 2 is on disk now: the next checkpoint overwrites it, so it
         // copies it to the double-write file first (a page written for the
         // first time gets no copy: recovery never reads it before then).
-        let mut tx = db.begin_write().expect("begin");
-        tx.open_table("t")
-            .expect("t")
-            .insert(b"k2", b"v2")
-            .expect("insert");
-        tx.commit().expect("commit");
-        db.checkpoint().expect("checkpoint");
+        insert_and_checkpoint(&db, b"k2", b"v2");
     }
     // Page 2 was overwritten by the last checkpoint: its double-write copy is complete.
     edit_file(&path, |b| b[2 * PAGE_SIZE + 5] ^= 1);
@@ -296,13 +295,7 @@ fn a_page_first_written_by_the_last_checkpoint_has_no_double_write_copy() {
     let path = dir.path().join("db.mmsb");
     {
         let db = options().open(&path).expect("open");
-        let mut tx = db.begin_write().expect("begin");
-        tx.open_table("t")
-            .expect("t")
-            .insert(b"k", b"v")
-            .expect("insert");
-        tx.commit().expect("commit");
-        db.checkpoint().expect("checkpoint");
+        insert_and_checkpoint(&db, b"k", b"v");
     }
     assert!(
         dir.path().join("db.mmsb-dwb").exists(),

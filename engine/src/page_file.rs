@@ -728,19 +728,15 @@ impl PageFile {
             .map_err(|err| Error::io("sync database directory", err))
     }
 
-    /// Empties the double-write file when it is longer than
-    /// [`DOUBLE_WRITE_RETAINED_MAX_BYTES`]. Call it only once
-    /// the in-place writes of its chunk are synced: from then on no torn
-    /// write can need the copies. Not synced: should the emptying be lost in
-    /// a crash, the file holds those copies again, each of them the image
-    /// now in place, which recovery only ever compares against.
-    pub fn retire_double_write(&self) -> Result<()> {
+    /// The double-write file and its length, `None` when there is none.
+    /// Never creates it.
+    fn open_double_write(&self) -> Result<Option<(Arc<dyn StorageFile>, u64)>> {
         let exists = self
             .storage
             .exists(&self.dwb_path)
             .map_err(|err| Error::io("stat double-write file", err))?;
         if !exists {
-            return Ok(());
+            return Ok(None);
         }
         let dwb = self
             .storage
@@ -749,6 +745,19 @@ impl PageFile {
         let len = dwb
             .len()
             .map_err(|err| Error::io("stat double-write file", err))?;
+        Ok(Some((dwb, len)))
+    }
+
+    /// Empties the double-write file when it is longer than
+    /// [`DOUBLE_WRITE_RETAINED_MAX_BYTES`]. Call it only once
+    /// the in-place writes of its chunk are synced: from then on no torn
+    /// write can need the copies. Not synced: should the emptying be lost in
+    /// a crash, the file holds those copies again, each of them the image
+    /// now in place, which recovery only ever compares against.
+    pub fn retire_double_write(&self) -> Result<()> {
+        let Some((dwb, len)) = self.open_double_write()? else {
+            return Ok(());
+        };
         if len <= DOUBLE_WRITE_RETAINED_MAX_BYTES {
             return Ok(());
         }
@@ -761,20 +770,9 @@ impl PageFile {
     /// repaired. A torn or missing double-write file means in-place writes
     /// of its checkpoint never began.
     pub fn restore_double_write(&self) -> Result<usize> {
-        let exists = self
-            .storage
-            .exists(&self.dwb_path)
-            .map_err(|err| Error::io("stat double-write file", err))?;
-        if !exists {
+        let Some((dwb, len)) = self.open_double_write()? else {
             return Ok(0);
-        }
-        let dwb = self
-            .storage
-            .open_file(&self.dwb_path, false)
-            .map_err(|err| Error::io("open double-write file", err))?;
-        let len = dwb
-            .len()
-            .map_err(|err| Error::io("stat double-write file", err))?;
+        };
         let Ok(len) = usize::try_from(len) else {
             return Ok(0);
         };
@@ -811,20 +809,9 @@ impl PageFile {
     /// The sealed pages of a complete double-write file (empty when there is
     /// none, or it is torn), for `mmsb check` and salvage. Never writes.
     pub(crate) fn double_write_pages(&self) -> Result<Vec<(PageId, Vec<u8>)>> {
-        let exists = self
-            .storage
-            .exists(&self.dwb_path)
-            .map_err(|err| Error::io("stat double-write file", err))?;
-        if !exists {
+        let Some((dwb, len)) = self.open_double_write()? else {
             return Ok(Vec::new());
-        }
-        let dwb = self
-            .storage
-            .open_file(&self.dwb_path, false)
-            .map_err(|err| Error::io("open double-write file", err))?;
-        let len = dwb
-            .len()
-            .map_err(|err| Error::io("stat double-write file", err))?;
+        };
         let Some(len) = usize::try_from(len).ok().filter(|&l| l >= DWB_HEADER_LEN) else {
             return Ok(Vec::new());
         };
