@@ -12,6 +12,12 @@
 //! `MMSB_KILL_MEMORY_BUDGET_BYTES` (at least 1 MiB) to make the children
 //! evict and reload pages while checkpoints write them.
 //!
+//! A second test gives the child pauses longer than the engine's
+//! `WRITES_PAUSED_AFTER_MS` every few commits, with a checkpoint due at
+//! every byte: checkpoints then cover the whole TLog, and the next commit
+//! retires the active segment (new segment, old one deleted), so kills land
+//! in that rotation too (`MMSB_KILL_PAUSE_ROUNDS`, 30 by default).
+//!
 //! Reopening retries for a while when the database is locked: the test
 //! binary runs its tests on several threads, and a child spawned by another
 //! test inherits this process's open files (and so the data file's `flock`)
@@ -31,6 +37,14 @@ use rand::{Rng, SeedableRng};
 const CHILD_ENV: &str = "MMSB_KILL_CHILD_DB";
 const DEFAULT_ROUNDS: u64 = 120;
 
+/// Set in a child that pauses (see the module comment).
+const CHILD_PAUSES_ENV: &str = "MMSB_KILL_CHILD_PAUSES";
+const DEFAULT_PAUSE_ROUNDS: u64 = 30;
+/// Commits between two pauses of a pausing child.
+const COMMITS_BETWEEN_PAUSES: u64 = 8;
+/// A pause: longer than the engine's `WRITES_PAUSED_AFTER_MS` (50).
+const PAUSE_MS: u64 = 70;
+
 /// The children's TLog growth between checkpoints, unless
 /// `MMSB_KILL_CHECKPOINT_BYTES` says otherwise.
 const CHECKPOINT_TLOG_BYTES: u64 = 64 * 1024;
@@ -45,9 +59,13 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn options() -> Options {
     let defaults = Options::default();
+    let pauses = std::env::var_os(CHILD_PAUSES_ENV).is_some();
     Options {
-        checkpoint_tlog_bytes: env_u64("MMSB_KILL_CHECKPOINT_BYTES")
-            .unwrap_or(CHECKPOINT_TLOG_BYTES),
+        checkpoint_tlog_bytes: env_u64("MMSB_KILL_CHECKPOINT_BYTES").unwrap_or(if pauses {
+            1
+        } else {
+            CHECKPOINT_TLOG_BYTES
+        }),
         tlog_segment_bytes: 128 * 1024,
         worker_interval_ms: 2,
         memory_budget_bytes: env_u64("MMSB_KILL_MEMORY_BUDGET_BYTES")
@@ -94,17 +112,22 @@ fn child_commit_loop() {
         return;
     };
     let db = open_retrying_locked(&options(), &PathBuf::from(path)).expect("child open");
+    let pauses = std::env::var_os(CHILD_PAUSES_ENV).is_some();
     let mut next = common::committed_count(&db).expect("child count");
     println!("start {next}");
     loop {
         common::run_commit(&db, next).expect("child commit");
         println!("ack {next}");
         next += 1;
+        if pauses && next % COMMITS_BETWEEN_PAUSES == 0 {
+            std::thread::sleep(Duration::from_millis(PAUSE_MS));
+        }
     }
 }
 
-fn spawn_child(db_path: &Path) -> std::process::Child {
-    Command::new(std::env::current_exe().expect("test executable"))
+fn spawn_child(db_path: &Path, pauses: bool) -> std::process::Child {
+    let mut command = Command::new(std::env::current_exe().expect("test executable"));
+    command
         .args([
             "child_commit_loop",
             "--exact",
@@ -114,9 +137,11 @@ fn spawn_child(db_path: &Path) -> std::process::Child {
         ])
         .env(CHILD_ENV, db_path)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child")
+        .stderr(Stdio::null());
+    if pauses {
+        command.env(CHILD_PAUSES_ENV, "1");
+    }
+    command.spawn().expect("spawn child")
 }
 
 /// Reads "ack N" lines until the channel closes; returns the highest N.
@@ -133,10 +158,20 @@ fn collect_acks(stdout: std::process::ChildStdout, tx: mpsc::Sender<u64>) {
 
 #[test]
 fn acknowledged_commits_survive_kill_9() {
-    let rounds = std::env::var("MMSB_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_ROUNDS);
+    let rounds = env_u64("MMSB_KILL_ROUNDS").unwrap_or(DEFAULT_ROUNDS);
+    kill_rounds(rounds, false, 5..60);
+}
+
+#[test]
+fn acknowledged_commits_survive_kill_9_across_checkpoint_pauses() {
+    let rounds = env_u64("MMSB_KILL_PAUSE_ROUNDS").unwrap_or(DEFAULT_PAUSE_ROUNDS);
+    kill_rounds(rounds, true, 20..400);
+}
+
+/// `rounds` times: start a child (pausing or not), kill it after a random
+/// time from `alive_ms`, reopen, and check every acknowledged commit is
+/// there and every page matches the model.
+fn kill_rounds(rounds: u64, pauses: bool, alive_ms: std::ops::Range<u64>) {
     let (_guard, dir) = test_dir();
     let db_path = dir.join("killed.mmsb");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b696c6c);
@@ -144,12 +179,12 @@ fn acknowledged_commits_survive_kill_9() {
     let mut kills_mid_commit = 0u64;
     let mut model = common::Model::default();
     for round in 0..rounds {
-        let mut child = spawn_child(&db_path);
+        let mut child = spawn_child(&db_path, pauses);
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || collect_acks(stdout, tx));
         // Let the child open (and recover), then kill it at a random moment.
-        let alive_for = Duration::from_millis(rng.gen_range(5..60));
+        let alive_for = Duration::from_millis(rng.gen_range(alive_ms.clone()));
         let started = Instant::now();
         while started.elapsed() < alive_for {
             if let Ok(index) = rx.recv_timeout(Duration::from_millis(1)) {
