@@ -119,7 +119,7 @@ fn child_commit_loop() {
         common::run_commit(&db, next).expect("child commit");
         println!("ack {next}");
         next += 1;
-        if pauses && next % COMMITS_BETWEEN_PAUSES == 0 {
+        if pauses && next.is_multiple_of(COMMITS_BETWEEN_PAUSES) {
             std::thread::sleep(Duration::from_millis(PAUSE_MS));
         }
     }
