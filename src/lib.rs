@@ -21,7 +21,8 @@ pub use mmsb_engine::{
     ByteView, CheckpointStats, CommitEpoch, Database, Durability, Error, IsolationLevel,
     MetricsSnapshot, Options, PageId, PageRead, PageReadTransaction, PageRef, PageWrite,
     PageWriteTransaction, Range, ReadOnlyTable, ReadTransaction, Result, Savepoint, Table,
-    Transaction, MAX_CONFLICT_RETRIES, MAX_TABLE_NAME_BYTES,
+    Transaction, CHECKPOINT_URGENT_FACTOR, MAX_CONFLICT_RETRIES, MAX_TABLE_NAME_BYTES,
+    WRITES_PAUSED_AFTER_MS,
 };
 
 /// Memory budget defaults and limits (`Options::memory_budget_bytes`,

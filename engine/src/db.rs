@@ -109,8 +109,8 @@ fn backoff(attempt: u32) {
 const CHECKPOINT_CHUNK_PAGES: usize = 4096;
 
 /// While commits stream, a due background checkpoint waits until the TLog
-/// holds this many times `checkpoint_tlog_bytes` past the checkpoint (see
-/// [`Shared::checkpoint_due`]).
+/// holds this many times [`Options::checkpoint_tlog_bytes`] past the
+/// checkpoint.
 pub const CHECKPOINT_URGENT_FACTOR: u64 = 4;
 
 /// Writes count as paused once no commit has finished for this long (and

@@ -50,7 +50,10 @@ pub use check::{
     check_database, Area, CheckOptions, CheckPhase, CheckProgress, CheckReport, CheckSummary,
     Finding, Location, Severity,
 };
-pub use db::{CheckpointStats, Database, Options, MAX_CONFLICT_RETRIES};
+pub use db::{
+    CheckpointStats, Database, Options, CHECKPOINT_URGENT_FACTOR, MAX_CONFLICT_RETRIES,
+    REPLAY_WINDOW_MAX_PAGES, WRITES_PAUSED_AFTER_MS,
+};
 pub use error::{Error, Result};
 pub use eviction::DEFAULT_BACKPRESSURE_MAX_WAIT_MS;
 pub use memory::{

@@ -447,10 +447,10 @@ fn encode_parts(
 
 /// Whole-body passes in a row (on one thread) that may miss — the probe
 /// refuses the body, the trial fails, or zstd does not shrink it — before
-/// [`BodyGate`] starts skipping passes.
+/// `BodyGate` starts skipping passes.
 pub const BODY_MISS_STREAK_MAX: u32 = 4;
 
-/// Most records whose body pass [`BodyGate`] skips between two tries.
+/// Most records whose body pass `BodyGate` skips between two tries.
 pub const BODY_SKIP_MAX_RECORDS: u32 = 32;
 
 /// How the whole-body pass fared on the last records this thread encoded:

@@ -61,7 +61,7 @@ impl WrittenRanges {
 
     /// Notes that bytes `range` may have changed. Ranges closer than
     /// [`DIFF_GAP_JOIN_LEN`] bytes are kept as one (the diff would join
-    /// their runs anyway); past [`WRITTEN_RANGES_MAX`] ranges the record
+    /// their runs anyway); past `WRITTEN_RANGES_MAX` ranges the record
     /// becomes "whole page".
     pub fn note(&mut self, range: Range<usize>) {
         if self.whole || range.is_empty() {

@@ -14,7 +14,7 @@
 //! file and renamed into place by the next rotation.
 //! Every access goes through [`Storage`], so tests inject faults and crashes.
 //!
-//! Submodules: [`format`] (bytes), `scan` (reading back), `recover` (open-time
+//! Submodules: [`format`](mod@format) (bytes), `scan` (reading back), `recover` (open-time
 //! validation), `commit` (group commit, segment rotation, the flusher thread).
 
 mod commit;
