@@ -1262,6 +1262,22 @@ impl Shared {
         self.cache_loaded(page_id, image, snapshot)
     }
 
+    /// Lends the page as of `snapshot` to `read`: borrowed from the page
+    /// table's head directory when the page has one version in memory (no
+    /// lock, no reference count), else through [`Shared::read_page_at`].
+    #[inline]
+    pub(crate) fn with_page_at<R>(
+        &self,
+        page_id: PageId,
+        snapshot: CommitEpoch,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        match self.pages.with_head(page_id, read) {
+            Ok(value) => Ok(value),
+            Err(read) => Ok(read(&self.read_page_at(page_id, snapshot)?)),
+        }
+    }
+
     /// The newest installed version (what the writer builds on).
     pub(crate) fn read_page_latest(&self, page_id: PageId) -> Result<Arc<[u8]>> {
         self.read_page_at(page_id, CommitEpoch(u64::MAX))

@@ -45,6 +45,16 @@ pub trait PageRead {
     /// The page's bytes. Errors on a page id outside the database or on a
     /// page whose checksum fails.
     fn read_page(&self, id: PageId) -> Result<PageRef>;
+    /// Lends the page's bytes to `read` (the same bytes
+    /// [`PageRead::read_page`] returns). An implementation may lend them
+    /// without a reference count or a copy; `read` should then be short
+    /// and must not block. The default reads the page and lends that.
+    fn with_page<R>(&self, id: PageId, read: impl FnOnce(&[u8]) -> R) -> Result<R>
+    where
+        Self: Sized,
+    {
+        Ok(read(&self.read_page(id)?))
+    }
 }
 
 /// Write access to pages inside one write transaction.

@@ -7,7 +7,11 @@
 //! for 60,000 pages: it stays in the CPU's caches) holding a pointer to
 //! the head image of each page whose delta chain is empty. A read with any
 //! live snapshot may use such an image (see the invariant below), so the
-//! fast path is: pin an epoch, load the word, take a reference to the image.
+//! fast path is: pin an epoch, load the word, take a reference to the image
+//! ([`HeadDirectory::get`]) or lend the bytes to a closure while still
+//! pinned, touching no reference count ([`HeadDirectory::with_image`]: the
+//! image's allocation header is a cold line that a count change would
+//! have to own exclusively, twice a read).
 //!
 //! Invariant (kept by [`crate::page_table::PageTable`], under the entry's
 //! shard write lock): a page's word points at its head exactly while its
@@ -22,9 +26,10 @@
 //! points at. Replacing or clearing a word hands that reference to
 //! crossbeam's epoch collector, which drops it once every thread that was
 //! pinned at that moment has unpinned; a reader increments the image's
-//! count while pinned, so the image cannot be freed under it. The collector
-//! is reached through the private `reclaim` shim: a zero-sized handle whose
-//! methods are `epoch::pin()` and `defer` themselves in the normal build.
+//! count while pinned, or reads it only while pinned, so the image cannot
+//! be freed under it. The collector is reached through the private
+//! `reclaim` shim: a zero-sized handle whose methods are `epoch::pin()`
+//! and `defer` themselves in the normal build.
 //!
 //! The reference bit: the low bit of a word is the CLOCK reference bit of
 //! fast-path reads (images are 8-byte aligned); the eviction sweep takes it
@@ -42,12 +47,15 @@
 //! shadowed by a loom cell counting the directory's references to it:
 //! `publish` writes it before the swap (as the bytes were written), a read
 //! reads it after taking its own reference and before unpinning (as the
-//! count increment touches the image), reclamation writes it. Reclaimed
+//! count increment touches the image), a borrowed read reads it before and
+//! after lending the bytes (the first and last touch of the borrow),
+//! reclamation writes it. Reclaimed
 //! images are kept alive until the directory drops, so a broken protocol
 //! fails a check instead of touching freed memory. Over every interleaving
 //! of its models (exhaustively with two threads, up to 3 preemptions with
-//! three), `engine/tests/loom_page_directory.rs` so checks: that no read
-//! touches an image before its publication happened-before (loom reports
+//! three), `engine/tests/loom_page_directory.rs` so checks: that no read,
+//! counted or borrowed, touches an image before its publication
+//! happened-before (loom reports
 //! the race on the shadow: a torn read) or after its last directory
 //! reference was reclaimed (the count is 0, or a race); the word protocol
 //! above (modelled with the page table's order — word cleared under the
@@ -396,22 +404,9 @@ impl HeadDirectory {
         let word = self.word(page_id)?;
         let len = *self.image_len.get()?;
         let guard = self.reclaim.pin();
-        let value = word.load(Ordering::Acquire);
-        let address = value & !REFERENCED_BIT;
+        let address = Self::load_marked(word);
         if address == 0 {
             return None;
-        }
-        if value & REFERENCED_BIT == 0 {
-            // A plain load first, so a hot word is written once a sweep.
-            // Marked only if the word still holds what was loaded: a failed
-            // exchange means it was cleared or re-pointed meanwhile, and
-            // the mark belonged to the image that left (see the module docs).
-            let _ = word.compare_exchange(
-                value,
-                value | REFERENCED_BIT,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
         }
         let image = std::ptr::slice_from_raw_parts(address as *const u8, len);
         // SAFETY: `address` came from `Arc::into_raw` of an image of `len`
@@ -426,6 +421,60 @@ impl HeadDirectory {
         self.reclaim.note_read(&guard, address);
         drop(guard);
         Some(image)
+    }
+
+    /// Lends the head image of `page_id` to `read` when the directory holds
+    /// it, without touching the image's reference count: the bytes stay
+    /// valid while `read` runs because this thread stays pinned until it
+    /// returns. Gives `read` back when the directory does not hold the
+    /// page (the caller takes the locked path).
+    ///
+    /// `read` should be short: while it runs, no reference retired by any
+    /// thread is reclaimed (it should not block on I/O, and must not wait
+    /// for another thread).
+    #[inline]
+    pub fn with_image<R, F: FnOnce(&[u8]) -> R>(&self, page_id: PageId, read: F) -> Result<R, F> {
+        let (Some(word), Some(&len)) = (self.word(page_id), self.image_len.get()) else {
+            return Err(read);
+        };
+        let guard = self.reclaim.pin();
+        let address = Self::load_marked(word);
+        if address == 0 {
+            return Err(read);
+        }
+        // SAFETY: as in `get`: `address` is the data of a live `Arc<[u8]>`
+        // of `len` bytes whose directory reference is reclaimed only after
+        // `guard` (held until `read` returns, and the borrow cannot
+        // outlive `read`: it is higher-ranked) unpins. The bytes are never
+        // written after publication.
+        let image = unsafe { std::slice::from_raw_parts(address as *const u8, len) };
+        self.reclaim.note_read(&guard, address);
+        let value = read(image);
+        // The borrow ended: the image must still be live here too.
+        self.reclaim.note_read(&guard, address);
+        drop(guard);
+        Ok(value)
+    }
+
+    /// Loads `word` (the caller is pinned) and sets its reference bit if
+    /// clear; returns the image address it held (0: none).
+    #[inline(always)]
+    fn load_marked(word: &AtomicUsize) -> usize {
+        let value = word.load(Ordering::Acquire);
+        let address = value & !REFERENCED_BIT;
+        if address != 0 && value & REFERENCED_BIT == 0 {
+            // A plain load first, so a hot word is written once a sweep.
+            // Marked only if the word still holds what was loaded: a failed
+            // exchange means it was cleared or re-pointed meanwhile, and
+            // the mark belonged to the image that left (see the module docs).
+            let _ = word.compare_exchange(
+                value,
+                value | REFERENCED_BIT,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        address
     }
 
     /// Clears every word (the page table is being emptied).
@@ -514,6 +563,34 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_read_lends_the_published_bytes_and_takes_no_reference() {
+        let dir = HeadDirectory::default();
+        let a = image(4);
+        let absent = dir.with_image(PageId(9), |bytes| bytes.len());
+        assert!(
+            absent.is_err(),
+            "nothing published yet: the read comes back"
+        );
+        assert!(dir.publish(PageId(9), &a));
+        assert!(dir.take_referenced(PageId(9)), "published as referenced");
+        let lent = dir.with_image(PageId(9), |bytes| {
+            assert_eq!(Arc::strong_count(&a), 2, "the test's and the directory's");
+            (bytes.as_ptr(), bytes.to_vec())
+        });
+        let Ok((address, bytes)) = lent else {
+            panic!("a published page must be lent");
+        };
+        assert_eq!(address, a.as_ptr(), "the image itself, not a copy");
+        assert_eq!(bytes, vec![4; 64]);
+        assert!(dir.take_referenced(PageId(9)), "a borrowed read marks too");
+        assert!(dir.with_image(PageId(10), |_| ()).is_err());
+        dir.unpublish(PageId(9));
+        let gone = dir.with_image(PageId(9), |bytes| bytes.to_vec());
+        assert!(gone.is_err(), "an unpublished page is not lent");
+        wait_until_alone(&a);
+    }
+
+    #[test]
     fn replacing_a_head_releases_the_old_one_and_keeps_no_extra_reference() {
         let dir = HeadDirectory::default();
         let (a, b) = (image(1), image(2));
@@ -571,6 +648,16 @@ mod tests {
                                 assert_eq!(u64::from(first) % PAGES, id);
                                 seen += 1;
                             }
+                            // The same through a borrow, read at its start
+                            // and at its end (a reclaimed image would be
+                            // freed, reused or torn by then).
+                            let lent = dir.with_image(PageId(id), |image| {
+                                let first = image[0];
+                                assert_eq!(u64::from(first) % PAGES, id);
+                                std::hint::black_box(image);
+                                assert!(image.iter().all(|&b| b == first));
+                            });
+                            seen += u64::from(lent.is_ok());
                         }
                     }
                     seen

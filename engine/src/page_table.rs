@@ -302,6 +302,19 @@ impl PageTable {
             .transpose()
     }
 
+    /// Lends the page's image to `read` when it is the page's only version
+    /// in memory (so every live snapshot's, see `page_directory`): no
+    /// lock, no hash probe and no reference count change. Gives `read`
+    /// back otherwise; the caller then takes [`PageTable::read`]'s path.
+    #[inline]
+    pub fn with_head<R, F: FnOnce(&[u8]) -> R>(
+        &self,
+        page_id: PageId,
+        read: F,
+    ) -> std::result::Result<R, F> {
+        self.directory.with_image(page_id, read)
+    }
+
     /// What an entry holding only a clean `page_len`-byte image is charged.
     pub fn clean_entry_bytes(page_len: usize) -> u64 {
         ENTRY_OVERHEAD_BYTES + page_len as u64
@@ -607,6 +620,24 @@ mod tests {
         assert_eq!(at(2), image(2));
         assert_eq!(at(9), image(2));
         assert!(table.stats().pinned_bytes.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_head_is_lent_exactly_while_it_is_the_only_version() {
+        let table = PageTable::default();
+        let lent = |table: &PageTable| table.with_head(PageId(2), <[u8]>::to_vec).ok();
+        assert_eq!(lent(&table), None, "not in memory");
+        table.insert_clean(PageId(2), image(0));
+        assert_eq!(lent(&table), Some(image(0).to_vec()));
+        table.install(
+            CommitEpoch(1),
+            delta_to(2, &image(0), &image(1)),
+            image(1),
+            || image(0),
+        );
+        assert_eq!(lent(&table), None, "a chain: snapshots may differ");
+        table.fold_pages([PageId(2)], CommitEpoch(1)).unwrap();
+        assert_eq!(lent(&table), Some(image(1).to_vec()), "folded: alone again");
     }
 
     #[test]

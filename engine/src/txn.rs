@@ -93,6 +93,12 @@ impl PageRead for PageReadTransaction {
         check_data_page(id, &self.meta)?;
         Ok(PageRef::new(self.shared.read_page_at(id, self.snapshot)?))
     }
+
+    #[inline]
+    fn with_page<R>(&self, id: PageId, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        check_data_page(id, &self.meta)?;
+        self.shared.with_page_at(id, self.snapshot, read)
+    }
 }
 
 impl Drop for PageReadTransaction {

@@ -24,7 +24,10 @@
 //!   whole (each model image is one byte repeated, checked in full), is one
 //!   that was published, was published before the read in loom's
 //!   happens-before (else loom reports a race on its shadow), and still had
-//!   a directory reference when the reader took its own; successive reads
+//!   a directory reference when the reader took its own — or, for a
+//!   borrowed read (`with_image`, which takes no reference), still has one
+//!   at the end of the borrow, after a yield inside it that lets every
+//!   other thread run (replace, clear, retire) meanwhile; successive reads
 //!   of one word never go back in time; once the directory is dropped it
 //!   holds no reference to any image (none leaked, none dropped twice);
 //! - (b) the publication protocol, modelled as the page table runs it (an
@@ -33,7 +36,8 @@
 //!   head once no live snapshot needs an older version): a reader whose
 //!   snapshot is at or past an install's epoch never gets the pre-install
 //!   head through the directory, and a reader with an older snapshot never
-//!   gets a newer head — every read returns exactly its snapshot's version.
+//!   gets a newer head — every read, counted or borrowed, returns exactly
+//!   its snapshot's version.
 //!   Publishing the epoch before clearing the word makes this model fail
 //!   (`publishing_the_epoch_before_the_clear_is_caught`);
 //! - (c) the reference bit: a clear is never undone by a late mark (no
@@ -111,6 +115,43 @@ fn read(directory: &HeadDirectory, page: PageId) -> Option<u8> {
     directory.get(page).map(|image| version_of(&image))
 }
 
+/// What a borrowed read of `page` found (`HeadDirectory::with_image`): the
+/// version, checked whole at the start of the borrow and again at its end,
+/// after a yield that lets every other thread run meanwhile (a reclamation
+/// inside the borrow would trip the shadow's check at its end).
+fn read_borrowed(directory: &HeadDirectory, page: PageId) -> Option<u8> {
+    directory
+        .with_image(page, |image| {
+            let version = version_of(image);
+            thread::yield_now();
+            assert_eq!(
+                version_of(image),
+                version,
+                "the image changed under a borrow"
+            );
+            version
+        })
+        .ok()
+}
+
+/// How a model reader reads the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    /// `HeadDirectory::get`: takes a reference to the image.
+    Counted,
+    /// `HeadDirectory::with_image`: borrows it while pinned.
+    Borrowed,
+}
+
+impl ReadKind {
+    fn read(self, directory: &HeadDirectory, page: PageId) -> Option<u8> {
+        match self {
+            ReadKind::Counted => read(directory, page),
+            ReadKind::Borrowed => read_borrowed(directory, page),
+        }
+    }
+}
+
 /// Checks that the directory, once dropped, holds no reference to any of
 /// `images` (the caller holds the only other one).
 fn assert_released(directory: Arc<HeadDirectory>, images: &[ImageArc<[u8]>]) {
@@ -165,6 +206,70 @@ fn a_reader_never_sees_a_freed_or_torn_image() {
         );
         drop(first);
         assert_eq!(read(&directory, PAGE), None);
+        assert_released(directory, &[v1, v2]);
+    });
+}
+
+/// (a) The same with borrowed reads: a writer replaces version 1 by 2 and
+/// clears the word while a reader borrows the image twice (yielding inside
+/// each borrow): each borrow sees a whole, published image that stays
+/// unreclaimed until the borrow ends, and the second is never older.
+#[test]
+fn a_borrowed_read_never_sees_a_freed_or_torn_image() {
+    model(TWO_THREAD_PREEMPTIONS, || {
+        let directory = Arc::new(HeadDirectory::default());
+        let (v1, v2) = (image(1), image(2));
+        assert!(directory.publish(PAGE, &v1));
+        let writer = {
+            let (directory, v2) = (Arc::clone(&directory), ImageArc::clone(&v2));
+            thread::spawn(move || {
+                assert!(directory.publish(PAGE, &v2));
+                directory.unpublish(PAGE);
+            })
+        };
+        let first = read_borrowed(&directory, PAGE);
+        let second = read_borrowed(&directory, PAGE);
+        writer.join().expect("writer");
+        for seen in [first, second] {
+            assert!(
+                matches!(seen, None | Some(1 | 2)),
+                "borrowed {seen:?}, which was never published"
+            );
+        }
+        assert!(
+            rank(first) <= rank(second),
+            "second borrow {second:?} older than the first {first:?}"
+        );
+        assert_eq!(read_borrowed(&directory, PAGE), None);
+        assert_released(directory, &[v1, v2]);
+    });
+}
+
+/// (a) A counted and a borrowed reader against a writer that replaces and
+/// clears the word: both get whole, published images.
+#[test]
+fn a_counted_and_a_borrowed_reader_with_a_writer() {
+    model(THREE_THREAD_PREEMPTIONS, || {
+        let directory = Arc::new(HeadDirectory::default());
+        let (v1, v2) = (image(1), image(2));
+        assert!(directory.publish(PAGE, &v1));
+        let writer = {
+            let (directory, v2) = (Arc::clone(&directory), ImageArc::clone(&v2));
+            thread::spawn(move || {
+                assert!(directory.publish(PAGE, &v2));
+                directory.unpublish(PAGE);
+            })
+        };
+        let borrower = {
+            let directory = Arc::clone(&directory);
+            thread::spawn(move || read_borrowed(&directory, PAGE))
+        };
+        let counted = read(&directory, PAGE);
+        let borrowed = borrower.join().expect("borrower");
+        writer.join().expect("writer");
+        for seen in [counted, borrowed] {
+            assert!(matches!(seen, None | Some(1 | 2)), "read {seen:?}");
+        }
         assert_released(directory, &[v1, v2]);
     });
 }
@@ -294,12 +399,14 @@ impl Table {
     }
 
     /// A reader: takes a snapshot, reads the page as `PageTable::read`
-    /// does (directory first, then the locked path), checks that it got
+    /// (or, `kind` borrowed, `PageTable::with_head` and then
+    /// `PageTable::read`) does (directory first, then the locked path),
+    /// checks that it got
     /// exactly its snapshot's version, releases the snapshot.
-    fn read_and_check(&self) {
+    fn read_and_check(&self, kind: ReadKind) {
         let snapshot = self.registry.acquire();
         let expected = u8::try_from(snapshot.get()).expect("small model epochs");
-        let (version, path) = match read(&self.directory, PAGE) {
+        let (version, path) = match kind.read(&self.directory, PAGE) {
             Some(version) => (version, "the directory"),
             None => {
                 let entry = self.shard.lock().expect("shard");
@@ -322,7 +429,7 @@ impl Table {
 
 /// A writer installs `epochs` in `order`, folding after each; `readers`
 /// threads (and the main thread) read once each.
-fn publication_model(epochs: &[u64], readers: usize, order: InstallOrder) {
+fn publication_model(epochs: &[u64], readers: usize, order: InstallOrder, kind: ReadKind) {
     let table = Arc::new(Table::new());
     let writer = {
         let (table, epochs) = (Arc::clone(&table), epochs.to_vec());
@@ -336,10 +443,10 @@ fn publication_model(epochs: &[u64], readers: usize, order: InstallOrder) {
     let readers: Vec<_> = (0..readers)
         .map(|_| {
             let table = Arc::clone(&table);
-            thread::spawn(move || table.read_and_check())
+            thread::spawn(move || table.read_and_check(kind))
         })
         .collect();
-    table.read_and_check();
+    table.read_and_check(kind);
     writer.join().expect("writer");
     for reader in readers {
         reader.join().expect("reader");
@@ -354,7 +461,7 @@ fn publication_model(epochs: &[u64], readers: usize, order: InstallOrder) {
 #[test]
 fn a_reader_at_or_past_an_install_never_gets_the_old_head() {
     model(TWO_THREAD_PREEMPTIONS, || {
-        publication_model(&[1], 0, InstallOrder::ClearThenPublish);
+        publication_model(&[1], 0, InstallOrder::ClearThenPublish, ReadKind::Counted);
     });
 }
 
@@ -362,7 +469,12 @@ fn a_reader_at_or_past_an_install_never_gets_the_old_head() {
 #[test]
 fn every_read_gets_its_snapshots_version_across_two_installs() {
     model(TWO_THREAD_PREEMPTIONS, || {
-        publication_model(&[1, 2], 0, InstallOrder::ClearThenPublish);
+        publication_model(
+            &[1, 2],
+            0,
+            InstallOrder::ClearThenPublish,
+            ReadKind::Counted,
+        );
     });
 }
 
@@ -370,7 +482,38 @@ fn every_read_gets_its_snapshots_version_across_two_installs() {
 #[test]
 fn two_readers_get_their_snapshots_versions() {
     model(THREE_THREAD_PREEMPTIONS, || {
-        publication_model(&[1], 1, InstallOrder::ClearThenPublish);
+        publication_model(&[1], 1, InstallOrder::ClearThenPublish, ReadKind::Counted);
+    });
+}
+
+/// (b) Borrowed reads: two installs, each folded, against one reader that
+/// borrows the head (yielding inside the borrow).
+#[test]
+fn every_borrowed_read_gets_its_snapshots_version_across_two_installs() {
+    model(TWO_THREAD_PREEMPTIONS, || {
+        publication_model(
+            &[1, 2],
+            0,
+            InstallOrder::ClearThenPublish,
+            ReadKind::Borrowed,
+        );
+    });
+}
+
+/// (b) Borrowed reads: one install and fold against two borrowing readers.
+#[test]
+fn two_borrowing_readers_get_their_snapshots_versions() {
+    model(THREE_THREAD_PREEMPTIONS, || {
+        publication_model(&[1], 1, InstallOrder::ClearThenPublish, ReadKind::Borrowed);
+    });
+}
+
+/// (b) The model catches the broken order through borrowed reads too.
+#[test]
+#[should_panic(expected = "through the directory")]
+fn publishing_the_epoch_before_the_clear_is_caught_through_a_borrow() {
+    model(TWO_THREAD_PREEMPTIONS, || {
+        publication_model(&[1], 0, InstallOrder::PublishThenClear, ReadKind::Borrowed);
     });
 }
 
@@ -380,7 +523,7 @@ fn two_readers_get_their_snapshots_versions() {
 #[should_panic(expected = "through the directory")]
 fn publishing_the_epoch_before_the_clear_is_caught() {
     model(TWO_THREAD_PREEMPTIONS, || {
-        publication_model(&[1], 0, InstallOrder::PublishThenClear);
+        publication_model(&[1], 0, InstallOrder::PublishThenClear, ReadKind::Counted);
     });
 }
 

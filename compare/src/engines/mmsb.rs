@@ -196,9 +196,17 @@ struct MmsbReader<'r> {
 }
 
 impl KvReader for MmsbReader<'_> {
+    /// A borrowed read (`ReadOnlyTable::get_with`): the value is lent to
+    /// the digest for the length of the call, as the other adapters read
+    /// theirs: LMDB's `&[u8]` into its map, SQLite's `&[u8]` into the
+    /// statement's row (both borrowed, no copy, no count); redb's
+    /// `AccessGuard` holds its page's `Arc<[u8]>` and fjall's `Slice` is
+    /// an owned, reference-counted byte view (what mmsb's `get` returns
+    /// is the like of those two).
     fn get(&mut self, key: &[u8]) -> Result<Option<u64>> {
-        let value = self.table.get(key).map_err(Error::engine(NAME, "get"))?;
-        Ok(value.map(|value| value_digest(&value)))
+        self.table
+            .get_with(key, value_digest)
+            .map_err(Error::engine(NAME, "get"))
     }
 
     fn scan(&mut self, start: &[u8], limit: usize) -> Result<ScanSummary> {

@@ -25,7 +25,7 @@ use super::keys::{cmp_key, load_key};
 use super::node::{BranchIndex, KeyRef, Node, ValueLoc};
 use super::overflow::read_chain;
 use super::TreeHeader;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::page_access::{PageRead, PageRef};
 
 /// Bytes of a key or value: a view into a page (no copy) for data stored in
@@ -173,36 +173,125 @@ fn get_from<P: PageRead>(
     upper: Option<&UpperPages>,
     key: &[u8],
 ) -> Result<Option<ValueGuard>> {
-    header.validate()?;
     if header.is_empty() {
+        header.validate()?;
         return Ok(None);
     }
-    let geo = Geometry::new(pages.page_len())?;
-    let mut id = header.root;
-    let mut level = header.height - 1;
-    while level > 0 {
-        let page = branch_page(pages, upper, id, level, &geo)?;
-        id = page.descend_for(pages, id, level, &geo, key)?.2;
-        level -= 1;
-    }
+    let geo = match upper {
+        Some(upper) => upper.checked(pages, header)?,
+        None => {
+            header.validate()?;
+            Geometry::new(pages.page_len())?
+        }
+    };
+    let id = leaf_for(pages, header, upper, &geo, key)?;
     let page = read_page(pages, id)?;
-    let loc = {
-        let node = Node::parse(&page, id, 0, &geo)?;
-        // Leaves are mostly cold: overlap the binary search's misses.
-        node.prefetch_cells();
-        let (found, idx) = node.search(pages, key)?;
-        if !found {
-            return Ok(None);
-        }
-        match node.inline_entry(idx) {
-            Some((_, start, end)) => ValueLoc::Inline { start, end },
-            None => node.leaf_cell(idx)?.value,
-        }
+    let Some(loc) = find_in_leaf(pages, &page, id, &geo, key)? else {
+        return Ok(None);
     };
     match loc {
         // The guard takes the leaf over: no second reference count.
         ValueLoc::Inline { start, end } => Ok(Some(PageSlice::in_page(page, start, end))),
         ValueLoc::Overflow { .. } => value_guard(pages, &geo, &page, loc).map(Some),
+    }
+}
+
+/// [`get_cached`] lending the value to `lend` instead of returning a
+/// guard: the leaf is read through [`PageRead::with_page`] (for a
+/// snapshot's reader, borrowed from the page table's head directory under
+/// one reclamation pin, with no reference count change, when the page has
+/// one version in memory), and an inline value is lent straight from it.
+/// An overflow value is read after the leaf is released and lent from a
+/// buffer. `lend` runs inside the leaf's borrow: it must be short. (A key
+/// too long for its cell is compared through its overflow pages inside
+/// the borrow: rare, and only delays reclamation while it reads.)
+pub(crate) fn get_with<P: PageRead, R>(
+    pages: &P,
+    header: &TreeHeader,
+    upper: &UpperPages,
+    key: &[u8],
+    lend: impl FnOnce(&[u8]) -> R,
+) -> Result<Option<R>> {
+    if header.is_empty() {
+        header.validate()?;
+        return Ok(None);
+    }
+    let geo = upper.checked(pages, header)?;
+    let id = leaf_for(pages, header, Some(upper), &geo, key)?;
+    let lent = pages.with_page(id, |leaf| -> Result<Option<_>> {
+        let Some(loc) = find_in_leaf(pages, leaf, id, &geo, key)? else {
+            return Ok(None);
+        };
+        Ok(Some(match loc {
+            ValueLoc::Inline { start, end } => {
+                let value = leaf
+                    .get(start..end)
+                    .ok_or_else(|| super::format::corrupt(id, "value past the page"))?;
+                Ok(lend(value))
+            }
+            // Lent after the borrow ends: reading the chain may block.
+            ValueLoc::Overflow { first, len } => Err((lend, first, len)),
+        }))
+    });
+    // As `read_page` reports it: the id came from a branch page.
+    let lent = lent.map_err(|e| match e {
+        Error::PageOutOfRange(id) => {
+            super::format::corrupt(id, "referenced page is not a data page")
+        }
+        e => e,
+    })??;
+    match lent {
+        None => Ok(None),
+        Some(Ok(value)) => Ok(Some(value)),
+        Some(Err((lend, first, len))) => {
+            let mut value = Vec::new();
+            read_chain(pages, &geo, first, len, &mut value)?;
+            Ok(Some(lend(&value)))
+        }
+    }
+}
+
+/// The leaf `key` lives in (or would go to) in the non-empty tree
+/// `header`; branch pages come from `upper` when given.
+#[inline]
+fn leaf_for<P: PageRead>(
+    pages: &P,
+    header: &TreeHeader,
+    upper: Option<&UpperPages>,
+    geo: &Geometry,
+    key: &[u8],
+) -> Result<PageId> {
+    debug_assert!(!header.is_empty());
+    let mut id = header.root;
+    let mut level = header.height - 1;
+    while level > 0 {
+        let page = branch_page(pages, upper, id, level, geo)?;
+        id = page.descend_for(pages, id, level, geo, key)?.2;
+        level -= 1;
+    }
+    Ok(id)
+}
+
+/// Where `key`'s value lies in leaf `id` (bytes `leaf`), `None` when the
+/// leaf holds no such key.
+#[inline]
+fn find_in_leaf<P: PageRead>(
+    pages: &P,
+    leaf: &[u8],
+    id: PageId,
+    geo: &Geometry,
+    key: &[u8],
+) -> Result<Option<ValueLoc>> {
+    let node = Node::parse(leaf, id, 0, geo)?;
+    // Leaves are mostly cold: overlap the binary search's misses.
+    node.prefetch_cells();
+    let (found, idx) = node.search(pages, key)?;
+    if !found {
+        return Ok(None);
+    }
+    match node.inline_entry(idx) {
+        Some((_, start, end)) => Ok(Some(ValueLoc::Inline { start, end })),
+        None => node.leaf_cell(idx).map(|cell| Some(cell.value)),
     }
 }
 
@@ -261,6 +350,10 @@ const UPPER_PROBES_MAX: usize = 8;
 #[derive(Debug, Default)]
 pub(crate) struct UpperPages {
     tiers: [Tier; 2],
+    /// The root and height of the tree header the cache's lookups
+    /// validated, and the geometry of its pages: later lookups of that tree
+    /// skip both checks (a snapshot's header and page length never change).
+    checked: OnceLock<(PageId, u8, Geometry)>,
     /// Bytes kept (images, indexes and their boxes), at most about
     /// [`UPPER_PAGES_BYTES_MAX`] (concurrent insertions may pass it by a
     /// page each).
@@ -426,6 +519,24 @@ impl UpperPages {
     /// An empty cache (allocates nothing until used).
     pub(crate) fn new() -> Self {
         UpperPages::default()
+    }
+
+    /// Validates `header` (non-empty) and returns the geometry of `pages`,
+    /// once per cache: later calls for the same root, height and page
+    /// length (all a descent uses) return the recorded geometry unchecked.
+    #[inline]
+    fn checked<P: PageRead>(&self, pages: &P, header: &TreeHeader) -> Result<Geometry> {
+        if let Some(&(root, height, geo)) = self.checked.get() {
+            if root == header.root && height == header.height && geo.page_len == pages.page_len() {
+                debug_assert!(header.validate().is_ok());
+                return Ok(geo);
+            }
+        }
+        header.validate()?;
+        let geo = Geometry::new(pages.page_len())?;
+        // Another thread may have recorded the same tree first.
+        let _ = self.checked.set((header.root, header.height, geo));
+        Ok(geo)
     }
 
     /// Whether pages went to the second tier (the first is full).
@@ -1304,6 +1415,59 @@ mod tests {
         );
         let absent = get_cached(&pages, &header, &upper, b"\xff\xff\xff\xff\xff").expect("get");
         assert!(absent.is_none());
+    }
+
+    #[test]
+    fn lent_values_match_guarded_ones_inline_and_in_overflow_pages() {
+        let (mut pages, mut header, mut model) = build(1_500);
+        // Values past a minimum-size page's cell go to overflow pages.
+        for i in 0..20u32 {
+            let key = format!("overflow-{i}").into_bytes();
+            let value = vec![i as u8; 3 * MIN_PAGE_LEN + i as usize];
+            btree::insert(&mut pages.pages, &mut header, &key, &value).expect("insert");
+            model.insert(key, value);
+        }
+        let upper = UpperPages::new();
+        for (key, value) in &model {
+            let lent = get_with(&pages, &header, &upper, key, <[u8]>::to_vec).expect("get_with");
+            assert_eq!(lent.as_ref(), Some(value));
+            let guarded = get_cached(&pages, &header, &upper, key).expect("get");
+            assert_eq!(guarded.as_deref(), Some(&value[..]));
+        }
+        let absent = get_with(&pages, &header, &upper, b"absent", |_| ()).expect("get_with");
+        assert_eq!(absent, None);
+        let empty = get_with(&pages, &TreeHeader::EMPTY, &upper, b"x", |_| ()).expect("empty");
+        assert_eq!(empty, None);
+    }
+
+    #[test]
+    fn headers_are_checked_once_per_tree_and_bad_ones_always_fail() {
+        let (pages, header, model) = build(500);
+        let upper = UpperPages::new();
+        let (key, value) = model.iter().next().expect("an entry");
+        let lent = get_with(&pages, &header, &upper, key, <[u8]>::to_vec).expect("get_with");
+        assert_eq!(lent.as_ref(), Some(value));
+        let bad_height = TreeHeader {
+            height: 0,
+            ..header
+        };
+        let bad_empty = TreeHeader {
+            root: PageId(0),
+            ..header
+        };
+        for bad in [bad_height, bad_empty] {
+            assert!(
+                get_with(&pages, &bad, &upper, key, |_| ()).is_err(),
+                "{bad:?}"
+            );
+            assert!(get_cached(&pages, &bad, &upper, key).is_err(), "{bad:?}");
+        }
+        let got = get_cached(&pages, &header, &upper, key).expect("get");
+        assert_eq!(
+            got.as_deref(),
+            Some(&value[..]),
+            "the good header still reads"
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::page_access::{PageRead, PageWrite};
 
 pub use apply::BatchWriter;
 pub use check::TreeStats;
-pub(crate) use cursor::{get_cached, range_cached, UpperPages};
+pub(crate) use cursor::{get_cached, get_with, range_cached, UpperPages};
 pub use cursor::{KeyGuard, PageSlice, RangeIter, ValueGuard};
 pub use format::{
     FORMAT_VERSION, KIND_BRANCH, KIND_LEAF, KIND_OVERFLOW, MAX_KEY_BYTES, MAX_PAGE_LEN,

@@ -1111,6 +1111,44 @@ impl<'r> ReadOnlyTable<'r> {
         Ok(found.map(ByteView::from_page))
     }
 
+    /// Lends the value under `key` to `read` and returns what it returns;
+    /// `None` when the key is absent. No guard is built: when the leaf has
+    /// one version in memory (the common case) the bytes are borrowed from
+    /// the page cache under one reclamation pin, with no lock and no
+    /// reference count change, and are valid only while `read` runs (like
+    /// LMDB's values, which live as long as their transaction). Values in
+    /// overflow pages, and leaves that are not in the cache or have
+    /// versions newer than other snapshots, are read as [`Self::get`] does
+    /// and lent from there. Sees exactly what [`Self::get`] sees.
+    ///
+    /// `read` runs while this thread holds the pin, during which no page
+    /// image retired by any thread is freed: keep it short (digest,
+    /// compare, decode or copy the bytes); never block in it, nor wait for
+    /// another thread or a write transaction.
+    ///
+    /// ```
+    /// # fn main() -> mmsb_engine::Result<()> {
+    /// # let options = mmsb_engine::Options {
+    /// #     storage: std::sync::Arc::new(mmsb_wal::storage::MemStorage::new()),
+    /// #     ..mmsb_engine::Options::default()
+    /// # };
+    /// # let db = options.open("/doc/get_with.mmsb")?;
+    /// let mut tx = db.begin_write()?;
+    /// tx.open_table("users")?.insert(b"alice", b"42")?;
+    /// tx.commit()?;
+    /// let rx = db.begin_read()?;
+    /// let users = rx.open_table("users")?;
+    /// let len = users.get_with(b"alice", |value| value.len())?;
+    /// assert_eq!(len, Some(2));
+    /// assert_eq!(users.get_with(b"bob", |value| value.to_vec())?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline]
+    pub fn get_with<R>(&self, key: &[u8], read: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+        btree::get_with(self.snapshot, &self.tree, &self.upper, key, read)
+    }
+
     /// Entries with keys in `bounds`, in key order, from either end.
     pub fn range<'k, R: RangeBounds<&'k [u8]>>(&self, bounds: R) -> Result<Range<'r>> {
         let lower = bounds.start_bound().cloned();
