@@ -331,12 +331,20 @@ pub(crate) struct ChangedPage {
     pub original: Arc<[u8]>,
 }
 
-/// Turns private page copies into deltas against the images they started from.
-fn dirty_deltas(dirty: PageMap<DirtyPage>) -> Result<Vec<ChangedPage>> {
-    let mut pages: Vec<_> = dirty.into_iter().collect();
-    pages.sort_unstable_by_key(|(id, _)| *id);
-    let mut out = Vec::with_capacity(pages.len());
-    for (id, page) in pages {
+/// Turns private page copies into deltas against the images they started
+/// from, in page order: the deltas are built (and so allocated) in the
+/// order the encoder and the fold walk them. Only the page ids are sorted;
+/// each record leaves the map once, when its turn comes.
+fn dirty_deltas(mut dirty: PageMap<DirtyPage>) -> Result<Vec<ChangedPage>> {
+    let mut ids: Vec<PageId> = dirty.keys().copied().collect();
+    ids.sort_unstable();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(page) = dirty.remove(&id) else {
+            return Err(Error::Corrupted(format!(
+                "internal: dirty page {id} taken twice"
+            )));
+        };
         let delta = page_delta(id, &page)?;
         if !delta.is_empty() {
             out.push(ChangedPage {

@@ -28,13 +28,14 @@ use std::cmp::Ordering;
 use mmsb_wal::PageId;
 
 use super::cell::{
-    branch_cell_vec, leaf_cell_size, leaf_flags, store_key, write_leaf_cell, KeySpec, ValueSpec,
+    branch_cell_vec, leaf_cell_size, leaf_cell_vec, leaf_flags, store_key, write_leaf_cell,
+    KeySpec, ValueSpec,
 };
 use super::format::{
     corrupt, read_page, Geometry, MAX_KEY_BYTES, MAX_TREE_HEIGHT, MAX_VALUE_BYTES, SLOT_BYTES,
     UNDERFULL_DIVISOR,
 };
-use super::insert::{grow_root, insert_separator, past_append_fill, Split};
+use super::insert::{grow_root, insert_separator, past_append_fill, split_node, Split};
 use super::keys::{cmp_key, load_key, load_key_into, separator};
 use super::node::{Node, NodeMut, ValueLoc};
 use super::TreeHeader;
@@ -236,7 +237,12 @@ impl BatchWriter {
             return Ok(());
         };
         let id = leaf.id;
-        if leaf.upper.is_some() || self.tree != (header.root, header.height) {
+        // The path may end above the leaves (after a split, see
+        // `split_leaf`): then there is no open leaf to append to.
+        if leaf.upper.is_some()
+            || self.tree != (header.root, header.height)
+            || self.path.len() != usize::from(header.height)
+        {
             return Ok(());
         }
         {
@@ -346,7 +352,13 @@ impl BatchWriter {
         let Some(node) = self.path.pop() else {
             return;
         };
-        for fence in [node.lower, node.upper].into_iter().flatten() {
+        self.keep_fence(node.lower);
+        self.keep_fence(node.upper);
+    }
+
+    /// Keeps a dropped fence buffer for reuse (while there is room).
+    fn keep_fence(&mut self, fence: Option<Vec<u8>>) {
+        if let Some(fence) = fence {
             if self.spare_fences.len() < SPARE_FENCES_MAX {
                 self.spare_fences.push(fence);
             }
@@ -462,9 +474,61 @@ impl BatchWriter {
             return Ok(true);
         }
         if !node.insert_cell_with(idx, new_size, |dst| write_leaf_cell(dst, &k, &v))? {
-            return Ok(false);
+            let cell = leaf_cell_vec(&k, &v);
+            return self.split_leaf(pages, header, key, idx, &cell);
         }
         header.len += 1;
+        Ok(true)
+    }
+
+    /// Splits the full cached leaf for the new `cell` (at `idx`, key
+    /// `key`) exactly as the ordinary insert does (the same
+    /// [`split_node`], separators and root growth), up the cached path
+    /// instead of a descent from the root. When no branch split, the path
+    /// keeps the leaf's ancestors (their key ranges are unchanged), so the
+    /// next key descends from the parent, not the root. `false` (nothing
+    /// changed) when the leaf is the root: the ordinary insert grows the
+    /// tree.
+    ///
+    /// [`split_node`]: super::insert::split_node
+    fn split_leaf<P: PageWrite>(
+        &mut self,
+        pages: &mut P,
+        header: &mut TreeHeader,
+        key: &[u8],
+        idx: usize,
+        cell: &[u8],
+    ) -> Result<bool> {
+        let depth = self.path.len();
+        if depth < 2 || self.tree != (header.root, header.height) {
+            return Ok(false);
+        }
+        let geo = &self.geo;
+        let leaf = self.path[depth - 1].id;
+        let mut split = Some(split_node(pages, geo, leaf, 0, idx, cell)?);
+        let mut branch_split = false;
+        for (d, node) in self.path[..depth - 1].iter().enumerate().rev() {
+            let Some(below) = split.take() else { break };
+            let level = u8::try_from(depth - 1 - d)
+                .map_err(|_| corrupt(node.id, "tree deeper than its header allows"))?;
+            // The child the key went down to: where the separator goes.
+            let pos = {
+                let page = read_page(pages, node.id)?;
+                Node::parse(&page, node.id, level, geo)?.child_pos_for(pages, key)?
+            };
+            split = insert_separator(pages, geo, node.id, level, pos, below)?;
+            branch_split |= split.is_some();
+        }
+        if let Some(split) = split {
+            grow_root(pages, geo, header, split)?;
+        }
+        header.len += 1;
+        if branch_split || self.tree != (header.root, header.height) {
+            self.path.clear();
+        } else {
+            // The parent now holds the separator; its own range is as before.
+            self.drop_last();
+        }
         Ok(true)
     }
 

@@ -413,8 +413,14 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// The raw bytes of cell `i`.
+    /// The raw bytes of cell `i` (an inline leaf cell: the checks of
+    /// [`Node::inline_entry`], the slot read once).
     pub(crate) fn cell_bytes(&self, i: usize) -> Result<&'a [u8]> {
+        if self.kind == NodeKind::Leaf {
+            if let Some((key_start, _, value_end)) = self.inline_entry(i) {
+                return Ok(&self.b[key_start - LEAF_CELL_HEADER_BYTES..value_end]);
+            }
+        }
         let off = self.cell_off(i)?;
         let size = self.cell_size(i)?;
         Ok(&self.b[off..off + size])
@@ -432,21 +438,38 @@ impl<'a> Node<'a> {
 
     /// Where a cell of `size` bytes fits in a hole of the cell area (free
     /// bytes between cells, counted in `frag`): the start that ends it at
-    /// the top of the smallest such hole, `None` when no hole is large
-    /// enough. Errors on overlapping cells.
+    /// the top of the smallest such hole (the lowest of equal ones), `None`
+    /// when no hole is large enough. Errors on overlapping cells.
+    ///
+    /// One pass over the slots marks the cells in a bitmap of the cell area
+    /// (no sort), then the holes are its runs of clear bits.
     pub(crate) fn hole_for(&self, size: usize) -> Result<Option<usize>> {
-        let mut best: Option<(usize, usize)> = None;
-        let mut free_from = self.content;
-        let holes_then_end = self.cell_spans()?.into_iter().chain([(self.b.len(), 0)]);
-        for (off, cell_size) in holes_then_end {
-            if off < free_from || off > self.b.len() {
+        let area = self.b.len() - self.content;
+        let words = area.div_ceil(u64::BITS as usize);
+        let mut inline = [0u64; OCCUPANCY_INLINE_WORDS];
+        let mut heap = Vec::new();
+        let bits: &mut [u64] = if words <= OCCUPANCY_INLINE_WORDS {
+            &mut inline[..words]
+        } else {
+            heap.resize(words, 0);
+            &mut heap
+        };
+        for i in 0..self.count {
+            let off = self.cell_off(i)? - self.content;
+            let end = off + self.cell_size(i)?;
+            if end > area || !mark_clear_bits(bits, off, end) {
                 return Err(corrupt(self.id, "cells overlap"));
             }
-            let hole = off - free_from;
+        }
+        let mut best: Option<(usize, usize)> = None;
+        let mut pos = 0;
+        while let Some(free) = next_bit(bits, pos, false).filter(|&free| free < area) {
+            let used = next_bit(bits, free, true).map_or(area, |used| used.min(area));
+            let hole = used - free;
             if hole >= size && best.is_none_or(|(smallest, _)| hole < smallest) {
-                best = Some((hole, off - size));
+                best = Some((hole, self.content + used - size));
             }
-            free_from = off + cell_size;
+            pos = used;
         }
         Ok(best.map(|(_, start)| start))
     }
@@ -798,6 +821,46 @@ pub(crate) fn parse_branch_cell<'a>(
     (size <= geo.max_cell).then_some(BranchCell { key, size })
 }
 
+/// Words of the cell-area bitmap [`Node::hole_for`] keeps on the stack
+/// (one bit per byte: a cell area of up to 4 KiB).
+const OCCUPANCY_INLINE_WORDS: usize = 64;
+
+/// Sets bits `lo..hi` of `bits` (bit `i` is bit `i % 64` of word
+/// `i / 64`); `false`, with some bits maybe set, when one already was.
+fn mark_clear_bits(bits: &mut [u64], lo: usize, hi: usize) -> bool {
+    const W: usize = u64::BITS as usize;
+    debug_assert!(lo <= hi && hi <= bits.len() * W);
+    let mut at = lo;
+    while at < hi {
+        let (word, from) = (at / W, at % W);
+        // Bits of this word in the range: 1 to 64.
+        let n = (hi - at).min(W - from);
+        let mask = (u64::MAX >> (W - n)) << from;
+        if bits[word] & mask != 0 {
+            return false;
+        }
+        bits[word] |= mask;
+        at += n;
+    }
+    true
+}
+
+/// The first bit at or after `from` that is set (`set`) or clear; `None`
+/// past the last word.
+fn next_bit(bits: &[u64], from: usize, set: bool) -> Option<usize> {
+    const W: usize = u64::BITS as usize;
+    let flip = if set { 0 } else { u64::MAX };
+    let mut word = from / W;
+    let mut x = (*bits.get(word)? ^ flip) & (u64::MAX << (from % W));
+    loop {
+        if x != 0 {
+            return Some(word * W + x.trailing_zeros() as usize);
+        }
+        word += 1;
+        x = *bits.get(word)? ^ flip;
+    }
+}
+
 /// In-place edits of a leaf or branch page.
 pub(crate) struct NodeMut<'a> {
     b: &'a mut [u8],
@@ -898,6 +961,19 @@ impl<'a> NodeMut<'a> {
         self.note(OFF_FRAG..OFF_FRAG + 2);
     }
 
+    /// Sets the cell count, content start and garbage bytes together,
+    /// noting the three adjacent header fields as one range (one note
+    /// instead of three for an insert or a removal).
+    fn set_header(&mut self, count: usize, content: usize, frag: usize) {
+        const { assert!(OFF_CONTENT == OFF_COUNT + 2 && OFF_FRAG == OFF_CONTENT + 2) };
+        debug_assert!(count <= u16::MAX as usize && content <= u16::MAX as usize);
+        debug_assert!(frag <= u16::MAX as usize);
+        wr_u16(self.b, OFF_COUNT, count as u16);
+        wr_u16(self.b, OFF_CONTENT, content as u16);
+        wr_u16(self.b, OFF_FRAG, frag as u16);
+        self.note(OFF_COUNT..OFF_FRAG + 2);
+    }
+
     /// Sets the leftmost child of a branch.
     pub(crate) fn set_leftmost(&mut self, child: PageId) {
         debug_assert_eq!(self.kind, NodeKind::Branch);
@@ -957,14 +1033,14 @@ impl<'a> NodeMut<'a> {
         wr_u16(self.b, slot, start as u16);
         self.note(start..start + size);
         self.note(slot..slots_end + SLOT_BYTES);
-        self.set_count(count + 1);
+        // Read again: a compaction may have moved the content start.
+        let (content, frag) = (self.view().content, self.view().frag);
         if hole.is_some() {
-            let frag = self.view().frag;
             debug_assert!(frag >= size, "a hole is counted in the free bytes");
-            self.set_frag(frag - size);
+            self.set_header(count + 1, content, frag - size);
             debug_assert!(self.view().layout_is_consistent());
         } else {
-            self.set_content(start);
+            self.set_header(count + 1, start, frag);
         }
         Ok(true)
     }
@@ -1001,8 +1077,8 @@ impl<'a> NodeMut<'a> {
         }
         self.note(start..cells_end);
         self.note(slot..slots_end + shift);
-        self.set_count(count + cells.len());
-        self.set_content(start);
+        let frag = self.view().frag;
+        self.set_header(count + cells.len(), start, frag);
         Ok(true)
     }
 
@@ -1028,16 +1104,15 @@ impl<'a> NodeMut<'a> {
         );
         self.note(hdr + range.start * SLOT_BYTES..slots_end);
         let left = count - range.len();
-        self.set_count(left);
         if left == 0 {
             content = self.b.len();
             frag = 0;
         }
         if frag > self.b.len() - content {
+            self.set_count(left);
             return Err(corrupt(self.id, "cells overlap"));
         }
-        self.set_content(content);
-        self.set_frag(frag);
+        self.set_header(left, content, frag);
         Ok(())
     }
 
@@ -1357,6 +1432,37 @@ mod hole_tests {
         assert_eq!(entries(&page, &geo)[2], (vec![b'k', 2], vec![9; 60]));
     }
 
+    /// The hole [`Node::hole_for`] must find, by the first method: the
+    /// cells sorted by offset, the gaps between them in order.
+    fn hole_for_sorted(node: &Node<'_>, size: usize) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        let mut free_from = node.content_start();
+        let len = node.bytes().len();
+        let spans = node.cell_spans().expect("spans");
+        for (off, cell_size) in spans.into_iter().chain([(len, 0)]) {
+            let hole = off - free_from;
+            if hole >= size && best.is_none_or(|(smallest, _)| hole < smallest) {
+                best = Some((hole, off - size));
+            }
+            free_from = off + cell_size;
+        }
+        best.map(|(_, start)| start)
+    }
+
+    #[test]
+    fn bitmap_helpers_find_runs_across_words() {
+        let mut bits = [0u64; 3];
+        assert!(mark_clear_bits(&mut bits, 60, 130));
+        assert!(!mark_clear_bits(&mut bits, 129, 131), "overlap");
+        assert_eq!(next_bit(&bits, 0, true), Some(60));
+        assert_eq!(next_bit(&bits, 60, false), Some(130));
+        assert_eq!(next_bit(&bits, 0, false), Some(0));
+        assert_eq!(next_bit(&bits, 131, true), None);
+        assert!(mark_clear_bits(&mut bits, 131, 192));
+        assert_eq!(next_bit(&bits, 61, false), Some(130));
+        assert_eq!(next_bit(&bits, 131, false), None);
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u8, usize),
@@ -1412,6 +1518,13 @@ mod hole_tests {
                 }
                 let node = Node::parse(&page, ID, 0, &geo).expect("parse");
                 prop_assert!(node.layout_is_consistent());
+                for size in [1, 9, 40, 70, 130, 400] {
+                    prop_assert_eq!(
+                        node.hole_for(size).expect("holes"),
+                        hole_for_sorted(&node, size),
+                        "hole for {} bytes", size
+                    );
+                }
                 prop_assert!(equal_outside(&old, &page, &written));
                 let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 prop_assert_eq!(entries(&page, &geo), want);

@@ -41,8 +41,19 @@ const DIFF_SPAN_BYTES: usize = 8 * DIFF_BLOCK_BYTES;
 /// slots split it).
 const RUNS_PER_WINDOW_HINT: usize = 2;
 
+/// Runs a whole-page diff makes room for up front (a new page: its
+/// header, its slot array and its cells).
+const WHOLE_PAGE_RUNS_HINT: usize = 8;
+
 /// Bytes of the words the scan inside a window compares at once.
 const WORD_BYTES: usize = 8;
+
+/// Bytes [`run_end`] compares at once into one bit mask, before it goes
+/// on word by word; one bit per byte of a `u32`.
+const MASK_BLOCK_BYTES: usize = 32;
+
+const _: () = assert!(MASK_BLOCK_BYTES == u32::BITS as usize);
+const _: () = assert!(DIFF_GAP_JOIN_LEN <= MASK_BLOCK_BYTES);
 
 const _: () = assert!(DIFF_BLOCK_BYTES > DIFF_GAP_JOIN_LEN);
 // `run_end`: an equal stretch inside a word that differs (at most
@@ -63,7 +74,16 @@ pub(crate) fn page_delta(page_id: PageId, old: &[u8], new: &[u8]) -> Result<Delt
         window_end: 0,
         windows: None::<std::iter::Empty<(usize, usize)>>,
     };
-    Ok(Delta::from_sorted_runs(page_id, runs)?)
+    // The runs first, then the delta with exactly their room: a new page's
+    // payload (a split's new half) does not regrow, a small change (the
+    // meta page's counters) takes no more than it needs.
+    let mut found: Vec<DeltaRun<'_>> = Vec::with_capacity(WHOLE_PAGE_RUNS_HINT);
+    found.extend(runs);
+    let payload: usize = found.iter().map(|run| run.bytes.len()).sum();
+    let run_count = found.len();
+    Ok(Delta::from_sorted_runs_reserved(
+        page_id, found, run_count, payload,
+    )?)
 }
 
 /// The delta that turns `old` into `new` when they differ only inside
@@ -183,15 +203,19 @@ fn next_window(old: &[u8], new: &[u8], from: usize) -> Option<(usize, usize)> {
 /// before `limit`, by another difference (the equal byte at `limit`, a
 /// window's end, never is). That is the start of the first stretch of
 /// equal bytes that is at least [`DIFF_GAP_JOIN_LEN`] long or reaches
-/// `limit`; found a word at a time by carrying the length of the equal
-/// stretch that ends the previous word (a stretch inside one word that
-/// differs somewhere is shorter than a word, so too short to end the run).
+/// `limit`; found [`MASK_BLOCK_BYTES`] bytes at a time while whole blocks
+/// remain ([`run_end_blocks`]), then a word at a time, carrying the length
+/// of the equal stretch that ends the previous block or word (a stretch
+/// inside one word that differs somewhere is shorter than a word, so too
+/// short to end the run).
 fn run_end(old: &[u8], new: &[u8], start: usize, limit: usize) -> usize {
-    let (old_words, _) = old[start..limit].as_chunks::<WORD_BYTES>();
-    let (new_words, _) = new[start..limit].as_chunks::<WORD_BYTES>();
     // Equal bytes right before `pos` (fewer than DIFF_GAP_JOIN_LEN).
-    let mut equal = 0usize;
-    let mut pos = start;
+    let (mut pos, mut equal) = match run_end_blocks(old, new, start, limit) {
+        BlockScan::End(end) => return end,
+        BlockScan::Stopped { pos, equal } => (pos, equal),
+    };
+    let (old_words, _) = old[pos..limit].as_chunks::<WORD_BYTES>();
+    let (new_words, _) = new[pos..limit].as_chunks::<WORD_BYTES>();
     for (a, b) in old_words.iter().zip(new_words) {
         let x = u64::from_le_bytes(*a) ^ u64::from_le_bytes(*b);
         if !has_zero_byte(x) {
@@ -223,6 +247,89 @@ fn run_end(old: &[u8], new: &[u8], start: usize, limit: usize) -> usize {
         pos += 1;
     }
     limit - equal
+}
+
+/// Where [`run_end_blocks`] left off.
+enum BlockScan {
+    /// The run ends here.
+    End(usize),
+    /// No end in the whole blocks before `pos`; `equal` bytes right before
+    /// `pos` are equal (fewer than [`DIFF_GAP_JOIN_LEN`]).
+    Stopped { pos: usize, equal: usize },
+}
+
+/// [`run_end`] over the whole [`MASK_BLOCK_BYTES`]-byte blocks from
+/// `start`: one bit per byte says "equal" (a mask the compiler builds with
+/// vector compares), runs of [`DIFF_GAP_JOIN_LEN`] set bits are found with
+/// a few shifts, and the equal bytes at a block's top carry into the next.
+fn run_end_blocks(old: &[u8], new: &[u8], start: usize, limit: usize) -> BlockScan {
+    let (old_blocks, _) = old[start..limit].as_chunks::<MASK_BLOCK_BYTES>();
+    let (new_blocks, _) = new[start..limit].as_chunks::<MASK_BLOCK_BYTES>();
+    let mut equal = 0usize;
+    let mut pos = start;
+    for (a, b) in old_blocks.iter().zip(new_blocks) {
+        let mask = equal_mask(a, b);
+        // Equal bytes at the block's low (first) end: all when every one is.
+        let low = mask.trailing_ones() as usize;
+        if equal + low >= DIFF_GAP_JOIN_LEN {
+            return BlockScan::End(pos - equal);
+        }
+        let stretches = stretch_starts(mask);
+        if stretches != 0 {
+            return BlockScan::End(pos + stretches.trailing_zeros() as usize);
+        }
+        equal = mask.leading_ones() as usize;
+        pos += MASK_BLOCK_BYTES;
+    }
+    BlockScan::Stopped { pos, equal }
+}
+
+/// Bit `i` set where byte `i` of `a` equals byte `i` of `b`: two SSE2
+/// byte compares and their sign masks (SSE2 is part of every x86_64 CPU).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn equal_mask(a: &[u8; MASK_BLOCK_BYTES], b: &[u8; MASK_BLOCK_BYTES]) -> u32 {
+    use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8};
+    const HALF: usize = MASK_BLOCK_BYTES / 2;
+    let (a_lo, a_hi) = a.split_at(HALF);
+    let (b_lo, b_hi) = b.split_at(HALF);
+    // SAFETY: each unaligned load reads 16 bytes of a 16-byte slice; SSE2
+    // is enabled on every x86_64 target.
+    let (lo, hi) = unsafe {
+        let load = |half: &[u8]| _mm_loadu_si128(half.as_ptr().cast::<__m128i>());
+        (
+            _mm_movemask_epi8(_mm_cmpeq_epi8(load(a_lo), load(b_lo))),
+            _mm_movemask_epi8(_mm_cmpeq_epi8(load(a_hi), load(b_hi))),
+        )
+    };
+    // Each mask holds 16 bits in the low half of an i32.
+    (lo as u32 & 0xffff) | ((hi as u32) << HALF)
+}
+
+/// Bit `i` set where byte `i` of `a` equals byte `i` of `b`.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn equal_mask(a: &[u8; MASK_BLOCK_BYTES], b: &[u8; MASK_BLOCK_BYTES]) -> u32 {
+    let mut mask = 0u32;
+    for i in 0..MASK_BLOCK_BYTES {
+        mask |= u32::from(a[i] == b[i]) << i;
+    }
+    mask
+}
+
+/// Bit `i` set where bits `i..i + DIFF_GAP_JOIN_LEN` of `mask` all are:
+/// the starts of equal stretches long enough to end a run, inside the
+/// block (bits past the top count as clear).
+#[inline]
+fn stretch_starts(mask: u32) -> u32 {
+    let mut starts = mask;
+    let mut have = 1;
+    while have < DIFF_GAP_JOIN_LEN {
+        let step = have.min(DIFF_GAP_JOIN_LEN - have);
+        starts &= starts >> step;
+        have += step;
+    }
+    starts
 }
 
 /// Whether some byte of `x` is zero (exact: a borrow only reaches bytes
@@ -267,6 +374,23 @@ mod tests {
         let mut applied = old.to_vec();
         fast.apply(&mut applied).unwrap();
         assert_eq!(applied, new);
+    }
+
+    #[test]
+    fn stretch_starts_marks_long_enough_equal_stretches() {
+        assert_eq!(stretch_starts(0), 0);
+        assert_eq!(
+            stretch_starts(u32::MAX),
+            u32::MAX >> (DIFF_GAP_JOIN_LEN - 1)
+        );
+        let stretch = ((1u32 << DIFF_GAP_JOIN_LEN) - 1) << 5;
+        assert_eq!(stretch_starts(stretch), 1 << 5);
+        assert_eq!(stretch_starts((stretch >> 1) & stretch), 0, "one short");
+        let mut a = [0u8; MASK_BLOCK_BYTES];
+        let b = [0u8; MASK_BLOCK_BYTES];
+        a[3] = 1;
+        a[31] = 9;
+        assert_eq!(equal_mask(&a, &b), !((1 << 3) | (1 << 31)));
     }
 
     #[test]
@@ -358,6 +482,32 @@ mod tests {
                 .collect();
             check_same_as_from_diff(&old, &new);
             let whole = std::iter::once(0..len);
+            prop_assert_eq!(
+                page_delta_in(PAGE, &old, &new, whole).unwrap(),
+                Delta::from_diff(PAGE, &old, &new).unwrap()
+            );
+        }
+
+        /// Long runs broken by equal stretches of every length around
+        /// the join distance, at every offset of a mask block: the block
+        /// scan, its carry and the word tail end runs where `from_diff` does.
+        #[test]
+        fn long_runs_end_where_from_diff_ends_them(
+            pieces in prop::collection::vec((0usize..80, 0usize..14), 1..24),
+            lead in 0usize..40,
+        ) {
+            let mut old = vec![0u8; lead];
+            let mut new = vec![0u8; lead];
+            for (i, &(differ, same)) in pieces.iter().enumerate() {
+                for k in 0..differ {
+                    old.push(k as u8);
+                    new.push((k as u8).wrapping_add(1 + i as u8));
+                }
+                old.extend(std::iter::repeat_n(7u8, same));
+                new.extend(std::iter::repeat_n(7u8, same));
+            }
+            check_same_as_from_diff(&old, &new);
+            let whole = std::iter::once(0..new.len());
             prop_assert_eq!(
                 page_delta_in(PAGE, &old, &new, whole).unwrap(),
                 Delta::from_diff(PAGE, &old, &new).unwrap()

@@ -73,12 +73,14 @@ impl WrittenRanges {
             return;
         };
         let join = DIFF_GAP_JOIN_LEN as u32;
-        // The ranges the new one touches or comes within `join` of.
-        let first =
-            self.ranges[..self.len].partition_point(|&(_, e)| e.saturating_add(join) < start);
-        let last = self.ranges[..self.len].partition_point(|&(s, _)| s <= end.saturating_add(join));
+        let (first, last) = self.touched(start, end.saturating_add(join));
         if first < last {
-            start = start.min(self.ranges[first].0);
+            let (s, e) = self.ranges[first];
+            if last - first == 1 && s <= start && end <= e {
+                // Already covered (a header field noted again): no change.
+                return;
+            }
+            start = start.min(s);
             end = end.max(self.ranges[last - 1].1);
         } else if self.len == WRITTEN_RANGES_MAX {
             self.set_whole();
@@ -94,6 +96,25 @@ impl WrittenRanges {
         self.ranges[first] = (start, end);
         self.len = self.len + 1 - removed;
         debug_assert!(self.check());
+    }
+
+    /// The ranges `first..last` that a new range starting at `start` and
+    /// ending (with the join distance added) at `reach` touches or comes
+    /// within the join distance of. A linear scan: there are at most
+    /// [`WRITTEN_RANGES_MAX`] ranges, usually one to three.
+    #[inline]
+    fn touched(&self, start: u32, reach: u32) -> (usize, usize) {
+        let join = DIFF_GAP_JOIN_LEN as u32;
+        let ranges = &self.ranges[..self.len];
+        let mut first = 0;
+        while first < ranges.len() && ranges[first].1.saturating_add(join) < start {
+            first += 1;
+        }
+        let mut last = first;
+        while last < ranges.len() && ranges[last].0 <= reach {
+            last += 1;
+        }
+        (first, last)
     }
 
     /// The noted ranges, sorted, each at least [`DIFF_GAP_JOIN_LEN`] bytes
@@ -159,6 +180,70 @@ mod tests {
         assert!(w.ranges().is_none());
         w.note(1..2);
         assert!(w.is_whole());
+    }
+
+    /// The ranges as first written (two binary searches, no shortcut for
+    /// a covered range): the reference the linear scan must match.
+    fn note_reference(w: &mut WrittenRanges, range: Range<usize>) {
+        if w.whole || range.is_empty() {
+            return;
+        }
+        let (mut start, mut end) = (range.start as u32, range.end as u32);
+        let join = DIFF_GAP_JOIN_LEN as u32;
+        let first = w.ranges[..w.len].partition_point(|&(_, e)| e.saturating_add(join) < start);
+        let last = w.ranges[..w.len].partition_point(|&(s, _)| s <= end.saturating_add(join));
+        if first < last {
+            start = start.min(w.ranges[first].0);
+            end = end.max(w.ranges[last - 1].1);
+        } else if w.len == WRITTEN_RANGES_MAX {
+            w.set_whole();
+            return;
+        }
+        let removed = last - first;
+        if removed == 0 {
+            w.ranges.copy_within(first..w.len, first + 1);
+        } else {
+            w.ranges.copy_within(last..w.len, first + 1);
+        }
+        w.ranges[first] = (start, end);
+        w.len = w.len + 1 - removed;
+    }
+
+    #[test]
+    fn a_covered_range_changes_nothing() {
+        let mut w = WrittenRanges::default();
+        w.note(4..10);
+        w.note(200..300);
+        let before = w.clone();
+        w.note(6..8);
+        w.note(250..300);
+        assert_eq!(w, before);
+        w.note(295..305);
+        assert_eq!(
+            w.ranges().unwrap().collect::<Vec<_>>(),
+            vec![4..10, 200..305]
+        );
+    }
+
+    proptest! {
+        /// The linear scan with its covered-range shortcut keeps exactly
+        /// the ranges of the reference (binary search) version.
+        #[test]
+        fn matches_the_reference_note(notes in prop::collection::vec((0usize..600, 0usize..40), 0..16)) {
+            let mut w = WrittenRanges::default();
+            let mut reference = WrittenRanges::default();
+            for &(start, n) in &notes {
+                w.note(start..start + n);
+                note_reference(&mut reference, start..start + n);
+                prop_assert_eq!(w.is_whole(), reference.is_whole());
+                if !w.is_whole() {
+                    prop_assert_eq!(
+                        w.ranges().unwrap().collect::<Vec<_>>(),
+                        reference.ranges().unwrap().collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
     }
 
     proptest! {

@@ -170,6 +170,27 @@ fn an_ordered_load_starts_new_leaves_without_a_descent() {
 }
 
 #[test]
+fn middle_splits_go_up_the_cached_path_without_a_descent() {
+    // Small pages, several branch levels: the odd keys land between the
+    // loaded even ones, splitting leaves in the middle (and branches above
+    // them); every such write stays on the fast path and leaves the same
+    // pages as one ordinary insert per key.
+    let ids = |odd: u16| {
+        (1..3000u16)
+            .filter(move |id| !id.is_multiple_of(97) && id % 2 == odd)
+            .map(|id| (id, Some((20, id as u8))))
+            .collect::<Vec<Write>>()
+    };
+    let (evens, odds) = (ids(0), ids(1));
+    let n = (evens.len() + odds.len()) as u64;
+    for sorted in [true, false] {
+        let fast = run(512, &[(evens.clone(), true), (odds.clone(), sorted)]).expect("agree");
+        // Only the writes into the one-leaf tree's root split take the slow path.
+        assert!(fast + 2 >= n, "{fast} of {n} writes took the fast path");
+    }
+}
+
+#[test]
 fn apply_sorted_appends_an_ordered_load_in_the_open_leaf() {
     let page_len = 4080;
     let entries: Vec<(Vec<u8>, Vec<u8>)> = (1..3000u16)
