@@ -51,8 +51,8 @@ use crate::meta::{Meta, META_PAGE};
 use crate::metrics::{timed, Metrics, MetricsSnapshot};
 use crate::mvcc::{CommitLog, IsolationLevel, ReadTransaction, Transaction};
 use crate::page_file::{
-    seal_page, FileHeader, PageFile, DEFAULT_PAGE_SIZE, HEADER_MAGIC, MAX_PAGE_SIZE,
-    PAGE_TRAILER_LEN,
+    seal_page, FileHeader, PageFile, WriteBackBuffer, DEFAULT_PAGE_SIZE, HEADER_MAGIC,
+    IN_PLACE_RUN_MAX_BYTES, MAX_PAGE_SIZE, PAGE_TRAILER_LEN,
 };
 use crate::page_hash::{PageMap, PageSet};
 use crate::page_table::PageTable;
@@ -1533,20 +1533,24 @@ impl Shared {
         // Pages allocated since the last checkpoint are written even when
         // they were never changed (zeros), so every page below the new page
         // count is sealed on disk.
+        // Only the dirty pages the checkpoint on disk holds are sorted: the
+        // fresh ones are the whole range past them, in order already.
         let mut page_ids: Vec<PageId> = dirty
             .into_iter()
-            .chain((previous.page_count..meta.page_count).map(PageId))
-            .filter(|id| id.get() < meta.page_count)
+            .filter(|id| id.get() < previous.page_count.min(meta.page_count))
             .collect();
         page_ids.sort_unstable();
-        page_ids.dedup();
+        page_ids.extend((previous.page_count..meta.page_count).map(PageId));
+        debug_assert!(page_ids.windows(2).all(|pair| pair[0] < pair[1]));
         let chunk_pages = self.checkpoint_chunk_pages(CHECKPOINT_CHUNK_PAGES);
+        let mut buffer = WriteBackBuffer::new(self.page_file.page_size());
         for chunk in page_ids.chunks(chunk_pages) {
             // Only pages the checkpoint on disk holds get a double-write
             // copy: torn-write protection needs no more (see
             // `write_back_chunk`), and fresh pages copied would only grow
             // the file (a bulk load's last chunk: megabytes).
-            written += self.write_back_chunk(seq, chunk, epoch, previous.page_count)?;
+            written +=
+                self.write_back_chunk(seq, chunk, epoch, previous.page_count, &mut buffer)?;
         }
         let header = FileHeader {
             checkpoint_seq: seq,
@@ -1611,33 +1615,40 @@ impl Shared {
     /// [`crate::page_file::DOUBLE_WRITE_RETAINED_MAX_BYTES`] is emptied (it
     /// has done its job); a smaller one stays to repair later damage to the
     /// pages it holds.
+    ///
+    /// `chunk` is in increasing id order; its pages are sealed straight into
+    /// `buffer` (reused by every chunk of the checkpoint) and each run of
+    /// consecutive ids goes in place with one write
+    /// ([`PageFile::write_back_runs`]).
     fn write_back_chunk(
         &self,
         seq: u64,
         chunk: &[PageId],
         epoch: CommitEpoch,
         copy_below: u64,
+        buffer: &mut WriteBackBuffer,
     ) -> Result<usize> {
         debug_assert!(copy_below >= self.durable_page_count());
-        let mut sealed = Vec::with_capacity(chunk.len());
-        for &page_id in chunk {
-            let image = self.read_page_at(page_id, epoch)?;
-            // A pooled scratch frame (fully overwritten by the seal).
-            let mut page = self.page_file.frames().alloc_or_unpooled();
-            seal_page(page_id, &image, epoch, &mut page);
-            sealed.push((page_id, page));
-        }
-        let overwritten: Vec<(PageId, &[u8])> = sealed
-            .iter()
-            .filter(|(page_id, _)| page_id.get() < copy_below)
-            .map(|(page_id, page)| (*page_id, &page[..]))
-            .collect();
-        let double_written = !overwritten.is_empty();
-        if double_written {
-            self.page_file.write_double_write(seq, &overwritten)?;
-        }
-        for (page_id, page) in &sealed {
-            self.page_file.write_sealed(*page_id, page)?;
+        // Without double-write copies (ids increase: the first is the
+        // lowest) pages are sealed and written one run at a time, so the
+        // buffer the kernel copies from stays small and hot in the cache.
+        let needs_copies = chunk.first().is_some_and(|id| id.get() < copy_below);
+        let part_pages = if needs_copies {
+            chunk.len()
+        } else {
+            IN_PLACE_RUN_MAX_BYTES / self.page_file.page_size() as usize
+        };
+        let mut double_written = false;
+        for part in chunk.chunks(part_pages.max(1)) {
+            buffer.clear();
+            for &page_id in part {
+                let image = self.read_page_at(page_id, epoch)?;
+                seal_page(page_id, &image, epoch, buffer.push(page_id));
+            }
+            double_written |= self
+                .page_file
+                .write_double_write_below(seq, buffer, copy_below)?;
+            self.page_file.write_back_runs(buffer)?;
         }
         self.page_file.sync("sync written-back pages")?;
         if double_written {
@@ -1646,7 +1657,7 @@ impl Shared {
             self.page_file.retire_double_write()?;
         }
         Metrics::add(&self.metrics.data_fsyncs, 1 + u64::from(double_written));
-        Ok(sealed.len())
+        Ok(chunk.len())
     }
 
     fn metrics_snapshot(&self) -> MetricsSnapshot {

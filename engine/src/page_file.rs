@@ -20,6 +20,7 @@
 //! This module knows nothing of transactions, versions or the TLog.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use mmsb_wal::storage::{Storage, StorageFile};
@@ -201,6 +202,10 @@ pub struct PageFile {
     write_ended: Condvar,
     /// Scratch frames for reads and write-back (see [`SCRATCH_FRAMES_BYTES_MAX`]).
     frames: PageFramePool,
+    /// Whether this page file synced the directory after writing the
+    /// double-write file (its entry is durable from then on, until the file
+    /// goes missing).
+    dwb_dir_synced: AtomicBool,
 }
 
 /// Times a page read that fails verification is read again because
@@ -217,6 +222,14 @@ const IN_PLACE_WRITE_WAIT_MS_MAX: u64 = 10_000;
 /// The most memory the page file's scratch frame pool keeps (read buffers,
 /// checkpoint write-back buffers); past it, scratch frames come from the heap.
 pub const SCRATCH_FRAMES_BYTES_MAX: usize = 16 << 20;
+
+/// Longest in-place write a checkpoint issues: a run of consecutive pages
+/// is written with one `pwrite` of at most this many bytes (256 pages of
+/// 4 KiB), so the per-call costs of a write (the system call, the CRC
+/// table's lock pair, the file system's per-write work) are paid once per
+/// run rather than once per page, while a read that meets a page being
+/// written waits for at most this much to land.
+pub const IN_PLACE_RUN_MAX_BYTES: usize = 1 << 20;
 
 /// Frames per thread-cache magazine of the scratch pool: a reader uses one
 /// frame at a time, so each thread keeps at most 16 idle (64 KiB at 4 KiB).
@@ -284,9 +297,18 @@ impl CrcTable {
     /// Records the CRC of a page about to be written in place; call
     /// [`CrcTable::finish_write`] once the write returned.
     fn record_write(&mut self, page_id: PageId, crc: u32) {
+        self.record_run_write(page_id, std::iter::once(crc));
+    }
+
+    /// Records the CRCs of consecutive pages from `first` about to be
+    /// written in place by one write (one write in flight, however many
+    /// pages); call [`CrcTable::finish_write`] once it returned.
+    fn record_run_write(&mut self, first: PageId, crcs: impl Iterator<Item = u32>) {
         self.writes = self.writes.wrapping_add(1);
         self.writes_in_flight += 1;
-        self.record(page_id, crc);
+        for (index, crc) in (0u64..).zip(crcs) {
+            self.record(PageId(first.get() + index), crc);
+        }
     }
 
     /// Counts the end of a write [`CrcTable::record_write`] began.
@@ -401,6 +423,7 @@ impl PageFile {
             write_end_lock: Mutex::new(()),
             write_ended: Condvar::new(),
             frames,
+            dwb_dir_synced: AtomicBool::new(false),
         })
     }
 
@@ -655,20 +678,69 @@ impl PageFile {
     /// Writes one already sealed page in place (not synced) and records its
     /// CRC in the table.
     pub fn write_sealed(&self, page_id: PageId, sealed: &[u8]) -> Result<()> {
-        debug_assert_eq!(sealed.len(), self.page_size as usize);
+        assert_eq!(sealed.len(), self.page_size as usize, "one whole page");
+        self.write_sealed_run(page_id, sealed)
+    }
+
+    /// Writes sealed pages `first`, `first + 1`, ... (`sealed` holds them
+    /// back to back, a whole number of pages) in place with one write (not
+    /// synced), and records their CRCs in the table.
+    pub fn write_sealed_run(&self, first: PageId, sealed: &[u8]) -> Result<()> {
+        let page_size = self.page_size as usize;
+        assert!(
+            !sealed.is_empty() && sealed.len().is_multiple_of(page_size),
+            "a run is a whole number of pages"
+        );
+        debug_assert!(first.get() >= 1, "page 0 is the header");
         debug_assert!(
-            verify_page(page_id, sealed).is_ok(),
+            (0u64..)
+                .zip(sealed.chunks_exact(page_size))
+                .all(|(index, page)| verify_page(PageId(first.get() + index), page).is_ok()),
             "writing an unsealed page"
         );
-        // Recorded first: a failed write leaves the page unknown either way,
-        // and the database refuses writes until it is reopened.
-        self.crcs.write().record_write(page_id, sealed_crc(sealed));
-        let written = self.write(sealed, self.offset_of(page_id), "write back page");
+        // Recorded first: a failed write leaves the pages unknown either
+        // way, and the database refuses writes until it is reopened.
+        self.crcs
+            .write()
+            .record_run_write(first, sealed.chunks_exact(page_size).map(sealed_crc));
+        let written = self.write(sealed, self.offset_of(first), "write back pages");
         // Counted again once the bytes are in place: a read that began
         // while they were changing records nothing (see `CrcTable::writes`).
         self.crcs.write().finish_write();
         self.end_in_place_write();
         written
+    }
+
+    /// Writes the pages of `buffer` below `copy_below` to the double-write
+    /// file and syncs it ([`write_double_write`](Self::write_double_write));
+    /// returns whether there was any (no file is written otherwise).
+    pub fn write_double_write_below(
+        &self,
+        checkpoint_seq: u64,
+        buffer: &mut WriteBackBuffer,
+        copy_below: u64,
+    ) -> Result<bool> {
+        debug_assert_eq!(buffer.page_size, self.page_size as usize);
+        let (pages, scratch) = buffer.double_write_parts(copy_below);
+        if pages.len() == 0 {
+            return Ok(false);
+        }
+        self.write_double_write_with(checkpoint_seq, pages, scratch)?;
+        Ok(true)
+    }
+
+    /// Writes every page of `buffer` in place (not synced): one write per
+    /// run of consecutive page ids, each at most [`IN_PLACE_RUN_MAX_BYTES`].
+    /// Returns how many writes it issued.
+    pub fn write_back_runs(&self, buffer: &WriteBackBuffer) -> Result<usize> {
+        debug_assert_eq!(buffer.page_size, self.page_size as usize);
+        let run_max_pages = (IN_PLACE_RUN_MAX_BYTES / buffer.page_size).max(1);
+        let mut writes = 0;
+        for (first, sealed) in buffer.runs(run_max_pages) {
+            self.write_sealed_run(first, sealed)?;
+            writes += 1;
+        }
+        Ok(writes)
     }
 
     fn write(&self, bytes: &[u8], offset: u64, context: &str) -> Result<()> {
@@ -696,36 +768,67 @@ impl PageFile {
         checkpoint_seq: u64,
         pages: &[(PageId, P)],
     ) -> Result<()> {
+        let pages = pages
+            .iter()
+            .map(|(page_id, sealed)| (*page_id, sealed.as_ref()));
+        self.write_double_write_with(checkpoint_seq, pages, &mut Vec::new())
+    }
+
+    /// [`write_double_write`](Self::write_double_write) of `pages`, built in
+    /// `scratch` (cleared first; a checkpoint reuses it for every chunk, so
+    /// no buffer is allocated and zeroed per chunk). The body CRC is taken
+    /// as each entry is copied, while it is still in the cache. The
+    /// directory is synced when the file was missing, and the first time
+    /// this page file writes it (its entry may not be durable yet).
+    pub fn write_double_write_with<'p>(
+        &self,
+        checkpoint_seq: u64,
+        pages: impl ExactSizeIterator<Item = (PageId, &'p [u8])>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
         let page_size = self.page_size as usize;
-        let entry_len = 8 + page_size;
-        let mut buf = vec![0u8; DWB_HEADER_LEN + pages.len() * entry_len];
-        for (index, (page_id, sealed)) in pages.iter().enumerate() {
-            let sealed = sealed.as_ref();
-            debug_assert_eq!(sealed.len(), page_size);
-            let at = DWB_HEADER_LEN + index * entry_len;
-            buf[at..at + 8].copy_from_slice(&page_id.get().to_le_bytes());
-            buf[at + 8..at + entry_len].copy_from_slice(sealed);
+        let count = pages.len();
+        scratch.clear();
+        scratch.reserve(DWB_HEADER_LEN + count * (8 + page_size));
+        scratch.extend_from_slice(&[0u8; DWB_HEADER_LEN]);
+        let mut body = crc32fast::Hasher::new();
+        for (page_id, sealed) in pages {
+            assert_eq!(sealed.len(), page_size, "one whole page");
+            let id = page_id.get().to_le_bytes();
+            scratch.extend_from_slice(&id);
+            scratch.extend_from_slice(sealed);
+            body.update(&id);
+            body.update(sealed);
         }
-        buf[0..8].copy_from_slice(&DWB_MAGIC);
-        buf[8..16].copy_from_slice(&checkpoint_seq.to_le_bytes());
-        buf[16..24].copy_from_slice(&(pages.len() as u64).to_le_bytes());
-        let crc = crc32fast::hash(&buf[DWB_HEADER_LEN..]);
-        buf[24..28].copy_from_slice(&crc.to_le_bytes());
-        let header_crc = crc32fast::hash(&buf[..28]);
-        buf[28..32].copy_from_slice(&header_crc.to_le_bytes());
+        debug_assert_eq!(scratch.len(), DWB_HEADER_LEN + count * (8 + page_size));
+        scratch[0..8].copy_from_slice(&DWB_MAGIC);
+        scratch[8..16].copy_from_slice(&checkpoint_seq.to_le_bytes());
+        scratch[16..24].copy_from_slice(&(count as u64).to_le_bytes());
+        scratch[24..28].copy_from_slice(&body.finalize().to_le_bytes());
+        let header_crc = crc32fast::hash(&scratch[..28]);
+        scratch[28..32].copy_from_slice(&header_crc.to_le_bytes());
+        let existed = self
+            .storage
+            .exists(&self.dwb_path)
+            .map_err(|err| Error::io("stat double-write file", err))?;
         let dwb = self
             .storage
             .open_file(&self.dwb_path, true)
             .map_err(|err| Error::io("open double-write file", err))?;
         dwb.set_len(0)
             .map_err(|err| Error::io("reset double-write file", err))?;
-        dwb.write_all_at(&buf, 0)
+        dwb.write_all_at(scratch, 0)
             .map_err(|err| Error::io("write double-write file", err))?;
         dwb.sync_data()
             .map_err(|err| Error::io("sync double-write file", err))?;
+        if existed && self.dwb_dir_synced.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.storage
             .sync_dir(&self.dir)
-            .map_err(|err| Error::io("sync database directory", err))
+            .map_err(|err| Error::io("sync database directory", err))?;
+        self.dwb_dir_synced.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The double-write file and its length, `None` when there is none.
@@ -851,6 +954,114 @@ impl PageFile {
             pages.push((page_id, sealed));
         }
         Some(pages)
+    }
+}
+
+/// The sealed pages of one checkpoint chunk, back to back in page id order
+/// in one buffer that the checkpoint reuses for each of its chunks: pages
+/// are sealed straight into it (no scratch frame per page), a run of
+/// consecutive ids is written in place from it with one write
+/// ([`PageFile::write_back_runs`]), and its double-write copy is built in
+/// the second buffer it keeps.
+#[derive(Debug)]
+pub struct WriteBackBuffer {
+    page_size: usize,
+    /// Sealed pages: `ids[i]` occupies `sealed[i * page_size..][..page_size]`.
+    /// Longer than `ids` covers once a smaller chunk follows a larger one
+    /// (kept, so the next chunk does not zero it again).
+    sealed: Vec<u8>,
+    /// Page ids in strictly increasing order.
+    ids: Vec<PageId>,
+    /// Where [`PageFile::write_double_write_with`] builds the double-write image.
+    double_write: Vec<u8>,
+}
+
+impl WriteBackBuffer {
+    /// An empty buffer for pages of `page_size` bytes.
+    pub fn new(page_size: u32) -> Self {
+        let page_size = page_size as usize;
+        assert!(page_size > PAGE_TRAILER_LEN, "a page holds its trailer");
+        WriteBackBuffer {
+            page_size,
+            sealed: Vec::new(),
+            ids: Vec::new(),
+            double_write: Vec::new(),
+        }
+    }
+
+    /// Forgets the pages (keeps the memory).
+    pub fn clear(&mut self) {
+        self.ids.clear();
+    }
+
+    /// Pages held.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether it holds no page.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The page ids held, in increasing order.
+    pub fn page_ids(&self) -> &[PageId] {
+        &self.ids
+    }
+
+    /// Appends page `page_id` (greater than every page held) and returns its
+    /// whole page slot, to be sealed ([`seal_page`]) before it is written.
+    pub fn push(&mut self, page_id: PageId) -> &mut [u8] {
+        assert!(
+            self.ids.last().is_none_or(|last| *last < page_id),
+            "pages are pushed in increasing id order"
+        );
+        let at = self.ids.len() * self.page_size;
+        let end = at + self.page_size;
+        if self.sealed.len() < end {
+            self.sealed.resize(end, 0);
+        }
+        self.ids.push(page_id);
+        &mut self.sealed[at..end]
+    }
+
+    /// Maximal runs of consecutive page ids, each at most `max_pages`
+    /// long: the first id of each and the sealed bytes of its pages.
+    pub fn runs(&self, max_pages: usize) -> impl Iterator<Item = (PageId, &[u8])> + '_ {
+        let max_pages = max_pages.max(1);
+        let mut start = 0;
+        std::iter::from_fn(move || {
+            let first = *self.ids.get(start)?;
+            let mut end = start + 1;
+            while end < self.ids.len()
+                && end - start < max_pages
+                && self.ids[end].get() == first.get() + (end - start) as u64
+            {
+                end += 1;
+            }
+            let bytes = &self.sealed[start * self.page_size..end * self.page_size];
+            start = end;
+            Some((first, bytes))
+        })
+    }
+
+    /// The pages below `limit` (a prefix: ids increase) with their bytes,
+    /// and the double-write scratch buffer, borrowed apart.
+    fn double_write_parts(
+        &mut self,
+        limit: u64,
+    ) -> (
+        impl ExactSizeIterator<Item = (PageId, &[u8])> + '_,
+        &mut Vec<u8>,
+    ) {
+        let count = self.ids.partition_point(|id| id.get() < limit);
+        let page_size = self.page_size;
+        let sealed = &self.sealed;
+        let pages = self.ids[..count]
+            .iter()
+            .enumerate()
+            .map(move |(index, id)| (*id, &sealed[index * page_size..(index + 1) * page_size]));
+        (pages, &mut self.double_write)
     }
 }
 
@@ -1105,6 +1316,113 @@ mod tests {
         let mut page = vec![0u8; 4096];
         seal_page(page_id, &vec![byte; 4080], CommitEpoch(epoch), &mut page);
         page
+    }
+
+    /// A buffer holding `ids`, each page sealed with its id as the byte.
+    fn buffer_of(ids: &[u64]) -> WriteBackBuffer {
+        let mut buffer = WriteBackBuffer::new(4096);
+        for &id in ids {
+            let payload = vec![id as u8; 4080];
+            seal_page(
+                PageId(id),
+                &payload,
+                CommitEpoch(5),
+                buffer.push(PageId(id)),
+            );
+        }
+        buffer
+    }
+
+    #[test]
+    fn runs_are_cut_at_gaps_and_at_the_cap() {
+        let buffer = buffer_of(&[2, 3, 4, 5, 9, 11, 12]);
+        let runs: Vec<(u64, usize)> = buffer
+            .runs(3)
+            .map(|(first, bytes)| (first.get(), bytes.len() / 4096))
+            .collect();
+        assert_eq!(runs, vec![(2, 3), (5, 1), (9, 1), (11, 2)]);
+        for (first, bytes) in buffer.runs(3) {
+            for (index, page) in (0u64..).zip(bytes.chunks_exact(4096)) {
+                assert_eq!(
+                    verify_page(PageId(first.get() + index), page),
+                    Ok(CommitEpoch(5))
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "increasing id order")]
+    fn pages_pushed_out_of_order_are_refused() {
+        let mut buffer = buffer_of(&[4]);
+        buffer.push(PageId(3));
+    }
+
+    #[test]
+    fn a_run_write_puts_every_page_in_place_and_records_its_crc() {
+        let (_storage, page_file, _) = new_file(4096);
+        let buffer = buffer_of(&[1, 2, 3, 5]);
+        let token_before = page_file.crcs.read().read_token().unwrap();
+        assert_eq!(page_file.write_back_runs(&buffer).unwrap(), 2);
+        for id in [1u64, 2, 3, 5] {
+            assert_eq!(
+                page_file.read_page(PageId(id)).unwrap(),
+                vec![id as u8; 4080]
+            );
+        }
+        let table = page_file.crc_table(6).unwrap();
+        for (index, (first, bytes)) in buffer.runs(usize::MAX).enumerate() {
+            for (offset, page) in (0u64..).zip(bytes.chunks_exact(4096)) {
+                let slot = (first.get() + offset - 1) as usize;
+                assert_eq!(
+                    table[slot],
+                    sealed_crc(page),
+                    "run {index}, page {}",
+                    slot + 1
+                );
+            }
+        }
+        assert_eq!(table[3], UNKNOWN_CRC, "page 4 was never written");
+        assert_eq!(
+            page_file.crcs.read().read_token(),
+            Some(token_before + 4),
+            "two writes began and ended"
+        );
+    }
+
+    /// A reused buffer's second, smaller double-write image holds exactly
+    /// its own pages: nothing of the larger first one.
+    #[test]
+    fn a_reused_double_write_buffer_holds_only_the_last_pages() {
+        let (_storage, page_file, _) = new_file(4096);
+        let mut buffer = buffer_of(&[2, 3, 4, 7]);
+        assert!(page_file
+            .write_double_write_below(1, &mut buffer, 8)
+            .unwrap());
+        buffer.clear();
+        for id in [3u64, 9] {
+            let payload = vec![0x40 | id as u8; 4080];
+            seal_page(
+                PageId(id),
+                &payload,
+                CommitEpoch(6),
+                buffer.push(PageId(id)),
+            );
+        }
+        assert!(page_file
+            .write_double_write_below(2, &mut buffer, 8)
+            .unwrap());
+        let copies = page_file.double_write_pages().unwrap();
+        let ids: Vec<u64> = copies.iter().map(|(id, _)| id.get()).collect();
+        assert_eq!(
+            ids,
+            vec![3],
+            "only the pages below the limit, of the last chunk"
+        );
+        assert_eq!(verify_page(PageId(3), &copies[0].1), Ok(CommitEpoch(6)));
+        assert!(!page_file
+            .write_double_write_below(3, &mut buffer, 3)
+            .unwrap());
     }
 
     #[test]
