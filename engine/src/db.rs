@@ -1401,6 +1401,9 @@ impl Shared {
     fn fold(&self, pages: Vec<PageId>) -> Result<()> {
         let limit = self.snapshots.fold_limit();
         let pinned = self.pages.fold_pages(pages, limit)?;
+        // The images this commit's install replaced: freed here, by the
+        // writer, rather than by a later reader's pin.
+        self.pages.collect_retired();
         Metrics::bump(&self.metrics.folds);
         if !pinned.is_empty() {
             self.pending_fold.lock().extend(pinned);

@@ -478,6 +478,12 @@ impl PageTable {
         Ok(still_pinned)
     }
 
+    /// Frees the head images that installs and evictions retired and no
+    /// pinned reader can still see (see [`HeadDirectory::collect_retired`]).
+    pub fn collect_retired(&self) {
+        self.directory.collect_retired();
+    }
+
     fn adjust_pinned(&self, before: u64, after: u64) {
         if after >= before {
             self.stats
