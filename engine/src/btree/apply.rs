@@ -111,6 +111,39 @@ fn edge_split<P: PageWrite>(
     })
 }
 
+/// Inserts the separator of `split` (a split of the last node of `path`)
+/// into each ancestor up `path`, splitting full branches on the way, and
+/// grows the root when the top one splits too; returns how many branches
+/// split. `child_pos` gives, for an ancestor (parsed at its level), the
+/// position of the child the split node hangs from.
+fn separators_up<P: PageWrite>(
+    pages: &mut P,
+    geo: &Geometry,
+    header: &mut TreeHeader,
+    path: &[CachedNode],
+    split: Split,
+    child_pos: impl Fn(&Node<'_>, &P) -> Result<usize>,
+) -> Result<usize> {
+    let depth = path.len();
+    let mut split = Some(split);
+    let mut branch_splits = 0;
+    for (d, node) in path[..depth.saturating_sub(1)].iter().enumerate().rev() {
+        let Some(below) = split.take() else { break };
+        let level = u8::try_from(depth - 1 - d)
+            .map_err(|_| corrupt(node.id, "tree deeper than its header allows"))?;
+        let pos = {
+            let page = read_page(pages, node.id)?;
+            child_pos(&Node::parse(&page, node.id, level, geo)?, pages)?
+        };
+        split = insert_separator(pages, geo, node.id, level, pos, below)?;
+        branch_splits += usize::from(split.is_some());
+    }
+    if let Some(split) = split {
+        grow_root(pages, geo, header, split)?;
+    }
+    Ok(branch_splits)
+}
+
 /// A node on the path to the last written leaf, and the keys its subtree
 /// may hold (its fences: the nearest separators around it in its parents).
 #[derive(Debug)]
@@ -505,25 +538,13 @@ impl BatchWriter {
         }
         let geo = &self.geo;
         let leaf = self.path[depth - 1].id;
-        let mut split = Some(split_node(pages, geo, leaf, 0, idx, cell)?);
-        let mut branch_split = false;
-        for (d, node) in self.path[..depth - 1].iter().enumerate().rev() {
-            let Some(below) = split.take() else { break };
-            let level = u8::try_from(depth - 1 - d)
-                .map_err(|_| corrupt(node.id, "tree deeper than its header allows"))?;
-            // The child the key went down to: where the separator goes.
-            let pos = {
-                let page = read_page(pages, node.id)?;
-                Node::parse(&page, node.id, level, geo)?.child_pos_for(pages, key)?
-            };
-            split = insert_separator(pages, geo, node.id, level, pos, below)?;
-            branch_split |= split.is_some();
-        }
-        if let Some(split) = split {
-            grow_root(pages, geo, header, split)?;
-        }
+        let split = split_node(pages, geo, leaf, 0, idx, cell)?;
+        // The child the key went down to: where the separator goes.
+        let branch_splits = separators_up(pages, geo, header, &self.path, split, |node, pages| {
+            node.child_pos_for(pages, key)
+        })?;
         header.len += 1;
-        if branch_split || self.tree != (header.root, header.height) {
+        if branch_splits > 0 || self.tree != (header.root, header.height) {
             self.path.clear();
         } else {
             // The parent now holds the separator; its own range is as before.
@@ -556,25 +577,13 @@ impl BatchWriter {
         let geo = &self.geo;
         let k = KeySpec::with_chain(geo, key, None);
         let v = ValueSpec::Inline(value);
-        let mut split = Some(edge_split(pages, geo, last, key, &k, &v)?);
-        let new_leaf = split.as_ref().map(|s| s.new_page);
-        debug_assert!(split.as_ref().is_some_and(|s| !s.new_is_left));
-        let mut splits_above = 0usize;
-        for (d, node) in self.path[..depth - 1].iter().enumerate().rev() {
-            let Some(below) = split.take() else { break };
-            let level = u8::try_from(depth - 1 - d)
-                .map_err(|_| corrupt(node.id, "tree deeper than its header allows"))?;
-            // The rightmost path: the child is the branch's last one.
-            let pos = {
-                let page = read_page(pages, node.id)?;
-                Node::parse(&page, node.id, level, geo)?.count()
-            };
-            split = insert_separator(pages, geo, node.id, level, pos, below)?;
-            splits_above += usize::from(split.is_some());
-        }
-        if let Some(split) = split {
-            grow_root(pages, geo, header, split)?;
-        }
+        let split = edge_split(pages, geo, last, key, &k, &v)?;
+        let new_leaf = Some(split.new_page);
+        debug_assert!(!split.new_is_left);
+        // The rightmost path: the child is the branch's last one.
+        let splits_above = separators_up(pages, geo, header, &self.path, split, |node, _| {
+            Ok(node.count())
+        })?;
         header.len += 1;
         match new_leaf {
             Some(id) if splits_above == 0 && self.tree == (header.root, header.height) => {
