@@ -5,14 +5,12 @@
 //! I/O error, and after a crash and reopen holds every acknowledged commit.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use mmsb_engine::page_file::IN_PLACE_RUN_MAX_BYTES;
 use mmsb_engine::{Database, Error, Options, PageId, PageRead, PageWrite};
-use mmsb_wal::storage::{CrashMode, FaultPlan, FaultyStorage, MemStorage, Storage, StorageFile};
-use parking_lot::Mutex;
+use mmsb_wal::storage::{CrashMode, FaultPlan, FaultyStorage, MemStorage, Storage};
 use proptest::prelude::*;
 
 /// Pages the workload allocates (past the meta page): more than one
@@ -101,76 +99,6 @@ fn model_runs(pages: &BTreeSet<u64>, max_pages: u64) -> Vec<(u64, u64)> {
     runs
 }
 
-// ---------------------------------------------------------------------------
-// A storage that records the writes to the data file
-// ---------------------------------------------------------------------------
-
-/// Offset and length of each write to the data file.
-type WriteLog = Arc<Mutex<Vec<(u64, usize)>>>;
-
-#[derive(Debug, Clone)]
-struct Recording {
-    inner: MemStorage,
-    data_path: PathBuf,
-    log: WriteLog,
-}
-
-#[derive(Debug)]
-struct RecordingFile {
-    inner: Arc<dyn StorageFile>,
-    log: Option<WriteLog>,
-}
-
-impl Storage for Recording {
-    fn open_file(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let inner = self.inner.open_file(path, create)?;
-        let log = (path == self.data_path).then(|| Arc::clone(&self.log));
-        Ok(Arc::new(RecordingFile { inner, log }))
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        self.inner.exists(path)
-    }
-}
-
-impl StorageFile for RecordingFile {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if let Some(log) = &self.log {
-            log.lock().push((offset, buf.len()));
-        }
-        self.inner.write_all_at(buf, offset)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn try_lock_exclusive(&self) -> io::Result<bool> {
-        self.inner.try_lock_exclusive()
-    }
-}
-
 /// The in-place page writes in `log` (the header slots, inside page 0, are
 /// left out) as (first page, pages); each must cover whole pages.
 fn page_writes(log: &[(u64, usize)]) -> Vec<(u64, u64)> {
@@ -216,18 +144,15 @@ proptest! {
         pages in changed_pages(),
     ) {
         let mem = MemStorage::new();
-        let recording = Recording {
-            inner: mem.clone(),
-            data_path: db_path(),
-            log: WriteLog::default(),
-        };
+        let recording = FaultyStorage::new(Arc::new(mem.clone()));
+        recording.log_writes_to(&db_path());
         let db = options(Arc::new(recording.clone())).open(db_path()).expect("open");
         let mut model = create(&db);
         change(&db, &mut model, &pages);
-        recording.log.lock().clear();
+        recording.take_logged_writes();
         let stats = db.checkpoint().expect("checkpoint");
         prop_assert_eq!(stats.pages_written, pages.len());
-        let writes = page_writes(&recording.log.lock());
+        let writes = page_writes(&recording.take_logged_writes());
         let mut written = BTreeSet::new();
         for &(first, count) in &writes {
             for id in first..first + count {

@@ -557,7 +557,14 @@ pub struct FaultyStorage {
 struct FaultShared {
     plan: Mutex<FaultPlan>,
     counters: FaultCounters,
+    /// The file whose writes are logged, and its log (see
+    /// [`FaultyStorage::log_writes_to`]).
+    write_log: Mutex<Option<WriteLog>>,
 }
+
+/// The file whose writes a [`FaultyStorage`] logs, and each write's
+/// `(offset, length)` in order.
+type WriteLog = (PathBuf, Vec<(u64, usize)>);
 
 impl FaultyStorage {
     /// Wraps `inner` with an empty plan (no faults).
@@ -587,6 +594,25 @@ impl FaultyStorage {
     pub fn counters(&self) -> &FaultCounters {
         &self.shared.counters
     }
+
+    /// From now on records the offset and length of every write attempted
+    /// on `path` (files opened before this call included), replacing any
+    /// earlier log.
+    pub fn log_writes_to(&self, path: &Path) {
+        *self.shared.write_log.lock() = Some((path.to_path_buf(), Vec::new()));
+    }
+
+    /// Takes the writes logged since [`FaultyStorage::log_writes_to`] or the
+    /// previous take, in order: `(offset, length)`; empty when none is
+    /// logged.
+    pub fn take_logged_writes(&self) -> Vec<(u64, usize)> {
+        self.shared
+            .write_log
+            .lock()
+            .as_mut()
+            .map(|(_, log)| std::mem::take(log))
+            .unwrap_or_default()
+    }
 }
 
 impl FaultShared {
@@ -610,6 +636,7 @@ impl Storage for FaultyStorage {
         Ok(Arc::new(FaultyFile {
             inner: file,
             shared: Arc::clone(&self.shared),
+            path: path.to_path_buf(),
         }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -637,6 +664,7 @@ impl Storage for FaultyStorage {
 struct FaultyFile {
     inner: Arc<dyn StorageFile>,
     shared: Arc<FaultShared>,
+    path: PathBuf,
 }
 
 impl StorageFile for FaultyFile {
@@ -647,6 +675,11 @@ impl StorageFile for FaultyFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let counters = &self.shared.counters;
         let number = counters.writes.fetch_add(1, Ordering::SeqCst);
+        if let Some((path, log)) = self.shared.write_log.lock().as_mut() {
+            if *path == self.path {
+                log.push((offset, buf.len()));
+            }
+        }
         let plan = self.shared.plan.lock().clone();
         if plan.fail_write == Some(number) {
             return Err(self
@@ -777,6 +810,30 @@ mod tests {
         assert!(file.sync_data().is_err());
         file.sync_data().unwrap();
         assert_eq!(storage.counters().faults_injected(), 2);
+    }
+
+    #[test]
+    fn faulty_storage_logs_the_writes_of_one_file_until_taken() {
+        let storage = FaultyStorage::new(Arc::new(MemStorage::new()));
+        let a = storage.open_file(&path("a"), true).unwrap();
+        let b = storage.open_file(&path("b"), true).unwrap();
+        a.write_all_at(b"before", 0).unwrap();
+        assert!(
+            storage.take_logged_writes().is_empty(),
+            "nothing logged yet"
+        );
+        storage.log_writes_to(&path("a"));
+        a.write_all_at(b"xyz", 8).unwrap();
+        b.write_all_at(b"other", 0).unwrap();
+        a.write_all_at(b"q", 100).unwrap();
+        assert_eq!(storage.take_logged_writes(), vec![(8, 3), (100, 1)]);
+        assert!(storage.take_logged_writes().is_empty(), "taken");
+        storage.set_plan(FaultPlan {
+            fail_write: Some(0),
+            ..FaultPlan::default()
+        });
+        assert!(a.write_all_at(b"no", 4).is_err());
+        assert_eq!(storage.take_logged_writes(), vec![(4, 2)], "attempts too");
     }
 
     #[test]
