@@ -120,6 +120,14 @@ pub const CHECKPOINT_URGENT_FACTOR: u64 = 4;
 /// a worker pass woken between two of them does not take it for a pause.
 pub const WRITES_PAUSED_AFTER_MS: u64 = 50;
 
+/// Default [`Options::maintenance_nice`]: a nice-10 thread gets about a
+/// tenth of a CPU's time against one busy thread at nice 0 (the kernel's
+/// weights 110 and 1024), so the deferred work yields but still finishes.
+pub const DEFAULT_MAINTENANCE_NICE: i32 = 10;
+
+/// Highest [`Options::maintenance_nice`]: Linux's lowest priority.
+pub const MAINTENANCE_NICE_MAX: i32 = 19;
+
 /// How a database is opened. `Options::default()` is what `Database::open` uses.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -190,6 +198,17 @@ pub struct Options {
     /// misses on reads of cold pages. On by default; a no-op elsewhere and
     /// without `background_workers`.
     pub huge_page_images: bool,
+    /// Niceness (Linux, `0..=MAINTENANCE_NICE_MAX`) of the maintenance
+    /// thread, which runs the background work that waits for writes to
+    /// pause: a checkpoint short of urgent and the huge-page collapses.
+    /// Above 0 the application's threads (readers above all) get a CPU
+    /// first when they compete with that work. The work nothing may wait
+    /// for stays on the worker thread at the process's priority: folds, an
+    /// urgent checkpoint (the TLog past [`CHECKPOINT_URGENT_FACTOR`] times
+    /// `checkpoint_tlog_bytes`, or dirty pages the memory budget needs
+    /// written back) and eviction. 0 leaves the thread's priority alone;
+    /// other systems ignore it. Default [`DEFAULT_MAINTENANCE_NICE`].
+    pub maintenance_nice: i32,
 }
 
 /// Backends are shown by name (`Options` is `Debug`).
@@ -222,6 +241,7 @@ impl Default for Options {
             backpressure_max_wait_ms: DEFAULT_BACKPRESSURE_MAX_WAIT_MS,
             follow_system_memory: false,
             huge_page_images: true,
+            maintenance_nice: DEFAULT_MAINTENANCE_NICE,
         }
     }
 }
@@ -233,6 +253,13 @@ impl Options {
             return Err(Error::InvalidArgument(format!(
                 "memory_budget_bytes of {} is below the minimum of {MIN_MEMORY_BUDGET_BYTES} bytes",
                 self.memory_budget_bytes
+            )));
+        }
+        if !(0..=MAINTENANCE_NICE_MAX).contains(&self.maintenance_nice) {
+            return Err(Error::InvalidArgument(format!(
+                "maintenance_nice of {} is outside 0..={MAINTENANCE_NICE_MAX} (a thread may lower \
+                 its priority, not raise it)",
+                self.maintenance_nice
             )));
         }
         Database::open_with(path.as_ref(), self.clone())
@@ -1912,19 +1939,78 @@ fn replay_bookkeeping(page_id: PageId) -> Error {
     Error::Corrupted(format!("internal: replay lost track of {page_id}"))
 }
 
-/// Starts the background worker: folds pinned versions as readers go away
-/// and checkpoints when the TLog has grown enough.
-fn spawn_workers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
-    let weak = Arc::downgrade(shared);
-    let interval = Duration::from_millis(shared.options.worker_interval_ms.max(1));
-    let handle = std::thread::Builder::new()
-        .name("mmsb-worker".into())
-        .spawn(move || worker_loop(weak, interval))
-        .map_err(|err| Error::io("spawn background worker", err))?;
-    Ok(vec![handle])
+/// The background threads' shares of the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WorkerRole {
+    /// What commits or memory may wait for: folds of pinned versions, an
+    /// urgent checkpoint, write-back for eviction, the memory pass.
+    Worker,
+    /// What waits for writes to pause anyway, at a lower priority
+    /// ([`Options::maintenance_nice`]): the huge-page collapses and a
+    /// checkpoint short of urgent.
+    Maintenance,
 }
 
-fn worker_loop(shared: Weak<Shared>, interval: Duration) {
+impl WorkerRole {
+    fn thread_name(self) -> &'static str {
+        match self {
+            WorkerRole::Worker => "mmsb-worker",
+            // Linux keeps 15 bytes of a thread name.
+            WorkerRole::Maintenance => "mmsb-maintain",
+        }
+    }
+}
+
+/// Starts the background threads: the worker (folds pinned versions as
+/// readers go away, checkpoints when the TLog or memory needs it) and the
+/// maintenance thread (the work that waits for writes to pause).
+fn spawn_workers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
+    let interval = Duration::from_millis(shared.options.worker_interval_ms.max(1));
+    let nice = shared.options.maintenance_nice;
+    [WorkerRole::Worker, WorkerRole::Maintenance]
+        .into_iter()
+        .map(|role| {
+            let weak = Arc::downgrade(shared);
+            std::thread::Builder::new()
+                .name(role.thread_name().into())
+                .spawn(move || {
+                    if role == WorkerRole::Maintenance {
+                        lower_thread_priority(nice);
+                    }
+                    worker_loop(weak, interval, role)
+                })
+                .map_err(|err| Error::io("spawn background worker", err))
+        })
+        .collect()
+}
+
+/// Sets the calling thread's niceness to `nice` (Linux; a no-op at 0 and
+/// elsewhere). A refusal is logged: the work then runs at the process's
+/// priority, which is only slower for the readers beside it.
+fn lower_thread_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `gettid` and `setpriority` take plain integers and touch
+        // no memory of ours; on Linux `PRIO_PROCESS` with a thread id sets
+        // that one thread's niceness.
+        let refused = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0
+        };
+        if refused {
+            tracing::warn!(
+                nice,
+                error = %std::io::Error::last_os_error(),
+                "maintenance thread keeps the process's priority"
+            );
+        }
+    }
+}
+
+fn worker_loop(shared: Weak<Shared>, interval: Duration, role: WorkerRole) {
     let sample_interval = Duration::from_millis(SYSTEM_SAMPLE_INTERVAL_MS);
     let mut last_sample: Option<Instant> = None;
     loop {
@@ -1941,38 +2027,65 @@ fn worker_loop(shared: Weak<Shared>, interval: Duration) {
                 return;
             }
         }
-        if let Err(err) = shared.fold_pending() {
-            tracing::error!(error = %err, "merge worker failed");
-        }
-        // Huge-page collapses wait until writes pause (a commit may still
-        // be finishing: its durable wait and fold allocate no images): a
-        // collapse copies 2 MiB and stalls the page faults of a commit
-        // allocating its images, and under a stream of commits the regions
-        // fill with images soon replaced.
-        if shared.writes_paused(false) {
-            shared.pages.huge_pages().collapse_noted();
-        }
-        // A checkpoint short of urgent (`checkpoint_due`) also waits for
-        // the commits still finishing: their fsyncs are what it would slow.
-        let writes_paused = shared.writes_paused(true);
-        // Dirty pages past their share of the memory budget are written
-        // back too (at once: eviction waits for them), so that eviction
-        // may drop them.
-        let writeback = shared.writeback_due();
-        let due = shared.checkpoint_due(writes_paused);
-        if !due && !writes_paused && shared.checkpoint_due(true) {
-            Metrics::bump(&shared.metrics.checkpoints_deferred);
-        }
-        if (writeback || due) && !shared.poisoned.load(Ordering::Acquire) {
-            if let Err(err) = shared.checkpoint() {
-                tracing::error!(error = %err, "background checkpoint failed");
+        match role {
+            WorkerRole::Worker => {
+                let sample = last_sample.is_none_or(|at| at.elapsed() >= sample_interval);
+                if sample {
+                    last_sample = Some(Instant::now());
+                }
+                worker_pass(&shared, sample);
             }
+            WorkerRole::Maintenance => maintenance_pass(&shared),
         }
-        let sample = last_sample.is_none_or(|at| at.elapsed() >= sample_interval);
-        if sample {
-            last_sample = Some(Instant::now());
-        }
-        shared.memory_pass(sample);
+    }
+}
+
+/// One pass of the worker: folds, an urgent or write-back checkpoint, the
+/// memory pass (`sample`: read the system's memory figures too).
+fn worker_pass(shared: &Shared, sample: bool) {
+    if let Err(err) = shared.fold_pending() {
+        tracing::error!(error = %err, "merge worker failed");
+    }
+    // Dirty pages past their share of the memory budget are written
+    // back too (at once: eviction waits for them), so that eviction
+    // may drop them.
+    let writeback = shared.writeback_due();
+    let urgent = shared.checkpoint_due(false);
+    if shared.checkpoint_due(true) && !urgent && !shared.writes_paused(true) {
+        Metrics::bump(&shared.metrics.checkpoints_deferred);
+    }
+    if writeback || urgent {
+        background_checkpoint(shared);
+    }
+    shared.memory_pass(sample);
+}
+
+/// One pass of the maintenance thread: the work that waits for writes to
+/// pause.
+fn maintenance_pass(shared: &Shared) {
+    // Huge-page collapses wait until writes pause (a commit may still
+    // be finishing: its durable wait and fold allocate no images): a
+    // collapse copies 2 MiB and stalls the page faults of a commit
+    // allocating its images, and under a stream of commits the regions
+    // fill with images soon replaced.
+    if shared.writes_paused(false) {
+        shared.pages.huge_pages().collapse_noted();
+    }
+    // A checkpoint short of urgent (`checkpoint_due`) also waits for
+    // the commits still finishing: their fsyncs are what it would slow.
+    if shared.writes_paused(true) && shared.checkpoint_due(true) {
+        background_checkpoint(shared);
+    }
+}
+
+/// A checkpoint from a background thread: errors are logged (a poisoned
+/// database is left alone; its writers see the error).
+fn background_checkpoint(shared: &Shared) {
+    if shared.poisoned.load(Ordering::Acquire) {
+        return;
+    }
+    if let Err(err) = shared.checkpoint() {
+        tracing::error!(error = %err, "background checkpoint failed");
     }
 }
 

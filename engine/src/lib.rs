@@ -51,8 +51,8 @@ pub use check::{
     Finding, Location, Severity,
 };
 pub use db::{
-    CheckpointStats, Database, Options, CHECKPOINT_URGENT_FACTOR, MAX_CONFLICT_RETRIES,
-    REPLAY_WINDOW_MAX_PAGES, WRITES_PAUSED_AFTER_MS,
+    CheckpointStats, Database, Options, CHECKPOINT_URGENT_FACTOR, DEFAULT_MAINTENANCE_NICE,
+    MAINTENANCE_NICE_MAX, MAX_CONFLICT_RETRIES, REPLAY_WINDOW_MAX_PAGES, WRITES_PAUSED_AFTER_MS,
 };
 pub use error::{Error, Result};
 pub use eviction::DEFAULT_BACKPRESSURE_MAX_WAIT_MS;
