@@ -63,13 +63,22 @@ pub(crate) fn encode(delta: &Delta, prev_page: PageId, out: &mut Vec<u8>) {
     }
 }
 
+/// Runs at least this long are packed only when their first
+/// [`PACK_TRIAL_BYTES`] pack well (see [`worth_packing`]).
+const PACK_TRIAL_MIN_RUN_BYTES: usize = 1024;
+/// The prefix of a long run that is packed on trial.
+const PACK_TRIAL_BYTES: usize = 512;
+/// A trial pack must save at least `PACK_TRIAL_BYTES / PACK_TRIAL_SAVING_DIVISOR`
+/// bytes (1/32 of the prefix) for the whole run to be packed.
+const PACK_TRIAL_SAVING_DIVISOR: usize = 32;
+
 /// Appends one run's header and bytes, packed when that is shorter. The
 /// tokens are written in place: the packed flag is the header's low bit, so
 /// flipping it never changes the header's length.
 fn encode_run_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     let header_at = out.len();
     put_varint(out, (bytes.len() as u64) << 1 | 1);
-    if bytes.len() >= MIN_REPEAT_LEN {
+    if bytes.len() >= MIN_REPEAT_LEN && worth_packing(bytes, out) {
         let tokens_at = out.len();
         pack(bytes, out);
         if out.len() - tokens_at < bytes.len() {
@@ -79,6 +88,23 @@ fn encode_run_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     }
     out[header_at] &= !1;
     out.extend_from_slice(bytes);
+}
+
+/// Whether packing `bytes` may pay: always for a short run; for a long one
+/// (a page image of random values, say) only when its first
+/// [`PACK_TRIAL_BYTES`] pack to at least 1/[`PACK_TRIAL_SAVING_DIVISOR`]
+/// fewer bytes. Such a run stored unpacked costs at most that fraction of
+/// its prefix's rate more log bytes, and skips a pass over bytes that do
+/// not repeat. `scratch` is borrowed past its end and left as it was.
+fn worth_packing(bytes: &[u8], scratch: &mut Vec<u8>) -> bool {
+    if bytes.len() < PACK_TRIAL_MIN_RUN_BYTES {
+        return true;
+    }
+    let trial_at = scratch.len();
+    pack(&bytes[..PACK_TRIAL_BYTES], scratch);
+    let tokens = scratch.len() - trial_at;
+    scratch.truncate(trial_at);
+    tokens + PACK_TRIAL_BYTES / PACK_TRIAL_SAVING_DIVISOR <= PACK_TRIAL_BYTES
 }
 
 /// Appends the RLE tokens of `bytes` to `out`.
@@ -350,6 +376,73 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decoded, delta);
+    }
+
+    /// `delta` encoded and decoded again, with the packed flag of its only run.
+    fn round_trip_one_run(delta: &Delta) -> (Delta, bool) {
+        let mut out = Vec::new();
+        encode(delta, PageId(0), &mut out);
+        let mut reader = Reader::new(&out);
+        let decoded = decode(&mut reader, PageId(0), 4096, &mut RleScratch::default()).unwrap();
+        // page step, run count, gap: one byte each here; then the header.
+        let mut header = Reader::new(&out[3..]);
+        let packed = header.varint("header").unwrap() & 1 == 1;
+        (decoded, packed)
+    }
+
+    #[test]
+    fn a_long_run_is_packed_only_when_its_prefix_packs() {
+        // Random bytes for the trial prefix, then zeros: the whole run would
+        // pack to a third, but the trial sees only bytes that do not repeat.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut bytes: Vec<u8> = (0..PACK_TRIAL_BYTES)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        bytes.resize(4000, 0);
+        let mut tokens = Vec::new();
+        pack(&bytes, &mut tokens);
+        assert!(
+            tokens.len() < bytes.len() / 2,
+            "packed whole it would shrink"
+        );
+        let mut delta = Delta::new(PageId(0));
+        delta.write(8, &bytes).unwrap();
+        let (decoded, packed) = round_trip_one_run(&delta);
+        assert_eq!(decoded, delta);
+        assert!(
+            !packed,
+            "the trial prefix did not pack, so the run is stored as it is"
+        );
+    }
+
+    #[test]
+    fn a_long_run_that_packs_in_its_prefix_is_packed() {
+        // Zeros with a marker every 64 bytes: the trial prefix packs well.
+        let bytes: Vec<u8> = (0..4000).map(|i| u8::from(i % 64 == 0)).collect();
+        let mut delta = Delta::new(PageId(0));
+        delta.write(8, &bytes).unwrap();
+        let (decoded, packed) = round_trip_one_run(&delta);
+        assert_eq!(decoded, delta);
+        assert!(packed, "a mostly repeating run packs");
+    }
+
+    proptest! {
+        #[test]
+        fn long_runs_round_trip_packed_or_not(
+            bytes in prop::collection::vec(prop_oneof![any::<u8>(), Just(0u8)], PACK_TRIAL_MIN_RUN_BYTES..4000)
+        ) {
+            let mut delta = Delta::new(PageId(0));
+            delta.write(0, &bytes).unwrap();
+            let mut out = Vec::new();
+            encode(&delta, PageId(0), &mut out);
+            let decoded = decode(&mut Reader::new(&out), PageId(0), 4096, &mut RleScratch::default()).unwrap();
+            prop_assert_eq!(decoded, delta);
+        }
     }
 
     #[test]
