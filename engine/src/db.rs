@@ -569,7 +569,7 @@ fn open_or_create_data_file(
         );
         match opened {
             Ok(opened) => return Ok(opened),
-            Err(err) if creation_was_interrupted(file.as_ref(), file_len, tlog)? => {
+            Err(err) if creation_was_interrupted(storage.as_ref(), file.as_ref(), path, tlog)? => {
                 tracing::warn!(error = %err, "creation of {} never completed; creating it again", path.display());
                 file.set_len(0)
                     .map_err(|err| Error::io("reset data file", err))?;
@@ -712,10 +712,24 @@ fn starts_like_data_file(file: &dyn StorageFile) -> Result<bool> {
 }
 
 /// A database whose creation crashed holds no commit (the TLog is empty),
-/// is at most two pages long, and starts like a data file. Anything else is
-/// not ours to reset.
-fn creation_was_interrupted(file: &dyn StorageFile, file_len: u64, tlog: &TLog) -> Result<bool> {
+/// no checkpoint manifest (a checkpoint, after which the TLog may be
+/// empty, writes one first), is at most two pages long, and starts like a
+/// data file. Anything else is not ours to reset.
+fn creation_was_interrupted(
+    storage: &dyn Storage,
+    file: &dyn StorageFile,
+    path: &Path,
+    tlog: &TLog,
+) -> Result<bool> {
+    let file_len = file.len().map_err(|err| Error::io("stat data file", err))?;
     if tlog.last_epoch() != CommitEpoch::ZERO || file_len > 2 * u64::from(MAX_PAGE_SIZE) {
+        return Ok(false);
+    }
+    let manifest = mmsb_wal::manifest_path(path);
+    if storage
+        .exists(&manifest)
+        .map_err(|err| Error::io(format!("look for {}", manifest.display()), err))?
+    {
         return Ok(false);
     }
     starts_like_data_file(file)

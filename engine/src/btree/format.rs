@@ -38,8 +38,10 @@ pub const MAX_PAGE_LEN: usize = u16::MAX as usize;
 /// Every leaf/branch page holds at least this many largest-size cells.
 pub(crate) const MIN_CELLS_PER_PAGE: usize = 4;
 /// A non-root node whose used bytes fall below `capacity / UNDERFULL_DIVISOR`
-/// is merged with or refilled from a sibling.
-pub(crate) const UNDERFULL_DIVISOR: usize = 3;
+/// (25 %, LMDB's and BoltDB's bound) is merged with or refilled from a
+/// sibling, so every non-root node stays at least a quarter full after a
+/// removal (see `docs/format-btree.md`, *Fill*).
+pub(crate) const UNDERFULL_DIVISOR: usize = 4;
 
 // Node header (leaf and branch), byte offsets.
 pub(crate) const OFF_KIND: usize = 0;

@@ -31,8 +31,10 @@ use crate::page_access::{PageRead, PageWrite};
 pub(crate) const APPEND_SLACK_DIVISOR: usize = 8;
 
 /// A leaf split leaves each side at least `1 / SPLIT_MIN_SHARE_DIVISOR` of
-/// the bytes (as [`UNDERFULL_DIVISOR`]: neither side starts underfull).
-pub(crate) const SPLIT_MIN_SHARE_DIVISOR: usize = UNDERFULL_DIVISOR;
+/// the bytes: no less than the fill bound ([`UNDERFULL_DIVISOR`]), so
+/// neither side starts underfull.
+pub(crate) const SPLIT_MIN_SHARE_DIVISOR: usize = 3;
+const _: () = assert!(SPLIT_MIN_SHARE_DIVISOR <= UNDERFULL_DIVISOR);
 
 /// Whether appending a cell of `cell_size` bytes (plus its slot) to a leaf
 /// that uses `used` of its `capacity` bytes passes the append fill target,

@@ -52,8 +52,8 @@ use super::format::{
 use super::recover::{Recovered, Segment};
 use super::scan::{corrupted, ReplaySegment};
 use super::{
-    segments_to_replay, CommitTicket, Counters, Durability, TLogConfig, SPARE_FILE_NAME,
-    SPARE_LIMIT_TARGETS,
+    segments_to_replay, spare_keep_bytes, CommitTicket, Counters, Durability, TLogConfig,
+    SPARE_FILE_NAME,
 };
 use crate::storage::Storage;
 use crate::{CommitEpoch, Result, WalError};
@@ -140,10 +140,14 @@ struct Writer {
     next_seq: u64,
     /// Whether a deleted segment waits in the spare file for the next rotation.
     has_spare: bool,
-    /// A truncation through this epoch covered every frame of the active
-    /// segment: the next flush starts a new segment, then deletes every
-    /// segment whose frames all lie at or below it.
-    retire_through: Option<CommitEpoch>,
+    /// A truncation is turning a segment into the spare file (renamed, not
+    /// yet cut): no other segment becomes the spare, and no rotation takes
+    /// it, until `has_spare` is set.
+    spare_pending: bool,
+    /// Highest epoch written to the segments (at open: the log's last
+    /// epoch). Frames still buffered lie above it and go to the segment the
+    /// next flush writes to.
+    written: CommitEpoch,
 }
 
 /// Frames a leader took from the buffer.
@@ -195,7 +199,8 @@ impl Shared {
                 segments: recovered.segments,
                 next_seq: recovered.next_seq,
                 has_spare,
-                retire_through: None,
+                spare_pending: false,
+                written: last,
             }),
             expected_seq: AtomicU64::new(expected_seq),
         }
@@ -367,9 +372,7 @@ impl Shared {
     fn write_batch(&self, batch: &mut Batch) -> Result<()> {
         let mut writer = self.writer.lock();
         let target_bytes = self.config.segment_target_bytes;
-        let retiring = writer.retire_through.take();
-        let reuse =
-            retiring.is_none() && writer.segments.back().is_some_and(|s| s.len < target_bytes);
+        let reuse = writer.segments.back().is_some_and(|s| s.len < target_bytes);
         let mut active = match writer.segments.pop_back() {
             Some(active) if reuse => active,
             previous => {
@@ -392,23 +395,9 @@ impl Shared {
         self.expected_seq.store(next, Ordering::Release);
         writer.segments.push_back(active);
         result?;
-        if let Some(epoch) = retiring {
-            let covered = pop_covered(&mut writer.segments, epoch);
-            drop(writer);
-            self.delete_retired(covered);
-        }
+        debug_assert!(batch.last > writer.written);
+        writer.written = batch.last;
         Ok(())
-    }
-
-    /// Deletes segments a checkpoint covered whole (the active one until
-    /// this flush). A failure only leaves a segment that the next
-    /// truncation deletes: the batch it follows is durable already.
-    fn delete_retired(&self, covered: Vec<Segment>) {
-        for segment in covered {
-            if let Err(err) = self.delete_segment(&segment.path) {
-                tracing::warn!(%err, "deleting a TLog segment a checkpoint covered failed");
-            }
-        }
     }
 
     /// Writes `bytes` at the active segment's write position and fsyncs
@@ -609,36 +598,31 @@ impl Shared {
 
     /// Deletes the oldest segments whose frames all lie at or below `epoch`
     /// (known from the next segment's first epoch, since epochs increase),
-    /// never the active one, syncing the directory after each removal so the
-    /// remaining segments always form a run without gaps.
+    /// syncing the directory after each removal so the remaining segments
+    /// always form a run without gaps. The active segment goes too when
+    /// every frame written to it lies at or below `epoch` and it holds at
+    /// least `retire_covered_min_bytes` (see [`Shared::retire_active`]).
+    /// The first segment removed becomes the spare file when there is none
+    /// (cut to [`spare_keep_bytes`]).
     pub(crate) fn truncate_through(&self, epoch: CommitEpoch) -> Result<()> {
         self.check_poison()?;
-        // Read before the writer lock (never held together with the state
-        // lock). A frame appended after this read lies above `epoch`: its
-        // flush still rotates, and `pop_covered` keeps the segment it went to.
-        let all_covered = self.state.lock().appended <= epoch;
-        let doomed = {
+        let (mut doomed, retired) = {
             let mut writer = self.writer.lock();
             let doomed = pop_covered(&mut writer.segments, epoch);
-            let retire = all_covered
-                && writer
-                    .segments
-                    .back()
-                    .is_some_and(|active| active.len >= self.config.retire_covered_min_bytes);
-            if retire {
-                writer.retire_through = Some(epoch);
-                self.expected_seq.store(writer.next_seq, Ordering::Release);
-            }
-            doomed
+            (doomed, self.retire_active(&mut writer, epoch))
         };
+        match retired {
+            Ok(active) => doomed.extend(active),
+            Err(err) => {
+                // A failed sync, as anywhere: nothing since the last good
+                // one is trusted (poisoned outside the writer lock, which is
+                // never held with the state lock).
+                self.poison();
+                return Err(err);
+            }
+        }
         for segment in doomed {
-            // A segment far past the target (a huge frame) is not kept: the
-            // spare would hold its bytes on disk until the next rotation.
-            let spare_limit = self
-                .config
-                .segment_target_bytes
-                .saturating_mul(SPARE_LIMIT_TARGETS);
-            if segment.allocated <= spare_limit && self.keep_as_spare(&segment.path)? {
+            if self.keep_as_spare(&segment)? {
                 continue;
             }
             self.delete_segment(&segment.path)?;
@@ -646,19 +630,54 @@ impl Shared {
         Ok(())
     }
 
-    /// Renames a truncated segment to the spare file when there is none yet;
-    /// `false` when a spare exists already (the segment is to be deleted).
-    fn keep_as_spare(&self, path: &Path) -> Result<bool> {
+    /// Takes the active segment out of the log when a truncation through
+    /// `epoch` covers every frame written to it (frames still buffered lie
+    /// above `epoch` and go to the segment the next flush makes) and it
+    /// holds at least `retire_covered_min_bytes`: it is sealed first
+    /// (trimmed to its frames and synced, as a rotation does), so that
+    /// should its deletion fail it is an ordinary covered sealed segment.
+    fn retire_active(&self, writer: &mut Writer, epoch: CommitEpoch) -> Result<Option<Segment>> {
+        let retire = writer.written <= epoch
+            && writer
+                .segments
+                .back()
+                .is_some_and(|active| active.len >= self.config.retire_covered_min_bytes);
+        if !retire {
+            return Ok(None);
+        }
+        let Some(mut active) = writer.segments.pop_back() else {
+            return Ok(None);
+        };
+        debug_assert!(
+            writer.segments.is_empty(),
+            "older segments were covered too"
+        );
+        if let Err(err) = self.trim(&mut active, true) {
+            writer.segments.push_back(active);
+            return Err(err);
+        }
+        self.expected_seq.store(writer.next_seq, Ordering::Release);
+        Ok(Some(active))
+    }
+
+    /// Renames a truncated segment to the spare file when there is none yet
+    /// (and preallocation is on), syncs the directory, then cuts the spare
+    /// to [`spare_keep_bytes`] (not synced: recovery ignores the spare's
+    /// bytes and length, and the cut follows the durable rename, so no
+    /// segment is ever cut). Only then may a rotation take the spare.
+    /// `false` when the segment is to be deleted.
+    fn keep_as_spare(&self, segment: &Segment) -> Result<bool> {
         let dir = &self.config.dir;
+        let path = &segment.path;
         {
             let mut writer = self.writer.lock();
-            if writer.has_spare || self.config.preallocate_bytes == 0 {
+            if writer.has_spare || writer.spare_pending || self.config.preallocate_bytes == 0 {
                 return Ok(false);
             }
             let spare = dir.join(SPARE_FILE_NAME);
             let io_err = |err| WalError::io(format!("recycling {}", path.display()), err);
             self.storage.rename(path, &spare).map_err(io_err)?;
-            writer.has_spare = true;
+            writer.spare_pending = true;
         }
         self.counters.fsync();
         if let Err(err) = self.storage.sync_dir(dir) {
@@ -667,6 +686,16 @@ impl Shared {
             return Err(WalError::io(context, err));
         }
         self.counters.segment_deleted();
+        let keep = spare_keep_bytes(&self.config);
+        if segment.allocated > keep {
+            if let Err(err) = segment.file.set_len(keep) {
+                // Only disk space is at stake: the spare's bytes are ignored.
+                tracing::warn!(%err, "cutting the TLog spare file failed");
+            }
+        }
+        let mut writer = self.writer.lock();
+        writer.spare_pending = false;
+        writer.has_spare = true;
         Ok(true)
     }
 

@@ -10,8 +10,8 @@
 //! directory, each opened by a header; `docs/format-tlog.md` gives the bytes.
 //! The active segment is preallocated with zeros ahead of its write position
 //! so that a commit's fdatasync flushes data, not a file-size change; a
-//! truncated segment (unless far past the segment target) is kept as a spare
-//! file and renamed into place by the next rotation.
+//! truncated segment is kept as a spare file, cut to the preallocation step,
+//! and renamed into place by the next rotation.
 //! Every access goes through [`Storage`], so tests inject faults and crashes.
 //!
 //! Submodules: [`format`](mod@format) (bytes), `scan` (reading back), `recover` (open-time
@@ -55,12 +55,6 @@ pub const DEFAULT_PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// Default [`TLogConfig::retire_covered_min_bytes`].
 pub const DEFAULT_RETIRE_COVERED_MIN_BYTES: u64 = 1 << 20;
-
-/// A truncated segment is kept as the spare file only when its file is at
-/// most this many segment targets long; a longer one (a frame far larger
-/// than the target) is deleted, so a checkpoint brings the log's files back
-/// to a few segment targets.
-pub const SPARE_LIMIT_TARGETS: u64 = 2;
 
 /// Frames whose end position [`TLog::bytes_after`] remembers exactly (the
 /// most recent ones); older frames are remembered about every
@@ -130,10 +124,11 @@ pub struct TLogConfig {
     /// size, so that most flushes overwrite and their fdatasync commits no
     /// file-size change. 0 turns preallocation and segment recycling off.
     pub preallocate_bytes: u64,
-    /// When a truncation covers every frame of the active segment and that
-    /// segment holds at least this many bytes, the next flush starts a new
-    /// segment and deletes it (instead of appending behind frames no
-    /// recovery needs). `u64::MAX` keeps the active segment.
+    /// When a truncation covers every frame written to the active segment
+    /// and that segment holds at least this many bytes, the truncation
+    /// removes it too (the next flush starts a new segment) instead of
+    /// keeping frames no recovery needs on disk. `u64::MAX` keeps the
+    /// active segment.
     pub retire_covered_min_bytes: u64,
 }
 
@@ -307,6 +302,9 @@ impl TLog {
         let has_spare = storage
             .exists(&spare)
             .map_err(|err| WalError::io(format!("looking for {}", spare.display()), err))?;
+        if has_spare {
+            cut_spare(&*storage, &config, &spare);
+        }
         let shared = Arc::new(Shared::new(storage, config, recovered, has_spare, counters));
         let flusher = commit::start_flusher(&shared)?;
         let positions = Mutex::new(PositionIndex::new(shared.last_epoch()));
@@ -353,11 +351,12 @@ impl TLog {
     }
 
     /// Deletes the oldest segments whose frames all have an epoch at or below
-    /// `epoch`; never the active segment, but when every frame appended is
-    /// at or below `epoch` and the active segment holds at least
-    /// [`TLogConfig::retire_covered_min_bytes`], the next flush writes to a
-    /// new segment and deletes that one. Call it once the page store holds
-    /// everything up to `epoch` durably.
+    /// `epoch`, the active one included when every frame written to it is
+    /// and it holds at least [`TLogConfig::retire_covered_min_bytes`] (the
+    /// next flush then starts a new segment). The first segment deleted
+    /// becomes the spare file when there is none, cut to the preallocation
+    /// step. Call it once the page store holds everything up to `epoch`
+    /// durably.
     pub fn truncate_through(&self, epoch: CommitEpoch) -> Result<()> {
         self.shared.truncate_through(epoch)?;
         self.positions.lock().forget_through(epoch);
@@ -488,6 +487,32 @@ impl PositionIndex {
         while self.coarse.get(1).is_some_and(|&(mark, _)| mark <= epoch) {
             self.coarse.pop_front();
         }
+    }
+}
+
+/// Most bytes the spare file keeps: one preallocation step (see
+/// `docs/format-tlog.md`, *Recycling*). A recycled segment grows past it by
+/// preallocation, like a new one.
+pub(crate) fn spare_keep_bytes(config: &TLogConfig) -> u64 {
+    config.preallocate_bytes
+}
+
+/// Cuts a spare file longer than [`spare_keep_bytes`] (one an older build
+/// kept whole), after syncing the directory so that the rename that made
+/// it the spare is durable before any cut: a segment is never cut. Best
+/// effort: recovery ignores the spare's bytes, so only disk space is at
+/// stake.
+fn cut_spare(storage: &dyn Storage, config: &TLogConfig, spare: &std::path::Path) {
+    let keep = spare_keep_bytes(config);
+    let cut = storage.open_file(spare, false).and_then(|file| {
+        if file.len()? <= keep {
+            return Ok(());
+        }
+        storage.sync_dir(&config.dir)?;
+        file.set_len(keep)
+    });
+    if let Err(err) = cut {
+        tracing::warn!(%err, "cutting the TLog spare file failed");
     }
 }
 

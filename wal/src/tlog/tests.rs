@@ -1075,7 +1075,9 @@ proptest! {
         for op in ops {
             match op {
                 Op::Append(len) => {
-                    let epoch = log.last_epoch().get() + 1;
+                    // The caller's epochs: a log emptied by truncation and
+                    // reopened knows none (the engine's floor is its checkpoint).
+                    let epoch = model.frames.last().map_or(0, |f| f.0) + 1;
                     let bytes = vec![epoch as u8; len];
                     log.append(CommitEpoch(epoch), &bytes).unwrap();
                     model.frames.push((epoch, bytes));
@@ -1096,8 +1098,18 @@ proptest! {
                     storage = TestStorage::new(&mem);
                     log = storage.open(config.clone());
                     // Unsynced frames may survive, as a prefix of those appended.
-                    let survived = (log.last_epoch().get() as usize)
-                        .saturating_sub(model.frames.first().map_or(0, |f| f.0 as usize - 1));
+                    // A log left without segments by a truncation through its
+                    // last frame reopens empty: then every durable frame was
+                    // truncated and no unsynced one survived.
+                    let last = log.last_epoch().get() as usize;
+                    let survived = if last == 0 {
+                        prop_assert!(model.frames[..model.durable]
+                            .iter()
+                            .all(|f| f.0 <= model.truncated));
+                        model.durable
+                    } else {
+                        last.saturating_sub(model.frames.first().map_or(0, |f| f.0 as usize - 1))
+                    };
                     prop_assert!(survived >= model.durable && survived <= model.frames.len());
                     model.frames.truncate(survived);
                     model.durable = survived;
@@ -1118,7 +1130,8 @@ proptest! {
                 }
             }
             let last = model.frames.last().map_or(0, |f| f.0);
-            prop_assert_eq!(log.last_epoch(), CommitEpoch(last));
+            let emptied = log.last_epoch() == CommitEpoch(0) && last <= model.truncated;
+            prop_assert!(emptied || log.last_epoch() == CommitEpoch(last));
         }
     }
 }
@@ -1373,7 +1386,7 @@ fn dir_bytes(storage: &MemStorage) -> usize {
 }
 
 #[test]
-fn a_truncated_segment_far_past_the_target_is_deleted_not_kept_as_spare() {
+fn a_truncated_segment_far_past_the_target_is_kept_as_a_cut_spare() {
     let storage = MemStorage::new();
     let config = recycling_config();
     let target = config.segment_target_bytes as usize;
@@ -1386,12 +1399,14 @@ fn a_truncated_segment_far_past_the_target_is_deleted_not_kept_as_spare() {
     commit(&log, 3).unwrap();
     assert!(dir_bytes(&storage) > 10 * target);
     log.truncate_through(CommitEpoch(2)).unwrap();
-    assert!(
-        !storage.exists(&dir().join(SPARE_FILE_NAME)).unwrap(),
-        "the huge segment became the spare"
+    let spare = dir().join(SPARE_FILE_NAME);
+    assert_eq!(
+        file_len(&storage, &spare),
+        config.preallocate_bytes as usize,
+        "the huge segment became a spare of one preallocation step"
     );
     assert_eq!(log.stats().segments_deleted, 1);
-    let limit = (SPARE_LIMIT_TARGETS as usize + 1) * target;
+    let limit = 2 * target;
     assert!(
         dir_bytes(&storage) <= limit,
         "{} bytes left on disk, more than {limit}",
@@ -1505,26 +1520,135 @@ fn retiring_config() -> TLogConfig {
 }
 
 #[test]
-fn a_covered_active_segment_is_retired_by_the_next_flush() {
+fn a_covered_active_segment_is_retired_by_the_truncation() {
     let storage = MemStorage::new();
-    let log = open(&storage, retiring_config());
+    let config = retiring_config();
+    let log = open(&storage, config.clone());
     for epoch in 1..=10 {
         commit(&log, epoch).unwrap();
     }
-    let before = segment_paths(&storage);
-    assert_eq!(before.len(), 1);
+    assert_eq!(segment_paths(&storage).len(), 1);
     log.truncate_through(CommitEpoch(10)).unwrap();
-    assert_eq!(segment_paths(&storage), before, "kept until the next flush");
-    commit(&log, 11).unwrap();
-    let after = segment_paths(&storage);
-    assert_eq!(after.len(), 1);
-    assert_ne!(after, before, "the next flush wrote to a new segment");
+    assert!(segment_paths(&storage).is_empty(), "retired at once");
     assert_eq!(log.stats().segments_deleted, 1);
+    let spare = dir().join(SPARE_FILE_NAME);
+    assert!(file_len(&storage, &spare) <= config.preallocate_bytes as usize);
+    commit(&log, 11).unwrap();
+    assert_eq!(segment_paths(&storage).len(), 1);
+    assert_eq!(
+        log.stats().segments_recycled,
+        1,
+        "the next flush used the spare"
+    );
     assert_eq!(replay_all(&log, 0).unwrap(), expected(11..=11));
     drop(log);
-    let log = open(&storage, retiring_config());
+    let log = open(&storage, config);
     assert_eq!(replay_all(&log, 0).unwrap(), expected(11..=11));
     assert_eq!(log.last_epoch(), CommitEpoch(11));
+}
+
+/// The file-size rule: after a truncation through the last frame the
+/// directory holds the lock file and a spare of at most one preallocation
+/// step, whatever the log held before; the next rotation still recycles.
+#[test]
+fn a_log_truncated_through_its_last_frame_keeps_at_most_one_preallocation_step() {
+    let storage = MemStorage::new();
+    let config = TLogConfig {
+        segment_target_bytes: 4096,
+        preallocate_bytes: 1024,
+        retire_covered_min_bytes: 1024,
+        ..TLogConfig::new(dir())
+    };
+    let log = open(&storage, config.clone());
+    let mut epoch = 0;
+    for round in 0..4 {
+        // Frames of a few segments, one of them far past the target; the
+        // active one holds more than the retire size.
+        for len in [100, 3000, 20_000, 1500] {
+            epoch += 1;
+            let ticket = log.append(CommitEpoch(epoch), &vec![round; len]).unwrap();
+            log.wait_durable(ticket).unwrap();
+        }
+        log.truncate_through(CommitEpoch(epoch)).unwrap();
+        assert!(segment_paths(&storage).is_empty(), "round {round}");
+        assert!(
+            dir_bytes(&storage) <= config.preallocate_bytes as usize,
+            "round {round}: {} bytes left",
+            dir_bytes(&storage)
+        );
+    }
+    let stats = log.stats();
+    assert!(stats.segments_recycled >= 3, "{stats:?}");
+    drop(log);
+    let log = open(&storage, config);
+    assert_eq!(log.last_epoch(), CommitEpoch(0), "nothing left to replay");
+    commit(&log, epoch + 1).unwrap();
+    assert_eq!(
+        replay_all(&log, epoch).unwrap(),
+        expected(epoch + 1..=epoch + 1)
+    );
+}
+
+/// A crash at any point of a retiring truncation leaves a log that opens,
+/// replays nothing at or below the truncation that it should not, and
+/// takes new commits.
+#[test]
+fn crashes_around_a_retiring_truncation_leave_an_openable_log() {
+    for (seed, mode) in [
+        CrashMode::DropUnsynced,
+        CrashMode::KeepUnsynced,
+        CrashMode::TearUnsynced { seed: 3 },
+        CrashMode::TearUnsynced { seed: 11 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for fail_at in 0..6u64 {
+            let mem = MemStorage::new();
+            let faulty = FaultyStorage::new(Arc::new(mem.clone()));
+            let log = TLog::open(Arc::new(faulty.clone()), retiring_config()).unwrap();
+            for epoch in 1..=20 {
+                commit(&log, epoch).unwrap();
+            }
+            faulty.set_plan(FaultPlan {
+                fail_sync: Some(fail_at),
+                ..FaultPlan::default()
+            });
+            let truncated = log.truncate_through(CommitEpoch(20)).is_ok();
+            mem.crash(mode);
+            drop(log);
+            let log = open(&mem, retiring_config());
+            let frames = replay_all(&log, 20).unwrap();
+            assert!(frames.is_empty(), "seed {seed} fail {fail_at}: {frames:?}");
+            if truncated {
+                assert!(segment_paths(&mem).is_empty(), "seed {seed} fail {fail_at}");
+            }
+            commit(&log, 21).unwrap();
+            drop(log);
+            let log = open(&mem, retiring_config());
+            assert_eq!(replay_all(&log, 20).unwrap(), expected(21..=21));
+        }
+    }
+}
+
+/// A spare an older build kept whole is cut to one preallocation step when
+/// the log opens.
+#[test]
+fn a_long_spare_left_by_an_older_build_is_cut_at_open() {
+    let storage = MemStorage::new();
+    let config = recycling_config();
+    drop(open(&storage, config.clone()));
+    let spare = dir().join(SPARE_FILE_NAME);
+    let file = Storage::open_file(&storage, &spare, true).unwrap();
+    file.write_all_at(&vec![9u8; 10_000], 0).unwrap();
+    let log = open(&storage, config.clone());
+    assert_eq!(
+        file_len(&storage, &spare),
+        config.preallocate_bytes as usize
+    );
+    commit(&log, 1).unwrap();
+    assert_eq!(log.stats().segments_recycled, 1);
+    assert_eq!(replay_all(&log, 0).unwrap(), expected(1..=1));
 }
 
 #[test]
