@@ -18,7 +18,14 @@
 //! row times only its own method's blocks, so `get` and `get_with` see the
 //! same load. Compare the two rows of one thread count in one run.
 //!
-//! `cargo bench --bench point_reads` (about a minute, most of it the load).
+//! The `range_reads_1m` group times the comparison's range-read row on
+//! the same table: ranges of [`RANGE_ENTRIES`] entries from a shuffled
+//! start key (`ReadOnlyTable::range(start..)`, then `Range::next_entry`
+//! for each entry, its key's first byte and its value's digest summed), one
+//! read transaction for every sample.
+//!
+//! `cargo bench --bench point_reads` (about a minute, most of it the load);
+//! `cargo bench --bench point_reads -- range_reads` for the ranges only.
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -191,6 +198,48 @@ fn point_reads(c: &mut Criterion, db: &Database, keys: &[Vec<u8>]) {
     group.finish();
 }
 
+/// Entries read from each range (the comparison's range-read row).
+const RANGE_ENTRIES: usize = 10;
+
+/// Reads [`RANGE_ENTRIES`] entries from each of `count` ranges starting at
+/// the keys of `keys` from `*next` on (wrapping); returns the sum of the
+/// entries' key bytes and value digests.
+fn range_block(table: &ReadOnlyTable<'_>, keys: &[Vec<u8>], next: &mut usize, count: u64) -> u64 {
+    let mut sum = 0u64;
+    for _ in 0..count {
+        let start = &keys[*next % keys.len()][..];
+        *next += 1;
+        let mut range = table.range(start..).expect("range");
+        for _ in 0..RANGE_ENTRIES {
+            let Some(entry) = range.next_entry() else {
+                break;
+            };
+            let (key, value) = entry.expect("entry");
+            sum = sum
+                .wrapping_add(u64::from(key[0]))
+                .wrapping_add(value_digest(value));
+        }
+    }
+    sum
+}
+
+/// One row: ranges of [`RANGE_ENTRIES`] entries on one thread.
+fn range_reads(c: &mut Criterion, db: &Database, keys: &[Vec<u8>]) {
+    let rx = db.begin_read().expect("begin read");
+    let table = rx.open_table(TABLE).expect("open table");
+    let mut group = c.benchmark_group("range_reads_1m");
+    group.throughput(Throughput::Elements(1));
+    let mut next = 0usize;
+    group.bench_function(format!("range_{RANGE_ENTRIES}"), |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            black_box(range_block(&table, keys, &mut next, iters));
+            started.elapsed()
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Options::default()
@@ -202,5 +251,6 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
     point_reads(&mut c, &db, &keys);
+    range_reads(&mut c, &db, &keys);
     c.final_summary();
 }

@@ -251,6 +251,7 @@ impl<'a> Node<'a> {
     }
 
     /// A view of a page this code has just validated or written.
+    #[inline]
     fn from_trusted(b: &'a [u8], id: PageId, kind: NodeKind, geo: &'a Geometry) -> Self {
         let field = |off| rd_u16(b, off).map_or(0, usize::from);
         Node {
@@ -604,7 +605,9 @@ impl<'a> Node<'a> {
 impl<'a> Node<'a> {
     /// A view of an immutable page image that [`Node::parse`] accepted
     /// earlier at this `level`: skips the header checks, which cannot fail
-    /// again on the same bytes (checked again in debug builds).
+    /// again on the same bytes (checked again in debug builds). Inlined:
+    /// a range's per-entry step re-opens its leaf.
+    #[inline]
     pub(crate) fn reopen(b: &'a [u8], id: PageId, level: u8, geo: &'a Geometry) -> Self {
         debug_assert!(
             Node::parse(b, id, level, geo).is_ok(),
@@ -617,9 +620,17 @@ impl<'a> Node<'a> {
 /// A branch page's separators decoded once for repeated descents (see
 /// `cursor::UpperPages`): the page's common separator prefix, each
 /// separator's [`key_head`] after that prefix, where each separator lies in
-/// the page, and every child id. A descent then binary-searches a dense
-/// array of integers instead of the page's slots and cells, and reads the
-/// page only for separators that share the search key's head.
+/// the page, and every child id. A descent then searches a dense array of
+/// integers instead of the page's slots and cells, and reads the page only
+/// for separators that share the search key's head.
+///
+/// The heads are searched in two steps that touch few cache lines: the
+/// `summary` (kept inline, beside the index's other fields) holds the
+/// first head of each block of `stride` heads, so a binary search of the
+/// summary picks the one block the answer lies in, and a binary search of
+/// that block (one 64-byte line) finishes. A binary search over the whole
+/// array made as many probes, spread over some four lines per page; the
+/// summaries of a tree's pages are few and stay in the CPU's caches.
 ///
 /// Built only from a page whose cells are all well formed with whole keys
 /// (no overflow), in sorted order, and only used with that same immutable
@@ -631,12 +642,48 @@ pub(crate) struct BranchIndex {
     /// The prefix's first [`BRANCH_PREFIX_INLINE_BYTES`] bytes: a descent
     /// compares a short prefix without touching the page image.
     prefix_inline: [u8; BRANCH_PREFIX_INLINE_BYTES],
+    /// Heads per block (at least [`BRANCH_BLOCK_HEADS`]): the summary's
+    /// entries cover every head.
+    stride: usize,
+    /// `summary[j] == heads[j * stride]` for each block `j`; `u64::MAX`
+    /// past the last block (never below a head, so never counted).
+    summary: [u64; BRANCH_SUMMARY_HEADS],
     /// [`key_head`] of each separator with the prefix removed, ascending.
     heads: Box<[u64]>,
     /// Each separator as `(start, len)` in the page.
     keys: Box<[(u16, u16)]>,
     /// The `count + 1` children, leftmost first.
     children: Box<[PageId]>,
+}
+
+/// Heads of a [`BranchIndex`] block for pages of up to
+/// `BRANCH_BLOCK_HEADS * BRANCH_SUMMARY_HEADS` separators: one 64-byte
+/// cache line of `u64`s.
+const BRANCH_BLOCK_HEADS: usize = 8;
+
+/// Entries of a [`BranchIndex`]'s summary (two 64-byte cache lines):
+/// pages with more separators than `BRANCH_BLOCK_HEADS` times this get
+/// longer blocks.
+const BRANCH_SUMMARY_HEADS: usize = 16;
+
+/// How many of the sorted `heads` are below `head` (where it would go).
+#[inline(always)]
+fn count_below(heads: &[u64], head: u64) -> usize {
+    heads.partition_point(|&h| h < head)
+}
+
+/// A prefetch hint for the cache line holding `item` (a hint only: it
+/// reads nothing and never faults).
+#[inline(always)]
+fn prefetch_line<T>(item: Option<&T>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(item) = item {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults; the address is a live reference.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(item).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = item;
 }
 
 impl BranchIndex {
@@ -699,13 +746,55 @@ impl BranchIndex {
             .map(|k| key_at(k).get(skip..).map(key_head))
             .collect::<Option<Box<[u64]>>>()?;
         debug_assert!(heads.windows(2).all(|w| w[0] <= w[1]));
+        let (stride, summary) = Self::summarize(&heads);
         Some(BranchIndex {
             prefix,
             prefix_inline,
+            stride,
+            summary,
             heads,
             keys: keys.into_boxed_slice(),
             children: children.into_boxed_slice(),
         })
+    }
+
+    /// The block length and summary of sorted `heads` (see the type's docs).
+    fn summarize(heads: &[u64]) -> (usize, [u64; BRANCH_SUMMARY_HEADS]) {
+        let stride = heads
+            .len()
+            .div_ceil(BRANCH_SUMMARY_HEADS)
+            .max(BRANCH_BLOCK_HEADS);
+        let mut summary = [u64::MAX; BRANCH_SUMMARY_HEADS];
+        for (entry, &first) in summary.iter_mut().zip(heads.iter().step_by(stride)) {
+            *entry = first;
+        }
+        (stride, summary)
+    }
+
+    /// The number of heads below `head` (where it would go in `heads`):
+    /// the summary picks the block, the block's count finishes.
+    #[inline]
+    fn heads_below(&self, head: u64) -> usize {
+        // Blocks whose first head is below `head`: every earlier block lies
+        // wholly below it, and every later one (first head >= `head`) above.
+        // (The summary is sorted: ascending heads, then `u64::MAX` padding.)
+        let blocks = count_below(&self.summary, head);
+        let Some(block) = blocks.checked_sub(1) else {
+            return 0;
+        };
+        let start = block * self.stride;
+        // The child the descent reads next is in this block's stretch of
+        // `children`: start its load beside the block's.
+        prefetch_line(self.children.get(start));
+        prefetch_line(self.children.get(start + self.stride));
+        let end = (start + self.stride).min(self.heads.len());
+        let below = start
+            + self
+                .heads
+                .get(start..end)
+                .map_or(0, |b| count_below(b, head));
+        debug_assert_eq!(below, self.heads.partition_point(|&h| h < head));
+        below
     }
 
     /// Bytes the index holds on the heap.
@@ -752,7 +841,7 @@ impl BranchIndex {
             }
         }
         let head = key_head(rest);
-        let lo = self.heads.partition_point(|&h| h < head);
+        let lo = self.heads_below(head);
         if self.heads.get(lo) != Some(&head) {
             return lo;
         }
@@ -1528,6 +1617,112 @@ mod hole_tests {
                 prop_assert!(equal_outside(&old, &page, &written));
                 let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 prop_assert_eq!(entries(&page, &geo), want);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod branch_index_tests {
+    //! [`BranchIndex::child_pos`] (the summary and block search over the
+    //! separators' heads) against the simplest model: the number of
+    //! separators `<=` the key, counted one by one.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::btree::cell::{branch_cell_vec, KeySpec};
+
+    const PAGE_LEN: usize = 4080;
+    const ID: PageId = PageId(3);
+
+    /// A branch page holding `separators` (sorted, distinct) in order,
+    /// with children `100, 101, ...`; the separators that fit.
+    fn branch(separators: &[Vec<u8>], geo: &Geometry) -> (Vec<u8>, usize) {
+        let mut page = vec![0u8; PAGE_LEN];
+        let mut node = NodeMut::init(&mut page, ID, 1, geo).expect("init");
+        node.set_leftmost(PageId(100));
+        let mut kept = 0;
+        for (i, key) in separators.iter().enumerate() {
+            let child = PageId(101 + i as u64);
+            let cell = branch_cell_vec(&KeySpec::with_chain(geo, key, None), child);
+            if !node.insert_cell(i, &cell).expect("insert") {
+                break;
+            }
+            kept += 1;
+        }
+        (page, kept)
+    }
+
+    /// Separators that share a common prefix (of `prefix` bytes), with
+    /// bodies from a small alphabet, so that many share their 8-byte head
+    /// after the prefix, some are prefixes of others, and runs of equal
+    /// heads fall across block boundaries.
+    fn separators() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let body = prop::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0xff)], 0..11);
+        (
+            prop::collection::vec(any::<u8>(), 0..5),
+            prop::collection::btree_set(body, 1..320),
+        )
+            .prop_map(|(prefix, bodies)| {
+                bodies
+                    .into_iter()
+                    .map(|b| [&prefix[..], &b[..]].concat())
+                    .collect()
+            })
+    }
+
+    /// The model: separators `<= key`.
+    fn linear_child_pos(separators: &[Vec<u8>], key: &[u8]) -> usize {
+        separators.iter().filter(|s| s.as_slice() <= key).count()
+    }
+
+    proptest! {
+        #[test]
+        fn child_pos_matches_a_linear_count_of_the_separators(
+            separators in separators(),
+            probes in prop::collection::vec(prop::collection::vec(
+                prop_oneof![Just(0u8), Just(1), Just(2), Just(0xff), any::<u8>()], 0..16), 0..40),
+        ) {
+            let geo = Geometry::new(PAGE_LEN).expect("geometry");
+            let (page, kept) = branch(&separators, &geo);
+            let separators = &separators[..kept];
+            let node = Node::parse(&page, ID, 1, &geo).expect("parse");
+            let index = BranchIndex::build(&node).expect("an index of a well-formed page");
+            prop_assert_eq!(index.count(), kept);
+            let mut tries = probes;
+            for sep in separators {
+                let mut above = sep.clone();
+                above.push(0);
+                let mut bumped = sep.clone();
+                if let Some(last) = bumped.last_mut() {
+                    *last = last.wrapping_add(1);
+                }
+                tries.extend([
+                    sep.clone(),
+                    above,
+                    bumped,
+                    sep[..sep.len().saturating_sub(1)].to_vec(),
+                ]);
+            }
+            for key in &tries {
+                let want = linear_child_pos(separators, key);
+                prop_assert_eq!(index.child_pos(&page, key), want, "key {:?}", key);
+                prop_assert_eq!(index.child(want), Some(PageId(100 + want as u64)));
+            }
+        }
+    }
+
+    #[test]
+    fn summaries_cover_every_head_in_at_most_their_entries() {
+        for count in [0usize, 1, 7, 8, 9, 120, 128, 129, 300, 1000] {
+            let heads: Vec<u64> = (0..count as u64).map(|h| h * 3).collect();
+            let (stride, summary) = BranchIndex::summarize(&heads);
+            assert!(stride >= BRANCH_BLOCK_HEADS);
+            assert!(stride * BRANCH_SUMMARY_HEADS >= count, "{count} heads");
+            for (j, &first) in summary.iter().enumerate() {
+                let want = heads.get(j * stride).copied().unwrap_or(u64::MAX);
+                assert_eq!(first, want, "{count} heads, entry {j}");
             }
         }
     }

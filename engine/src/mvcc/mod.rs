@@ -1069,7 +1069,7 @@ impl ReadTransaction {
         Ok(ReadOnlyTable {
             snapshot: &self.snapshot,
             tree: entry.tree,
-            upper: btree::UpperPages::new(),
+            upper: Arc::new(btree::UpperPages::new()),
         })
     }
 
@@ -1091,8 +1091,9 @@ pub struct ReadOnlyTable<'r> {
     /// The tree's branch pages as of the snapshot, kept as lookups and
     /// range seeks read them: later ones read only their leaf through the
     /// page table (whose upper entries every reader thread would otherwise
-    /// share).
-    upper: btree::UpperPages,
+    /// share). Shared with the table's ranges, which read branch pages
+    /// there as they move between leaves.
+    upper: Arc<btree::UpperPages>,
 }
 
 impl std::fmt::Debug for ReadOnlyTable<'_> {

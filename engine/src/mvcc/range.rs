@@ -171,7 +171,17 @@ impl Range<'_> {
     /// The next entry from the front, lent until the next call on this
     /// range. Same entries, order and errors as [`Iterator::next`], with
     /// which it may be mixed.
+    #[inline]
     pub fn next_entry(&mut self) -> Option<Result<(&[u8], &[u8])>> {
+        // Without buffered writes the tree's step is the answer: inlined
+        // into the caller's loop (its in-leaf step is).
+        if !self.failed && self.is_direct() {
+            let item = self.tree.as_mut()?.next_entry();
+            if matches!(item, Some(Err(_))) {
+                self.failed = true;
+            }
+            return item;
+        }
         self.step_borrowed(true)
     }
 
@@ -214,6 +224,7 @@ impl Range<'_> {
 
     /// Whether the tree's entries are the answer as they are: no buffered
     /// writes, and nothing parked by an owned step.
+    #[inline]
     fn is_direct(&self) -> bool {
         self.buffer.is_none() && self.front_tree.is_none() && self.back_tree.is_none()
     }
