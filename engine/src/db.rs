@@ -1998,21 +1998,25 @@ fn spawn_workers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
         .collect()
 }
 
-/// Sets the calling thread's niceness to `nice` (Linux; a no-op at 0 and
-/// elsewhere). A refusal is logged: the work then runs at the process's
-/// priority, which is only slower for the readers beside it.
+/// Lowers the calling thread's priority to niceness `nice` (Linux; a no-op
+/// at 0, elsewhere, and when the thread runs at that niceness or lower
+/// priority already: an unprivileged thread cannot raise it). A refusal is
+/// logged: the work then runs at the process's priority, which is only
+/// slower for the readers beside it.
 fn lower_thread_priority(nice: i32) {
     if nice == 0 {
         return;
     }
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: `gettid` and `setpriority` take plain integers and touch
-        // no memory of ours; on Linux `PRIO_PROCESS` with a thread id sets
-        // that one thread's niceness.
+        // SAFETY: `gettid`, `getpriority` and `setpriority` take plain
+        // integers and touch no memory of ours; on Linux `PRIO_PROCESS` with
+        // a thread id reads or sets that one thread's niceness.
         let refused = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0
+            let tid = libc::gettid() as libc::id_t;
+            // -1 is also the error value: then the set below decides.
+            libc::getpriority(libc::PRIO_PROCESS, tid) < nice
+                && libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0
         };
         if refused {
             tracing::warn!(
