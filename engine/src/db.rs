@@ -199,15 +199,16 @@ pub struct Options {
     /// without `background_workers`.
     pub huge_page_images: bool,
     /// Niceness (Linux, `0..=MAINTENANCE_NICE_MAX`) of the maintenance
-    /// thread, which runs the background work that waits for writes to
-    /// pause: a checkpoint short of urgent and the huge-page collapses.
-    /// Above 0 the application's threads (readers above all) get a CPU
-    /// first when they compete with that work. The work nothing may wait
-    /// for stays on the worker thread at the process's priority: folds, an
-    /// urgent checkpoint (the TLog past [`CHECKPOINT_URGENT_FACTOR`] times
-    /// `checkpoint_tlog_bytes`, or dirty pages the memory budget needs
-    /// written back) and eviction. 0 leaves the thread's priority alone;
-    /// other systems ignore it. Default [`DEFAULT_MAINTENANCE_NICE`].
+    /// thread, which runs the checkpoint that waits for writes to pause
+    /// (one short of urgent). Above 0 the application's threads (readers
+    /// above all) get a CPU first when they compete with it. The work
+    /// something may wait for stays on the worker thread at the process's
+    /// priority: folds, an urgent checkpoint (the TLog past
+    /// [`CHECKPOINT_URGENT_FACTOR`] times `checkpoint_tlog_bytes`, or dirty
+    /// pages the memory budget needs written back), eviction, and the
+    /// huge-page collapses (they hold the memory-map lock every page fault
+    /// needs). 0 leaves the thread's priority alone; other systems ignore
+    /// it. Default [`DEFAULT_MAINTENANCE_NICE`].
     pub maintenance_nice: i32,
 }
 
@@ -1957,11 +1958,11 @@ fn replay_bookkeeping(page_id: PageId) -> Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WorkerRole {
     /// What commits or memory may wait for: folds of pinned versions, an
-    /// urgent checkpoint, write-back for eviction, the memory pass.
+    /// urgent checkpoint, write-back for eviction, the memory pass; and
+    /// the huge-page collapses (which hold the memory-map lock).
     Worker,
-    /// What waits for writes to pause anyway, at a lower priority
-    /// ([`Options::maintenance_nice`]): the huge-page collapses and a
-    /// checkpoint short of urgent.
+    /// A checkpoint short of urgent, which waits for writes to pause
+    /// anyway, at a lower priority ([`Options::maintenance_nice`]).
     Maintenance,
 }
 
@@ -1976,8 +1977,9 @@ impl WorkerRole {
 }
 
 /// Starts the background threads: the worker (folds pinned versions as
-/// readers go away, checkpoints when the TLog or memory needs it) and the
-/// maintenance thread (the work that waits for writes to pause).
+/// readers go away, checkpoints when the TLog or memory needs it, huge-page
+/// collapses) and the maintenance thread (the checkpoint that waits for
+/// writes to pause).
 fn spawn_workers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
     let interval = Duration::from_millis(shared.options.worker_interval_ms.max(1));
     let nice = shared.options.maintenance_nice;
@@ -2058,11 +2060,23 @@ fn worker_loop(shared: Weak<Shared>, interval: Duration, role: WorkerRole) {
     }
 }
 
-/// One pass of the worker: folds, an urgent or write-back checkpoint, the
-/// memory pass (`sample`: read the system's memory figures too).
+/// One pass of the worker: folds, huge-page collapses, an urgent or
+/// write-back checkpoint, the memory pass (`sample`: read the system's
+/// memory figures too).
 fn worker_pass(shared: &Shared, sample: bool) {
     if let Err(err) = shared.fold_pending() {
         tracing::error!(error = %err, "merge worker failed");
+    }
+    // Huge-page collapses wait until writes pause (a commit may still
+    // be finishing: its durable wait and fold allocate no images): a
+    // collapse copies 2 MiB and stalls the page faults of a commit
+    // allocating its images, and under a stream of commits the regions
+    // fill with images soon replaced. They stay at the process's
+    // priority: a collapse holds the process's memory-map lock, and a
+    // low-priority holder preempted there would stall every page fault of
+    // the application behind it.
+    if shared.writes_paused(false) {
+        shared.pages.huge_pages().collapse_noted();
     }
     // Dirty pages past their share of the memory budget are written
     // back too (at once: eviction waits for them), so that eviction
@@ -2078,17 +2092,9 @@ fn worker_pass(shared: &Shared, sample: bool) {
     shared.memory_pass(sample);
 }
 
-/// One pass of the maintenance thread: the work that waits for writes to
-/// pause.
+/// One pass of the maintenance thread: the checkpoint that waits for
+/// writes to pause.
 fn maintenance_pass(shared: &Shared) {
-    // Huge-page collapses wait until writes pause (a commit may still
-    // be finishing: its durable wait and fold allocate no images): a
-    // collapse copies 2 MiB and stalls the page faults of a commit
-    // allocating its images, and under a stream of commits the regions
-    // fill with images soon replaced.
-    if shared.writes_paused(false) {
-        shared.pages.huge_pages().collapse_noted();
-    }
     // A checkpoint short of urgent (`checkpoint_due`) also waits for
     // the commits still finishing: their fsyncs are what it would slow.
     if shared.writes_paused(true) && shared.checkpoint_due(true) {

@@ -1,5 +1,5 @@
-//! The background work that waits for writes to pause (a checkpoint short
-//! of urgent, the huge-page collapses) runs on its own thread at
+//! The checkpoint that waits for writes to pause (one short of urgent)
+//! runs on its own thread at
 //! [`Options::maintenance_nice`], below the application's threads; the
 //! worker that commits and memory may wait for keeps the process's
 //! priority; a niceness a thread could not set is refused at open.
