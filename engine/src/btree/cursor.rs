@@ -807,27 +807,32 @@ impl<P: PageRead> Walker<'_, P> {
     /// The frame of branch page `id` at `level` positioned at its first or
     /// last child, and that child.
     fn branch_frame_at_edge(&self, id: PageId, level: u8, edge: Edge) -> Result<(Frame, PageId)> {
-        let held = self.branch(id, level)?;
         let pos = match edge {
             Edge::First => 0,
             Edge::Last => usize::MAX,
         };
-        let (idx, count, child) = held.child_at(id, level, &self.geo, pos)?;
-        let frame = Frame {
-            id,
-            page: held.frame_page(),
-            idx,
-            count,
-        };
-        Ok((frame, child))
+        self.branch_frame(id, level, |held| held.child_at(id, level, &self.geo, pos))
     }
 
     /// The frame of branch page `id` at `level` on the way to `key`, and the
     /// child to descend into (through the page's index when the cache
     /// keeps it).
     fn branch_frame_for(&self, id: PageId, level: u8, key: &[u8]) -> Result<(Frame, PageId)> {
+        self.branch_frame(id, level, |held| {
+            held.descend_for(self.pages, id, level, &self.geo, key)
+        })
+    }
+
+    /// The frame of branch page `id` at `level` at the child `pick` chooses
+    /// (its position, the page's cell count and its id), and that child.
+    fn branch_frame(
+        &self,
+        id: PageId,
+        level: u8,
+        pick: impl FnOnce(&Held<'_>) -> Result<(usize, usize, PageId)>,
+    ) -> Result<(Frame, PageId)> {
         let held = self.branch(id, level)?;
-        let (idx, count, child) = held.descend_for(self.pages, id, level, &self.geo, key)?;
+        let (idx, count, child) = pick(&held)?;
         let frame = Frame {
             id,
             page: held.frame_page(),
