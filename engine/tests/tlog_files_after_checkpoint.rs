@@ -73,22 +73,29 @@ fn entries(db: &Database) -> BTreeMap<Vec<u8>, Vec<u8>> {
     out
 }
 
-#[test]
-fn a_checkpoint_leaves_at_most_one_preallocation_step_of_tlog() {
-    let storage = MemStorage::new();
-    let db = options(&storage).open(db_path()).expect("open");
+/// Creates table `t` holding keys `0..entries` with 150 bytes of noise
+/// each (seeded from the key plus `seed`) in one commit; returns the model.
+fn load(db: &Database, entries: u64, seed: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut model = BTreeMap::new();
-    // About 6 MiB of commits: far more than the bound checked below.
     let mut tx = db.begin_write().expect("begin_write");
     {
         let mut table = tx.create_table("t").expect("create_table");
-        for i in 0..40_000 {
-            let value = noise(i + 1_000_000, 150);
+        for i in 0..entries {
+            let value = noise(i + seed, 150);
             table.insert(&key(i), &value).expect("insert");
             model.insert(key(i), value);
         }
     }
     tx.commit().expect("commit");
+    model
+}
+
+#[test]
+fn a_checkpoint_leaves_at_most_one_preallocation_step_of_tlog() {
+    let storage = MemStorage::new();
+    let db = options(&storage).open(db_path()).expect("open");
+    // About 6 MiB of commits: far more than the bound checked below.
+    let mut model = load(&db, 40_000, 1_000_000);
     assert!(tlog_bytes(&storage) > 5 << 20);
     db.checkpoint().expect("checkpoint");
     let bound = DEFAULT_PREALLOCATE_BYTES as usize;
@@ -139,17 +146,7 @@ fn a_crash_right_after_a_checkpoint_emptied_the_tlog_loses_nothing() {
     ] {
         let storage = MemStorage::new();
         let db = options(&storage).open(db_path()).expect("open");
-        let mut model = BTreeMap::new();
-        let mut tx = db.begin_write().expect("begin_write");
-        {
-            let mut table = tx.create_table("t").expect("create_table");
-            for i in 0..12_000 {
-                let value = noise(i + 7, 150);
-                table.insert(&key(i), &value).expect("insert");
-                model.insert(key(i), value);
-            }
-        }
-        tx.commit().expect("commit");
+        let mut model = load(&db, 12_000, 7);
         db.checkpoint().expect("checkpoint");
         storage.crash(mode);
         drop(db);
