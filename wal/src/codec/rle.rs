@@ -63,13 +63,14 @@ pub(crate) fn encode(delta: &Delta, prev_page: PageId, out: &mut Vec<u8>) {
     }
 }
 
-/// Runs at least this long are packed only when their first
-/// [`PACK_TRIAL_BYTES`] pack well (see [`worth_packing`]).
+/// Runs at least this long are packed in two parts, the first
+/// [`PACK_TRIAL_BYTES`] first, and stored unpacked when those do not pack
+/// well (see [`pack_unless_prefix_fails`]).
 const PACK_TRIAL_MIN_RUN_BYTES: usize = 1024;
-/// The prefix of a long run that is packed on trial.
+/// The prefix of a long run that decides whether the rest is packed.
 const PACK_TRIAL_BYTES: usize = 512;
-/// A trial pack must save at least `PACK_TRIAL_BYTES / PACK_TRIAL_SAVING_DIVISOR`
-/// bytes (1/32 of the prefix) for the whole run to be packed.
+/// The prefix must pack to at least `PACK_TRIAL_BYTES / PACK_TRIAL_SAVING_DIVISOR`
+/// bytes (1/32) fewer for the rest of the run to be packed.
 const PACK_TRIAL_SAVING_DIVISOR: usize = 32;
 
 /// Appends one run's header and bytes, packed when that is shorter. The
@@ -78,10 +79,9 @@ const PACK_TRIAL_SAVING_DIVISOR: usize = 32;
 fn encode_run_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     let header_at = out.len();
     put_varint(out, (bytes.len() as u64) << 1 | 1);
-    if bytes.len() >= MIN_REPEAT_LEN && worth_packing(bytes, out) {
+    if bytes.len() >= MIN_REPEAT_LEN {
         let tokens_at = out.len();
-        pack(bytes, out);
-        if out.len() - tokens_at < bytes.len() {
+        if pack_unless_prefix_fails(bytes, out) && out.len() - tokens_at < bytes.len() {
             return;
         }
         out.truncate(tokens_at);
@@ -90,21 +90,28 @@ fn encode_run_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(bytes);
 }
 
-/// Whether packing `bytes` may pay: always for a short run; for a long one
-/// (a page image of random values, say) only when its first
-/// [`PACK_TRIAL_BYTES`] pack to at least 1/[`PACK_TRIAL_SAVING_DIVISOR`]
-/// fewer bytes. Such a run stored unpacked costs at most that fraction of
-/// its prefix's rate more log bytes, and skips a pass over bytes that do
-/// not repeat. `scratch` is borrowed past its end and left as it was.
-fn worth_packing(bytes: &[u8], scratch: &mut Vec<u8>) -> bool {
+/// Appends the RLE tokens of `bytes` to `out`; `false` (with `out` holding
+/// some tokens to cut) when `bytes` is a long run whose first
+/// [`PACK_TRIAL_BYTES`] do not pack to at least
+/// 1/[`PACK_TRIAL_SAVING_DIVISOR`] fewer bytes — a page image of random
+/// values, say: stored unpacked it costs at most that fraction of its
+/// prefix's rate more log bytes, and skips a pass over bytes that do not
+/// repeat. A long run is packed as its prefix then the rest (the tokens
+/// may differ from one pass's at the seam; they expand to the same bytes).
+fn pack_unless_prefix_fails(bytes: &[u8], out: &mut Vec<u8>) -> bool {
     if bytes.len() < PACK_TRIAL_MIN_RUN_BYTES {
+        pack(bytes, out);
         return true;
     }
-    let trial_at = scratch.len();
-    pack(&bytes[..PACK_TRIAL_BYTES], scratch);
-    let tokens = scratch.len() - trial_at;
-    scratch.truncate(trial_at);
-    tokens + PACK_TRIAL_BYTES / PACK_TRIAL_SAVING_DIVISOR <= PACK_TRIAL_BYTES
+    let (prefix, rest) = bytes.split_at(PACK_TRIAL_BYTES);
+    let prefix_at = out.len();
+    pack(prefix, out);
+    let prefix_tokens = out.len() - prefix_at;
+    if prefix_tokens + PACK_TRIAL_BYTES / PACK_TRIAL_SAVING_DIVISOR > PACK_TRIAL_BYTES {
+        return false;
+    }
+    pack(rest, out);
+    true
 }
 
 /// Appends the RLE tokens of `bytes` to `out`.
