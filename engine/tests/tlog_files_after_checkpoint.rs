@@ -90,6 +90,17 @@ fn load(db: &Database, entries: u64, seed: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
     model
 }
 
+/// Commits `key` = `value` into table `t` alone, and into the model.
+fn put(db: &Database, model: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: &[u8], value: &[u8]) {
+    let mut tx = db.begin_write().expect("begin_write");
+    tx.open_table("t")
+        .expect("open_table")
+        .insert(key, value)
+        .expect("insert");
+    tx.commit().expect("commit");
+    model.insert(key.to_vec(), value.to_vec());
+}
+
 #[test]
 fn a_checkpoint_leaves_at_most_one_preallocation_step_of_tlog() {
     let storage = MemStorage::new();
@@ -121,13 +132,7 @@ fn a_checkpoint_leaves_at_most_one_preallocation_step_of_tlog() {
         tlog_bytes(&storage)
     );
     // A commit after the checkpoint, then a crash: both survive.
-    let mut tx = db.begin_write().expect("begin_write");
-    tx.open_table("t")
-        .expect("open_table")
-        .insert(b"after", b"checkpoint")
-        .expect("insert");
-    tx.commit().expect("commit");
-    model.insert(b"after".to_vec(), b"checkpoint".to_vec());
+    put(&db, &mut model, b"after", b"checkpoint");
     storage.crash(CrashMode::DropUnsynced);
     drop(db);
     let db = options(&storage).open(db_path()).expect("reopen");
@@ -153,13 +158,7 @@ fn a_crash_right_after_a_checkpoint_emptied_the_tlog_loses_nothing() {
         let db = options(&storage).open(db_path()).expect("reopen");
         assert!(entries(&db) == model, "{mode:?}: the table differs");
         // The next commit goes to a fresh segment and survives a reopen.
-        let mut tx = db.begin_write().expect("begin_write");
-        tx.open_table("t")
-            .expect("open_table")
-            .insert(b"next", b"commit")
-            .expect("insert");
-        tx.commit().expect("commit");
-        model.insert(b"next".to_vec(), b"commit".to_vec());
+        put(&db, &mut model, b"next", b"commit");
         drop(db);
         let db = options(&storage).open(db_path()).expect("reopen");
         assert!(entries(&db) == model, "{mode:?}: the next commit was lost");
