@@ -117,7 +117,7 @@ pub const CHECKPOINT_URGENT_FACTOR: u64 = 4;
 /// none is finishing or applying): a background checkpoint short of
 /// urgent and the huge-page collapses wait for that. Longer than the gap
 /// between the commits of a stream (a 1,000-row commit takes a few ms), so
-/// a worker pass woken between two of them does not take it for a pause.
+/// a background pass woken between two of them does not take it for a pause.
 pub const WRITES_PAUSED_AFTER_MS: u64 = 50;
 
 /// Default [`Options::maintenance_nice`]: a nice-10 thread gets about a
@@ -137,7 +137,8 @@ pub struct Options {
     /// the default) or `Eventual` (background fsync every interval).
     pub durability: Durability,
     /// A background checkpoint starts once the TLog holds this many bytes
-    /// of frames past the last checkpoint's epoch, at the first worker pass
+    /// of frames past the last checkpoint's epoch, at the first pass of the
+    /// maintenance thread ([`Options::maintenance_nice`])
     /// that finds writes paused (no commit finished for
     /// [`WRITES_PAUSED_AFTER_MS`]); while commits stream it waits until the
     /// TLog holds
